@@ -1,0 +1,19 @@
+"""attnkit: the attention mechanism in all its forms — one API, correct on every input, fast, visible.
+
+    >>> import torch, attnkit
+    >>> q = k = v = torch.randn(2, 8, 1024, 64)
+    >>> out = attnkit.attention(q, k, v, causal=True)          # (2, 8, 1024, 64)
+    >>> m = attnkit.masks.sliding_window(255) & attnkit.masks.causal()
+    >>> out = attnkit.attention(q, k, v, mask=m, kernel="tiled")  # skips empty tiles
+"""
+
+from .functional import (AttentionRequest, Capabilities, Kernel, additive_attention, attention, attention_weights,
+                         auto_order, bias, get_kernel, hard_attention, kernels, luong_attention, masks,
+                         register_kernel)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention", "attention_weights", "kernels", "register_kernel", "get_kernel", "auto_order", "masks", "bias",
+    "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
+]

@@ -1,0 +1,267 @@
+"""Exact blockwise attention with online softmax (the FlashAttention algorithm), in plain PyTorch.
+
+Queries are cut into blocks of ``BLOCK_Q`` rows. For each query block, the mask's block layout
+(EMPTY / PARTIAL / FULL per ``BLOCK_Q x BLOCK_K`` tile, computed from the structured mask without an
+N×N tensor) gives the key blocks to visit; runs of consecutive visited blocks are merged into chunks
+of up to ``MAX_CHUNK`` keys, and the mask is evaluated only on chunks that hold a PARTIAL tile. Empty
+tiles cost nothing, so a sliding window or a document mask costs time proportional to what is visible.
+
+Forward keeps a running max ``m``, normalizer ``l`` and accumulator per query row and saves only the
+log-sum-exp; backward recomputes each chunk's probabilities from q, k and the LSE (FlashAttention-2),
+so neither pass holds more than one (B, H, BLOCK_Q, MAX_CHUNK) score tile.
+
+Grouped-query attention folds the G query heads that share a k/v head into the rows of one matmul:
+q block (B, Hkv, G * bq, D) against k chunk (B, Hkv, bk, D), so k and v are never repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..masks import EMPTY, FULL
+from ..registry import Capabilities
+from ..request import AttentionRequest, softmax_dtype
+
+BLOCK_Q = 128  # query rows per block
+BLOCK_K = 128  # key granularity of the block layout (tile skipping)
+MAX_CHUNK = 1024  # most keys multiplied in one step
+
+
+@dataclass(frozen=True)
+class Row:
+    """One query block and the key chunks it visits: (ks, ke, needs_mask)."""
+
+    qs: int
+    qe: int
+    chunks: tuple[tuple[int, int, bool], ...]
+
+
+def make_plan(req: AttentionRequest, block_q: int = BLOCK_Q, block_k: int = BLOCK_K,
+              max_chunk: int = MAX_CHUNK) -> list[Row]:
+    """The visiting schedule: for each query block, chunks of consecutive non-empty key blocks.
+
+    A tile is skipped only if it is EMPTY for every batch and head, and left unmasked only if FULL for all.
+    """
+    _, _, _, Nq, Nk, _, _ = req.shape
+    layout = req.layout(block_q, block_k)  # (b, h, nqb, nkb) or None
+    nqb, nkb = -(-Nq // block_q), -(-Nk // block_k)
+    if layout is None:
+        visit = [[True] * nkb] * nqb
+        masked = [[False] * nkb] * nqb
+    else:
+        nonempty = (layout != EMPTY).flatten(0, 1).any(0)  # (nqb, nkb)
+        visit = nonempty.tolist()
+        masked = ((layout != FULL).flatten(0, 1).any(0) & nonempty).tolist()
+    per_chunk = max(1, max_chunk // block_k)
+    rows = []
+    for i in range(nqb):
+        chunks: list[tuple[int, int, bool]] = []
+        start = None  # first block of the open chunk
+        for j in range(nkb + 1):
+            open_ok = start is not None and j < nkb and visit[i][j] and j - start < per_chunk \
+                and masked[i][j] == masked[i][start]
+            if start is not None and not open_ok:
+                chunks.append((start * block_k, min(j * block_k, Nk), masked[i][start]))
+                start = None
+            if start is None and j < nkb and visit[i][j]:
+                start = j
+        rows.append(Row(i * block_q, min((i + 1) * block_q, Nq), tuple(chunks)))
+    return rows
+
+
+def _heads5(t: Tensor, Hkv: int, G: int) -> Tensor:
+    """A (b, h, x, y) tile with h in {1, Hkv * G} -> (b, Hkv | 1, G | 1, x, y) for the folded layout."""
+    t = t if t.dim() == 4 else t[None, None]
+    if t.shape[1] == 1:
+        return t.unsqueeze(2)
+    return t.reshape(t.shape[0], Hkv, G, t.shape[-2], t.shape[-1])
+
+
+class _Tiles:
+    """Recomputes one (query block, key chunk) tile of logits, identically in forward and backward."""
+
+    def __init__(self, req: AttentionRequest, q5: Tensor, k: Tensor, v: Tensor, seed: int):
+        self.req, self.q5, self.k, self.v, self.seed = req, q5, k, v, seed
+        B, H, Hkv, Nq, Nk, _, _ = req.shape
+        self.B, self.Hkv, self.G, self.Nq, self.Nk = B, Hkv, H // Hkv, Nq, Nk
+        self.stats = softmax_dtype(q5.dtype)
+
+    def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D), pre-scaled
+        return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, -1, self.q5.shape[-1])
+
+    def kv(self, row: Row, ks: int, ke: int, needs_mask: bool):
+        """k, v chunks (B, Hkv, bk, D|Dv) and the visibility tile (b, Hkv|1, G|1, bq, bk) or None.
+        Keys no query of the tile may see are zeroed, so NaN stored there stays out of every product."""
+        k, v = self.k[..., ks:ke, :], self.v[..., ks:ke, :]
+        if not needs_mask:
+            return k, v, None
+        vis = _heads5(self.req.mask.tile(row.qs, row.qe, ks, ke, self.Nq, self.Nk, k.device), self.Hkv, self.G)
+        seen = vis.any(dim=-2).any(dim=2)[..., None]  # (b, Hkv|1, bk, 1)
+        zero = torch.zeros((), dtype=k.dtype, device=k.device)
+        return torch.where(seen, k, zero), torch.where(seen, v, zero), vis
+
+    def logits(self, qb: Tensor, k: Tensor, row: Row, ks: int, ke: int, vis: Tensor | None):
+        """(B, Hkv, G, bq, bk) logits in the statistics dtype, and tanh of the softcap (or None)."""
+        s = (qb @ k.transpose(-2, -1)).to(self.stats)
+        s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, ke - ks)
+        tanh = None
+        if self.req.softcap is not None:
+            tanh = torch.tanh(s / self.req.softcap)
+            s = tanh * self.req.softcap
+        if self.req.bias is not None:
+            b = self.req.bias.tile(row.qs, row.qe, ks, ke, self.Nq, self.Nk, s.device, self.stats)
+            s = s + _heads5(b, self.Hkv, self.G)
+        if vis is not None:
+            s = s.masked_fill_(~vis, float("-inf"))
+        return s, tanh
+
+    def keep(self, row: Row, ks: int, shape) -> Tensor | None:
+        """Dropout keep-mask scaled by 1/(1-p), reproducible per tile from the call's seed."""
+        p = self.req.dropout
+        if p == 0:
+            return None
+        gen = torch.Generator(device=self.q5.device)
+        gen.manual_seed(hash((self.seed, row.qs, ks)) & ((1 << 63) - 1))
+        keep = torch.rand(shape, generator=gen, device=self.q5.device, dtype=self.stats) >= p
+        return keep.to(self.stats) / (1 - p)
+
+
+def _fold(t: Tensor) -> Tensor:
+    """(B, Hkv, G, bq, x) -> (B, Hkv, G * bq, x)."""
+    return t.reshape(t.shape[0], t.shape[1], -1, t.shape[-1])
+
+
+def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
+    B, Hkv, G, stats = tiles.B, tiles.Hkv, tiles.G, tiles.stats
+    Dv = tiles.v.shape[-1]
+    out = torch.zeros(B, Hkv, G, tiles.Nq, Dv, dtype=stats, device=tiles.v.device)
+    lse = torch.full((B, Hkv, G, tiles.Nq), float("-inf"), dtype=stats, device=tiles.v.device)
+    zero = torch.zeros((), dtype=stats, device=out.device)
+    for row in plan:
+        if not row.chunks:
+            continue
+        qb = tiles.q_block(row)
+        m = l = acc = None
+        for ks, ke, needs_mask in row.chunks:
+            k, v, vis = tiles.kv(row, ks, ke, needs_mask)
+            s, _ = tiles.logits(qb, k, row, ks, ke, vis)  # (B, Hkv, G, bq, bk)
+            m_new = s.amax(dim=-1, keepdim=True) if m is None else torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            m_safe = torch.where(torch.isfinite(m_new), m_new, zero)
+            p = s.sub_(m_safe).exp_()
+            keep = tiles.keep(row, ks, p.shape)
+            pv = _fold(p if keep is None else p * keep).to(v.dtype) @ v  # (B, Hkv, G * bq, Dv)
+            pv = pv.view(B, Hkv, G, -1, Dv).to(stats)
+            if m is None:
+                l, acc = p.sum(dim=-1, keepdim=True), pv
+            else:
+                corr = torch.exp(m - m_safe)
+                l, acc = l * corr + p.sum(dim=-1, keepdim=True), acc * corr + pv
+            m = m_new
+        valid = l > 0
+        out[..., row.qs:row.qe, :] = acc / torch.where(valid, l, torch.ones_like(l))
+        lse[..., row.qs:row.qe] = torch.where(valid, m_safe + torch.log(l), float("-inf")).squeeze(-1)
+    return out, lse
+
+
+def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out: Tensor,
+              grad_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    B, Hkv, G, stats, req = tiles.B, tiles.Hkv, tiles.G, tiles.stats, tiles.req
+    dtype = tiles.q5.dtype
+    delta = (grad_out.to(stats) * out).sum(dim=-1, keepdim=True)  # (B, Hkv, G, Nq, 1)
+    lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)[..., None]
+    dq = torch.zeros(tiles.q5.shape, dtype=stats, device=out.device)
+    dk = torch.zeros(tiles.k.shape, dtype=stats, device=out.device)
+    dv = torch.zeros(tiles.v.shape, dtype=stats, device=out.device)
+    for row in plan:
+        if not row.chunks:
+            continue
+        qb = tiles.q_block(row)
+        rows = slice(row.qs, row.qe)
+        do = _fold(grad_out[..., rows, :]).to(dtype)  # (B, Hkv, G * bq, Dv)
+        for ks, ke, needs_mask in row.chunks:
+            k, v, vis = tiles.kv(row, ks, ke, needs_mask)
+            s, tanh = tiles.logits(qb, k, row, ks, ke, vis)
+            p = s.sub_(lse_safe[..., rows, :]).exp_()  # (B, Hkv, G, bq, bk)
+            keep = tiles.keep(row, ks, p.shape)
+            p_kept = p if keep is None else p * keep
+            dv[..., ks:ke, :] += (_fold(p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
+            dp = (do @ v.transpose(-2, -1)).to(stats).view_as(p)
+            if keep is not None:
+                dp = dp * keep
+            ds = p * (dp - delta[..., rows, :])
+            if tanh is not None:
+                ds = ds * (1 - tanh * tanh)
+            if grad_bias is not None:
+                _accumulate_bias_grad(grad_bias, ds, row, ks, ke)
+            ds_f = _fold(ds).to(dtype)  # (B, Hkv, G * bq, bk)
+            dq[..., rows, :] += (ds_f @ k).view(B, Hkv, G, -1, k.shape[-1]).to(stats)
+            dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ qb).to(stats)
+    return dq * req.scale, dk, dv
+
+
+def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: int) -> None:
+    """Add a (B, Hkv, G, bq, bk) tile of dL/dlogits into grad_bias (b, h, nq|1, nk|1), summing over
+    the dimensions the bias broadcasts along."""
+    ds = ds.reshape(ds.shape[0], -1, ds.shape[-2], ds.shape[-1])  # (B, H, bq, bk)
+    dims = [d for d in range(4) if grad_bias.shape[d] == 1 and ds.shape[d] != 1]
+    if dims:
+        ds = ds.sum(dim=dims, keepdim=True)
+    qsl = slice(None) if grad_bias.shape[2] == 1 else slice(row.qs, row.qe)
+    ksl = slice(None) if grad_bias.shape[3] == 1 else slice(ks, ke)
+    grad_bias[:, :, qsl, ksl] += ds
+
+
+class _TiledFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias_tensor, req, plan):
+        B, H, Hkv, Nq, Nk, D, Dv = req.shape
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout > 0 else 0
+        q5 = (q * req.scale).reshape(B, Hkv, H // Hkv, Nq, D)  # scale folded into q
+        tiles = _Tiles(req, q5, k, v, seed)
+        out5, lse5 = _forward(tiles, plan)
+        ctx.save_for_backward(q, k, v, out5, lse5)
+        ctx.req, ctx.plan, ctx.seed = req, plan, seed
+        out = out5.reshape(B, H, Nq, Dv).to(q.dtype)
+        lse = lse5.reshape(B, H, Nq)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, out5, lse5 = ctx.saved_tensors
+        req = ctx.req
+        B, H, Hkv, Nq, Nk, D, Dv = req.shape
+        q5 = (q * req.scale).reshape(B, Hkv, H // Hkv, Nq, D)
+        tiles = _Tiles(req, q5, k, v, ctx.seed)
+        need_bias = ctx.needs_input_grad[3]
+        grad_bias = None
+        if need_bias:
+            grad_bias = torch.zeros(req.bias.tensor4.shape, dtype=tiles.stats, device=q.device)
+        grad_out5 = grad_out.reshape(B, Hkv, H // Hkv, Nq, Dv)
+        dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias)
+        if need_bias:
+            grad_bias = grad_bias.reshape(req.bias.tensor.shape).to(req.bias.tensor.dtype)
+        return dq.reshape(q.shape).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grad_bias, None, None
+
+
+def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
+    bias_tensor = getattr(req.bias, "tensor", None)
+    out, lse = _TiledFunction.apply(req.q, req.k, req.v, bias_tensor, req, make_plan(req))
+    if req.return_lse:
+        return out, lse.float() if lse.dtype != torch.float64 else lse
+    return out
+
+
+class TiledKernel:
+    name = "tiled"
+    description = "exact online-softmax tiles (FlashAttention algorithm); skips empty tiles"
+    capabilities = Capabilities(tile_skipping=True, memory="O(N) + one tile")
+
+    def not_supported_reasons(self, req: AttentionRequest) -> list[str]:
+        return self.capabilities.reasons(req)
+
+    def __call__(self, req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
+        return tiled_attention(req)

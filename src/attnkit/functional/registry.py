@@ -1,0 +1,171 @@
+"""Kernels register by name behind one signature and declare what they support as data.
+
+A kernel is an object with ``name``, ``capabilities`` and two methods:
+
+- ``not_supported_reasons(request) -> list[str]``: empty when it can serve the request;
+- ``__call__(request) -> out`` or ``(out, lse)`` when ``request.return_lse``.
+
+``kernel="auto"`` walks ``auto_order(request)`` and takes the first kernel with no reasons; when none
+fits, the error lists every kernel and its reasons. Users add their own with ``register_kernel``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .request import AttentionRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kernel supports, as data (printed by ``attnkit kernels``)."""
+
+    dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    masks: str = "any"  # "any", "dense bool", "none"
+    tile_skipping: bool = False  # cost proportional to the visible part of a structured mask
+    bias: bool = True
+    bias_grad: bool = True
+    softcap: bool = True
+    dropout: bool = True
+    return_lse: bool = True
+    gradients: bool = True
+    gqa: bool = True
+    exact: bool = True
+    memory: str = "O(N^2)"
+
+    def reasons(self, req: AttentionRequest) -> list[str]:
+        """Reasons derived from the declared capabilities alone."""
+        out = []
+        dtype = str(req.q.dtype).removeprefix("torch.")
+        if dtype not in self.dtypes:
+            out.append(f"dtype {dtype} not supported (supports {', '.join(self.dtypes)})")
+        if req.q.device.type not in self.devices:
+            out.append(f"device {req.q.device.type} not supported (supports {', '.join(self.devices)})")
+        if req.mask is not None and self.masks == "none":
+            out.append("masks not supported")
+        if req.bias is not None and not self.bias:
+            out.append("bias not supported")
+        if req.bias is not None and req.bias.requires_grad and req.needs_grad and not self.bias_grad:
+            out.append("gradient with respect to bias not supported")
+        if req.softcap is not None and not self.softcap:
+            out.append("softcap not supported")
+        if req.dropout > 0 and not self.dropout:
+            out.append("dropout not supported")
+        if req.return_lse and not self.return_lse:
+            out.append("return_lse not supported")
+        if req.needs_grad and not self.gradients:
+            out.append("gradients not supported")
+        B, H, Hkv, *_ = req.shape
+        if H != Hkv and not self.gqa:
+            out.append("grouped-query attention (Hkv != H) not supported")
+        return out
+
+    def as_row(self) -> dict[str, str]:
+        return {f.name: _fmt(getattr(self, f.name)) for f in fields(self)}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+@runtime_checkable
+class Kernel(Protocol):
+    name: str
+    description: str
+    capabilities: Capabilities
+
+    def not_supported_reasons(self, req: AttentionRequest) -> list[str]: ...
+
+    def __call__(self, req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
+_REGISTRY: dict[str, Kernel] = {}
+
+
+def register_kernel(kernel: Kernel, *, replace: bool = False) -> Kernel:
+    """Add a kernel under ``kernel.name``; ``replace=True`` to overwrite an existing one."""
+    if not isinstance(kernel, Kernel):
+        raise TypeError("a kernel needs name, description, capabilities, not_supported_reasons() and __call__()")
+    if kernel.name in _REGISTRY and not replace:
+        raise ValueError(f"a kernel named {kernel.name!r} is already registered; pass replace=True")
+    if kernel.name == "auto":
+        raise ValueError("'auto' is reserved for kernel selection")
+    _REGISTRY[kernel.name] = kernel
+    return kernel
+
+
+def get_kernel(name: str) -> Kernel:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel {name!r}; registered: {', '.join(_REGISTRY)} (or 'auto')") from None
+
+
+def kernels() -> list[Kernel]:
+    """The registered kernels, in registration order."""
+    return list(_REGISTRY.values())
+
+
+# Sparse-enough masks go to the tiled kernel first: when at least this share of tiles is empty
+# and the score matrix is large, skipping tiles beats SDPA computing (and masking) all of them.
+AUTO_TILED_MIN_EMPTY = 0.5
+AUTO_TILED_MIN_ELEMENTS = 1 << 20
+
+
+def auto_order(req: AttentionRequest) -> list[str]:
+    """The order in which ``kernel="auto"`` tries kernels for this request.
+
+    1. ``tiled`` first when a structured mask leaves >= 50% of its 128x128 tiles empty and
+       Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part.
+    2. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
+    then any user-registered kernels in registration order.
+    """
+    order = ["sdpa", "tiled", "dense"]
+    _, _, _, Nq, Nk, _, _ = req.shape
+    if req.mask is not None and Nq * Nk >= AUTO_TILED_MIN_ELEMENTS and not isinstance(req.mask, _dense_type()):
+        from .kernels.tiled import BLOCK_K, BLOCK_Q
+
+        layout = req.layout(BLOCK_Q, BLOCK_K)
+        empty = (layout == 0).all(dim=0).all(dim=0).float().mean().item()
+        if empty >= AUTO_TILED_MIN_EMPTY:
+            order = ["tiled", "sdpa", "dense"]
+    return order + [name for name in _REGISTRY if name not in order]
+
+
+def _dense_type():
+    from .masks import Dense
+
+    return Dense
+
+
+def select_kernel(req: AttentionRequest, kernel) -> Kernel:
+    """Resolve ``kernel`` (a name, "auto" or a kernel object) to a kernel that can serve ``req``."""
+    if isinstance(kernel, str) and kernel == "auto":
+        refusals = []
+        for name in auto_order(req):
+            if name not in _REGISTRY:
+                continue
+            reasons = _REGISTRY[name].not_supported_reasons(req)
+            if not reasons:
+                return _REGISTRY[name]
+            refusals.append(f"  {name}: {'; '.join(reasons)}")
+        raise ValueError("no attention kernel supports this request:\n" + "\n".join(refusals))
+    chosen = get_kernel(kernel) if isinstance(kernel, str) else kernel
+    if not isinstance(chosen, Kernel):
+        raise TypeError(f"kernel must be a name, 'auto' or a kernel object, got {type(kernel).__name__}")
+    reasons = chosen.not_supported_reasons(req)
+    if reasons:
+        raise ValueError(f"kernel {chosen.name!r} cannot serve this request: {'; '.join(reasons)}")
+    return chosen
+
+
+__all__ = ["Capabilities", "Kernel", "register_kernel", "get_kernel", "kernels", "auto_order", "select_kernel"]
