@@ -82,6 +82,11 @@ class Mask:
     def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         """Raise ValueError if this mask cannot apply to the given sizes. Default: any size."""
 
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int):
+        """A hashable key such that tiles with equal keys are equal (kernels cache them), or None.
+        Masks that depend only on the distance p - j (causal, sliding windows) return one."""
+        return None
+
     def length(self) -> int | None:
         """The sequence length the mask carries (e.g. document ids), or None if it has none."""
         return None
@@ -141,6 +146,10 @@ class And(Mask):
         self.a.check(batch, heads, q_len, k_len)
         self.b.check(batch, heads, q_len, k_len)
 
+    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+        a, b = self.a.tile_key(qs, qe, ks, ke, q_len, k_len), self.b.tile_key(qs, qe, ks, ke, q_len, k_len)
+        return None if a is None or b is None else (type(self).__name__, a, b)
+
     def length(self):
         return self.a.length() or self.b.length()
 
@@ -173,6 +182,10 @@ class Not(Mask):
     def check(self, batch, heads, q_len, k_len):
         self.a.check(batch, heads, q_len, k_len)
 
+    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+        a = self.a.tile_key(qs, qe, ks, ke, q_len, k_len)
+        return None if a is None else ("Not", a)
+
     def length(self):
         return self.a.length()
 
@@ -195,6 +208,9 @@ class SlidingWindow(Mask):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"window {name} must be a non-negative int or None (unbounded), got {value!r}")
         self.left, self.right = left, right
+
+    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+        return ("window", self.left, self.right, qs + k_len - q_len - ks, qe - qs, ke - ks)
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)

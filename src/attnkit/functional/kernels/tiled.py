@@ -16,6 +16,7 @@ q block (B, Hkv, G * bq, D) against k chunk (B, Hkv, bk, D), so k and v are neve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from ..request import AttentionRequest, softmax_dtype
 BLOCK_Q = 128  # query rows per block
 BLOCK_K = 128  # key granularity of the block layout (tile skipping)
 MAX_CHUNK = 1024  # most keys multiplied in one step
+LOG2E, LN2 = math.log2(math.e), math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,8 @@ def make_plan(req: AttentionRequest, block_q: int = BLOCK_Q, block_k: int = BLOC
         chunks: list[tuple[int, int, bool]] = []
         start = None  # first block of the open chunk
         for j in range(nkb + 1):
-            open_ok = start is not None and j < nkb and visit[i][j] and j - start < per_chunk \
-                and masked[i][j] == masked[i][start]
-            if start is not None and not open_ok:
-                chunks.append((start * block_k, min(j * block_k, Nk), masked[i][start]))
+            if start is not None and not (j < nkb and visit[i][j] and j - start < per_chunk):
+                chunks.append((start * block_k, min(j * block_k, Nk), any(masked[i][start:j])))
                 start = None
             if start is None and j < nkb and visit[i][j]:
                 start = j
@@ -88,34 +88,66 @@ class _Tiles:
         B, H, Hkv, Nq, Nk, _, _ = req.shape
         self.B, self.Hkv, self.G, self.Nq, self.Nk = B, Hkv, H // Hkv, Nq, Nk
         self.stats = softmax_dtype(q5.dtype)
+        self._cache: dict = {}  # mask tiles by tile_key
 
     def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D), pre-scaled
         return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, -1, self.q5.shape[-1])
 
-    def kv(self, row: Row, ks: int, ke: int, needs_mask: bool):
-        """k, v chunks (B, Hkv, bk, D|Dv) and the visibility tile (b, Hkv|1, G|1, bq, bk) or None.
-        Keys no query of the tile may see are zeroed, so NaN stored there stays out of every product."""
+    def chunk(self, row: Row, ks: int, ke: int, needs_mask: bool):
+        """The chunk's key range clipped to the keys some query of the tile may see, its k and v
+        (B, Hkv, bk, D|Dv), and the hidden-positions tile (b, Hkv|1, G|1, bq, bk) or None; None if no
+        key is visible. Unseen keys inside the range are zeroed in k and v, so NaN stored there stays
+        out of every product."""
+        hidden = seen = None
+        if needs_mask:
+            entry = self._mask_tile(row, ks, ke)
+            if entry is None:
+                return None
+            lo, hi, hidden, seen = entry
+            ks, ke = ks + lo, ks + hi
         k, v = self.k[..., ks:ke, :], self.v[..., ks:ke, :]
-        if not needs_mask:
-            return k, v, None
-        vis = _heads5(self.req.mask.tile(row.qs, row.qe, ks, ke, self.Nq, self.Nk, k.device), self.Hkv, self.G)
-        seen = vis.any(dim=-2).any(dim=2)[..., None]  # (b, Hkv|1, bk, 1)
-        zero = torch.zeros((), dtype=k.dtype, device=k.device)
-        return torch.where(seen, k, zero), torch.where(seen, v, zero), vis
+        if seen is not None:
+            zero = torch.zeros((), dtype=k.dtype, device=k.device)
+            k, v = torch.where(seen, k, zero), torch.where(seen, v, zero)
+        return ks, ke, k, v, hidden
 
-    def logits(self, qb: Tensor, k: Tensor, row: Row, ks: int, ke: int, vis: Tensor | None):
-        """(B, Hkv, G, bq, bk) logits in the statistics dtype, and tanh of the softcap (or None)."""
+    def _mask_tile(self, row: Row, ks: int, ke: int):
+        """(lo, hi, 0/-inf additive tile[lo:hi], seen[lo:hi] or None when all are seen) for keys ks:ke, or None
+        when nothing is visible; cached for masks that give a tile_key (distance-only masks)."""
+        args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
+        key = self.req.mask.tile_key(*args)
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        vis = _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
+        seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
+        cols = seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
+        entry = None
+        if cols:
+            lo, hi = cols[0], cols[-1] + 1
+            seen = seen[..., lo:hi, None]
+            hidden = torch.zeros(vis[..., lo:hi].shape, dtype=self.stats, device=vis.device)
+            hidden.masked_fill_(~vis[..., lo:hi], float("-inf"))  # additive: add_ is far faster than masked_fill_
+            entry = (lo, hi, hidden, None if bool(seen.all()) else seen)
+        if key is not None:
+            self._cache[key] = entry
+        return entry
+
+    def logits(self, qb: Tensor, k: Tensor, row: Row, ks: int, ke: int, hidden: Tensor | None):
+        """(B, Hkv, G, bq, bk) logits in log2 units (q is pre-scaled by scale·log2 e, so softmax runs on
+        exp2, which is several times faster than exp on CPU) in the statistics dtype, and the softcap's
+        tanh (or None)."""
         s = (qb @ k.transpose(-2, -1)).to(self.stats)
         s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, ke - ks)
         tanh = None
         if self.req.softcap is not None:
-            tanh = torch.tanh(s / self.req.softcap)
-            s = tanh * self.req.softcap
+            cap = self.req.softcap * LOG2E
+            tanh = torch.tanh(s / cap)
+            s = tanh * cap
         if self.req.bias is not None:
             b = self.req.bias.tile(row.qs, row.qe, ks, ke, self.Nq, self.Nk, s.device, self.stats)
-            s = s + _heads5(b, self.Hkv, self.G)
-        if vis is not None:
-            s = s.masked_fill_(~vis, float("-inf"))
+            s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
+        if hidden is not None:
+            s = s.add_(hidden)
         return s, tanh
 
     def keep(self, row: Row, ks: int, shape) -> Tensor | None:
@@ -139,30 +171,34 @@ def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
     Dv = tiles.v.shape[-1]
     out = torch.zeros(B, Hkv, G, tiles.Nq, Dv, dtype=stats, device=tiles.v.device)
     lse = torch.full((B, Hkv, G, tiles.Nq), float("-inf"), dtype=stats, device=tiles.v.device)
-    zero = torch.zeros((), dtype=stats, device=out.device)
+    lowest = torch.finfo(stats).min  # running max of a row with nothing visible yet: exp(-inf - lowest) = 0
     for row in plan:
-        if not row.chunks:
-            continue
         qb = tiles.q_block(row)
         m = l = acc = None
-        for ks, ke, needs_mask in row.chunks:
-            k, v, vis = tiles.kv(row, ks, ke, needs_mask)
-            s, _ = tiles.logits(qb, k, row, ks, ke, vis)  # (B, Hkv, G, bq, bk)
-            m_new = s.amax(dim=-1, keepdim=True) if m is None else torch.maximum(m, s.amax(dim=-1, keepdim=True))
-            m_safe = torch.where(torch.isfinite(m_new), m_new, zero)
-            p = s.sub_(m_safe).exp_()
+        for chunk in row.chunks:
+            chunk = tiles.chunk(row, *chunk)
+            if chunk is None:
+                continue
+            ks, ke, k, v, hidden = chunk
+            s, _ = tiles.logits(qb, k, row, ks, ke, hidden)  # (B, Hkv, G, bq, bk)
+            m_new = s.amax(dim=-1, keepdim=True).clamp_(min=lowest)
+            if m is not None:
+                m_new = torch.maximum(m, m_new)
+            p = s.sub_(m_new).exp2_()
             keep = tiles.keep(row, ks, p.shape)
             pv = _fold(p if keep is None else p * keep).to(v.dtype) @ v  # (B, Hkv, G * bq, Dv)
             pv = pv.view(B, Hkv, G, -1, Dv).to(stats)
             if m is None:
                 l, acc = p.sum(dim=-1, keepdim=True), pv
             else:
-                corr = torch.exp(m - m_safe)
+                corr = torch.exp2(m - m_new)
                 l, acc = l * corr + p.sum(dim=-1, keepdim=True), acc * corr + pv
             m = m_new
-        valid = l > 0
-        out[..., row.qs:row.qe, :] = acc / torch.where(valid, l, torch.ones_like(l))
-        lse[..., row.qs:row.qe] = torch.where(valid, m_safe + torch.log(l), float("-inf")).squeeze(-1)
+        if m is None:
+            continue
+        # l >= 1 where anything is visible; l == 0 (acc == 0, lse = lowest + log 0 = -inf) where not
+        out[..., row.qs:row.qe, :] = acc / l.clamp(min=1.0)
+        lse[..., row.qs:row.qe] = (m + torch.log2(l)).squeeze(-1)  # log2 units
     return out, lse
 
 
@@ -176,15 +212,16 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
     dk = torch.zeros(tiles.k.shape, dtype=stats, device=out.device)
     dv = torch.zeros(tiles.v.shape, dtype=stats, device=out.device)
     for row in plan:
-        if not row.chunks:
-            continue
         qb = tiles.q_block(row)
         rows = slice(row.qs, row.qe)
         do = _fold(grad_out[..., rows, :]).to(dtype)  # (B, Hkv, G * bq, Dv)
-        for ks, ke, needs_mask in row.chunks:
-            k, v, vis = tiles.kv(row, ks, ke, needs_mask)
-            s, tanh = tiles.logits(qb, k, row, ks, ke, vis)
-            p = s.sub_(lse_safe[..., rows, :]).exp_()  # (B, Hkv, G, bq, bk)
+        for chunk in row.chunks:
+            chunk = tiles.chunk(row, *chunk)
+            if chunk is None:
+                continue
+            ks, ke, k, v, hidden = chunk
+            s, tanh = tiles.logits(qb, k, row, ks, ke, hidden)
+            p = s.sub_(lse_safe[..., rows, :]).exp2_()  # (B, Hkv, G, bq, bk)
             keep = tiles.keep(row, ks, p.shape)
             p_kept = p if keep is None else p * keep
             dv[..., ks:ke, :] += (_fold(p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
@@ -199,7 +236,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
             ds_f = _fold(ds).to(dtype)  # (B, Hkv, G * bq, bk)
             dq[..., rows, :] += (ds_f @ k).view(B, Hkv, G, -1, k.shape[-1]).to(stats)
             dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ qb).to(stats)
-    return dq * req.scale, dk, dv
+    return dq * req.scale, dk * LN2, dv  # dk: q was pre-scaled by scale·log2 e, we need scale
 
 
 def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: int) -> None:
@@ -219,13 +256,13 @@ class _TiledFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, bias_tensor, req, plan):
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout > 0 else 0
-        q5 = (q * req.scale).reshape(B, Hkv, H // Hkv, Nq, D)  # scale folded into q
+        q5 = (q * (req.scale * LOG2E)).reshape(B, Hkv, H // Hkv, Nq, D)  # scale folded into q
         tiles = _Tiles(req, q5, k, v, seed)
-        out5, lse5 = _forward(tiles, plan)
+        out5, lse5 = _forward(tiles, plan)  # lse5 in log2 units
         ctx.save_for_backward(q, k, v, out5, lse5)
         ctx.req, ctx.plan, ctx.seed = req, plan, seed
         out = out5.reshape(B, H, Nq, Dv).to(q.dtype)
-        lse = lse5.reshape(B, H, Nq)
+        lse = lse5.reshape(B, H, Nq) * LN2
         ctx.mark_non_differentiable(lse)
         return out, lse
 
@@ -234,7 +271,7 @@ class _TiledFunction(torch.autograd.Function):
         q, k, v, out5, lse5 = ctx.saved_tensors
         req = ctx.req
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
-        q5 = (q * req.scale).reshape(B, Hkv, H // Hkv, Nq, D)
+        q5 = (q * (req.scale * LOG2E)).reshape(B, Hkv, H // Hkv, Nq, D)
         tiles = _Tiles(req, q5, k, v, ctx.seed)
         need_bias = ctx.needs_input_grad[3]
         grad_bias = None

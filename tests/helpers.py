@@ -1,0 +1,212 @@
+"""Shared test helpers: the float64 reference, tolerances derived from a baseline, a locating
+``assert_close``, and a switch that makes the tiled kernel use small tiles.
+
+Tolerance rule (STYLE.md "Tests"): a kernel run in dtype X may be off the float64 reference by at most
+twice what the dense kernel run in dtype X is off, plus a rounding floor for X. The dense kernel itself
+cannot be judged by that rule (it would compare with itself), so it meets the fixed ``DENSE_TOL`` table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import attnkit
+from attnkit.functional.kernels import tiled as tiled_module
+
+DTYPES = (torch.float64, torch.float32, torch.bfloat16)
+DTYPE_IDS = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16"}
+
+# Rounding floor per dtype, relative to the magnitude of the compared tensor (max(1, max|expected|)):
+# what a correct kernel may add to 2x the dense kernel's own error in the same dtype.
+FLOOR = {
+    # 1e-12 = ~4500 ulps of 2.2e-16: a different summation order over ~1e3 keys and the online-softmax
+    # rescaling exp(m_old - m_new) each add a few ulps per step; 1e-12 still catches any real mistake.
+    torch.float64: 1e-12,
+    # 1e-6 = ~8 ulps of 1.2e-7: reductions in a different order than the dense kernel's matmul.
+    torch.float32: 1e-6,
+    # 1e-2 = ~1 ulp of 7.8e-3 for O(1) values: one extra rounding of the output or of a probability.
+    torch.bfloat16: 1e-2,
+}
+
+# Fixed tolerance of the dense kernel in dtype X against the float64 reference (an independent,
+# hand-written softmax for float64), relative to max(1, max|expected|).
+DENSE_TOL = {
+    # float64 vs an independent float64 implementation: only summation order differs.
+    torch.float64: 1e-12,
+    # float32 logits from a float32 matmul over D <= 64 (rel. error ~ sqrt(D) * 6e-8 of |q||k| ~ 10),
+    # then softmax and a second matmul over up to ~1e3 keys: ~1e-5.
+    torch.float32: 2e-5,
+    # bfloat16 logits (8-bit mantissa, rel. error 4e-3 of logits up to ~10 -> 4e-2 absolute, e^0.04
+    # = 4% of a probability), probabilities rounded to bf16 again before the value matmul.
+    torch.bfloat16: 1.5e-1,
+}
+
+
+def magnitude(t: Tensor) -> float:
+    """max(1, max |t|) over finite entries: the scale the relative tables are applied to."""
+    t = t.detach().to(torch.float64)
+    finite = t[torch.isfinite(t)]
+    return max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+
+
+def max_abs_error(actual: Tensor, expected: Tensor) -> float:
+    """Largest |actual - expected|, where equal infinities count as 0 and a NaN on one side as inf."""
+    a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
+    if a.numel() == 0:
+        return 0.0
+    diff = torch.where(a == e, torch.zeros_like(a), (a - e).abs())
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    return diff.max().item()
+
+
+def assert_close(actual: Tensor, expected: Tensor, *, atol: float, rtol: float = 0.0, what: str = "tensor") -> None:
+    """Assert |actual - expected| <= atol + rtol * |expected| elementwise; equal infinities match.
+
+    On failure the message gives the share of elements off, the largest difference, where it is, and
+    the two values there (xFormers' ``assert_allclose``).
+    """
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
+    if a.numel() == 0:
+        return
+    diff = torch.where(a == e, torch.zeros_like(a), (a - e).abs())  # inf == inf is no error
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)  # NaN always is
+    allowed = atol + rtol * e.abs().nan_to_num(posinf=0.0, neginf=0.0)
+    bad = diff > allowed
+    if not bad.any():
+        return
+    worst = int(torch.argmax(torch.where(bad, diff, torch.zeros_like(diff))).item())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), a.shape))
+    n_bad = int(bad.sum().item())
+    raise AssertionError(
+        f"{what}: {n_bad}/{a.numel()} elements ({100 * n_bad / a.numel():.2f}%) off; "
+        f"max abs diff {diff.flatten()[worst].item():.3e} at index {index} "
+        f"(actual {a[index].item():.6g}, expected {e[index].item():.6g}); atol={atol:.3e} rtol={rtol:.3e}")
+
+
+def baseline_atol(baseline: Tensor, reference: Tensor, dtype: torch.dtype) -> float:
+    """2x the dense kernel's error in ``dtype`` plus the rounding floor, scaled to the reference."""
+    return 2 * max_abs_error(baseline, reference) + FLOOR[dtype] * magnitude(reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a kernel: forward, lse and gradients in one go
+
+
+@dataclass
+class Inputs:
+    """Attention inputs; ``bias`` is a float tensor, an attnkit bias object, or None."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    bias: object = None
+    options: dict | None = None  # mask, causal, window, softcap, scale, ...
+
+    def to(self, dtype: torch.dtype) -> "Inputs":
+        bias = self.bias.to(dtype) if isinstance(self.bias, Tensor) else self.bias
+        return Inputs(self.q.to(dtype), self.k.to(dtype), self.v.to(dtype), bias, self.options)
+
+
+@dataclass
+class Result:
+    out: Tensor
+    lse: Tensor | None
+    grads: dict[str, Tensor]  # "q", "k", "v" and "bias" when asked for
+
+
+@contextlib.contextmanager
+def small_tiles(block_q: int = 16, block_k: int = 16, max_chunk: int = 32):
+    """Make the tiled kernel plan with small tiles, so small inputs span several query blocks, key
+    blocks and chunks (multi-chunk online softmax). ``make_plan`` takes the module constants as default
+    arguments, bound at definition time, so patching the constants alone would change nothing: the
+    defaults themselves are swapped (and the constants too, for readers such as ``auto_order``)."""
+    plan = tiled_module.make_plan
+    saved = plan.__defaults__, tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK
+    plan.__defaults__ = (block_q, block_k, max_chunk)
+    tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK = block_q, block_k, max_chunk
+    try:
+        yield
+    finally:
+        plan.__defaults__, tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK = saved
+
+
+# Kernel variants under test: the registered kernels, plus the tiled kernel with 16x16 tiles and
+# 32-key chunks so that small cases exercise its multi-tile paths.
+KERNELS = ("dense", "sdpa", "tiled", "tiled-16")
+
+
+def kernel_context(variant: str):
+    return small_tiles() if variant == "tiled-16" else contextlib.nullcontext()
+
+
+def kernel_name(variant: str) -> str:
+    return "tiled" if variant == "tiled-16" else variant
+
+
+def run(variant: str, inputs: Inputs, *, grad_out: Tensor | None = None, bias_grad: bool = True,
+        return_lse: bool = False, **extra) -> Result:
+    """Run ``attnkit.attention`` with kernel ``variant`` on leaf copies of the inputs; when ``grad_out``
+    is given, backpropagate it and collect the gradients (the bias's too if it is a tensor and
+    ``bias_grad``)."""
+    q, k, v = (t.detach().clone().requires_grad_(grad_out is not None) for t in (inputs.q, inputs.k, inputs.v))
+    bias = inputs.bias
+    if isinstance(bias, Tensor):
+        bias = bias.detach().clone().requires_grad_(grad_out is not None and bias_grad)
+    with kernel_context(variant):
+        res = attnkit.attention(q, k, v, bias=bias, kernel=kernel_name(variant), return_lse=return_lse,
+                                **(inputs.options or {}), **extra)
+    out, lse = res if return_lse else (res, None)
+    grads = {}
+    if grad_out is not None:
+        (out.to(torch.float64) * grad_out.to(torch.float64)).sum().backward()
+        grads = {"q": q.grad, "k": k.grad, "v": v.grad}
+        if isinstance(bias, Tensor) and bias.requires_grad:
+            grads["bias"] = bias.grad
+    return Result(out.detach(), lse, grads)
+
+
+def reference(inputs: Inputs, *, grad_out: Tensor | None = None, return_lse: bool = False, **extra) -> Result:
+    """The reference: the dense kernel on float64 copies of the inputs."""
+    return run("dense", inputs.to(torch.float64), grad_out=grad_out, return_lse=return_lse, **extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# An independent implementation, to check the reference itself
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = None, bias: Tensor | None = None,
+                    scale: float | None = None, softcap: float | None = None) -> tuple[Tensor, Tensor]:
+    """Textbook attention in float64 from an explicit bool ``visible`` (broadcastable to (B, H, Nq, Nk)):
+    returns (out (B, H, Nq, Dv), lse (B, H, Nq)); rows with nothing visible give zeros and -inf."""
+    q, k, v = q.double(), k.double(), v.double()
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if bias is not None:
+        logits = logits + bias.double()
+    if visible is not None:
+        logits = logits.masked_fill(~visible, float("-inf"))
+        v = torch.where(visible.any(dim=-2)[..., None], v, 0.0)  # unseen keys may hold NaN
+    lse = torch.logsumexp(logits, dim=-1)
+    probs = torch.exp(logits - lse[..., None]).nan_to_num(0.0)  # -inf - -inf = NaN for empty rows
+    return probs @ v, lse
+
+
+def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float64, scale: float = 1.0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=dtype) * scale
+
+
+__all__ = [
+    "DTYPES", "DTYPE_IDS", "FLOOR", "DENSE_TOL", "KERNELS", "Inputs", "Result", "assert_close", "baseline_atol",
+    "kernel_context", "kernel_name", "magnitude", "max_abs_error", "naive_attention", "randn", "reference", "run",
+    "small_tiles",
+]
