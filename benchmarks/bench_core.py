@@ -60,6 +60,7 @@ MASKS = ("exact", "causal", "window512")
 MODES = ("fwd", "fwdbwd")
 KERNELS = ("attnkit:tiled", "attnkit:dense", "attnkit:sdpa", "attnkit:auto", "torch:sdpa", "torch:flex")
 ATTNKIT_KW = {"exact": {}, "causal": {"causal": True}, "window512": {"window": (WINDOW - 1, 0)}}
+AUTO_RETIME_MAX_S = 5.0  # kernel="auto" is not re-timed when it resolves to a kernel timed here that slow
 SLOW_S = 2.0  # calls slower than this get 3 timed repeats (BENCHMARKING.md: n >= 3)
 MID_S = 0.5  # calls slower than this get 5
 PROBE_N = 2048
@@ -183,10 +184,31 @@ def machine_context() -> dict:
     }
 
 
-class Probe:
-    """A ~target_s torch.mm of 2048x2048 before each round; rounds wait while the machine is slow."""
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    def __init__(self, target_s: float, max_wait_s: float, total_wait_s: float):
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process) from /proc: their difference over an
+    interval is the CPU time other processes took (steal time, a host neighbour, is not in it)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:8]]
+        with open("/proc/self/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        return v[0] + v[1] + v[2] + v[5] + v[6], int(st[11]) + int(st[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Probe:
+    """A ~target_s torch.mm of 2048x2048 before each round; rounds wait while the machine is slow
+    (probe below GATE_FRACTION of the best seen) or busy (other processes took >= FOREIGN_MAX cores
+    during the probe: on 2 cores a concurrent test run slows a threaded kernel far more than a matmul)."""
+
+    FOREIGN_MAX = 0.25
+
+    def __init__(self, target_s: float, max_wait_s: float, total_wait_s: float, max_retries: int = 3,
+                 retry_budget_s: float = 300.0):
         g = torch.Generator().manual_seed(1)
         self.a = torch.randn(PROBE_N, PROBE_N, generator=g)
         self.b = torch.randn(PROBE_N, PROBE_N, generator=g)
@@ -198,8 +220,18 @@ class Probe:
         self.best = 0.0
         self.max_wait_s, self.wait_left_s = max_wait_s, total_wait_s
         self.history: list[float] = []
+        self.foreign: list[float] = []
         self.waited_s = 0.0
         self.timeouts = 0
+        self.max_retries, self.retry_left_s, self.retries = max_retries, retry_budget_s, 0
+
+    def may_retry(self, retries_this_round: int, round_s: float) -> bool:
+        """Redo a round that other processes disturbed, within the per-round and whole-run budgets."""
+        if retries_this_round >= self.max_retries or self.retry_left_s < round_s:
+            return False
+        self.retry_left_s -= round_s
+        self.retries += 1
+        return True
 
     def _time(self, reps: int) -> float:
         t0 = time.perf_counter()
@@ -207,24 +239,32 @@ class Probe:
             torch.mm(self.a, self.b, out=self.c)
         return time.perf_counter() - t0
 
-    def measure(self) -> float:
-        gflops = 2.0 * PROBE_N ** 3 * self.reps / self._time(self.reps) / 1e9
-        self.best = max(self.best, gflops)
+    def measure(self) -> tuple[float, float]:
+        """(GFLOP/s, cores used by other processes meanwhile)."""
+        c0 = _cpu_ticks()
+        dt = self._time(self.reps)
+        c1 = _cpu_ticks()
+        foreign = 0.0
+        if c0 and c1:
+            foreign = max(0.0, ((c1[0] - c0[0]) - (c1[1] - c0[1])) / _TICK / dt)
+        gflops = 2.0 * PROBE_N ** 3 * self.reps / dt / 1e9
         self.history.append(gflops)
-        return gflops
+        self.foreign.append(foreign)
+        if foreign < self.FOREIGN_MAX:  # a contended probe does not set the reference
+            self.best = max(self.best, gflops)
+        return gflops, foreign
 
-    def gate(self) -> tuple[float, bool]:
-        """Probe until within GATE_FRACTION of the best probe seen, or the waiting budget is spent.
-        Returns (probe GFLOP/s, passed)."""
+    def gate(self) -> tuple[float, float, bool]:
+        """Probe until fast and quiet, or the waiting budget is spent. Returns (GFLOP/s, foreign cores, passed)."""
         start = time.perf_counter()
         while True:
-            g = self.measure()
-            if g >= GATE_FRACTION * self.best:
-                return g, True
+            g, foreign = self.measure()
+            if g >= GATE_FRACTION * self.best and foreign < self.FOREIGN_MAX:
+                return g, foreign, True
             waited = time.perf_counter() - start
             if waited >= self.max_wait_s or self.wait_left_s <= 0:
                 self.timeouts += 1
-                return g, False
+                return g, foreign, False
             time.sleep(1.0)
             spent = time.perf_counter() - start - waited
             self.wait_left_s -= spent
@@ -391,7 +431,9 @@ class Result:
     warmup_s: list = field(default_factory=list)
     times_s: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
-    probes_gflops: list = field(default_factory=list)
+    probes_gflops: list = field(default_factory=list)  # per round; negative = ran below the gate
+    foreign_cores: list = field(default_factory=list)  # cores other processes used (probe or round, larger)
+    contended_rounds: int = 0  # rounds kept although other processes ran during them (retries spent)
     median_ms: float | None = None
     min_ms: float | None = None
     max_ms: float | None = None
@@ -418,14 +460,24 @@ def run_config(n: int, mask: str, mode: str, kernels: list[str], probe: Probe, o
                flex_setups: dict) -> list[Result]:
     inp = make_inputs(n, mask, mode, need_dense_mask="torch:sdpa" in kernels)
     results, calls = [], {}
-    for kernel in kernels:
+    by_kernel: dict[str, Result] = {}
+    probe.gate()  # warm-ups also start on a quiet machine: they set the repeat counts
+    # auto goes last: it is not re-timed when it resolves to a slow kernel already timed here
+    for kernel in sorted(kernels, key=lambda kn: kn == "attnkit:auto"):
         r = Result(n, mask, mode, kernel, label(kernel, mask), peer=label(peer_of(mask), mask))
-        results.append(r)
+        by_kernel[kernel] = r
         try:
+            if kernel == "attnkit:dense" and opts.dense_max_n and n > opts.dense_max_n:
+                raise Skip(f"--quick: the reference kernel runs at N <= {opts.dense_max_n} only")
             fs = None
             if kernel == "torch:flex" and mode == "fwd":
                 fs = flex_setups.setdefault(n, FlexSetup(n))
             fn, r.note = make_fn(kernel, mask, inp, fs)
+            if kernel == "attnkit:auto":
+                same = by_kernel.get("attnkit:" + r.note.split("-> ")[1])
+                if same is not None and same.status == "ok" and same.warmup_s[-1] >= AUTO_RETIME_MAX_S:
+                    raise Skip(f"{r.note}, which is timed above; not re-timed at "
+                               f"{same.warmup_s[-1]:.0f} s per call (same kernel, same request)")
         except Skip as e:
             r.status, r.note = "skipped", str(e)
             if kernel == "torch:flex" and mode == "fwd":
@@ -443,19 +495,39 @@ def run_config(n: int, mask: str, mode: str, kernels: list[str], probe: Probe, o
             traceback.print_exc(file=sys.stderr)
             continue
         calls[kernel] = call
-    est = {kn: next(r for r in results if r.kernel == kn).warmup_s[-1] for kn in calls}
+    results = [by_kernel[kn] for kn in kernels]  # table order
+    est = {kn: by_kernel[kn].warmup_s[-1] for kn in calls}
     reps = {kn: (3 if t >= SLOW_S else min(opts.reps, 5) if t >= MID_S else opts.reps) for kn, t in est.items()}
-    order = list(calls)
-    by_kernel = {r.kernel: r for r in results}
-    for rnd in range(max(reps.values(), default=0)):
-        gflops, passed = probe.gate()
+    order = [kn for kn in kernels if kn in calls]
+    rnd, retries = 0, 0
+    while rnd < max(reps.values(), default=0):
+        gflops, foreign, passed = probe.gate()
         active = [kn for kn in order if reps[kn] > rnd]
         shift = rnd % len(active)
+        times, f_ticks, dirty = {}, 0, False
         for kn in active[shift:] + active[:shift]:  # rotate the order: no contender always runs first
+            c0 = _cpu_ticks()
+            times[kn] = timed(calls[kn])
+            c1 = _cpu_ticks()
+            if c0 and c1:
+                ft = (c1[0] - c0[0]) - (c1[1] - c0[1])
+                f_ticks += ft
+                dirty |= ft >= 2 and ft / _TICK / times[kn] >= Probe.FOREIGN_MAX
+        round_s = sum(times.values())
+        busy = f_ticks / _TICK / round_s
+        contended = dirty or busy >= Probe.FOREIGN_MAX
+        if contended and probe.may_retry(retries, round_s):
+            retries += 1
+            log(f"    round {rnd}: other processes took {busy:.2f} cores; redoing it")
+            continue
+        for kn, t in times.items():
             r = by_kernel[kn]
-            r.times_s.append(timed(calls[kn]))
+            r.times_s.append(t)
             r.rounds.append(rnd)
             r.probes_gflops.append(round(gflops, 1) if passed else -round(gflops, 1))
+            r.foreign_cores.append(round(max(foreign, busy), 2))
+            r.contended_rounds += contended
+        rnd, retries = rnd + 1, 0
     del calls
     for r in results:
         if r.status != "ok":
@@ -566,7 +638,7 @@ def fmt_x(x, lo, hi) -> str:
 
 def table(results: list[Result], mm_gflops: float) -> str:
     head = (f"{'config':24s} {'kernel':24s} {'n':>2s} {'median ms':>10s} {'spread':>7s} {'GFLOP/s':>8s} "
-            f"{'%mm':>5s} {'speedup vs peer [min-max]':>26s} {'vs flex [min-max]':>22s} {'peak MiB':>9s}")
+            f"{'%mm':>5s} {'speedup vs peer [min-max]':>26s} {'vs flex [min-max]':>22s} {'peak MiB':>9s} {'probe':>6s}")
     lines = [head, "-" * len(head)]
     last = None
     for r in results:
@@ -583,6 +655,7 @@ def table(results: list[Result], mm_gflops: float) -> str:
             fmt_x(r.speedup_vs_flex, r.speedup_vs_flex_min, r.speedup_vs_flex_max)
         lines.append(f"{r.config:24s} {r.label:24s} {len(r.times_s):2d} {r.median_ms:10.2f} {r.spread_pct:6.1f}% "
                      f"{r.gflops:8.1f} {100 * r.gflops / mm_gflops:4.0f}% {vs_peer:>26s} {vs_flex:>22s} {mem:>9s}"
+                     f" {_probe_cell(r):>6s}"
                      + (f"   {r.note}" if r.note and r.kernel == "attnkit:auto" else ""))
     return "\n".join(lines)
 
@@ -642,10 +715,20 @@ def gflops_lines(results: list[Result], mm_best: float, mm_median: float) -> lis
     return lines
 
 
+def _probe_cell(r: Result) -> str:
+    """Median probe GFLOP/s of the rounds; '*' when a round ran below the gate (slow or busy machine)."""
+    p = [abs(x) for x in r.probes_gflops]
+    if not p:
+        return ""
+    return f"{statistics.median(p):.0f}" + ("*" if any(x < 0 for x in r.probes_gflops) else "") + \
+        ("!" if r.contended_rounds else "")
+
+
 def _probe_range(r: Result) -> str:
     p = [abs(x) for x in r.probes_gflops]
     low = sum(1 for x in r.probes_gflops if x < 0)
-    return f"{min(p):.0f}-{max(p):.0f}" + (f", {low} below gate" if low else "")
+    return f"{min(p):.0f}-{max(p):.0f}" + (f", {low} below gate" if low else "") + \
+        (f", other processes up to {max(r.foreign_cores):.2f} cores" if max(r.foreign_cores) >= 0.05 else "")
 
 
 def write_outputs(out_dir: Path, stem: str, payload: dict, results: list[Result]) -> tuple[Path, Path]:
@@ -655,7 +738,7 @@ def write_outputs(out_dir: Path, stem: str, payload: dict, results: list[Result]
     cols = ["n", "mask", "mode", "kernel", "label", "status", "note", "n_timed", "median_ms", "min_ms", "max_ms",
             "spread_pct", "gflops", "pct_of_matmul", "peer", "speedup_vs_peer", "speedup_vs_peer_min",
             "speedup_vs_peer_max", "speedup_vs_flex", "speedup_vs_flex_min", "speedup_vs_flex_max",
-            "probe_gflops_median", "mem_call_peak_mib", "mem_ru_maxrss_mib", "mem_note"]
+            "probe_gflops_median", "rounds_below_gate", "contended_rounds", "foreign_cores_max", "mem_call_peak_mib", "mem_ru_maxrss_mib", "mem_note"]
     with cpath.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -664,6 +747,8 @@ def write_outputs(out_dir: Path, stem: str, payload: dict, results: list[Result]
             row["n_timed"] = len(r.times_s)
             row["probe_gflops_median"] = statistics.median([abs(x) for x in r.probes_gflops]) \
                 if r.probes_gflops else None
+            row["rounds_below_gate"] = sum(1 for x in r.probes_gflops if x < 0)
+            row["foreign_cores_max"] = max(r.foreign_cores) if r.foreign_cores else None
             w.writerow({c: (round(row[c], 4) if isinstance(row[c], float) else row[c]) for c in cols})
     return jpath, cpath
 
@@ -680,6 +765,8 @@ def main() -> int:
     ap.add_argument("--masks", nargs="+", choices=MASKS, default=list(MASKS))
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    ap.add_argument("--flex-sizes", type=int, nargs="+",
+                    help="sizes at which FlexAttention is compiled and timed (default all; quick: the largest)")
     ap.add_argument("--reps", type=int, help="timed repeats for calls under 0.5 s (default 7, quick 3)")
     ap.add_argument("--warmup", type=int, help="warm-up calls for calls under 2 s (default 2, quick 1)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
@@ -691,16 +778,20 @@ def main() -> int:
         return 0
 
     sizes = opts.sizes or ([1024, 4096] if opts.quick else [1024, 4096, 16384])
+    flex_sizes = opts.flex_sizes or (sizes[-1:] if opts.quick else sizes)
     opts.reps = opts.reps or (3 if opts.quick else 7)
     opts.warmup = opts.warmup or (1 if opts.quick else 2)
     memory = (not opts.quick) if opts.memory is None else opts.memory
-    probe_s, max_wait, total_wait = (0.25, 4.0, 10.0) if opts.quick else (0.5, 20.0, 120.0)
+    opts.dense_max_n = 1024 if opts.quick else None
+    # probe length, longest wait per gate, total waiting, redone rounds per round, total time of redone rounds
+    probe_s, max_wait, total_wait, retries, retry_s = (0.25, 5.0, 15.0, 1, 15.0) if opts.quick else \
+        (0.5, 30.0, 240.0, 3, 300.0)
     command = " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else
                         sys.executable] + [a.replace(str(REPO) + "/", "") for a in sys.argv])
 
     wall0 = time.perf_counter()
     ctx = machine_context()
-    probe = Probe(probe_s, max_wait, total_wait)
+    probe = Probe(probe_s, max_wait, total_wait, retries, retry_s)
     print("attnkit core kernel benchmark (benchmarks/bench_core.py)")
     print(f"command: {command}")
     print(f"date (UTC): {ctx['date_utc']}")
@@ -721,7 +812,8 @@ def main() -> int:
     for n in sizes:
         for mask in opts.masks:
             for mode in opts.modes:
-                kernels = [kn for kn in opts.kernels if not (kn == "torch:flex" and mask != "window512")]
+                kernels = [kn for kn in opts.kernels
+                           if not (kn == "torch:flex" and (mask != "window512" or n not in flex_sizes))]
                 log(f"[{time.perf_counter() - wall0:6.0f} s] N={n} {mask} {mode}")
                 gc.collect()
                 results += run_config(n, mask, mode, kernels, probe, opts, flex_setups)
@@ -731,7 +823,7 @@ def main() -> int:
     if memory:
         log(f"[{timing_s:6.0f} s] peak memory, one subprocess per configuration")
         measure_memory(results, opts)
-    mm_best = probe.best
+    mm_best = probe.best or max(probe.history)
     mm_median = statistics.median(probe.history)
     for r in results:
         if r.gflops is not None:
@@ -745,9 +837,14 @@ def main() -> int:
           f"%mm is against the best matmul probe of the run.")
     print("speedup = peer time / this time, median over round-robin rounds [min-max over rounds]; "
           "> 1 means faster than the peer.")
+    print("probe = median matmul probe (GFLOP/s) before the rounds; * = a round ran below the gate after the "
+          "waiting budget; ! = a round kept although other processes ran during it.")
     print(f"matmul probe (torch.mm {PROBE_N}^2 float32): best {mm_best:.0f} GFLOP/s, median {mm_median:.0f}, "
-          f"min {min(probe.history):.0f} over {len(probe.history)} probes; rounds run below the gate after "
-          f"waiting: {probe.timeouts}; waited {probe.waited_s:.0f} s")
+          f"min {min(probe.history):.0f} over {len(probe.history)} probes; other processes used "
+          f"{statistics.median(probe.foreign):.2f} cores median, {max(probe.foreign):.2f} max during probes; "
+          f"rounds run below the gate after waiting: {probe.timeouts}; waited {probe.waited_s:.0f} s; "
+          f"rounds redone because other processes ran during them: {probe.retries}; rounds kept although "
+          f"disturbed: {sum(r.contended_rounds for r in results if r.kernel == peer_of(r.mask))}")
     for line in gflops_lines(results, mm_best, mm_median):
         print(line)
     for n, fs in sorted(flex_setups.items()):
@@ -767,10 +864,12 @@ def main() -> int:
 
     payload = {"command": command, "context": ctx, "settings": {
         "B": B, "H": H, "D": D, "dtype": "float32", "sizes": sizes, "masks": opts.masks, "modes": opts.modes,
-        "kernels": opts.kernels, "reps_fast": opts.reps, "warmup": opts.warmup, "slow_s": SLOW_S, "mid_s": MID_S,
+        "kernels": opts.kernels, "flex_sizes": flex_sizes, "reps_fast": opts.reps, "warmup": opts.warmup, "slow_s": SLOW_S, "mid_s": MID_S,
         "probe_reps": probe.reps, "gate_fraction": GATE_FRACTION, "memory": memory, "quick": opts.quick},
         "matmul_probe": {"best_gflops": mm_best, "median_gflops": mm_median, "all_gflops": probe.history,
-                         "below_gate_rounds": probe.timeouts, "waited_s": probe.waited_s},
+                         "foreign_cores": probe.foreign,
+                         "below_gate_rounds": probe.timeouts, "waited_s": probe.waited_s,
+                         "redone_rounds": probe.retries},
         "flex_setup": {n: asdict(fs) for n, fs in flex_setups.items()}, "plan_timing": plan,
         "targets": tg, "results": [asdict(r) for r in results], "wall_s": wall}
     stem = "bench_core_quick" if opts.quick else "bench_core"

@@ -17,8 +17,8 @@ import torch
 import attnkit
 from attnkit import masks
 from attnkit.functional.kernels import tiled as tiled_module
-from helpers import (DENSE_TOL, DTYPE_IDS, DTYPES, KERNELS, Inputs, assert_close, baseline_atol, kernel_context,
-                     magnitude, naive_attention, randn, reference, run, small_tiles)
+from helpers import (DTYPE_IDS, DTYPES, KERNELS, Inputs, assert_close, baseline_atol, dense_atol, kernel_context,
+                     naive_attention, randn, reference, run, small_tiles)
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ CASES = [
     Case("key-bias-broadcast", bias="key-bias"),
     Case("scale-and-value-dim", Dv=8, options=lambda c: {"scale": 0.5, "causal": True}),
     Case("odd-sizes", B=1, H=2, Nq=97, Nk=1025, D=59, options=lambda c: {"causal": True}),
+    Case("multi-block-window", B=1, H=2, Nq=300, Nk=300, options=lambda c: {"window": (100, 0)}),
     Case("batch-of-1", B=1, Nq=33, Nk=33, options=lambda c: {"causal": True}),
     Case("batch-of-0", B=0, options=lambda c: {"causal": True}),
 ]
@@ -143,7 +144,7 @@ def test_matches_reference(case: Case, variant: str, dtype: torch.dtype):
 
     def tolerance(name: str, expected: torch.Tensor) -> float:
         if variant == "dense":  # cannot be judged against itself: fixed table
-            return DENSE_TOL[dtype] * magnitude(expected)
+            return dense_atol(expected, dtype)
         baseline = base.out if name == "out" else base.lse if name == "lse" else base.grads[name]
         return baseline_atol(baseline, expected, dtype)
 
@@ -191,8 +192,52 @@ def test_reference_matches_naive_definition(case: Case):
                                              scale=opts.get("scale"), softcap=opts.get("softcap"))
     out, lse = attnkit.attention(inputs.q, inputs.k, inputs.v, bias=inputs.bias, kernel="dense", return_lse=True,
                                  **opts)
-    assert_close(out, expected, atol=DENSE_TOL[torch.float64] * magnitude(expected), what="out")
-    assert_close(lse, expected_lse, atol=DENSE_TOL[torch.float64] * magnitude(expected_lse), what="lse")
+    assert_close(out, expected, atol=dense_atol(expected, torch.float64), what="out")
+    assert_close(lse, expected_lse, atol=dense_atol(expected_lse, torch.float64), what="lse")
+
+
+@pytest.mark.parametrize("variant", KERNELS)
+@pytest.mark.parametrize("Nq,Nk", [(0, 5), (5, 0)], ids=["no-queries", "no-keys"])
+def test_empty_sequences(variant, Nq, Nk):
+    """No queries: an empty output. No keys: every row sees nothing, so zeros and zero gradients."""
+    inputs = Inputs(randn(2, 2, Nq, 4, seed=0), randn(2, 2, Nk, 4, seed=1), randn(2, 2, Nk, 3, seed=2))
+    got = run(variant, inputs, grad_out=randn(2, 2, Nq, 3, seed=3))
+    assert got.out.shape == (2, 2, Nq, 3)
+    assert (got.out == 0).all()
+    assert (got.grads["q"] == 0).all() and got.grads["k"].shape == (2, 2, Nk, 4)
+
+
+def test_attention_weights_are_the_probabilities_attention_applies():
+    case = next(c for c in CASES if c.id == "softcap-bias-padding")
+    inputs = case.inputs()
+    opts = case.options(case)
+    weights = attnkit.attention_weights(inputs.q, inputs.k, bias=inputs.bias, **opts)
+    assert weights.shape == (case.B, case.H, case.Nq, case.Nk) and weights.dtype == torch.float64
+    visible = _visible(case).expand_as(weights)
+    assert (weights[~visible] == 0).all()
+    assert_close(weights.sum(-1), torch.ones(case.B, case.H, case.Nq, dtype=torch.float64), atol=1e-12,
+                 what="row sums")
+    out = attnkit.attention(inputs.q, inputs.k, inputs.v, bias=inputs.bias, kernel="dense", **opts)
+    assert_close(weights @ inputs.v, out, atol=1e-12, what="weights @ v")
+    expected, _ = naive_attention(inputs.q, inputs.k, torch.eye(case.Nk, dtype=torch.float64).expand(
+        case.B, case.H, -1, -1), visible, inputs.bias, softcap=opts["softcap"])
+    assert_close(weights, expected, atol=1e-12, what="weights")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["sdpa", "tiled"])
+def test_long_sliding_window(variant):
+    """N = 4096 with a 256-key causal window (the case ``auto`` sends to the tiled kernel), float32."""
+    case = Case("long-window", B=1, H=2, Nq=4096, Nk=4096, D=32, options=lambda c: {"window": (256, 0)})
+    inputs = case.inputs().to(torch.float32)
+    grad_out = case.grad_out(torch.float32)
+    ref = reference(inputs, grad_out=grad_out)
+    base = run("dense", inputs, grad_out=grad_out)
+    got = run(variant, inputs, grad_out=grad_out)
+    assert_close(got.out, ref.out, atol=baseline_atol(base.out, ref.out, torch.float32), what="out")
+    for name in ("q", "k", "v"):
+        assert_close(got.grads[name], ref.grads[name], atol=baseline_atol(base.grads[name], ref.grads[name],
+                                                                          torch.float32), what=f"grad {name}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +324,25 @@ def test_nan_in_unseen_keys_changes_nothing(pcase: PoisonCase, variant: str, dty
     for name in ("q", "k", "v"):
         assert torch.isfinite(got.grads[name]).all(), f"grad {name} has non-finite entries"
         assert_close(got.grads[name], want.grads[name], atol=0.0, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("variant", KERNELS)
+def test_nan_in_padded_queries_changes_nothing(variant: str):
+    """Query rows beyond q_lengths (padding) may hold garbage: the other rows' outputs and every
+    gradient stay as in the clean run, and the padded rows output zeros."""
+    case = Case("nan-queries", Nq=24, Nk=30, options=lambda c: {"mask": masks.padding([30, 20], [24, 9])})
+    clean = case.inputs()
+    padded = (torch.arange(case.Nq) >= torch.tensor([24, 9])[:, None])[:, None, :, None]  # (B, 1, Nq, 1)
+    dirty = Inputs(torch.where(padded, float("nan"), clean.q), clean.k, clean.v, None, clean.options)
+    grad_out = case.grad_out(torch.float64)
+    want = run(variant, clean, grad_out=grad_out)
+    got = run(variant, dirty, grad_out=grad_out)
+    assert (got.out[1, :, 9:] == 0).all()
+    assert_close(got.out, want.out, atol=0.0, what="out")
+    for name in ("k", "v"):
+        assert torch.isfinite(got.grads[name]).all(), f"grad {name} has non-finite entries"
+        assert_close(got.grads[name], want.grads[name], atol=0.0, what=f"grad {name}")
+    assert (got.grads["q"][1, :, 9:] == 0).all()
 
 
 @pytest.mark.parametrize("variant", KERNELS)

@@ -396,6 +396,8 @@ class GlobalTokens(Mask):
 
     def __init__(self, indices):
         t = torch.as_tensor(indices).flatten()
+        if t.numel() == 0:
+            t = t.long()
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError(f"global_tokens indices must be integers, got {t.dtype}")
         if (t < 0).any():
@@ -463,7 +465,7 @@ class Dense(Mask):
             band = m[..., qs:qs + block_q, :].to(torch.int32)
             band = torch.nn.functional.pad(band, (0, n_kb * block_k - k_len))
             counts = band.unflatten(-1, (n_kb, block_k)).sum(dim=(-3, -1))  # (b, h, nkb)
-            size = k_sizes * band.shape[-3]
+            size = k_sizes * band.shape[-2]  # keys per block x rows in this band
             rows.append(_states(counts == size, counts == 0))
         return torch.stack(rows, dim=-2)
 

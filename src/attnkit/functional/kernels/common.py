@@ -20,9 +20,19 @@ def zero_unseen_keys(t: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(seen, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
+def zero_unseen_queries(q: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero q rows (B, H, Nq, D) that may see no key, so NaN stored in a padded query cannot reach
+    the keys' gradients through 0 * NaN."""
+    if mask is None:
+        return q
+    return torch.where(mask.any(dim=-1)[..., None], q, torch.zeros((), dtype=q.dtype, device=q.device))
+
+
 def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     """Softmax and log-sum-exp that give zeros and -inf for rows with no finite logit, with finite
     (zero) gradients there. The row max is detached: softmax is shift invariant."""
+    if logits.shape[dim] == 0:  # no keys at all: every row sees nothing
+        return logits.clone(), torch.full_like(logits.sum(dim=dim), float("-inf"))
     m = logits.detach().amax(dim=dim, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
     e = torch.exp(logits - m)

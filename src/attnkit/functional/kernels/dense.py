@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..registry import Capabilities
 from ..request import AttentionRequest, softmax_dtype
-from .common import repeat_kv, safe_softmax, zero_unseen_keys
+from .common import repeat_kv, safe_softmax, zero_unseen_keys, zero_unseen_queries
 
 MAX_DENSE_BYTES = 4 << 30  # budget for the weights tensor; larger requests should use kernel="tiled"
 
@@ -24,7 +24,8 @@ def dense_attention(req: AttentionRequest, *, return_weights: bool = False):
     mask = req.dense_mask()  # (b, h, Nq, Nk) bool or None
     k = zero_unseen_keys(repeat_kv(req.k, H // Hkv), mask)  # (B, H, Nk, D)
     v = zero_unseen_keys(repeat_kv(req.v, H // Hkv), mask)  # (B, H, Nk, Dv)
-    logits = (req.q @ k.transpose(-2, -1)).to(stats) * req.scale  # (B, H, Nq, Nk)
+    q = zero_unseen_queries(req.q, mask)  # (B, H, Nq, D)
+    logits = (q @ k.transpose(-2, -1)).to(stats) * req.scale  # (B, H, Nq, Nk)
     if req.softcap is not None:
         logits = req.softcap * torch.tanh(logits / req.softcap)
     if req.bias is not None:

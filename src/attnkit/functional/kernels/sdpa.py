@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..registry import Capabilities
 from ..request import AttentionRequest
-from .common import repeat_kv, zero_unseen_keys
+from .common import repeat_kv, zero_unseen_keys, zero_unseen_queries
 
 
 def _has_enable_gqa() -> bool:  # torch >= 2.5
@@ -46,6 +46,7 @@ def sdpa_attention(req: AttentionRequest) -> Tensor:
             k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
             kwargs.pop("enable_gqa", None)
         k, v = zero_unseen_keys(k, mask), zero_unseen_keys(v, mask)
+        q = zero_unseen_queries(q, mask)
         row_ok = mask.any(dim=-1, keepdim=True)  # (b, h, Nq, 1)
         mask = mask | ~row_ok  # empty rows attend to (zeroed) keys, then are zeroed: finite gradients
     attn_mask = mask

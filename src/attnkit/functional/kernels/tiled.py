@@ -91,63 +91,71 @@ class _Tiles:
         self._cache: dict = {}  # mask tiles by tile_key
 
     def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D), pre-scaled
-        return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, -1, self.q5.shape[-1])
+        return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, self.G * (row.qe - row.qs), self.q5.shape[-1])
 
-    def chunk(self, row: Row, ks: int, ke: int, needs_mask: bool):
-        """The chunk's key range clipped to the keys some query of the tile may see, its k and v
-        (B, Hkv, bk, D|Dv), and the hidden-positions tile (b, Hkv|1, G|1, bq, bk) or None; None if no
-        key is visible. Unseen keys inside the range are zeroed in k and v, so NaN stored there stays
-        out of every product."""
-        hidden = seen = None
-        if needs_mask:
-            entry = self._mask_tile(row, ks, ke)
-            if entry is None:
-                return None
-            lo, hi, hidden, seen = entry
-            ks, ke = ks + lo, ks + hi
+    def chunk(self, row: Row, qb: Tensor, ks: int, ke: int, needs_mask: bool) -> "_Chunk | None":
+        """One chunk, clipped to the keys some query of the tile may see; None if nothing is visible.
+        Keys no query of the tile may see are zeroed in k and v, and queries that see nothing in q,
+        so NaN stored at masked positions stays out of every product, forward and backward."""
+        if not needs_mask:
+            return _Chunk(ks, ke, qb, self.k[..., ks:ke, :], self.v[..., ks:ke, :], None, None)
+        entry = self._mask_tile(row, ks, ke)
+        if entry is None:
+            return None
+        lo, hi, hidden, hidden_bool, keys_seen, rows_seen = entry
+        ks, ke = ks + lo, ks + hi
         k, v = self.k[..., ks:ke, :], self.v[..., ks:ke, :]
-        if seen is not None:
-            zero = torch.zeros((), dtype=k.dtype, device=k.device)
-            k, v = torch.where(seen, k, zero), torch.where(seen, v, zero)
-        return ks, ke, k, v, hidden
+        zero = torch.zeros((), dtype=k.dtype, device=k.device)
+        if keys_seen is not None:
+            k, v = torch.where(keys_seen, k, zero), torch.where(keys_seen, v, zero)
+        if rows_seen is not None:
+            qb = torch.where(rows_seen, qb, zero)
+        return _Chunk(ks, ke, qb, k, v, hidden, hidden_bool)
 
     def _mask_tile(self, row: Row, ks: int, ke: int):
-        """(lo, hi, 0/-inf additive tile[lo:hi], seen[lo:hi] or None when all are seen) for keys ks:ke, or None
-        when nothing is visible; cached for masks that give a tile_key (distance-only masks)."""
+        """Masking data for keys ks:ke, clipped to the seen columns lo:hi: (lo, hi, additive 0/-inf tile,
+        bool hidden tile, keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1)
+        or None if all); None when nothing is visible. Cached for masks with a tile_key."""
         args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
         key = self.req.mask.tile_key(*args)
         if key is not None and key in self._cache:
             return self._cache[key]
-        vis = _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
-        seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
-        cols = seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
+        vis = _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)  # (b, Hkv|1, G|1, bq, bk)
+        keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
+        cols = keys_seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
         entry = None
         if cols:
             lo, hi = cols[0], cols[-1] + 1
-            seen = seen[..., lo:hi, None]
-            hidden = torch.zeros(vis[..., lo:hi].shape, dtype=self.stats, device=vis.device)
-            hidden.masked_fill_(~vis[..., lo:hi], float("-inf"))  # additive: add_ is far faster than masked_fill_
-            entry = (lo, hi, hidden, None if bool(seen.all()) else seen)
+            vis = vis[..., lo:hi]
+            keys_seen = keys_seen[..., lo:hi, None]
+            rows_seen = vis.any(dim=-1).expand(-1, self.Hkv, self.G, -1)  # (b, Hkv, G, bq)
+            rows_seen = rows_seen.reshape(rows_seen.shape[0], self.Hkv, -1, 1)
+            hidden = torch.zeros(vis.shape, dtype=self.stats, device=vis.device)
+            hidden.masked_fill_(~vis, float("-inf"))  # added to logits: add_ is far faster than masked_fill_
+            entry = (lo, hi, hidden, ~vis, None if bool(keys_seen.all()) else keys_seen,
+                     None if bool(rows_seen.all()) else rows_seen)
         if key is not None:
             self._cache[key] = entry
         return entry
 
-    def logits(self, qb: Tensor, k: Tensor, row: Row, ks: int, ke: int, hidden: Tensor | None):
+    def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None]:
         """(B, Hkv, G, bq, bk) logits in log2 units (q is pre-scaled by scale·log2 e, so softmax runs on
         exp2, which is several times faster than exp on CPU) in the statistics dtype, and the softcap's
         tanh (or None)."""
-        s = (qb @ k.transpose(-2, -1)).to(self.stats)
-        s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, ke - ks)
+        s = (c.q @ c.k.transpose(-2, -1)).to(self.stats)
+        s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, c.ke - c.ks)
         tanh = None
         if self.req.softcap is not None:
             cap = self.req.softcap * LOG2E
             tanh = torch.tanh(s / cap)
             s = tanh * cap
         if self.req.bias is not None:
-            b = self.req.bias.tile(row.qs, row.qe, ks, ke, self.Nq, self.Nk, s.device, self.stats)
+            b = self.req.bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
             s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
-        if hidden is not None:
-            s = s.add_(hidden)
+            if c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
+                s = s.masked_fill_(c.hidden_bool, float("-inf"))
+        elif c.hidden is not None:
+            s = s.add_(c.hidden)
         return s, tanh
 
     def keep(self, row: Row, ks: int, shape) -> Tensor | None:
@@ -161,9 +169,20 @@ class _Tiles:
         return keep.to(self.stats) / (1 - p)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    ks: int
+    ke: int
+    q: Tensor  # (B, Hkv, G * bq, D) pre-scaled queries of the row block
+    k: Tensor  # (B, Hkv, bk, D)
+    v: Tensor  # (B, Hkv, bk, Dv)
+    hidden: Tensor | None  # (b, Hkv|1, G|1, bq, bk) additive 0 / -inf, or None: all visible
+    hidden_bool: Tensor | None  # the same as bool (True = masked)
+
+
 def _fold(t: Tensor) -> Tensor:
     """(B, Hkv, G, bq, x) -> (B, Hkv, G * bq, x)."""
-    return t.reshape(t.shape[0], t.shape[1], -1, t.shape[-1])
+    return t.reshape(t.shape[0], t.shape[1], t.shape[2] * t.shape[3], t.shape[4])
 
 
 def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
@@ -175,19 +194,18 @@ def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
     for row in plan:
         qb = tiles.q_block(row)
         m = l = acc = None
-        for chunk in row.chunks:
-            chunk = tiles.chunk(row, *chunk)
-            if chunk is None:
+        for ks, ke, needs_mask in row.chunks:
+            c = tiles.chunk(row, qb, ks, ke, needs_mask)
+            if c is None:
                 continue
-            ks, ke, k, v, hidden = chunk
-            s, _ = tiles.logits(qb, k, row, ks, ke, hidden)  # (B, Hkv, G, bq, bk)
+            s, _ = tiles.logits(c, row)  # (B, Hkv, G, bq, bk)
             m_new = s.amax(dim=-1, keepdim=True).clamp_(min=lowest)
             if m is not None:
                 m_new = torch.maximum(m, m_new)
             p = s.sub_(m_new).exp2_()
-            keep = tiles.keep(row, ks, p.shape)
-            pv = _fold(p if keep is None else p * keep).to(v.dtype) @ v  # (B, Hkv, G * bq, Dv)
-            pv = pv.view(B, Hkv, G, -1, Dv).to(stats)
+            keep = tiles.keep(row, c.ks, p.shape)
+            pv = _fold(p if keep is None else p * keep).to(c.v.dtype) @ c.v  # (B, Hkv, G * bq, Dv)
+            pv = pv.view(p.shape[:-1] + (Dv,)).to(stats)
             if m is None:
                 l, acc = p.sum(dim=-1, keepdim=True), pv
             else:
@@ -215,27 +233,27 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
         qb = tiles.q_block(row)
         rows = slice(row.qs, row.qe)
         do = _fold(grad_out[..., rows, :]).to(dtype)  # (B, Hkv, G * bq, Dv)
-        for chunk in row.chunks:
-            chunk = tiles.chunk(row, *chunk)
-            if chunk is None:
+        for ks, ke, needs_mask in row.chunks:
+            c = tiles.chunk(row, qb, ks, ke, needs_mask)
+            if c is None:
                 continue
-            ks, ke, k, v, hidden = chunk
-            s, tanh = tiles.logits(qb, k, row, ks, ke, hidden)
+            ks, ke = c.ks, c.ke
+            s, tanh = tiles.logits(c, row)
             p = s.sub_(lse_safe[..., rows, :]).exp2_()  # (B, Hkv, G, bq, bk)
             keep = tiles.keep(row, ks, p.shape)
             p_kept = p if keep is None else p * keep
             dv[..., ks:ke, :] += (_fold(p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
-            dp = (do @ v.transpose(-2, -1)).to(stats).view_as(p)
+            dp = (do @ c.v.transpose(-2, -1)).to(stats).view_as(p)
             if keep is not None:
                 dp = dp * keep
-            ds = p * (dp - delta[..., rows, :])
-            if tanh is not None:
-                ds = ds * (1 - tanh * tanh)
+            ds = p * (dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
             if grad_bias is not None:
                 _accumulate_bias_grad(grad_bias, ds, row, ks, ke)
+            if tanh is not None:
+                ds = ds * (1 - tanh * tanh)  # through the softcap, to scale·q·k
             ds_f = _fold(ds).to(dtype)  # (B, Hkv, G * bq, bk)
-            dq[..., rows, :] += (ds_f @ k).view(B, Hkv, G, -1, k.shape[-1]).to(stats)
-            dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ qb).to(stats)
+            dq[..., rows, :] += (ds_f @ c.k).view(p.shape[:-1] + (c.k.shape[-1],)).to(stats)
+            dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ c.q).to(stats)
     return dq * req.scale, dk * LN2, dv  # dk: q was pre-scaled by scale·log2 e, we need scale
 
 
