@@ -89,8 +89,9 @@ class _Tiles:
         self.B, self.Hkv, self.G, self.Nq, self.Nk = B, Hkv, H // Hkv, Nq, Nk
         self.stats = softmax_dtype(q5.dtype)
         self._cache: dict = {}  # mask tiles by tile_key
+        self._zero = torch.zeros((), dtype=q5.dtype, device=q5.device)
 
-    def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D), pre-scaled
+    def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D)
         return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, self.G * (row.qe - row.qs), self.q5.shape[-1])
 
     def chunk(self, row: Row, qb: Tensor, ks: int, ke: int, needs_mask: bool) -> "_Chunk | None":
@@ -113,8 +114,8 @@ class _Tiles:
         return _Chunk(ks, ke, qb, k, v, hidden, hidden_bool)
 
     def _mask_tile(self, row: Row, ks: int, ke: int):
-        """Masking data for keys ks:ke, clipped to the seen columns lo:hi: (lo, hi, additive 0/-inf tile,
-        bool hidden tile, keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1)
+        """Masking data for keys ks:ke, clipped to the seen columns lo:hi: (lo, hi, additive 0/-inf
+        segments (see _hidden_segments), bool hidden tile, keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1)
         or None if all); None when nothing is visible. Cached for masks with a tile_key."""
         args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
         key = self.req.mask.tile_key(*args)
@@ -130,19 +131,18 @@ class _Tiles:
             keys_seen = keys_seen[..., lo:hi, None]
             rows_seen = vis.any(dim=-1).expand(-1, self.Hkv, self.G, -1)  # (b, Hkv, G, bq)
             rows_seen = rows_seen.reshape(rows_seen.shape[0], self.Hkv, -1, 1)
-            hidden = torch.zeros(vis.shape, dtype=self.stats, device=vis.device)
-            hidden.masked_fill_(~vis, float("-inf"))  # added to logits: add_ is far faster than masked_fill_
-            entry = (lo, hi, hidden, ~vis, None if bool(keys_seen.all()) else keys_seen,
-                     None if bool(rows_seen.all()) else rows_seen)
+            entry = (lo, hi, _hidden_segments(~vis, self.stats), ~vis,
+                     None if bool(keys_seen.all()) else keys_seen, None if bool(rows_seen.all()) else rows_seen)
         if key is not None:
             self._cache[key] = entry
         return entry
 
     def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None]:
-        """(B, Hkv, G, bq, bk) logits in log2 units (q is pre-scaled by scale·log2 e, so softmax runs on
-        exp2, which is several times faster than exp on CPU) in the statistics dtype, and the softcap's
-        tanh (or None)."""
-        s = (c.q @ c.k.transpose(-2, -1)).to(self.stats)
+        """(B, Hkv, G, bq, bk) logits in log2 units (scaled by scale·log2 e, so softmax runs on exp2,
+        several times faster than exp on CPU) in the statistics dtype, and the softcap's tanh (or None)."""
+        # (B * Hkv, G * bq, bk): alpha applies scale·log2 e inside the GEMM, no pass over q
+        s = torch.baddbmm(self._zero, c.q.flatten(0, 1), c.k.flatten(0, 1).transpose(-2, -1), beta=0.0,
+                          alpha=self.req.scale * LOG2E).to(self.stats)
         s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, c.ke - c.ks)
         tanh = None
         if self.req.softcap is not None:
@@ -155,7 +155,8 @@ class _Tiles:
             if c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
                 s = s.masked_fill_(c.hidden_bool, float("-inf"))
         elif c.hidden is not None:
-            s = s.add_(c.hidden)
+            for c0, c1, segment in c.hidden:
+                s[..., c0:c1].add_(segment)
         return s, tanh
 
     def keep(self, row: Row, ks: int, shape) -> Tensor | None:
@@ -169,14 +170,33 @@ class _Tiles:
         return keep.to(self.stats) / (1 - p)
 
 
+def _hidden_segments(hidden: Tensor, dtype: torch.dtype, max_segments: int = 4) -> tuple:
+    """The columns of a (b, h, g, bq, bk) bool tile that hold a hidden entry, as additive 0 / -inf
+    tiles over their contiguous runs: (c0, c1, tile (b, h, g, bq, c1 - c0)). A sliding window's chunk
+    is hidden only near its two edges, so masking touches two narrow strips instead of the whole tile
+    (adding is used because add_ is far faster than masked_fill_ on CPU)."""
+    cols = hidden.flatten(0, -2).any(0).tolist()
+    runs, start = [], None
+    for j, h in enumerate(cols + [False]):
+        if h and start is None:
+            start = j
+        elif not h and start is not None:
+            runs.append((start, j))
+            start = None
+    if len(runs) > max_segments:
+        runs = [(runs[0][0], runs[-1][1])]
+    zero = torch.zeros((), dtype=dtype, device=hidden.device)
+    return tuple((c0, c1, torch.where(hidden[..., c0:c1], float("-inf"), zero)) for c0, c1 in runs)
+
+
 @dataclass(frozen=True)
 class _Chunk:
     ks: int
     ke: int
-    q: Tensor  # (B, Hkv, G * bq, D) pre-scaled queries of the row block
+    q: Tensor  # (B, Hkv, G * bq, D) queries of the row block
     k: Tensor  # (B, Hkv, bk, D)
     v: Tensor  # (B, Hkv, bk, Dv)
-    hidden: Tensor | None  # (b, Hkv|1, G|1, bq, bk) additive 0 / -inf, or None: all visible
+    hidden: tuple | None  # additive 0 / -inf column segments (c0, c1, tile), or None: all visible
     hidden_bool: Tensor | None  # the same as bool (True = masked)
 
 
@@ -188,7 +208,7 @@ def _fold(t: Tensor) -> Tensor:
 def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
     B, Hkv, G, stats = tiles.B, tiles.Hkv, tiles.G, tiles.stats
     Dv = tiles.v.shape[-1]
-    out = torch.zeros(B, Hkv, G, tiles.Nq, Dv, dtype=stats, device=tiles.v.device)
+    out = torch.empty(B, Hkv, G, tiles.Nq, Dv, dtype=stats, device=tiles.v.device)
     lse = torch.full((B, Hkv, G, tiles.Nq), float("-inf"), dtype=stats, device=tiles.v.device)
     lowest = torch.finfo(stats).min  # running max of a row with nothing visible yet: exp(-inf - lowest) = 0
     for row in plan:
@@ -213,6 +233,7 @@ def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
                 l, acc = l * corr + p.sum(dim=-1, keepdim=True), acc * corr + pv
             m = m_new
         if m is None:
+            out[..., row.qs:row.qe, :] = 0
             continue
         # l >= 1 where anything is visible; l == 0 (acc == 0, lse = lowest + log 0 = -inf) where not
         out[..., row.qs:row.qe, :] = acc / l.clamp(min=1.0)
@@ -254,7 +275,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
             ds_f = _fold(ds).to(dtype)  # (B, Hkv, G * bq, bk)
             dq[..., rows, :] += (ds_f @ c.k).view(p.shape[:-1] + (c.k.shape[-1],)).to(stats)
             dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ c.q).to(stats)
-    return dq * req.scale, dk * LN2, dv  # dk: q was pre-scaled by scale·log2 e, we need scale
+    return dq * req.scale, dk * req.scale, dv
 
 
 def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: int) -> None:
@@ -274,7 +295,7 @@ class _TiledFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, bias_tensor, req, plan):
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout > 0 else 0
-        q5 = (q * (req.scale * LOG2E)).reshape(B, Hkv, H // Hkv, Nq, D)  # scale folded into q
+        q5 = q.reshape(B, Hkv, H // Hkv, Nq, D)
         tiles = _Tiles(req, q5, k, v, seed)
         out5, lse5 = _forward(tiles, plan)  # lse5 in log2 units
         ctx.save_for_backward(q, k, v, out5, lse5)
@@ -289,7 +310,7 @@ class _TiledFunction(torch.autograd.Function):
         q, k, v, out5, lse5 = ctx.saved_tensors
         req = ctx.req
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
-        q5 = (q * (req.scale * LOG2E)).reshape(B, Hkv, H // Hkv, Nq, D)
+        q5 = q.reshape(B, Hkv, H // Hkv, Nq, D)
         tiles = _Tiles(req, q5, k, v, ctx.seed)
         need_bias = ctx.needs_input_grad[3]
         grad_bias = None
