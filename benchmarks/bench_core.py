@@ -8,7 +8,8 @@ window of 512 keys (``window=(511, 0)``); forward and forward+backward. Methodol
 BENCHMARKING.md: every figure is a ratio against a named peer timed in the same run, round-robin;
 each round is gated on a ~0.5 s 2048x2048 ``torch.mm`` probe; warm-up, then median and spread;
 achieved GFLOP/s over the visible entries beside the machine's measured matmul rate; peak memory of
-each configuration in its own subprocess (VmHWM after ``clear_refs``, and ``ru_maxrss``).
+each configuration in its own process, forked from a server that has only imported torch (VmHWM after
+``clear_refs``, and ``ru_maxrss``).
 See benchmarks/README.md for how to read the output.
 """
 
@@ -60,9 +61,13 @@ MASKS = ("exact", "causal", "window512")
 MODES = ("fwd", "fwdbwd")
 KERNELS = ("attnkit:tiled", "attnkit:dense", "attnkit:sdpa", "attnkit:auto", "torch:sdpa", "torch:flex")
 ATTNKIT_KW = {"exact": {}, "causal": {"causal": True}, "window512": {"window": (WINDOW - 1, 0)}}
-AUTO_RETIME_MAX_S = 5.0  # kernel="auto" is not re-timed when it resolves to a kernel timed here that slow
-SLOW_S = 2.0  # calls slower than this get 3 timed repeats (BENCHMARKING.md: n >= 3)
-MID_S = 0.5  # calls slower than this get 5
+# Time-boxing (the full run should stay near 15 minutes on a 2-core VM):
+SLOW_S = 2.0  # calls slower than this get 3 timed repeats and 1 warm-up call (BENCHMARKING.md: n >= 3)
+RETIME_MAX_S = 5.0  # above this per call, a kernel that makes the same torch call as one timed here
+#                     (auto -> that kernel; attnkit sdpa -> the SDPA peer) is not re-timed
+# Configurations that carry a target run first, while the probe's waiting budget is untouched.
+FIRST = ((16384, "window512", "fwd"), (4096, "exact", "fwd"))
+DENSE_FWDBWD_MAX_N = 2048  # the reference kernel's fwd+bwd beyond this: ~6 s and ~3 GiB per call at 4096
 PROBE_N = 2048
 GATE_FRACTION = 0.85
 
@@ -188,14 +193,14 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process) from /proc: their difference over an
-    interval is the CPU time other processes took (steal time, a host neighbour, is not in it)."""
+    """(busy + steal ticks of the whole machine, ticks of this process) from /proc: over an interval,
+    their difference is the CPU time that other processes took, or that the host (steal) withheld."""
     try:
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:8]]
+            v = [int(x) for x in f.readline().split()[1:9]]
         with open("/proc/self/stat") as f:
             st = f.read().rsplit(")", 1)[1].split()
-        return v[0] + v[1] + v[2] + v[5] + v[6], int(st[11]) + int(st[12])
+        return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], int(st[11]) + int(st[12])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -313,10 +318,14 @@ class FlexSetup:
     block_mask_first_s: float | None = None
     block_mask_steady_s: float | None = None
     compile_first_call_s: float | None = None
+    compile_kind: str = ""  # "cold" for the run's first compile on a fresh inductor cache
     error: str | None = None
 
 
-def setup_flex(inp: Inputs, setup: FlexSetup):
+_FLEX_COMPILES: list[int] = []
+
+
+def setup_flex(inp: Inputs, setup: FlexSetup, steady_reps: int = 3):
     """create_block_mask (timed: first call and steady state), then torch.compile(flex_attention) and its
     first call (timed: compile). Forward only: FlexAttention has no CPU backward in torch 2.13."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -326,21 +335,25 @@ def setup_flex(inp: Inputs, setup: FlexSetup):
     bm = create_block_mask(window_mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device="cpu")
     setup.block_mask_first_s = time.perf_counter() - t0
     steady = []
-    for _ in range(3):
+    for _ in range(min(steady_reps, 2) if setup.block_mask_first_s > 1.0 else steady_reps):
         t0 = time.perf_counter()
         create_block_mask(window_mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device="cpu")
         steady.append(time.perf_counter() - t0)
-    setup.block_mask_steady_s = statistics.median(steady)
+    setup.block_mask_steady_s = statistics.median(steady) if steady else None
     torch._dynamo.reset()  # every N compiles from scratch: the first call is the compile time
     compiled = torch.compile(flex_attention)
+    fresh = os.environ.get("ATTNKIT_BENCH_FRESH_INDUCTOR_CACHE") and not _FLEX_COMPILES
     t0 = time.perf_counter()
     with torch.no_grad():
         compiled(inp.q, inp.k, inp.v, block_mask=bm)
     setup.compile_first_call_s = time.perf_counter() - t0
+    setup.compile_kind = "cold (fresh inductor cache)" if fresh else \
+        "inductor cache holds this run's earlier compiles" if _FLEX_COMPILES else "user's inductor cache"
+    _FLEX_COMPILES.append(n)
     return lambda q, k, v: compiled(q, k, v, block_mask=bm)
 
 
-def make_fn(kernel: str, mask: str, inp: Inputs, flex_setup: FlexSetup | None = None):
+def make_fn(kernel: str, mask: str, inp: Inputs, flex_setup: FlexSetup | None = None, flex_steady_reps: int = 3):
     """fn(q, k, v) -> out for one contender, and a note; raises Skip."""
     n = inp.n
     if kernel.startswith("attnkit:"):
@@ -376,12 +389,11 @@ def make_fn(kernel: str, mask: str, inp: Inputs, flex_setup: FlexSetup | None = 
             raise Skip("FlexAttention has no CPU backward in torch 2.13: forward only")
         setup = flex_setup or FlexSetup(n)
         try:
-            fn = setup_flex(inp, setup)
+            fn = setup_flex(inp, setup, flex_steady_reps)
         except Exception as e:  # noqa: BLE001 - record, don't crash
             setup.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             raise Skip("FlexAttention failed on this CPU: " + setup.error) from None
-        return fn, (f"compile (first call) {setup.compile_first_call_s:.2f} s; create_block_mask "
-                    f"{setup.block_mask_steady_s * 1e3:.1f} ms steady, {setup.block_mask_first_s * 1e3:.1f} ms first")
+        return fn, f"compile (first call) {setup.compile_first_call_s:.2f} s"
     raise ValueError(kernel)
 
 
@@ -448,7 +460,7 @@ class Result:
     speedup_vs_flex_min: float | None = None
     speedup_vs_flex_max: float | None = None
     mem_call_peak_mib: float | None = None  # VmHWM during one call minus RSS before it
-    mem_ru_maxrss_mib: float | None = None  # whole child process, import and inputs included
+    mem_ru_maxrss_mib: float | None = None  # whole child process: the torch import, inputs and the call
     mem_note: str = ""
 
     @property
@@ -462,22 +474,37 @@ def run_config(n: int, mask: str, mode: str, kernels: list[str], probe: Probe, o
     results, calls = [], {}
     by_kernel: dict[str, Result] = {}
     probe.gate()  # warm-ups also start on a quiet machine: they set the repeat counts
-    # auto goes last: it is not re-timed when it resolves to a slow kernel already timed here
-    for kernel in sorted(kernels, key=lambda kn: kn == "attnkit:auto"):
+    # the peer goes first and auto last: what they cost decides whether identical calls are re-timed
+    for kernel in sorted(kernels, key=lambda kn: (kn != peer_of(mask), kn == "attnkit:auto")):
         r = Result(n, mask, mode, kernel, label(kernel, mask), peer=label(peer_of(mask), mask))
         by_kernel[kernel] = r
         try:
             if kernel == "attnkit:dense" and opts.dense_max_n and n > opts.dense_max_n:
                 raise Skip(f"--quick: the reference kernel runs at N <= {opts.dense_max_n} only")
+            if kernel == "attnkit:dense" and mode == "fwdbwd" and n > DENSE_FWDBWD_MAX_N:
+                raise Skip(f"time-box: the reference kernel's forward+backward is timed at N <= "
+                           f"{DENSE_FWDBWD_MAX_N} (at 4096 it takes ~6 s and ~3 GiB per call)")
+            peer = by_kernel.get(peer_of(mask))
+            peer_s = peer.warmup_s[-1] if peer is not None and peer.status == "ok" and peer.warmup_s else 0.0
+            if kernel == "attnkit:sdpa" and peer_s >= RETIME_MAX_S:
+                what = {"exact": "makes the peer's own call (no mask)",
+                        "causal": "makes the peer's own call (is_causal=True)",
+                        "window512": "makes the peer's call, with the dense mask it builds on each call"}[mask]
+                raise Skip(f"time-box: {what}; not re-timed at {peer_s:.0f} s per call: see the peer row "
+                           f"(the adapter's overhead shows at smaller N)")
             fs = None
             if kernel == "torch:flex" and mode == "fwd":
                 fs = flex_setups.setdefault(n, FlexSetup(n))
             fn, r.note = make_fn(kernel, mask, inp, fs)
             if kernel == "attnkit:auto":
-                same = by_kernel.get("attnkit:" + r.note.split("-> ")[1])
-                if same is not None and same.status == "ok" and same.warmup_s[-1] >= AUTO_RETIME_MAX_S:
+                chosen = r.note.split("-> ")[1]
+                same = by_kernel.get("attnkit:" + chosen)
+                if same is not None and same.status == "ok" and same.warmup_s[-1] >= RETIME_MAX_S:
                     raise Skip(f"{r.note}, which is timed above; not re-timed at "
                                f"{same.warmup_s[-1]:.0f} s per call (same kernel, same request)")
+                if chosen == "sdpa" and peer_s >= RETIME_MAX_S:
+                    raise Skip(f"time-box: {r.note}, which makes the peer's call; not re-timed at "
+                               f"{peer_s:.0f} s per call: see the peer row")
         except Skip as e:
             r.status, r.note = "skipped", str(e)
             if kernel == "torch:flex" and mode == "fwd":
@@ -497,7 +524,7 @@ def run_config(n: int, mask: str, mode: str, kernels: list[str], probe: Probe, o
         calls[kernel] = call
     results = [by_kernel[kn] for kn in kernels]  # table order
     est = {kn: by_kernel[kn].warmup_s[-1] for kn in calls}
-    reps = {kn: (3 if t >= SLOW_S else min(opts.reps, 5) if t >= MID_S else opts.reps) for kn, t in est.items()}
+    reps = {kn: (3 if t >= SLOW_S else opts.reps) for kn, t in est.items()}
     order = [kn for kn in kernels if kn in calls]
     rnd, retries = 0, 0
     while rnd < max(reps.values(), default=0):
@@ -518,7 +545,7 @@ def run_config(n: int, mask: str, mode: str, kernels: list[str], probe: Probe, o
         contended = dirty or busy >= Probe.FOREIGN_MAX
         if contended and probe.may_retry(retries, round_s):
             retries += 1
-            log(f"    round {rnd}: other processes took {busy:.2f} cores; redoing it")
+            log(f"    round {rnd}: other processes or steal took {busy:.2f} cores; redoing it")
             continue
         for kn, t in times.items():
             r = by_kernel[kn]
@@ -560,53 +587,81 @@ def run_config(n: int, mask: str, mode: str, kernels: list[str], probe: Probe, o
 # Peak memory: one configuration per subprocess
 
 
-def mem_child(spec: dict) -> None:
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS, so that RSS before a call does not hide reused pages."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def mem_measure(spec: dict) -> dict:
+    """In a fresh process: build the inputs (and the dense mask or the compiled FlexAttention), warm up,
+    then the high-water mark of one call above the RSS just before it."""
     n, mask, mode, kernel = spec["n"], spec["mask"], spec["mode"], spec["kernel"]
-    out = {"ok": False}
     try:
         inp = make_inputs(n, mask, mode, need_dense_mask=(kernel == "torch:sdpa"))
-        fn, _ = make_fn(kernel, mask, inp)
+        fn, _ = make_fn(kernel, mask, inp, flex_steady_reps=0)
         call = make_call(fn, inp)
         if spec.get("warm", True):
             call()
         gc.collect()
+        _malloc_trim()
         baseline = read_status("VmRSS")
         method = "VmHWM" if reset_hwm() and baseline is not None else "ru_maxrss"
-        before_ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         call()
         ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
         hwm = read_status("VmHWM") if method == "VmHWM" else ru
-        out = {"ok": True, "method": method, "baseline_kb": baseline, "hwm_kb": hwm, "ru_maxrss_kb": ru,
-               "call_peak_kb": None if baseline is None else hwm - baseline,
-               "ru_grew_during_call": ru > before_ru}
+        return {"ok": True, "method": method, "baseline_kb": baseline, "hwm_kb": hwm, "ru_maxrss_kb": ru,
+                "call_peak_kb": None if baseline is None else hwm - baseline, "threads": torch.get_num_threads()}
     except Exception as e:  # noqa: BLE001
-        out = {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
-    print("MEMRESULT " + json.dumps(out), flush=True)
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def _mem_worker(spec: dict, conn) -> None:
+    try:
+        conn.send(mem_measure(spec))
+    finally:
+        conn.close()
 
 
 def measure_memory(results: list[Result], opts) -> None:
+    """One process per configuration, forked from a server that has imported torch and attnkit but run
+    nothing (so no OpenMP pool crosses a fork): a clean process without paying the import each time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    # the server imports these once; "__main__" alone does not bring torch in
+    ctx.set_forkserver_preload(["torch", "torch.nn.attention.flex_attention", "attnkit", "__main__"])
     todo = [r for r in results if r.status == "ok"]
     for i, r in enumerate(todo, 1):
         est = r.median_ms / 1e3
         spec = {"n": r.n, "mask": r.mask, "mode": r.mode, "kernel": r.kernel, "warm": est < 1.0}
         timeout = 120 + 4 * est + (60 if r.kernel == "torch:flex" else 0)
         t0 = time.perf_counter()
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_mem_worker, args=(spec, send), daemon=True)
+        p.start()
+        send.close()
         try:
-            p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mem-child", json.dumps(spec)],
-                               capture_output=True, text=True, timeout=timeout)
-            line = next((ln for ln in p.stdout.splitlines() if ln.startswith("MEMRESULT ")), None)
-            res = json.loads(line[len("MEMRESULT "):]) if line else {"ok": False, "error": p.stderr[-300:]}
-        except subprocess.TimeoutExpired:
-            res = {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+            res = recv.recv() if recv.poll(timeout) else {"ok": False, "error": f"timed out after {timeout:.0f} s"}
+        except EOFError:
+            res = {"ok": False, "error": "the process died (out of memory?)"}
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
         if res.get("ok"):
             r.mem_call_peak_mib = res["call_peak_kb"] / 1024 if res["call_peak_kb"] is not None else None
             r.mem_ru_maxrss_mib = res["ru_maxrss_kb"] / 1024
-            r.mem_note = res["method"]
+            r.mem_note = res["method"] + ("" if res["threads"] == torch.get_num_threads()
+                                          else f" ({res['threads']} threads)")
         else:
             r.mem_note = "failed: " + res.get("error", "")
         log(f"  mem {i}/{len(todo)} {r.config:24s} {r.label:24s} "
             f"{'' if r.mem_call_peak_mib is None else f'{r.mem_call_peak_mib:9.1f} MiB'} "
-            f"({time.perf_counter() - t0:.1f} s) {r.mem_note if not res.get('ok') else ''}")
+            f"({time.perf_counter() - t0:.1f} s) {r.mem_note}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -728,7 +783,7 @@ def _probe_range(r: Result) -> str:
     p = [abs(x) for x in r.probes_gflops]
     low = sum(1 for x in r.probes_gflops if x < 0)
     return f"{min(p):.0f}-{max(p):.0f}" + (f", {low} below gate" if low else "") + \
-        (f", other processes up to {max(r.foreign_cores):.2f} cores" if max(r.foreign_cores) >= 0.05 else "")
+        (f", other processes or steal up to {max(r.foreign_cores):.2f} cores" if max(r.foreign_cores) >= 0.05 else "")
 
 
 def write_outputs(out_dir: Path, stem: str, payload: dict, results: list[Result]) -> tuple[Path, Path]:
@@ -767,25 +822,21 @@ def main() -> int:
     ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     ap.add_argument("--flex-sizes", type=int, nargs="+",
                     help="sizes at which FlexAttention is compiled and timed (default all; quick: the largest)")
-    ap.add_argument("--reps", type=int, help="timed repeats for calls under 0.5 s (default 7, quick 3)")
+    ap.add_argument("--reps", type=int, help="timed repeats for calls under 2 s (default 5, quick 3); 3 above")
     ap.add_argument("--warmup", type=int, help="warm-up calls for calls under 2 s (default 2, quick 1)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                     help="peak memory per configuration in subprocesses (default on; off with --quick)")
-    ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     opts = ap.parse_args()
-    if opts.mem_child:
-        mem_child(json.loads(opts.mem_child))
-        return 0
 
     sizes = opts.sizes or ([1024, 4096] if opts.quick else [1024, 4096, 16384])
     flex_sizes = opts.flex_sizes or (sizes[-1:] if opts.quick else sizes)
-    opts.reps = opts.reps or (3 if opts.quick else 7)
+    opts.reps = opts.reps or (3 if opts.quick else 5)
     opts.warmup = opts.warmup or (1 if opts.quick else 2)
     memory = (not opts.quick) if opts.memory is None else opts.memory
     opts.dense_max_n = 1024 if opts.quick else None
     # probe length, longest wait per gate, total waiting, redone rounds per round, total time of redone rounds
     probe_s, max_wait, total_wait, retries, retry_s = (0.25, 5.0, 15.0, 1, 15.0) if opts.quick else \
-        (0.5, 30.0, 240.0, 3, 300.0)
+        (0.5, 20.0, 120.0, 3, 300.0)
     command = " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else
                         sys.executable] + [a.replace(str(REPO) + "/", "") for a in sys.argv])
 
@@ -809,15 +860,16 @@ def main() -> int:
 
     results: list[Result] = []
     flex_setups: dict[int, FlexSetup] = {}
-    for n in sizes:
-        for mask in opts.masks:
-            for mode in opts.modes:
-                kernels = [kn for kn in opts.kernels
-                           if not (kn == "torch:flex" and (mask != "window512" or n not in flex_sizes))]
-                log(f"[{time.perf_counter() - wall0:6.0f} s] N={n} {mask} {mode}")
-                gc.collect()
-                results += run_config(n, mask, mode, kernels, probe, opts, flex_setups)
+    configs = [(n, mask, mode) for n in sizes for mask in opts.masks for mode in opts.modes]
+    for n, mask, mode in sorted(configs, key=lambda c: c not in FIRST):
+        kernels = [kn for kn in opts.kernels
+                   if not (kn == "torch:flex" and (mask != "window512" or n not in flex_sizes))]
+        log(f"[{time.perf_counter() - wall0:6.0f} s] N={n} {mask} {mode}")
+        gc.collect()
+        results += run_config(n, mask, mode, kernels, probe, opts, flex_setups)
+    results.sort(key=lambda r: configs.index((r.n, r.mask, r.mode)))  # table order
     log(f"[{time.perf_counter() - wall0:6.0f} s] tiled set-up time")
+    probe.gate()
     plan = plan_timing(16384, 20)
     timing_s = time.perf_counter() - wall0
     if memory:
@@ -838,12 +890,13 @@ def main() -> int:
     print("speedup = peer time / this time, median over round-robin rounds [min-max over rounds]; "
           "> 1 means faster than the peer.")
     print("probe = median matmul probe (GFLOP/s) before the rounds; * = a round ran below the gate after the "
-          "waiting budget; ! = a round kept although other processes ran during it.")
+          "waiting budget; ! = a round kept although other processes (or steal) took CPU during it.")
     print(f"matmul probe (torch.mm {PROBE_N}^2 float32): best {mm_best:.0f} GFLOP/s, median {mm_median:.0f}, "
-          f"min {min(probe.history):.0f} over {len(probe.history)} probes; other processes used "
+          f"min {min(probe.history):.0f} over {len(probe.history)} probes; other processes or steal took "
           f"{statistics.median(probe.foreign):.2f} cores median, {max(probe.foreign):.2f} max during probes; "
           f"rounds run below the gate after waiting: {probe.timeouts}; waited {probe.waited_s:.0f} s; "
-          f"rounds redone because other processes ran during them: {probe.retries}; rounds kept although "
+          f"rounds redone because other processes or steal took CPU during them: {probe.retries}; rounds kept "
+          f"although "
           f"disturbed: {sum(r.contended_rounds for r in results if r.kernel == peer_of(r.mask))}")
     for line in gflops_lines(results, mm_best, mm_median):
         print(line)
@@ -853,7 +906,7 @@ def main() -> int:
         elif fs.compile_first_call_s is not None:
             print(f"FlexAttention N={n}: first call (compile) {fs.compile_first_call_s:.2f} s; create_block_mask "
                   f"{fs.block_mask_first_s * 1e3:.1f} ms first, {fs.block_mask_steady_s * 1e3:.1f} ms steady; "
-                  f"inductor cache: {ctx['inductor_cache']}")
+                  f"compile {fs.compile_kind}")
     print(f"tiled plan N={plan['n']} window-512: {plan['query_blocks']} query blocks, {plan['chunks']} chunks; "
           f"{plan['median_ms']:.2f} ms median, first {plan['first_ms']:.2f} ms")
     print()
@@ -864,7 +917,8 @@ def main() -> int:
 
     payload = {"command": command, "context": ctx, "settings": {
         "B": B, "H": H, "D": D, "dtype": "float32", "sizes": sizes, "masks": opts.masks, "modes": opts.modes,
-        "kernels": opts.kernels, "flex_sizes": flex_sizes, "reps_fast": opts.reps, "warmup": opts.warmup, "slow_s": SLOW_S, "mid_s": MID_S,
+        "kernels": opts.kernels, "flex_sizes": flex_sizes, "reps_fast": opts.reps, "warmup": opts.warmup, "slow_s": SLOW_S, "retime_max_s": RETIME_MAX_S,
+        "dense_fwdbwd_max_n": DENSE_FWDBWD_MAX_N,
         "probe_reps": probe.reps, "gate_fraction": GATE_FRACTION, "memory": memory, "quick": opts.quick},
         "matmul_probe": {"best_gflops": mm_best, "median_gflops": mm_median, "all_gflops": probe.history,
                          "foreign_cores": probe.foreign,
