@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from .masks import check_broadcast, shape4
+
 
 class Bias:
     """Base class: ``tile`` returns float logits offsets broadcastable to (B, H, qe - qs, ke - ks)."""
@@ -38,21 +40,15 @@ class TensorBias(Bias):
         if not bias.dtype.is_floating_point:
             raise TypeError(f"bias must be a floating-point tensor, got dtype {bias.dtype}; "
                             "pass a bool mask as mask=")
-        if not 2 <= bias.dim() <= 4:
-            raise ValueError(f"bias must have 2 to 4 dims broadcastable to (B, H, Nq, Nk), got shape "
-                             f"{tuple(bias.shape)}")
         self.tensor = bias
-        self.tensor4 = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (b, h, nq|1, nk|1)
+        self.tensor4 = bias.reshape(shape4("bias", bias))  # (b, h, nq|1, nk|1)
 
     @property
     def requires_grad(self) -> bool:  # type: ignore[override]
         return self.tensor.requires_grad
 
     def check(self, batch, heads, q_len, k_len):
-        target = (batch, heads, q_len, k_len)
-        if any(s not in (1, t) for s, t in zip(self.tensor4.shape, target)):
-            raise ValueError(f"bias of shape {tuple(self.tensor.shape)} does not broadcast to (B, H, Nq, Nk) = "
-                             f"{target}")
+        check_broadcast("bias", self.tensor, (batch, heads, q_len, k_len))
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None, dtype=torch.float32):
         t = self.tensor4.expand(-1, -1, q_len, k_len)[..., qs:qe, ks:ke]

@@ -193,6 +193,18 @@ class Not(Mask):
         return f"~{self.a!r}"
 
 
+def shape4(name: str, t: Tensor) -> tuple[int, ...]:
+    """The shape of a mask or bias tensor with 2 to 4 dims, left-padded with 1s to (b, h, nq, nk)."""
+    if not 2 <= t.dim() <= 4:
+        raise ValueError(f"{name} must have 2 to 4 dims broadcastable to (B, H, Nq, Nk), got shape {tuple(t.shape)}")
+    return (1,) * (4 - t.dim()) + tuple(t.shape)
+
+
+def check_broadcast(name: str, t: Tensor, target: tuple[int, int, int, int]) -> None:
+    if any(s not in (1, n) for s, n in zip(shape4(name, t), target)):
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to (B, H, Nq, Nk) = {target}")
+
+
 def _positions(qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device) -> tuple[Tensor, Tensor]:
     """Absolute query positions (nq, 1) and key positions (1, nk) of a tile."""
     p = torch.arange(qs, qe, device=device)[:, None] + (k_len - q_len)
@@ -436,20 +448,14 @@ class Dense(Mask):
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}; "
                             "pass an additive float mask as bias=")
-        if not 2 <= mask.dim() <= 4:
-            raise ValueError(f"mask must have 2 to 4 dims broadcastable to (B, H, Nq, Nk), got shape "
-                             f"{tuple(mask.shape)}")
+        shape4("mask", mask)
         self.mask = mask
 
     def check(self, batch, heads, q_len, k_len):
-        target = (batch, heads, q_len, k_len)
-        shape = (1,) * (4 - self.mask.dim()) + tuple(self.mask.shape)
-        if any(s not in (1, t) for s, t in zip(shape, target)):
-            raise ValueError(f"mask of shape {tuple(self.mask.shape)} does not broadcast to (B, H, Nq, Nk) = "
-                             f"{target}")
+        check_broadcast("mask", self.mask, (batch, heads, q_len, k_len))
 
     def _full(self, q_len, k_len) -> Tensor:
-        m = self.mask.reshape((1,) * (4 - self.mask.dim()) + tuple(self.mask.shape))
+        m = self.mask.reshape(shape4("mask", self.mask))
         return m.expand(-1, -1, q_len, k_len)
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
