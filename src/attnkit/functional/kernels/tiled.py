@@ -249,8 +249,8 @@ def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
             out[..., row.qs:row.qe, :] = 0
             continue
         # l >= 1 where anything is visible; l == 0 (acc == 0, lse = lowest + log 0 = -inf) where not
-        out[..., row.qs:row.qe, :] = acc / l.clamp(min=1.0)
-        lse[..., row.qs:row.qe] = (m + torch.log2(l)).squeeze(-1)  # log2 units
+        torch.div(acc, l.clamp(min=1.0), out=out[..., row.qs:row.qe, :])  # written in place: no temporary
+        torch.add(m, torch.log2(l), out=lse[..., row.qs:row.qe, None])  # log2 units
     return out, lse
 
 
