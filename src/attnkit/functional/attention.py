@@ -38,7 +38,8 @@ def attention(q, k, v, *, mask=None, causal=False, window=None, bias=None, scale
         q: (B, H, Nq, D) queries.
         k: (B, Hkv, Nk, D) keys; H must be a multiple of Hkv (grouped-query; Hkv = 1 is multi-query).
         v: (B, Hkv, Nk, Dv) values.
-        mask: bool tensor broadcastable to (B, H, Nq, Nk), True = may attend, or an ``attnkit.masks`` mask.
+        mask: bool tensor with 2 to 4 dims broadcastable to (B, H, Nq, Nk), True = may attend, or an
+            ``attnkit.masks`` mask.
         causal: query i sits at absolute position p = i + Nk - Nq and sees keys j <= p
             (bottom-right aligned, as KV-cache decoding needs)::
 
@@ -46,7 +47,7 @@ def attention(q, k, v, *, mask=None, causal=False, window=None, bias=None, scale
                               x x x x x
         window: (left, right): the query at position p sees keys p - left <= j <= p + right
             (None = unbounded side). ``mask``, ``causal`` and ``window`` combine by logical AND.
-        bias: additive float tensor broadcastable to (B, H, Nq, Nk) (may require grad), or a structured
+        bias: additive float tensor, 2 to 4 dims broadcastable to (B, H, Nq, Nk) (may require grad), or a structured
             bias such as ``attnkit.bias.alibi(H)``.
         scale: logit scale, default 1/sqrt(D).
         softcap: logits -> softcap * tanh(logits / softcap), applied before the bias and the mask.
@@ -57,7 +58,10 @@ def attention(q, k, v, *, mask=None, causal=False, window=None, bias=None, scale
 
     Returns:
         (B, H, Nq, Dv) output in q's dtype, or (out, lse) when ``return_lse``. A row that may attend to
-        nothing outputs zeros and gets zero gradients.
+        nothing outputs zeros and gets zero gradients. NaN or inf stored in keys/values that no query
+        may see (padding), in query rows that see nothing, or in masked bias entries never changes any
+        output or gradient; a NaN value that some query may see reaches every row of that matmul
+        (0 · NaN), as in every attention kernel.
 
     Example:
         >>> q = k = v = torch.randn(1, 8, 1024, 64)

@@ -12,11 +12,12 @@ fits, the error lists every kernel and its reasons. Users add their own with ``r
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from .masks import EMPTY, Dense
 from .request import AttentionRequest
 
 
@@ -26,7 +27,7 @@ class Capabilities:
 
     dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
     devices: tuple[str, ...] = ("cpu", "cuda")
-    masks: str = "any"  # "any", "dense bool", "none"
+    masks: Literal["any", "materialized", "none"] = "any"  # "materialized": built as a dense tensor
     tile_skipping: bool = False  # cost proportional to the visible part of a structured mask
     bias: bool = True
     bias_grad: bool = True
@@ -131,20 +132,14 @@ def auto_order(req: AttentionRequest) -> list[str]:
     """
     order = ["sdpa", "tiled", "dense"]
     _, _, _, Nq, Nk, _, _ = req.shape
-    if req.mask is not None and Nq * Nk >= AUTO_TILED_MIN_ELEMENTS and not isinstance(req.mask, _dense_type()):
+    if req.mask is not None and Nq * Nk >= AUTO_TILED_MIN_ELEMENTS and not isinstance(req.mask, Dense):
         from .kernels.tiled import BLOCK_K, BLOCK_Q
 
         layout = req.layout(BLOCK_Q, BLOCK_K)
-        empty = (layout == 0).all(dim=0).all(dim=0).float().mean().item()
+        empty = (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item()
         if empty >= AUTO_TILED_MIN_EMPTY:
             order = ["tiled", "sdpa", "dense"]
     return order + [name for name in _REGISTRY if name not in order]
-
-
-def _dense_type():
-    from .masks import Dense
-
-    return Dense
 
 
 def select_kernel(req: AttentionRequest, kernel) -> Kernel:

@@ -97,8 +97,10 @@ class AttentionRequest:
                 raise ValueError(f"bias is on {bias.device} but q is on {q.device}")
         if scale is None:
             scale = 1.0 / math.sqrt(D) if D else 1.0
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise TypeError(f"scale must be a finite float or None (1/sqrt(D)), got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"scale must be a float or None (1/sqrt(D)), got {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale!r}")
         if softcap is not None and (not isinstance(softcap, (int, float)) or not softcap > 0):
             raise ValueError(f"softcap must be a positive float or None (off), got {softcap!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

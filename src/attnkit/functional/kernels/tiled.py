@@ -121,9 +121,10 @@ class _Tiles:
         return _Chunk(ks, ke, qb, k, v, hidden, hidden_bool)
 
     def _mask_tile(self, row: Row, ks: int, ke: int):
-        """Masking data for keys ks:ke, clipped to the seen columns lo:hi: (lo, hi, additive 0/-inf
-        segments (see _hidden_segments), bool hidden tile, keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1)
-        or None if all); None when nothing is visible. Cached for masks with a tile_key."""
+        """Masking data for keys ks:ke clipped to the seen columns lo:hi, or None when nothing is visible:
+        (lo, hi, additive 0/-inf segments (see _hidden_segments), bool hidden tile,
+         keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1) or None if all).
+        Cached for masks with a tile_key."""
         args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
         key = self.req.mask.tile_key(*args)
         if key is not None and key in self._cache:
