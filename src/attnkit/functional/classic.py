@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels.common import safe_softmax
+from .kernels.common import safe_softmax, zero_unseen_keys
 
 
 def _masked(scores: Tensor, mask: Tensor | None) -> Tensor:
@@ -30,7 +30,7 @@ def _masked(scores: Tensor, mask: Tensor | None) -> Tensor:
 
 def _weighted(scores: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     weights, _ = safe_softmax(_masked(scores, mask))  # (..., Nq, Nk)
-    return weights @ _masked_values(v, mask), weights
+    return weights @ zero_unseen_keys(v, mask), weights
 
 
 def additive_scores(q: Tensor, k: Tensor, w_q: Tensor, w_k: Tensor, w_score: Tensor) -> Tensor:
@@ -122,14 +122,7 @@ def hard_attention(scores: Tensor, v: Tensor, *, mode: HardMode = "argmax", mask
         log_p = torch.log(soft.gather(-1, index[..., None]).squeeze(-1).clamp_min(torch.finfo(soft.dtype).tiny))
         log_prob = torch.where(valid, log_p, torch.zeros_like(log_p))
     index = torch.where(valid, index, torch.full_like(index, -1))
-    return HardAttention(weights @ _masked_values(v, mask), index, weights, log_prob)
-
-
-def _masked_values(v: Tensor, mask: Tensor | None) -> Tensor:
-    """Values no query may see are zeroed, so NaN stored there stays out of the output."""
-    if mask is None:
-        return v
-    return torch.where(mask.any(dim=-2)[..., None], v, torch.zeros((), dtype=v.dtype, device=v.device))
+    return HardAttention(weights @ zero_unseen_keys(v, mask), index, weights, log_prob)
 
 
 __all__ = ["additive_scores", "additive_attention", "luong_scores", "luong_attention", "hard_attention",

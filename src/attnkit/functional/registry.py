@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 from .masks import EMPTY, Dense

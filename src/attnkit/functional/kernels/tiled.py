@@ -33,6 +33,18 @@ ALIGN = 64  # chunk widths are clipped to multiples of this
 LOG2E, LN2 = math.log2(math.e), math.log(2.0)
 
 
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """The [start, end) ranges of consecutive True entries."""
+    runs, start = [], None
+    for j, flag in enumerate(flags + [False]):
+        if flag and start is None:
+            start = j
+        elif not flag and start is not None:
+            runs.append((start, j))
+            start = None
+    return runs
+
+
 @dataclass(frozen=True)
 class Row:
     """One query block and the key chunks it visits: (ks, ke, needs_mask)."""
@@ -61,14 +73,11 @@ def make_plan(req: AttentionRequest, block_q: int = BLOCK_Q, block_k: int = BLOC
     per_chunk = max(1, max_chunk // block_k)
     rows = []
     for i in range(nqb):
-        chunks: list[tuple[int, int, bool]] = []
-        start = None  # first block of the open chunk
-        for j in range(nkb + 1):
-            if start is not None and not (j < nkb and visit[i][j] and j - start < per_chunk):
-                chunks.append((start * block_k, min(j * block_k, Nk), any(masked[i][start:j])))
-                start = None
-            if start is None and j < nkb and visit[i][j]:
-                start = j
+        chunks = []
+        for first, end in _runs(visit[i]):  # a run of non-empty key blocks, cut into chunks
+            for s in range(first, end, per_chunk):
+                e = min(s + per_chunk, end)
+                chunks.append((s * block_k, min(e * block_k, Nk), any(masked[i][s:e])))
         rows.append(Row(i * block_q, min((i + 1) * block_q, Nq), tuple(chunks)))
     return rows
 
@@ -113,11 +122,10 @@ class _Tiles:
         lo, hi, hidden, hidden_bool, keys_seen, rows_seen = entry
         ks, ke = ks + lo, ks + hi
         k, v = self.k[..., ks:ke, :], self.v[..., ks:ke, :]
-        zero = torch.zeros((), dtype=k.dtype, device=k.device)
         if keys_seen is not None and not self.finite_kv:
-            k, v = torch.where(keys_seen, k, zero), torch.where(keys_seen, v, zero)
+            k, v = torch.where(keys_seen, k, self._zero), torch.where(keys_seen, v, self._zero)
         if rows_seen is not None and not self.finite_q:
-            qb = torch.where(rows_seen, qb, zero)
+            qb = torch.where(rows_seen, qb, self._zero)
         return _Chunk(ks, ke, qb, k, v, hidden, hidden_bool)
 
     def _mask_tile(self, row: Row, ks: int, ke: int):
@@ -140,7 +148,8 @@ class _Tiles:
             keys_seen = keys_seen[..., lo:hi, None]
             rows_seen = vis.any(dim=-1).expand(-1, self.Hkv, self.G, -1)  # (b, Hkv, G, bq)
             rows_seen = rows_seen.reshape(rows_seen.shape[0], self.Hkv, -1, 1)
-            entry = (lo, hi, _hidden_segments(~vis, self.stats), ~vis,
+            hidden = ~vis
+            entry = (lo, hi, _hidden_segments(hidden, self.stats), hidden,
                      None if bool(keys_seen.all()) else keys_seen, None if bool(rows_seen.all()) else rows_seen)
         if key is not None:
             self._cache[key] = entry
@@ -189,14 +198,7 @@ def _hidden_segments(hidden: Tensor, dtype: torch.dtype, max_segments: int = 4) 
     tiles over their contiguous runs: (c0, c1, tile (b, h, g, bq, c1 - c0)). A sliding window's chunk
     is hidden only near its two edges, so masking touches two narrow strips instead of the whole tile
     (adding is used because add_ is far faster than masked_fill_ on CPU)."""
-    cols = hidden.flatten(0, -2).any(0).tolist()
-    runs, start = [], None
-    for j, h in enumerate(cols + [False]):
-        if h and start is None:
-            start = j
-        elif not h and start is not None:
-            runs.append((start, j))
-            start = None
+    runs = _runs(hidden.flatten(0, -2).any(0).tolist())
     if len(runs) > max_segments:
         runs = [(runs[0][0], runs[-1][1])]
     zero = torch.zeros((), dtype=dtype, device=hidden.device)
@@ -257,7 +259,7 @@ def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
 
 def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out: Tensor,
               grad_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    B, Hkv, G, stats, req = tiles.B, tiles.Hkv, tiles.G, tiles.stats, tiles.req
+    stats, req = tiles.stats, tiles.req
     dtype = tiles.q5.dtype
     delta = (grad_out.to(stats) * out).sum(dim=-1, keepdim=True)  # (B, Hkv, G, Nq, 1)
     lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)[..., None]
