@@ -1,0 +1,80 @@
+"""What every attnkit model shares: typed configs with named presets, and ``num_parameters``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from torch import Tensor, nn
+
+from ..functional.registry import Kernel
+from ..nn.attention import set_kernel
+
+C = TypeVar("C", bound="Config")
+
+
+@dataclasses.dataclass
+class Config:
+    """Base of every model config: a dataclass whose ``PRESETS`` maps a name to field overrides.
+
+        >>> GPTConfig.preset("gpt2-small", num_layers=2)   # a preset, with overrides
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls: type[C], name: str, **overrides: Any) -> C:
+        if name not in cls.PRESETS:
+            known = ", ".join(sorted(cls.PRESETS)) or "none"
+            raise ValueError(f"{cls.__name__} has no preset {name!r}; presets: {known}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def require_positive(config: object, *names: str) -> None:
+    """Raise a ValueError naming the first field of ``config`` that is not a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+
+
+class Model(nn.Module):
+    """Base of every attnkit model."""
+
+    config: Config
+
+    def num_parameters(self, *, trainable_only: bool = False) -> int:
+        """Number of parameters, each shared (tied) tensor counted once."""
+        seen = {id(p): p for p in self.parameters()}  # parameters() already de-duplicates ties
+        return sum(p.numel() for p in seen.values() if p.requires_grad or not trainable_only)
+
+    def set_kernel(self, kernel: str | Kernel) -> Model:
+        """Run every attention layer with ``kernel`` ("auto", "dense", "sdpa", "tiled", or a kernel object)."""
+        return set_kernel(self, kernel)
+
+
+def check_ids(input_ids: Tensor, vocab_size: int) -> tuple[int, int]:
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"input_ids must be a (B, N) integer tensor, got {tuple(input_ids.shape)} "
+                         f"{input_ids.dtype}")
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in "
+                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    return input_ids.shape[0], input_ids.shape[1]
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialization: N(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,313 @@
+"""``MultiHeadAttention``: the projections around ``attnkit.attention`` (MHA, GQA, MQA; self or cross),
+with KV caches, relative positions, and one hook point that recorders attach to.
+
+The math is ``attnkit.functional.attention``; this module only projects, positions, caches and merges
+heads. It never branches on the kernel: ``kernel=`` is handed down as given.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..functional import attention as attention_fn
+from ..functional import attention_weights
+from ..functional import masks as structured_masks
+from ..functional.bias import ALiBi, Bias
+from ..functional.masks import Mask
+from ..functional.registry import Kernel
+from .cache import CacheView, ContextCache, KVCache, RingCache
+from .norms import RMSNorm
+from .positions import RelativePositions, default_position_ids
+
+Window = tuple[int | None, int | None]
+
+
+@dataclass
+class AttentionCall:
+    """What a recorder receives from one attention call: enough to recompute its maps exactly.
+
+    ``q`` is (B, H, Nq, D) and ``k`` (B, Hkv, Nk, D), after projections, positions and the cache;
+    the other fields are the options handed to ``attnkit.attention``.
+    """
+
+    q: Tensor
+    k: Tensor
+    mask: Tensor | Mask | None
+    causal: bool
+    window: Window | None
+    bias: Tensor | Bias | None
+    scale: float | None
+    softcap: float | None
+
+    def weights(self, heads: list[int] | None = None) -> Tensor:
+        """Attention probabilities (B, len(heads) or H, Nq, Nk), from the reference kernel."""
+        q, k, mask, bias = self.q, self.k, self.mask, self.bias
+        if heads is not None:
+            index = torch.as_tensor(heads, dtype=torch.long, device=q.device)
+            group = q.shape[1] // k.shape[1]
+            q, k = q[:, index], k[:, index // group]  # (B, h, N, D) each
+            mask = _select_heads(mask, index, q.device)
+            bias = ALiBi(len(heads), bias.slopes[index.cpu()]) if isinstance(bias, ALiBi) else \
+                _select_heads(bias, index, q.device)
+        return attention_weights(q, k, mask=mask, causal=self.causal, window=self.window, bias=bias,
+                                 scale=self.scale, softcap=self.softcap)
+
+
+def _select_heads(t, index: Tensor, device):
+    if isinstance(t, Tensor) and t.dim() == 4 and t.shape[1] > 1:
+        return t[:, index.to(t.device)]
+    return t
+
+
+Recorder = Callable[["MultiHeadAttention", AttentionCall], None]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with ``num_kv_heads`` key/value heads (GQA; 1 = MQA), self or cross.
+
+    Args:
+        dim: model width (input and output features).
+        num_heads: query heads.
+        num_kv_heads: key/value heads, dividing ``num_heads`` (default ``num_heads``).
+        head_dim: size of each head (default ``dim // num_heads``, which must then divide exactly).
+        bias: whether the four projections have biases.
+        dropout: attention-probability dropout while training.
+        qk_norm: RMS-normalize each query and key head before attention (OLMo-2, Qwen-3 style).
+        positions: a relative scheme applied in self-attention: ``RotaryEmbedding``, ``ALiBiPositions``,
+            ``T5RelativeBias`` (absolute positions belong to the embedding, not here).
+        kernel: handed to ``attnkit.attention`` unchanged: "auto", a registered name or a kernel object.
+        context_dim: width of the cross-attention source (default ``dim``).
+        cross_attention: this layer attends to a ``context`` and requires one.
+        scale, softcap: handed to ``attnkit.attention`` (defaults 1/sqrt(head_dim) and off).
+
+    Example:
+        >>> mha = MultiHeadAttention(512, 8, num_kv_heads=2)
+        >>> y = mha(torch.randn(2, 100, 512), causal=True)          # (2, 100, 512)
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, head_dim: int | None = None,
+                 bias: bool = True, dropout: float = 0.0, qk_norm: bool = False,
+                 positions: RelativePositions | None = None, kernel: str | Kernel = "auto",
+                 context_dim: int | None = None, cross_attention: bool = False, scale: float | None = None,
+                 softcap: float | None = None):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        head_dim = _check_sizes(dim, num_heads, num_kv_heads, head_dim)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        context_dim = dim if context_dim is None else context_dim
+        self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
+        self.dropout, self.kernel, self.cross_attention = dropout, kernel, cross_attention
+        self.scale, self.softcap = scale, softcap
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(context_dim, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(context_dim, num_kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=bias)
+        self.q_norm = RMSNorm(head_dim) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim) if qk_norm else None
+        self.positions = positions
+        self._recorders: OrderedDict[int, Recorder] = OrderedDict()
+
+    def attach(self, recorder: Recorder) -> RemovableHandle:
+        """Call ``recorder(self, AttentionCall)`` on every forward; ``handle.remove()`` detaches it.
+
+        This is the one hook point for attention maps (``attnkit.inspect.capture`` builds on it).
+        """
+        handle = RemovableHandle(self._recorders)
+        self._recorders[handle.id] = recorder
+        return handle
+
+    def _heads(self, x: Tensor, proj: nn.Linear, heads: int) -> Tensor:
+        b, n, _ = x.shape
+        return proj(x).view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, heads, N, Dh)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | Mask | None = None,
+                causal: bool = False, window: Window | None = None,
+                cache: KVCache | ContextCache | None = None, position_ids: Tensor | None = None,
+                key_padding: Tensor | None = None) -> Tensor:
+        """Attend from ``x`` (B, N, dim) to itself, or to ``context`` (B, M, context_dim).
+
+        Args:
+            mask: bool tensor broadcastable to (B, H, N, Nk) (True = may attend) or an ``attnkit.masks``
+                mask, over the keys attended (with a cache: all cached keys plus the new ones).
+            causal, window: as in ``attnkit.attention``; bottom-right aligned, so they hold with a cache.
+            cache: a KV cache (self-attention) or a ``ContextCache`` (cross-attention); updated in place.
+            position_ids: (B, N) positions for RoPE (default: cache length + 0..N-1).
+            key_padding: (B, Nk_total) bool, True = real token, over every key so far (with a cache: the
+                cached tokens and the new ones), e.g. the Hugging Face ``attention_mask`` of left-padded
+                prompts.
+
+        Returns:
+            (B, N, dim).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be (B, N, dim={self.dim}), got {tuple(x.shape)}")
+        if self.cross_attention and context is None and not (isinstance(cache, ContextCache) and cache.filled):
+            raise ValueError("this is a cross-attention layer: pass context (B, M, context_dim)")
+        q = self._heads(x, self.q_proj, self.num_heads)  # (B, H, N, Dh)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if context is not None or self.cross_attention:
+            k, v = self._context_kv(context, cache)
+            mask = _with_key_padding(mask, key_padding, k.shape[2])
+            call = AttentionCall(q, k, mask, causal, window, None, self.scale, self.softcap)
+        else:
+            call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding)
+        for recorder in list(self._recorders.values()):
+            recorder(self, call)
+        out = attention_fn(call.q, call.k, v, mask=call.mask, causal=call.causal, window=call.window,
+                           bias=call.bias, scale=self.scale, softcap=self.softcap,
+                           dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+    def _context_kv(self, context: Tensor | None, cache) -> tuple[Tensor, Tensor]:
+        if isinstance(cache, ContextCache) and cache.filled:
+            return cache.k, cache.v
+        if cache is not None and not isinstance(cache, ContextCache):
+            raise TypeError(f"cross-attention takes a ContextCache, got {type(cache).__name__}")
+        if context.dim() != 3 or context.shape[-1] != self.k_proj.in_features:
+            raise ValueError(f"context must be (B, M, context_dim={self.k_proj.in_features}), "
+                             f"got {tuple(context.shape)}")
+        k = self._heads(context, self.k_proj, self.num_kv_heads)  # (B, Hkv, M, Dh)
+        v = self._heads(context, self.v_proj, self.num_kv_heads)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if isinstance(cache, ContextCache):
+            cache.store(k, v)
+        return k, v
+
+    def _self_call(self, x, q, mask, causal, window, cache, position_ids, key_padding):
+        if isinstance(cache, ContextCache):
+            raise TypeError("a ContextCache serves cross-attention; self-attention takes a "
+                            "StaticCache, GrowingCache or RingCache")
+        k = self._heads(x, self.k_proj, self.num_kv_heads)  # (B, Hkv, N, Dh)
+        v = self._heads(x, self.v_proj, self.num_kv_heads)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        b, n = x.shape[:2]
+        if self.positions is not None:
+            if position_ids is None:
+                position_ids = default_position_ids(b, n, cache.length if cache is not None else 0, x.device)
+            q, k = self.positions.rotate(q, position_ids), self.positions.rotate(k, position_ids)
+        view = cache.update(k, v) if cache is not None else \
+            CacheView(k, v, torch.arange(n, device=x.device), ordered=True)
+        q_pos = view.positions[-n:]
+        if view.ordered:
+            mask = _with_key_padding(mask, key_padding, view.k.shape[2])
+        else:
+            mask = _ring_mask(cache, mask, causal, window, view.positions, q_pos, key_padding)
+            causal, window = False, None
+        bias = None if self.positions is None else \
+            self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
+        return AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap), view.v
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention, *, kernel: str | Kernel = "auto") -> MultiHeadAttention:
+        """A copy of ``torch.nn.MultiheadAttention``'s weights: identical outputs on batch-first inputs.
+
+        Mind the mask conventions: torch's bool ``attn_mask``/``key_padding_mask`` mean True = *blocked*,
+        attnkit's True = *may attend*: pass ``~attn_mask`` as ``mask`` and ``~key_padding_mask`` as
+        ``key_padding``.
+        """
+        if module.bias_k is not None or module.add_zero_attn:
+            raise ValueError("from_torch does not support add_bias_kv or add_zero_attn")
+        if module.kdim != module.vdim:
+            raise ValueError(f"from_torch needs kdim == vdim, got {module.kdim} and {module.vdim}")
+        has_bias = module.in_proj_bias is not None
+        new = cls(module.embed_dim, module.num_heads, bias=has_bias, dropout=module.dropout, kernel=kernel,
+                  context_dim=module.kdim)
+        if module._qkv_same_embed_dim:
+            weights = module.in_proj_weight.chunk(3)
+        else:
+            weights = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
+        biases = module.in_proj_bias.chunk(3) if has_bias else (None, None, None)
+        with torch.no_grad():
+            for proj, w, b in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases):
+                proj.weight.copy_(w)
+                if b is not None:
+                    proj.bias.copy_(b)
+            new.out_proj.weight.copy_(module.out_proj.weight)
+            if has_bias:
+                new.out_proj.bias.copy_(module.out_proj.bias)
+        return new.to(module.out_proj.weight.device)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, kernel={self.kernel!r}")
+
+
+def _check_sizes(dim: int, num_heads: int, num_kv_heads: int, head_dim: int | None) -> int:
+    for name, value in (("dim", dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
+    if head_dim is None:
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide dim={dim} (or pass head_dim)")
+        return dim // num_heads
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
+        raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+    return head_dim
+
+
+def _with_key_padding(mask, key_padding: Tensor | None, num_keys: int):
+    """AND a (B, >= Nk) key padding into the mask over the Nk keys attended."""
+    if key_padding is None:
+        return mask
+    if key_padding.dim() != 2 or key_padding.shape[1] < num_keys:
+        raise ValueError(f"key_padding must be (B, Nk) bool covering all {num_keys} keys, "
+                         f"got {tuple(key_padding.shape)}")
+    if key_padding.dtype != torch.bool:
+        key_padding = key_padding != 0
+    keys = key_padding[:, None, None, :num_keys]  # (B, 1, 1, Nk)
+    if mask is None:
+        return keys
+    if isinstance(mask, Mask):
+        return structured_masks.dense(keys) & mask
+    return keys & mask
+
+
+def _ring_mask(cache: RingCache, mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
+               key_padding: Tensor | None) -> Tensor:
+    """A ring buffer's keys are out of order: mask by each key's stream position instead."""
+    left = None if window is None else window[0]
+    if left is None or left > cache.size:
+        raise ValueError(f"RingCache(size={cache.size}) serves sliding-window attention with a left window of "
+                         f"at most {cache.size}; this call has window={window}")
+    if mask is not None:
+        raise ValueError("with a RingCache, pass padding as key_padding; other masks cannot follow the ring")
+    qp, kp = q_pos[:, None], k_pos[None, :]  # (Nq, 1), (1, Nk)
+    visible = (kp >= 0) & (qp - kp <= left)
+    if causal:
+        visible &= kp <= qp
+    if window[1] is not None:
+        visible &= kp - qp <= window[1]
+    visible = visible[None, None]  # (1, 1, Nq, Nk)
+    if key_padding is not None:
+        if key_padding.dim() != 2 or key_padding.shape[1] < int(k_pos.max()) + 1:
+            raise ValueError(f"key_padding must be (B, N_total) bool covering all {int(k_pos.max()) + 1} tokens "
+                             f"so far, got {tuple(key_padding.shape)}")
+        visible = visible & (key_padding != 0)[:, k_pos.clamp_min(0)][:, None, None, :]  # (B, 1, Nq, Nk)
+    return visible
+
+
+__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder"]
+
+
+def set_kernel(module: nn.Module, kernel: str | Kernel) -> nn.Module:
+    """Make every MultiHeadAttention inside ``module`` use ``kernel``; returns ``module``."""
+    for sub in module.modules():
+        if isinstance(sub, MultiHeadAttention):
+            sub.kernel = kernel
+    return module
+
+
+__all__ += ["set_kernel"]

@@ -1,0 +1,198 @@
+"""KV caches for decoding: prefill with a prompt, then append one token per step.
+
+Three self-attention caches share one interface, ``update(k, v) -> CacheView``:
+
+- ``StaticCache(max_len)``: one buffer of ``max_len`` slots allocated at the first update; writing past
+  it raises. Nothing is reallocated while decoding.
+- ``GrowingCache()``: no limit; the buffer doubles when full (amortized O(1) per token).
+- ``RingCache(size)``: the ``size`` most recent tokens for sliding-window attention; wraps by design.
+
+``ContextCache`` keeps a cross-attention layer's projected keys and values, computed once per source.
+
+Caches are for inference: use them under ``torch.no_grad()``. One cache object serves one layer; models
+hand out a list with one per layer (e.g. ``GPT.new_cache``). Sequences in a batch advance together, so
+left-pad prompts of different lengths and pass the padding as ``key_padding`` (see MultiHeadAttention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class CacheView:
+    """The keys and values to attend over after an update."""
+
+    k: Tensor  # (B, Hkv, Nk, D)
+    v: Tensor  # (B, Hkv, Nk, Dv)
+    positions: Tensor  # (Nk,) stream position of each key; -1 marks an empty slot
+    ordered: bool  # positions == 0..Nk-1: causal/window masks align bottom-right as usual
+
+
+def _check_new(cache: object, buffer: Tensor | None, k: Tensor, v: Tensor) -> None:
+    if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"{type(cache).__name__}.update expects k (B, Hkv, N, D) and v (B, Hkv, N, Dv) with "
+                         f"equal B, Hkv, N; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if buffer is not None and (buffer.shape[:2] != k.shape[:2] or buffer.shape[3] != k.shape[3]):
+        raise ValueError(f"{type(cache).__name__} holds (B, Hkv, ·, D) = {tuple(buffer.shape[:2])}, "
+                         f"{buffer.shape[3]} but got keys {tuple(k.shape)}; call reset() for a new batch")
+
+
+class _Buffered:
+    """Keys and values stored in order in preallocated buffers (B, Hkv, capacity, D)."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.length = 0  # tokens stored = stream position of the next token
+
+    def reset(self) -> None:
+        self.k = self.v = None
+        self.length = 0
+
+    def _allocate(self, k: Tensor, v: Tensor, capacity: int) -> None:
+        old_k, old_v = self.k, self.v
+        self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+        self.v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+        if old_k is not None and self.length:
+            self.k[:, :, : self.length] = old_k[:, :, : self.length]
+            self.v[:, :, : self.length] = old_v[:, :, : self.length]
+
+    def _append(self, k: Tensor, v: Tensor) -> CacheView:
+        end = self.length + k.shape[2]
+        self.k[:, :, self.length: end] = k
+        self.v[:, :, self.length: end] = v
+        self.length = end
+        positions = torch.arange(end, device=k.device)
+        return CacheView(self.k[:, :, :end], self.v[:, :, :end], positions, ordered=True)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class StaticCache(_Buffered):
+    """A preallocated cache of ``max_len`` tokens; writing past it raises a ValueError."""
+
+    def __init__(self, max_len: int):
+        super().__init__()
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        self.max_len = max_len
+
+    def update(self, k: Tensor, v: Tensor) -> CacheView:
+        _check_new(self, self.k, k, v)
+        if self.length + k.shape[2] > self.max_len:
+            raise ValueError(f"cache overflow: StaticCache(max_len={self.max_len}) holds {self.length} tokens and "
+                             f"cannot take {k.shape[2]} more; build it with a larger max_len")
+        if self.k is None:
+            self._allocate(k, v, self.max_len)
+        return self._append(k, v)
+
+
+class GrowingCache(_Buffered):
+    """A cache without a length limit; its buffer doubles when full."""
+
+    def update(self, k: Tensor, v: Tensor) -> CacheView:
+        _check_new(self, self.k, k, v)
+        needed = self.length + k.shape[2]
+        if self.k is None or needed > self.k.shape[2]:
+            capacity = 16 if self.k is None else self.k.shape[2]
+            while capacity < needed:
+                capacity *= 2
+            self._allocate(k, v, capacity)
+        return self._append(k, v)
+
+
+class RingCache:
+    """The ``size`` most recent tokens, for sliding-window attention whose left window is at most ``size``.
+
+    ``update`` returns the ring's slots (in slot order, not stream order) followed by the new tokens, with
+    each key's stream position, so MultiHeadAttention masks by position; then the newest ``size`` tokens
+    overwrite the oldest slots.
+    """
+
+    def __init__(self, size: int):
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        self.size = size
+        self.reset()
+
+    def reset(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.slot_positions: Tensor | None = None  # (size,) stream position held by each slot, -1 = empty
+        self.length = 0
+
+    def update(self, k: Tensor, v: Tensor) -> CacheView:
+        _check_new(self, self.k, k, v)
+        n = k.shape[2]
+        new_positions = torch.arange(self.length, self.length + n, device=k.device)
+        if self.k is None:
+            view = CacheView(k, v, new_positions, ordered=True)  # nothing cached yet: the keys are in order
+            self.k = k.new_zeros(k.shape[0], k.shape[1], self.size, k.shape[3])
+            self.v = v.new_zeros(v.shape[0], v.shape[1], self.size, v.shape[3])
+            self.slot_positions = torch.full((self.size,), -1, dtype=torch.long, device=k.device)
+        else:
+            view = CacheView(torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2),
+                             torch.cat((self.slot_positions, new_positions)), ordered=False)
+        keep = min(n, self.size)  # only the newest `size` tokens can still be seen later
+        slots = new_positions[n - keep:] % self.size
+        self.k[:, :, slots] = k[:, :, n - keep:]
+        self.v[:, :, slots] = v[:, :, n - keep:]
+        self.slot_positions[slots] = new_positions[n - keep:]
+        self.length += n
+        return view
+
+    def reorder(self, index: Tensor) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class ContextCache:
+    """A cross-attention layer's keys and values for one source, projected once and reused every step."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    @property
+    def filled(self) -> bool:
+        return self.k is not None
+
+    def store(self, k: Tensor, v: Tensor) -> None:
+        self.k, self.v = k, v
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+    def reorder(self, index: Tensor) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+KVCache = StaticCache | GrowingCache | RingCache
+CacheKind = Literal["static", "growing", "ring"]
+
+
+def make_cache(kind: CacheKind, *, max_len: int | None = None, size: int | None = None) -> KVCache:
+    """One layer's cache: ``"static"`` needs ``max_len``, ``"ring"`` needs ``size``."""
+    if kind == "static":
+        if max_len is None:
+            raise ValueError("a static cache needs max_len (the most tokens it will hold)")
+        return StaticCache(max_len)
+    if kind == "growing":
+        return GrowingCache()
+    if kind == "ring":
+        if size is None:
+            raise ValueError("a ring cache needs size (the sliding window it serves)")
+        return RingCache(size)
+    raise ValueError(f"cache kind must be 'static', 'growing' or 'ring', got {kind!r}")
+
+
+__all__ = ["CacheView", "StaticCache", "GrowingCache", "RingCache", "ContextCache", "KVCache", "make_cache"]

@@ -1,0 +1,148 @@
+"""Feed-forward blocks and the two transformer layers: ``EncoderLayer`` (self-attention + FFN; with
+``causal=True`` it is also the decoder-only GPT block) and ``DecoderLayer`` (masked self-attention +
+cross-attention + FFN), each with pre- or post-norm residuals.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional.masks import Mask
+from ..functional.registry import Kernel
+from .attention import MultiHeadAttention, Window
+from .cache import ContextCache, KVCache
+from .norms import NormKind, make_norm
+from .positions import RelativePositions
+
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu"]
+_PLAIN = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "silu": F.silu}
+_GATED = {"swiglu": F.silu, "geglu": F.gelu}
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))`` for SwiGLU/GeGLU
+    (Shazeer 2020).
+
+    Args:
+        dim: input and output width; hidden: inner width.
+        activation: "gelu" (exact), "gelu_tanh" (GPT-2's approximation), "relu", "silu", "swiglu", "geglu".
+        bias: biases on the projections; dropout: on the output.
+    """
+
+    def __init__(self, dim: int, hidden: int, *, activation: Activation = "gelu", bias: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        if activation not in _PLAIN and activation not in _GATED:
+            raise ValueError(f"activation must be one of {sorted({**_PLAIN, **_GATED})}, got {activation!r}")
+        self.activation = activation
+        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.gate = nn.Linear(dim, hidden, bias=bias) if activation in _GATED else None
+        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is not None:
+            hidden = _GATED[self.activation](self.gate(x)) * self.up(x)
+        else:
+            hidden = _PLAIN[self.activation](self.up(x))
+        return self.dropout(self.down(hidden))
+
+
+def _ffn_output(ffn: nn.Module, x: Tensor, aux_losses: list[Tensor] | None) -> Tensor:
+    """Run a FeedForward or an MoE (which returns (output, aux_loss)); collect the MoE's auxiliary loss."""
+    out = ffn(x)
+    if isinstance(out, tuple):
+        out, aux = out
+        if aux_losses is not None:
+            aux_losses.append(aux)
+    return out
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each in a residual branch.
+
+    ``norm_first=True`` (pre-norm, GPT-2 and most modern models): x + f(norm(x)).
+    ``norm_first=False`` (post-norm, the 2017 Transformer and BERT): norm(x + f(x)).
+    ``ffn`` replaces the FeedForward (e.g. an ``attnkit.nn.MoE``); its auxiliary loss goes to the
+    ``aux_losses`` list passed to forward.
+    """
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, activation: Activation = "gelu", norm: NormKind = "layer",
+                 norm_first: bool = True, eps: float = 1e-5, bias: bool = True, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, qk_norm: bool = False, positions: RelativePositions | None = None,
+                 kernel: str | Kernel = "auto", ffn: nn.Module | None = None):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, bias=bias,
+                                       dropout=attn_dropout, qk_norm=qk_norm, positions=positions, kernel=kernel)
+        self.attn_norm = make_norm(norm, dim, eps)
+        self.ffn = ffn if ffn is not None else FeedForward(dim, hidden, activation=activation, bias=bias)
+        self.ffn_norm = make_norm(norm, dim, eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, *, mask: Tensor | Mask | None = None, causal: bool = False,
+                window: Window | None = None, cache: KVCache | None = None, position_ids: Tensor | None = None,
+                key_padding: Tensor | None = None, aux_losses: list[Tensor] | None = None) -> Tensor:
+        """x (B, N, dim) -> (B, N, dim); the options go to ``MultiHeadAttention.forward``."""
+        def attend(h: Tensor) -> Tensor:
+            return self.dropout(self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
+                                          position_ids=position_ids, key_padding=key_padding))
+
+        def feed(h: Tensor) -> Tensor:
+            return self.dropout(_ffn_output(self.ffn, h, aux_losses))
+
+        if self.norm_first:
+            x = x + attend(self.attn_norm(x))
+            return x + feed(self.ffn_norm(x))
+        x = self.attn_norm(x + attend(x))
+        return self.ffn_norm(x + feed(x))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention to ``context``, then feed-forward, each residual
+    (Vaswani et al. 2017). Same options as EncoderLayer, plus ``context_dim`` (default ``dim``)."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, context_dim: int | None = None,
+                 num_kv_heads: int | None = None, activation: Activation = "relu", norm: NormKind = "layer",
+                 norm_first: bool = False, eps: float = 1e-5, bias: bool = True, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, positions: RelativePositions | None = None,
+                 kernel: str | Kernel = "auto", ffn: nn.Module | None = None):
+        super().__init__()
+        self.norm_first = norm_first
+        common = dict(num_kv_heads=num_kv_heads, bias=bias, dropout=attn_dropout, kernel=kernel)
+        self.self_attn = MultiHeadAttention(dim, num_heads, positions=positions, **common)
+        self.cross_attn = MultiHeadAttention(dim, num_heads, context_dim=context_dim, cross_attention=True,
+                                             **common)
+        self.ffn = ffn if ffn is not None else FeedForward(dim, hidden, activation=activation, bias=bias)
+        self.self_norm, self.cross_norm, self.ffn_norm = (make_norm(norm, dim, eps) for _ in range(3))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, context: Tensor | None, *, context_padding: Tensor | None = None,
+                mask: Tensor | Mask | None = None, causal: bool = True, cache: KVCache | None = None,
+                context_cache: ContextCache | None = None, position_ids: Tensor | None = None,
+                key_padding: Tensor | None = None, aux_losses: list[Tensor] | None = None) -> Tensor:
+        """x (B, N, dim), context (B, M, context_dim) with ``context_padding`` (B, M) bool (True = token).
+
+        With a filled ``context_cache`` the context may be None (its keys and values are reused).
+        """
+        def attend_self(h: Tensor) -> Tensor:
+            return self.dropout(self.self_attn(h, mask=mask, causal=causal, cache=cache,
+                                               position_ids=position_ids, key_padding=key_padding))
+
+        def attend_context(h: Tensor) -> Tensor:
+            return self.dropout(self.cross_attn(h, context, cache=context_cache, key_padding=context_padding))
+
+        def feed(h: Tensor) -> Tensor:
+            return self.dropout(_ffn_output(self.ffn, h, aux_losses))
+
+        for branch, norm in ((attend_self, self.self_norm), (attend_context, self.cross_norm),
+                             (feed, self.ffn_norm)):
+            x = x + branch(norm(x)) if self.norm_first else norm(x + branch(x))
+        return x
+
+
+__all__ = ["FeedForward", "EncoderLayer", "DecoderLayer", "Activation"]
