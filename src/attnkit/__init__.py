@@ -11,9 +11,11 @@ from .functional import (AttentionRequest, Capabilities, Kernel, additive_attent
                          auto_order, bias, get_kernel, hard_attention, kernels, luong_attention, masks,
                          register_kernel)
 
+from . import models, nn  # noqa: E402  (after functional: they build on it)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "attention", "attention_weights", "kernels", "register_kernel", "get_kernel", "auto_order", "masks", "bias",
-    "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
+    "Capabilities", "Kernel", "AttentionRequest", "nn", "models", "additive_attention", "luong_attention", "hard_attention",
 ]

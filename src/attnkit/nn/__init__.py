@@ -1,0 +1,22 @@
+"""Building blocks: attention modules, positions, feed-forward, norms, layers, MoE, SSM, KV caches.
+
+Every module calls ``attnkit.attention`` for the attention math and passes ``kernel=`` down unchanged.
+
+    >>> mha = attnkit.nn.MultiHeadAttention(512, 8, num_kv_heads=2, positions=attnkit.nn.RotaryEmbedding(64))
+    >>> y = mha(torch.randn(2, 100, 512), causal=True)
+"""
+
+from .attention import AttentionCall, MultiHeadAttention, Recorder, set_kernel
+from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, make_cache
+from .layers import DecoderLayer, EncoderLayer, FeedForward
+from .norms import RMSNorm, make_norm
+from .positions import (ALiBiPositions, LearnedPositions, RelativePositions, RotaryEmbedding, SinusoidalPositions,
+                        T5RelativeBias, position_ids_from_mask, sinusoidal_table)
+
+__all__ = [
+    "MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel",
+    "StaticCache", "GrowingCache", "RingCache", "ContextCache", "CacheView", "KVCache", "make_cache",
+    "FeedForward", "EncoderLayer", "DecoderLayer", "RMSNorm", "make_norm",
+    "SinusoidalPositions", "LearnedPositions", "RelativePositions", "RotaryEmbedding", "ALiBiPositions",
+    "T5RelativeBias", "sinusoidal_table", "position_ids_from_mask",
+]

@@ -1,0 +1,62 @@
+"""attnkit.models.HybridLM: attention and SSM layers by pattern; streaming state equals the full forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnkit.models.hybrid import HybridConfig, HybridLM, SSMLayer
+
+
+def tiny(**overrides) -> HybridLM:
+    torch.manual_seed(0)
+    return HybridLM(HybridConfig.preset("tiny", vocab_size=50, dim=32, **overrides)).eval()
+
+
+def test_layers_follow_the_pattern():
+    model = tiny(pattern="MAAM")
+    kinds = ["M" if isinstance(layer, SSMLayer) else "A" for layer in model.layers]
+    assert "".join(kinds) == "MAAM"
+    with pytest.raises(ValueError, match="pattern must be a non-empty string"):
+        HybridConfig.preset("tiny", pattern="MXA")
+
+
+def test_decoding_state_equals_full_forward():
+    model = tiny().double()
+    ids = torch.randint(0, 50, (2, 11))
+    full = model(ids).logits
+    state = model.new_state(11)
+    with torch.no_grad():
+        parts = [model(ids[:, :4], state=state).logits]
+        parts += [model(ids[:, i:i + 1], state=state).logits for i in range(4, 11)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)
+
+
+def test_generate_equals_greedy_recomputation():
+    model = tiny()
+    ids = torch.randint(0, 50, (2, 5))
+    out = model.generate(ids, 6)
+    expected = ids
+    with torch.no_grad():
+        for _ in range(6):
+            expected = torch.cat((expected, model(expected).logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "tiled"])
+def test_overfits_a_tiny_batch(kernel):
+    """40 Adam steps on 4 fixed sequences: loss from ~log(50) = 3.9 to below 0.3; every parameter gets a
+    gradient."""
+    model = tiny(kernel=kernel).train()
+    data = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(40):
+        logits = model(data[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), data[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+            assert not silent, f"parameters without gradient: {silent}"
+        opt.step()
+    assert loss.item() < 0.3
