@@ -17,5 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention", "attention_weights", "kernels", "register_kernel", "get_kernel", "auto_order", "masks", "bias",
-    "Capabilities", "Kernel", "AttentionRequest", "nn", "models", "additive_attention", "luong_attention", "hard_attention",
+    "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
+    "nn", "models",
 ]

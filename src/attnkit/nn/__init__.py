@@ -7,16 +7,22 @@ Every module calls ``attnkit.attention`` for the attention math and passes ``ker
 """
 
 from .attention import AttentionCall, MultiHeadAttention, Recorder, set_kernel
+from .activations import Activation
 from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, make_cache
+from .classic import AdditiveAttention, AttentionPooling, HierarchicalAttention, HierarchicalOutput, LuongAttention
 from .layers import DecoderLayer, EncoderLayer, FeedForward
+from .moe import MoE, MoEStats
 from .norms import RMSNorm, make_norm
 from .positions import (ALiBiPositions, LearnedPositions, RelativePositions, RotaryEmbedding, SinusoidalPositions,
                         T5RelativeBias, position_ids_from_mask, sinusoidal_table)
+from .ssm import SelectiveSSM, SSMState, selective_scan_chunked, selective_scan_reference
 
 __all__ = [
     "MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel",
     "StaticCache", "GrowingCache", "RingCache", "ContextCache", "CacheView", "KVCache", "make_cache",
     "FeedForward", "EncoderLayer", "DecoderLayer", "RMSNorm", "make_norm",
     "SinusoidalPositions", "LearnedPositions", "RelativePositions", "RotaryEmbedding", "ALiBiPositions",
-    "T5RelativeBias", "sinusoidal_table", "position_ids_from_mask",
+    "T5RelativeBias", "sinusoidal_table", "position_ids_from_mask", "Activation",
+    "MoE", "MoEStats", "SelectiveSSM", "SSMState", "selective_scan_chunked", "selective_scan_reference",
+    "AdditiveAttention", "LuongAttention", "AttentionPooling", "HierarchicalAttention", "HierarchicalOutput",
 ]

@@ -5,21 +5,16 @@ cross-attention + FFN), each with pre- or post-norm residuals.
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional.masks import Mask
 from ..functional.registry import Kernel
+from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
 from .norms import NormKind, make_norm
 from .positions import RelativePositions
 
-Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu"]
-_PLAIN = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "silu": F.silu}
-_GATED = {"swiglu": F.silu, "geglu": F.gelu}
 
 
 class FeedForward(nn.Module):
@@ -35,19 +30,18 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, *, activation: Activation = "gelu", bias: bool = True,
                  dropout: float = 0.0):
         super().__init__()
-        if activation not in _PLAIN and activation not in _GATED:
-            raise ValueError(f"activation must be one of {sorted({**_PLAIN, **_GATED})}, got {activation!r}")
+        check_activation(activation)
         self.activation = activation
         self.up = nn.Linear(dim, hidden, bias=bias)
-        self.gate = nn.Linear(dim, hidden, bias=bias) if activation in _GATED else None
+        self.gate = nn.Linear(dim, hidden, bias=bias) if activation in GATED else None
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is not None:
-            hidden = _GATED[self.activation](self.gate(x)) * self.up(x)
+            hidden = GATED[self.activation](self.gate(x)) * self.up(x)
         else:
-            hidden = _PLAIN[self.activation](self.up(x))
+            hidden = PLAIN[self.activation](self.up(x))
         return self.dropout(self.down(hidden))
 
 

@@ -1,0 +1,17 @@
+"""Ready models built only from ``attnkit.nn``, each with a typed config and named presets; swap the
+attention kernel of any of them with ``model.set_kernel(name)`` or the config's ``kernel`` field.
+
+    >>> model = attnkit.models.GPT(attnkit.models.GPTConfig.preset("nano"))
+    >>> model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=8)
+"""
+
+from .base import Config, Model
+from .gpt import GPT, GPTConfig, GPTOutput
+from .han import HAN, HANConfig, HANOutput
+from .hybrid import HybridConfig, HybridLM, HybridOutput
+from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig, Seq2SeqOutput
+
+__all__ = [
+    "Config", "Model", "GPT", "GPTConfig", "GPTOutput", "HybridLM", "HybridConfig", "HybridOutput",
+    "HAN", "HANConfig", "HANOutput", "RNNSeq2Seq", "RNNSeq2SeqConfig", "Seq2SeqOutput",
+]

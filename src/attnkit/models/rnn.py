@@ -1,0 +1,189 @@
+"""Bahdanau, Cho & Bengio 2014, "Neural Machine Translation by Jointly Learning to Align and Translate":
+a bidirectional GRU encoder and a GRU decoder that, at every step, attends over the encoder's states with
+additive attention (:class:`~attnkit.nn.classic.AdditiveAttention`).
+
+One decoder step, with s the decoder state, y the previous target token and h_1..h_S the annotations:
+
+    c_t      = attention(query=s_{t-1}, keys=values=h, mask=real source tokens)   # (B, 2H)
+    s_t      = GRU([emb(y_{t-1}); c_t], s_{t-1})
+    logits_t = W_o [s_t; c_t; emb(y_{t-1})] + b_o                                # the paper's deep output,
+                                                                                  # without its maxout layer
+    s_0      = tanh(W_s h←_1)          # the backward encoder's state after reading the whole source
+
+    >>> model = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny"))
+    >>> src, tgt = torch.randint(3, 16, (2, 7)), torch.randint(3, 16, (2, 5))
+    >>> out = model(src, tgt)
+    >>> out.logits.shape, out.attention.shape
+    (torch.Size([2, 5, 16]), torch.Size([2, 5, 7]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.classic import AdditiveAttention, packed_rnn
+from .base import Config, Model, require_positive
+
+
+@dataclass
+class RNNSeq2SeqConfig(Config):
+    """Configuration of :class:`RNNSeq2Seq`; defaults are the paper's sizes."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    embed_dim: int = 620
+    hidden: int = 1000  # GRU size (per direction in the encoder); annotations have 2 * hidden
+    attn_dim: int = 1000  # size of the additive attention's hidden layer
+    num_layers: int = 1  # GRU layers in the encoder and in the decoder
+    dropout: float = 0.0  # on embeddings, before the output layer, and between GRU layers
+    pad_id: int = 0  # padding in both vocabularies
+    bos_id: int = 1  # first decoder input
+    eos_id: int = 2  # greedy decoding stops a sequence after emitting it
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "bahdanau2014": {"src_vocab_size": 30000, "tgt_vocab_size": 30000, "embed_dim": 620, "hidden": 1000,
+                         "attn_dim": 1000},
+        "tiny": {"src_vocab_size": 16, "tgt_vocab_size": 16, "embed_dim": 16, "hidden": 24, "attn_dim": 16},
+    }
+
+    def __post_init__(self) -> None:
+        require_positive(self, "src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden", "attn_dim",
+                         "num_layers")
+        for name in ("pad_id", "bos_id", "eos_id"):
+            value = getattr(self, name)
+            limit = min(self.src_vocab_size, self.tgt_vocab_size) if name == "pad_id" else self.tgt_vocab_size
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+                raise ValueError(f"RNNSeq2SeqConfig.{name} must be an int in [0, {limit}), got {value!r}")
+        if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
+            raise ValueError(f"RNNSeq2SeqConfig pad_id, bos_id and eos_id must differ, got {self.pad_id}, "
+                             f"{self.bos_id}, {self.eos_id}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"RNNSeq2SeqConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class Seq2SeqOutput:
+    """What :meth:`RNNSeq2Seq.forward` returns."""
+
+    logits: Tensor  # (B, T, tgt_vocab_size), position t predicting tgt_ids[:, t]
+    attention: Tensor  # (B, T, S) each row sums to 1 over the real source tokens
+
+
+class RNNSeq2Seq(Model):
+    """The RNN encoder-decoder with additive attention (Bahdanau et al. 2014).
+
+    ``forward(src_ids, tgt_ids, src_mask=None)`` runs the decoder with teacher forcing: ``tgt_ids`` (B, T)
+    are the targets, and the decoder reads ``bos_id`` followed by ``tgt_ids[:, :-1]``, so
+    ``cross_entropy(logits.transpose(1, 2), tgt_ids, ignore_index=pad_id)`` is the training loss.
+    ``src_mask`` (B, S) bool, True = real token, defaults to ``src_ids != pad_id``.
+    """
+
+    def __init__(self, config: RNNSeq2SeqConfig) -> None:
+        super().__init__()
+        if not isinstance(config, RNNSeq2SeqConfig):
+            raise TypeError(f"config must be a RNNSeq2SeqConfig, got {type(config).__name__}")
+        self.config = c = config
+        between = c.dropout if c.num_layers > 1 else 0.0  # nn.GRU warns about dropout with one layer
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.embed_dim, padding_idx=c.pad_id)
+        self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.embed_dim, padding_idx=c.pad_id)
+        self.encoder = nn.GRU(c.embed_dim, c.hidden, c.num_layers, batch_first=True, bidirectional=True,
+                              dropout=between)
+        self.init_state = nn.Linear(c.hidden, c.num_layers * c.hidden)  # W_s: one s_0 per decoder layer
+        self.attention = AdditiveAttention(c.hidden, 2 * c.hidden, c.attn_dim)
+        self.decoder = nn.GRU(c.embed_dim + 2 * c.hidden, c.hidden, c.num_layers, batch_first=True,
+                              dropout=between)
+        self.output = nn.Linear(c.hidden + 2 * c.hidden + c.embed_dim, c.tgt_vocab_size)
+        self.drop = nn.Dropout(c.dropout)
+
+    def _check_ids(self, name: str, ids: Tensor, vocab_size: int) -> None:
+        if not isinstance(ids, Tensor) or ids.dtype != torch.long:
+            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
+            raise TypeError(f"{name} must be a torch.long tensor, got {got}")
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape (B, length), got {tuple(ids.shape)}")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"{name} must lie in [0, {vocab_size}), got values in [{int(ids.min())}, "
+                             f"{int(ids.max())}]")
+
+    def _source_mask(self, src_ids: Tensor, src_mask: Tensor | None) -> Tensor:
+        self._check_ids("src_ids", src_ids, self.config.src_vocab_size)
+        if src_mask is None:
+            return src_ids != self.config.pad_id
+        if not isinstance(src_mask, Tensor) or src_mask.dtype != torch.bool:
+            got = src_mask.dtype if isinstance(src_mask, Tensor) else type(src_mask).__name__
+            raise TypeError(f"src_mask must be a bool tensor (True = real token), got {got}")
+        if src_mask.shape != src_ids.shape:
+            raise ValueError(f"src_mask must have src_ids' shape {tuple(src_ids.shape)}, got "
+                             f"{tuple(src_mask.shape)}")
+        return src_mask
+
+    def encode(self, src_ids: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns annotations (B, S, 2H), zero at padding, and the decoder's first state (L, B, H)."""
+        B, L, H = src_ids.shape[0], self.config.num_layers, self.config.hidden
+        annotations, h_n = packed_rnn(self.encoder, self.drop(self.src_embed(src_ids)), src_mask)
+        backward_first = h_n[-1]  # (B, H): top layer, backward direction, having read the whole source
+        state = torch.tanh(self.init_state(backward_first))  # (B, L * H)
+        return annotations, state.reshape(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
+
+    def _step(self, prev: Tensor, state: Tensor, annotations: Tensor,
+              src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One decoder step: prev (B,) tokens, state (L, B, H) -> logits (B, V), state (L, B, H), weights (B, S)."""
+        embedded = self.drop(self.tgt_embed(prev))  # (B, E)
+        context, weights = self.attention(state[-1], annotations, mask=src_mask)  # (B, 2H), (B, S)
+        out, state = self.decoder(torch.cat([embedded, context], dim=-1).unsqueeze(1), state)  # (B, 1, H)
+        features = torch.cat([out.squeeze(1), context, embedded], dim=-1)  # (B, 3H + E)
+        return self.output(self.drop(features)), state, weights
+
+    def forward(self, src_ids: Tensor, tgt_ids: Tensor, src_mask: Tensor | None = None) -> Seq2SeqOutput:
+        src_mask = self._source_mask(src_ids, src_mask)
+        self._check_ids("tgt_ids", tgt_ids, self.config.tgt_vocab_size)
+        if tgt_ids.shape[0] != src_ids.shape[0]:
+            raise ValueError(f"tgt_ids must have src_ids' batch size {src_ids.shape[0]}, got {tgt_ids.shape[0]}")
+        annotations, state = self.encode(src_ids, src_mask)
+        bos = torch.full_like(tgt_ids[:, :1], self.config.bos_id)
+        inputs = torch.cat([bos, tgt_ids[:, :-1]], dim=1)  # (B, T): shifted right
+        logits, attention = [], []
+        for t in range(inputs.shape[1]):
+            step_logits, state, weights = self._step(inputs[:, t], state, annotations, src_mask)
+            logits.append(step_logits)
+            attention.append(weights)
+        B, T, S, V = src_ids.shape[0], tgt_ids.shape[1], src_ids.shape[1], self.config.tgt_vocab_size
+        if T == 0:
+            return Seq2SeqOutput(annotations.new_zeros(B, 0, V), annotations.new_zeros(B, 0, S))
+        return Seq2SeqOutput(torch.stack(logits, dim=1), torch.stack(attention, dim=1))  # (B, T, V), (B, T, S)
+
+    @torch.no_grad()
+    def greedy_decode(self, src_ids: Tensor, max_len: int, src_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Pick the most likely token at each step, up to ``max_len`` tokens.
+
+        A sequence stops after it emits ``eos_id`` (included); later positions hold ``pad_id`` and zero
+        attention. Decoding ends early once every sequence has stopped. Call ``eval()`` first if the
+        config has dropout.
+
+        Returns tokens (B, T) long and attention (B, T, S), T <= max_len.
+        """
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0:
+            raise ValueError(f"max_len must be a non-negative int, got {max_len!r}")
+        src_mask = self._source_mask(src_ids, src_mask)
+        annotations, state = self.encode(src_ids, src_mask)
+        B, S = src_ids.shape
+        prev = torch.full((B,), self.config.bos_id, dtype=torch.long, device=src_ids.device)
+        done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
+        tokens = [prev.new_zeros(B, 0)]
+        attention = [annotations.new_zeros(B, 0, S)]
+        for _ in range(max_len):
+            logits, state, weights = self._step(prev, state, annotations, src_mask)
+            prev = torch.where(done, self.config.pad_id, logits.argmax(dim=-1))  # (B,)
+            tokens.append(prev[:, None])
+            attention.append(torch.where(done[:, None], 0.0, weights)[:, None])  # (B, 1, S)
+            done = done | (prev == self.config.eos_id)
+            if bool(done.all()):
+                break
+        return torch.cat(tokens, dim=1), torch.cat(attention, dim=1)
+
+
+__all__ = ["RNNSeq2SeqConfig", "RNNSeq2Seq", "Seq2SeqOutput"]

@@ -1,0 +1,20 @@
+"""The feed-forward activations by name, shared by FeedForward and MoE experts."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch.nn.functional as F
+from torch import Tensor
+
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu"]
+# plain: down(act(up(x)))
+PLAIN: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu, "silu": F.silu}
+# gated (Shazeer 2020): down(act(gate(x)) * up(x))
+GATED: dict[str, Callable[[Tensor], Tensor]] = {"swiglu": F.silu, "geglu": F.gelu}
+
+
+def check_activation(activation: str) -> None:
+    if activation not in PLAIN and activation not in GATED:
+        raise ValueError(f"activation must be one of {sorted({**PLAIN, **GATED})}, got {activation!r}")
