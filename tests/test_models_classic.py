@@ -187,9 +187,9 @@ def test_rnn_seq2seq_config_presets_and_validation():
         RNNSeq2SeqConfig.preset("tiny", bos_id=0)
     model = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny"))
     src, tgt = seq2seq_batch()
-    with pytest.raises(TypeError, match="src_ids must be a torch.long"):
+    with pytest.raises(TypeError, match=r"src_ids must be a \(B, N\) integer tensor, got dtype torch.float32"):
         model(src.float(), tgt)
-    with pytest.raises(ValueError, match=r"tgt_ids must lie in \[0, 16\)"):
+    with pytest.raises(ValueError, match=r"tgt_ids must lie in \[0, vocab_size=16\)"):
         model(src, tgt + 16)
     with pytest.raises(ValueError, match="batch size"):
         model(src, tgt[:2])

@@ -32,7 +32,28 @@ def hybrid():
         (torch.randint(0, 40, (2, 21)),)
 
 
-MODELS = {"gpt": gpt, "gpt-left-padded": gpt_padded, "hybrid": hybrid}
+def transformer():
+    src = torch.randint(3, 40, (2, 17))
+    src[1, 12:] = 0  # padding
+    tgt = torch.randint(3, 40, (2, 9))
+    config = models.TransformerConfig.preset("tiny", src_vocab_size=40, tgt_vocab_size=40)
+    return models.Transformer(config), (src, tgt)
+
+
+def bert():
+    ids = torch.randint(1, 40, (2, 18))
+    mask = torch.ones(2, 18, dtype=torch.long)
+    mask[0, 11:] = 0
+    return models.BERT(models.BERTConfig.preset("tiny", vocab_size=40)), (ids, mask)
+
+
+def vit():
+    config = models.ViTConfig.preset("tiny", image_size=24, patch_size=4)  # 36 patches + CLS
+    return models.ViT(config), (torch.randn(2, config.channels, config.image_size, config.image_size, dtype=torch.float64),)
+
+
+MODELS = {"gpt": gpt, "gpt-left-padded": gpt_padded, "hybrid": hybrid, "transformer": transformer, "bert": bert,
+          "vit": vit}
 
 
 def first_tensor(out):

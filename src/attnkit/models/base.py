@@ -62,12 +62,16 @@ class Model(nn.Module):
         return set_kernel(self, kernel)
 
 
-def check_ids(input_ids: Tensor, vocab_size: int) -> tuple[int, int]:
-    if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32):
-        raise ValueError(f"input_ids must be a (B, N) integer tensor, got {tuple(input_ids.shape)} "
-                         f"{input_ids.dtype}")
+def check_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids") -> tuple[int, int]:
+    """Raise unless ``input_ids`` is a (B, N) integer tensor of ids in [0, vocab_size); returns (B, N)."""
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"{name} must be a (B, N) integer tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"{name} must be a (B, N) integer tensor, got dtype {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must be a (B, N) integer tensor, got shape {tuple(input_ids.shape)}")
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in "
+        raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got values in "
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]")
     return input_ids.shape[0], input_ids.shape[1]
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.classic import AdditiveAttention, packed_rnn
-from .base import Config, Model, require_positive
+from .base import Config, Model, check_ids, require_positive
 
 
 @dataclass
@@ -99,18 +99,8 @@ class RNNSeq2Seq(Model):
         self.output = nn.Linear(c.hidden + 2 * c.hidden + c.embed_dim, c.tgt_vocab_size)
         self.drop = nn.Dropout(c.dropout)
 
-    def _check_ids(self, name: str, ids: Tensor, vocab_size: int) -> None:
-        if not isinstance(ids, Tensor) or ids.dtype != torch.long:
-            got = ids.dtype if isinstance(ids, Tensor) else type(ids).__name__
-            raise TypeError(f"{name} must be a torch.long tensor, got {got}")
-        if ids.dim() != 2:
-            raise ValueError(f"{name} must have shape (B, length), got {tuple(ids.shape)}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"{name} must lie in [0, {vocab_size}), got values in [{int(ids.min())}, "
-                             f"{int(ids.max())}]")
-
     def _source_mask(self, src_ids: Tensor, src_mask: Tensor | None) -> Tensor:
-        self._check_ids("src_ids", src_ids, self.config.src_vocab_size)
+        check_ids(src_ids, self.config.src_vocab_size, "src_ids")
         if src_mask is None:
             return src_ids != self.config.pad_id
         if not isinstance(src_mask, Tensor) or src_mask.dtype != torch.bool:
@@ -140,7 +130,7 @@ class RNNSeq2Seq(Model):
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor, src_mask: Tensor | None = None) -> Seq2SeqOutput:
         src_mask = self._source_mask(src_ids, src_mask)
-        self._check_ids("tgt_ids", tgt_ids, self.config.tgt_vocab_size)
+        check_ids(tgt_ids, self.config.tgt_vocab_size, "tgt_ids")
         if tgt_ids.shape[0] != src_ids.shape[0]:
             raise ValueError(f"tgt_ids must have src_ids' batch size {src_ids.shape[0]}, got {tgt_ids.shape[0]}")
         annotations, state = self.encode(src_ids, src_mask)

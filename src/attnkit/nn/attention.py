@@ -138,6 +138,7 @@ class MultiHeadAttention(nn.Module):
                 mask, over the keys attended (with a cache: all cached keys plus the new ones).
             causal, window: as in ``attnkit.attention``; bottom-right aligned, so they hold with a cache.
             cache: a KV cache (self-attention) or a ``ContextCache`` (cross-attention); updated in place.
+                A filled ContextCache is reused and ``context`` is then ignored: ``reset()`` it for a new source.
             position_ids: (B, N) positions for RoPE (default: cache length + 0..N-1).
             key_padding: (B, Nk_total) bool, True = real token, over every key so far (with a cache: the
                 cached tokens and the new ones), e.g. the Hugging Face ``attention_mask`` of left-padded

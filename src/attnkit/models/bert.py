@@ -1,0 +1,174 @@
+"""BERT (Devlin et al. 2019): a post-norm Transformer encoder over word + position + token-type embeddings,
+with a tanh pooler over the first ([CLS]) token and an optional masked-LM head.
+
+The modules mirror Hugging Face's ``BertModel`` one to one, so its weights load by renaming:
+
+    HF BertModel / BertForMaskedLM                  attnkit BERT
+    embeddings.word_embeddings                      word_embeddings
+    embeddings.position_embeddings                  position_embeddings.table
+    embeddings.token_type_embeddings                token_type_embeddings
+    embeddings.LayerNorm                            embedding_norm
+    encoder.layer.{i}.attention.self.query|key|value   layers.{i}.attn.q_proj|k_proj|v_proj
+    encoder.layer.{i}.attention.output.dense        layers.{i}.attn.out_proj
+    encoder.layer.{i}.attention.output.LayerNorm    layers.{i}.attn_norm
+    encoder.layer.{i}.intermediate.dense            layers.{i}.ffn.up
+    encoder.layer.{i}.output.dense                  layers.{i}.ffn.down
+    encoder.layer.{i}.output.LayerNorm              layers.{i}.ffn_norm
+    pooler.dense                                    pooler
+    cls.predictions.transform.dense                 mlm_head.dense
+    cls.predictions.transform.LayerNorm             mlm_head.norm
+    cls.predictions.bias (= decoder.bias)           mlm_head.decoder.bias  (weight tied to word_embeddings)
+
+    >>> model = BERT(BERTConfig.preset("tiny", mlm_head=True)).eval()
+    >>> ids = torch.randint(1, 128, (2, 10))
+    >>> out = model(ids)
+    >>> out.last_hidden_state.shape, out.pooler_output.shape, out.mlm_logits.shape
+    (torch.Size([2, 10, 32]), torch.Size([2, 32]), torch.Size([2, 10, 128]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.layers import EncoderLayer
+from ..nn.positions import LearnedPositions, default_position_ids
+from .base import Config, Model, check_ids, init_weights, require_positive
+
+
+@dataclass
+class BERTConfig(Config):
+    """Configuration of :class:`BERT`; defaults are BERT-base (uncased)."""
+
+    vocab_size: int = 30522
+    max_seq_len: int = 512  # the learned position table's length (HF max_position_embeddings)
+    type_vocab_size: int = 2  # token types (segments): 0 = first sentence, 1 = second
+    dim: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden: int = 3072  # feed-forward inner width (HF intermediate_size)
+    dropout: float = 0.1  # on embeddings, sub-layer outputs and attention probabilities (HF's two dropouts)
+    norm_eps: float = 1e-12
+    pad_id: int = 0  # its embedding row starts at zero; the default attention mask is input_ids != pad_id
+    mlm_head: bool = False  # build the masked-LM head (HF BertForMaskedLM's cls.predictions); else no mlm_logits
+    kernel: str = "auto"  # handed to every attention layer unchanged
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "bert-base": {"dim": 768, "num_layers": 12, "num_heads": 12, "hidden": 3072},
+        "bert-large": {"dim": 1024, "num_layers": 24, "num_heads": 16, "hidden": 4096},
+        # sentence-transformers' all-MiniLM-L6-v2: BERT's vocabulary, 6 narrow layers
+        "minilm-l6": {"dim": 384, "num_layers": 6, "num_heads": 12, "hidden": 1536},
+        "tiny": {"vocab_size": 128, "max_seq_len": 64, "dim": 32, "num_layers": 2, "num_heads": 4, "hidden": 64},
+    }
+
+    def __post_init__(self) -> None:
+        require_positive(self, "vocab_size", "max_seq_len", "type_vocab_size", "dim", "num_layers", "num_heads",
+                         "hidden")
+        if self.dim % self.num_heads:
+            raise ValueError(f"BERTConfig.num_heads={self.num_heads} must divide dim={self.dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"BERTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"BERTConfig.norm_eps must be > 0, got {self.norm_eps!r}")
+        pad = self.pad_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
+            raise ValueError(f"BERTConfig.pad_id must be an int in [0, {self.vocab_size}), got {self.pad_id!r}")
+
+
+@dataclass
+class BERTOutput:
+    """What :meth:`BERT.forward` returns."""
+
+    last_hidden_state: Tensor  # (B, N, dim), after the last layer's LayerNorm
+    pooler_output: Tensor  # (B, dim): tanh(Linear(last_hidden_state[:, 0]))
+    mlm_logits: Tensor | None  # (B, N, vocab_size) with config.mlm_head, else None
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head: ``decoder(LayerNorm(gelu(dense(x))))``, the decoder's weight being the word
+    embedding matrix (tied) and its bias its own. x (B, N, dim) -> logits (B, N, vocab_size)."""
+
+    def __init__(self, word_embeddings: nn.Embedding, eps: float):
+        super().__init__()
+        vocab_size, dim = word_embeddings.weight.shape
+        self.dense = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.decoder = nn.Linear(dim, vocab_size)
+        self.decoder.weight = word_embeddings.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(x))))
+
+
+class BERT(Model):
+    """Bidirectional Transformer encoder.
+
+    ``forward(input_ids, attention_mask=None, token_type_ids=None)``:
+
+    - input_ids (B, N) long, N <= ``max_seq_len``;
+    - attention_mask (B, N), 1 = token, 0 = padding (Hugging Face's meaning); default ``input_ids != pad_id``.
+      Positions count from 0 at the first column, as in ``BertModel``: pad on the right;
+    - token_type_ids (B, N) in [0, type_vocab_size); default all 0.
+
+    Returns :class:`BERTOutput`; ``mlm_logits`` only when built with ``BERTConfig(mlm_head=True)``.
+    """
+
+    def __init__(self, config: BERTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, BERTConfig):
+            raise TypeError(f"config must be a BERTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.dim, padding_idx=c.pad_id)
+        self.position_embeddings = LearnedPositions(c.max_seq_len, c.dim)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.dim)
+        self.embedding_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(c.dim, c.num_heads, c.hidden, activation="gelu", norm_first=False, eps=c.norm_eps,
+                         dropout=c.dropout, attn_dropout=c.dropout, kernel=c.kernel) for _ in range(c.num_layers))
+        self.pooler = nn.Linear(c.dim, c.dim)
+        self.mlm_head = MaskedLMHead(self.word_embeddings, c.norm_eps) if c.mlm_head else None
+        self.apply(init_weights)  # BERT's: N(0, 0.02) weights, zero biases, unit LayerNorms
+        with torch.no_grad():
+            self.word_embeddings.weight[c.pad_id].zero_()
+
+    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None,
+                      token_type_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+        c = self.config
+        b, n = check_ids(input_ids, c.vocab_size)
+        if not 1 <= n <= c.max_seq_len:
+            raise ValueError(f"input_ids must hold 1 to max_seq_len={c.max_seq_len} tokens per sequence, got {n}")
+        for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+            if value is not None and tuple(value.shape) != (b, n):
+                raise ValueError(f"{name} must have input_ids' shape {(b, n)}, got {tuple(value.shape)}")
+        mask = input_ids != c.pad_id if attention_mask is None else attention_mask != 0
+        if token_type_ids is None:
+            return mask, torch.zeros_like(input_ids)
+        if token_type_ids.numel() and not 0 <= int(token_type_ids.min()) <= int(token_type_ids.max()) < \
+                c.type_vocab_size:
+            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={c.type_vocab_size}), got values in "
+                             f"[{int(token_type_ids.min())}, {int(token_type_ids.max())}]")
+        return mask, token_type_ids.long()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> BERTOutput:
+        key_padding, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        b, n = input_ids.shape
+        positions = default_position_ids(b, n, 0, input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) \
+            + self.token_type_embeddings(token_type_ids)  # (B, N, dim)
+        x = self.dropout(self.embedding_norm(x))
+        for layer in self.layers:
+            x = layer(x, key_padding=key_padding)
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, dim)
+        mlm_logits = self.mlm_head(x) if self.mlm_head is not None else None
+        return BERTOutput(x, pooled, mlm_logits)
+
+
+__all__ = ["BERTConfig", "BERT", "BERTOutput", "MaskedLMHead"]

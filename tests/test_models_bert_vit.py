@@ -1,0 +1,265 @@
+"""BERT (against Hugging Face's BertModel on the same weights, when ``transformers`` is installed; masked-LM
+training) and ViT (shapes, training on a toy batch, errors)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnkit.models.bert import BERT, BERTConfig, BERTOutput
+from attnkit.models.vit import ViT, ViTConfig, ViTOutput
+from helpers import assert_close
+
+KERNELS = ("dense", "sdpa", "tiled")
+MASK_ID = 3  # the [MASK] token of the toy masked-LM batch
+
+# --------------------------------------------------------------------------------------------------
+# BERT
+
+
+def hf_name_map(num_layers: int, prefix: str = "") -> dict[str, str]:
+    """Hugging Face BertModel parameter name -> attnkit BERT parameter name (``prefix``: "bert." inside
+    BertForMaskedLM)."""
+    names = {
+        "embeddings.word_embeddings.weight": "word_embeddings.weight",
+        "embeddings.position_embeddings.weight": "position_embeddings.table.weight",
+        "embeddings.token_type_embeddings.weight": "token_type_embeddings.weight",
+        "embeddings.LayerNorm.weight": "embedding_norm.weight",
+        "embeddings.LayerNorm.bias": "embedding_norm.bias",
+        "pooler.dense.weight": "pooler.weight",
+        "pooler.dense.bias": "pooler.bias",
+    }
+    per_layer = {
+        "attention.self.query": "attn.q_proj", "attention.self.key": "attn.k_proj",
+        "attention.self.value": "attn.v_proj", "attention.output.dense": "attn.out_proj",
+        "attention.output.LayerNorm": "attn_norm", "intermediate.dense": "ffn.up",
+        "output.dense": "ffn.down", "output.LayerNorm": "ffn_norm",
+    }
+    for i in range(num_layers):
+        for hf, ours in per_layer.items():
+            for kind in ("weight", "bias"):
+                names[f"encoder.layer.{i}.{hf}.{kind}"] = f"layers.{i}.{ours}.{kind}"
+    return {prefix + hf: ours for hf, ours in names.items()}
+
+
+MLM_NAMES = {
+    "cls.predictions.transform.dense.weight": "mlm_head.dense.weight",
+    "cls.predictions.transform.dense.bias": "mlm_head.dense.bias",
+    "cls.predictions.transform.LayerNorm.weight": "mlm_head.norm.weight",
+    "cls.predictions.transform.LayerNorm.bias": "mlm_head.norm.bias",
+    "cls.predictions.bias": "mlm_head.decoder.bias",
+}
+
+
+def hf_pair(kernel: str, *, mlm: bool = False, seed: int = 0):
+    """A tiny random Hugging Face BERT with non-trivial weights, and attnkit's BERT holding the same."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                                     hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0, pad_token_id=0)
+    config._attn_implementation = "eager"  # the textbook path: softmax(QK^T / sqrt(d) + mask) V
+    torch.manual_seed(seed)
+    hf = (transformers.BertForMaskedLM(config) if mlm else transformers.BertModel(config)).eval()
+    with torch.no_grad():  # N(0, 0.02) weights make attention nearly uniform; these make it peaked
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)
+    names = hf_name_map(2, "bert." if mlm else "")
+    if mlm:
+        names = {k: v for k, v in names.items() if "pooler" not in k}  # BertForMaskedLM has no pooler
+        names.update(MLM_NAMES)
+    hf_state = hf.state_dict()
+    ours = BERT(BERTConfig.preset("tiny", dropout=0.0, mlm_head=mlm, kernel=kernel)).eval()
+    missing, unexpected = ours.load_state_dict({v: hf_state[k] for k, v in names.items()}, strict=False)
+    # the decoder weight is the word embedding matrix (tied), loaded through word_embeddings.weight
+    assert set(missing) == ({"pooler.weight", "pooler.bias", "mlm_head.decoder.weight"} if mlm else set()), missing
+    assert not unexpected
+    unmapped = {k for k, _ in hf.named_parameters()} - set(names) - {"cls.predictions.decoder.weight",
+                                                                     "cls.predictions.decoder.bias"}
+    assert not unmapped, f"HF parameters left out of the name map: {sorted(unmapped)}"
+    return hf, ours
+
+
+def padded_batch(seed: int = 0):
+    """Three sequences of 10, 7 and 4 tokens, right-padded with *non-pad* ids so only the mask hides them."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 128, (3, 10), generator=g)
+    lengths = torch.tensor([10, 7, 4])
+    mask = (torch.arange(10) < lengths[:, None]).long()  # (B, N), 1 = token
+    types = (torch.arange(10) >= lengths[:, None] // 2).long() * mask  # two segments per sequence
+    return ids, mask, types, lengths
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bert_matches_hugging_face_on_the_same_weights(kernel):
+    hf, ours = hf_pair(kernel)
+    ids, mask, types, lengths = padded_batch()
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        out = ours(ids, attention_mask=mask, token_type_ids=types)
+    assert isinstance(out, BERTOutput) and out.mlm_logits is None
+    # float32 through 2 post-norm layers: measured max error <= 7e-7 against HF's eager attention
+    assert_close(out.last_hidden_state, expected.last_hidden_state, atol=1e-5, what="last_hidden_state")
+    assert_close(out.pooler_output, expected.pooler_output, atol=1e-5, what="pooler_output")
+    for i, n in enumerate(lengths.tolist()):  # each sequence alone, unpadded: the same hidden states
+        with torch.no_grad():
+            alone = ours(ids[i:i + 1, :n], token_type_ids=types[i:i + 1, :n])
+        assert_close(out.last_hidden_state[i, :n], alone.last_hidden_state[0], atol=1e-5, what=f"sequence {i}")
+        assert_close(out.pooler_output[i], alone.pooler_output[0], atol=1e-5, what=f"pooled {i}")
+
+
+@pytest.mark.parametrize("kernel", ["dense", "tiled"])
+def test_bert_mlm_head_matches_hugging_face(kernel):
+    hf, ours = hf_pair(kernel, mlm=True, seed=1)
+    ids, mask, types, _ = padded_batch(1)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours(ids, attention_mask=mask, token_type_ids=types).mlm_logits
+    assert_close(got, expected, atol=1e-5, what="mlm_logits")  # measured ~1.2e-6 on logits up to ~2.4
+
+
+def test_bert_shapes_defaults_and_tying():
+    torch.manual_seed(0)
+    model = BERT(BERTConfig.preset("tiny", mlm_head=True)).eval()
+    assert model.mlm_head.decoder.weight is model.word_embeddings.weight
+    ids = torch.randint(1, 128, (2, 10))
+    out = model(ids)
+    assert out.last_hidden_state.shape == (2, 10, 32) and out.pooler_output.shape == (2, 32)
+    assert out.mlm_logits.shape == (2, 10, 128)
+    # defaults: attention_mask = input_ids != pad_id, token types 0
+    padded = ids.clone()
+    padded[1, 6:] = 0
+    explicit = model(padded, attention_mask=(padded != 0).long(), token_type_ids=torch.zeros_like(ids))
+    assert_close(model(padded).last_hidden_state, explicit.last_hidden_state, atol=0, what="default mask")
+    assert not torch.allclose(model(padded, attention_mask=torch.ones_like(ids)).last_hidden_state,
+                              explicit.last_hidden_state)
+    assert BERT(BERTConfig.preset("tiny")).mlm_head is None
+
+
+def mlm_batch(seed: int = 0):
+    """8 sequences of 16 random tokens with ~20% replaced by [MASK]; labels -100 elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 128, (8, 16), generator=g)
+    masked = torch.rand(8, 16, generator=g) < 0.2
+    return torch.where(masked, MASK_ID, ids), torch.where(masked, ids, -100)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "tiled"])
+def test_bert_mlm_overfits_a_tiny_batch(kernel):
+    torch.manual_seed(0)
+    model = BERT(BERTConfig.preset("tiny", mlm_head=True, dropout=0.0, kernel=kernel))
+    inputs, labels = mlm_batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = F.cross_entropy(model(inputs).mlm_logits.transpose(1, 2), labels)  # ignore_index=-100
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05, f"masked-LM loss after 60 Adam steps: {loss.item():.4f} (measured ~0.008)"
+    predicted = model(inputs).mlm_logits.argmax(-1)
+    assert torch.equal(predicted[labels != -100], labels[labels != -100])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(num_heads=5), "num_heads=5 must divide dim=32"),
+    (dict(max_seq_len=0), "max_seq_len must be a positive int"),
+    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(norm_eps=0.0), "norm_eps must be > 0"),
+    (dict(pad_id=128), r"pad_id must be an int in \[0, 128\)"),
+])
+def test_bert_config_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        BERTConfig.preset("tiny", **overrides)
+
+
+def test_bert_presets_and_input_errors():
+    minilm = BERTConfig.preset("minilm-l6")
+    assert (minilm.dim, minilm.num_layers, minilm.num_heads, minilm.hidden) == (384, 6, 12, 1536)
+    with torch.device("meta"):
+        assert BERT(BERTConfig.preset("bert-base")).num_parameters() == 109_482_240  # HF bert-base-uncased
+    model = BERT(BERTConfig.preset("tiny"))
+    ids = torch.randint(1, 128, (2, 10))
+    with pytest.raises(ValueError, match=r"1 to max_seq_len=64 tokens per sequence, got 65"):
+        model(torch.randint(1, 128, (2, 65)))
+    with pytest.raises(ValueError, match=r"attention_mask must have input_ids' shape \(2, 10\), got \(2, 9\)"):
+        model(ids, attention_mask=torch.ones(2, 9))
+    with pytest.raises(ValueError, match=r"token_type_ids must lie in \[0, type_vocab_size=2\), got .*\[0, 2\]"):
+        model(ids, token_type_ids=torch.arange(10).expand(2, 10) % 3)
+    with pytest.raises(TypeError, match="token_type_ids must be a tensor"):
+        model(ids, token_type_ids=[0] * 10)
+    with pytest.raises(TypeError, match="config must be a BERTConfig"):
+        BERT(ViTConfig())
+
+
+# --------------------------------------------------------------------------------------------------
+# ViT
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_vit_shapes(pool):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig.preset("tiny", pool=pool)).eval()
+    out = model(torch.randn(3, 3, 8, 8))
+    assert isinstance(out, ViTOutput)
+    assert out.logits.shape == (3, 4) and out.last_hidden_state.shape == (3, 5, 32)
+    expected = out.last_hidden_state[:, 0] if pool == "cls" else out.last_hidden_state[:, 1:].mean(1)
+    assert_close(out.logits, model.head(expected), atol=1e-6, what="head input")
+    big = ViT(ViTConfig.preset("tiny", image_size=12, patch_size=3, channels=1, num_classes=7)).eval()
+    assert big(torch.randn(2, 1, 12, 12)).last_hidden_state.shape == (2, 17, 32)
+
+
+def test_vit_patches_and_positions():
+    """A patch token depends on its own pixels only, and positions tell the patches apart."""
+    torch.manual_seed(0)
+    model = ViT(ViTConfig.preset("tiny")).eval()
+    seen = []
+    model.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    pixels = torch.randn(1, 3, 8, 8)
+    changed = pixels.clone()
+    changed[..., :4, 4:] += 1.0  # the top-right patch: number 1 in row-major order, token 2
+    swapped = torch.cat((pixels[..., 4:], pixels[..., :4]), dim=-1)  # swap the patch columns
+    model(pixels), model(changed), model(swapped)
+    first, second, third = (s[0] for s in seen)  # (1 + P, dim) inputs of the first layer
+    differs = (first - second).abs().amax(-1) > 1e-6
+    assert differs.tolist() == [False, False, True, False, False]
+    assert not torch.allclose(model(pixels).logits, model(swapped).logits)
+    positions = model.position_embeddings.table.weight
+    assert_close(third[1] - positions[1], first[2] - positions[2], atol=1e-6, what="patch embedding moved")
+
+
+@pytest.mark.parametrize("kernel", ["dense", "tiled"])
+def test_vit_overfits_a_tiny_batch(kernel):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig.preset("tiny", kernel=kernel))
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = F.cross_entropy(model(images).logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05, f"loss after 60 Adam steps: {loss.item():.4f} (measured ~0.017)"
+    assert torch.equal(model(images).logits.argmax(-1), labels)
+
+
+def test_vit_errors():
+    with pytest.raises(ValueError, match="patch_size=16 must divide image_size=100"):
+        ViTConfig(image_size=100)
+    with pytest.raises(ValueError, match="num_heads=5 must divide dim=32"):
+        ViTConfig.preset("tiny", num_heads=5)
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean', got 'max'"):
+        ViTConfig.preset("tiny", pool="max")
+    model = ViT(ViTConfig.preset("tiny"))
+    with pytest.raises(ValueError, match=r"pixels must have shape \(B, 3, 8, 8\).*got \(2, 3, 16, 16\)"):
+        model(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"got \(3, 8, 8\)"):
+        model(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match=r"got \(2, 1, 8, 8\)"):
+        model(torch.randn(2, 1, 8, 8))
+    with pytest.raises(TypeError, match="pixels must be a floating-point tensor, got torch.int64"):
+        model(torch.zeros(2, 3, 8, 8, dtype=torch.long))
+    for name, size in (("vit-b/16", 86_567_656), ("vit-s/16", 22_050_664)):  # timm's counts, 1000 classes
+        with torch.device("meta"):
+            assert ViT(ViTConfig.preset(name)).num_parameters() == size
