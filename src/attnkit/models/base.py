@@ -47,6 +47,26 @@ def require_positive(config: object, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
 
 
+def require_dropout(config: object, *names: str) -> None:
+    """Raise a ValueError naming the first field of ``config`` that is not a probability in [0, 1)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
+
+
+def require_token_ids(config: object, limits: dict[str, int]) -> None:
+    """Each named field must be an int id in [0, limit); two or more named ids must differ."""
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+            raise ValueError(f"{type(config).__name__}.{name} must be an int in [0, {limit}), got {value!r}")
+    values = [getattr(config, name) for name in limits]
+    if len(set(values)) != len(values):
+        raise ValueError(f"{type(config).__name__} {', '.join(limits)} must differ, got "
+                         f"{', '.join(map(str, values))}")
+
+
 class Model(nn.Module):
     """Base of every attnkit model."""
 

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from ..nn.layers import EncoderLayer
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import Config, Model, check_ids, init_weights, require_positive
+from .base import (Config, Model, check_ids, init_weights, require_dropout, require_positive,
+                   require_token_ids)
 
 
 @dataclass
@@ -70,13 +71,10 @@ class BERTConfig(Config):
                          "hidden")
         if self.dim % self.num_heads:
             raise ValueError(f"BERTConfig.num_heads={self.num_heads} must divide dim={self.dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"BERTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        require_dropout(self, "dropout")
         if not self.norm_eps > 0:
             raise ValueError(f"BERTConfig.norm_eps must be > 0, got {self.norm_eps!r}")
-        pad = self.pad_id
-        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
-            raise ValueError(f"BERTConfig.pad_id must be an int in [0, {self.vocab_size}), got {self.pad_id!r}")
+        require_token_ids(self, {"pad_id": self.vocab_size})
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..nn.moe import MoE
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import (ALiBiPositions, LearnedPositions, RotaryEmbedding, default_position_ids,
                             position_ids_from_mask)
-from .base import Config, Model, check_ids, init_weights, require_positive
+from .base import Config, Model, check_ids, init_weights, require_dropout, require_positive
 from .sampling import check_sampling, next_token
 
 
@@ -60,6 +60,7 @@ class GPTConfig(Config):
 
     def __post_init__(self):
         require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads")
+        require_dropout(self, "dropout")
         self.moe_layers = tuple(self.moe_layers)
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
         if bad:

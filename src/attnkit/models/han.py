@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.classic import HierarchicalAttention
-from .base import Config, Model, require_positive
+from .base import Config, Model, require_dropout, require_positive, require_token_ids
 
 
 @dataclass
@@ -41,12 +41,8 @@ class HANConfig(Config):
 
     def __post_init__(self) -> None:
         require_positive(self, "vocab_size", "num_classes", "embed_dim", "hidden", "attn_dim")
-        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or \
-                not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"HANConfig.pad_id must be an int in [0, vocab_size={self.vocab_size}), "
-                             f"got {self.pad_id!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"HANConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        require_token_ids(self, {"pad_id": self.vocab_size})
+        require_dropout(self, "dropout")
 
 
 @dataclass

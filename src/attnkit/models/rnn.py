@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.classic import AdditiveAttention, packed_rnn
-from .base import Config, Model, check_ids, require_positive
+from .base import Config, Model, check_ids, require_dropout, require_positive, require_token_ids
 
 
 @dataclass
@@ -53,16 +53,9 @@ class RNNSeq2SeqConfig(Config):
     def __post_init__(self) -> None:
         require_positive(self, "src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden", "attn_dim",
                          "num_layers")
-        for name in ("pad_id", "bos_id", "eos_id"):
-            value = getattr(self, name)
-            limit = min(self.src_vocab_size, self.tgt_vocab_size) if name == "pad_id" else self.tgt_vocab_size
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
-                raise ValueError(f"RNNSeq2SeqConfig.{name} must be an int in [0, {limit}), got {value!r}")
-        if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
-            raise ValueError(f"RNNSeq2SeqConfig pad_id, bos_id and eos_id must differ, got {self.pad_id}, "
-                             f"{self.bos_id}, {self.eos_id}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"RNNSeq2SeqConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        require_token_ids(self, {"pad_id": min(self.src_vocab_size, self.tgt_vocab_size),
+                                 "bos_id": self.tgt_vocab_size, "eos_id": self.tgt_vocab_size})
+        require_dropout(self, "dropout")
 
 
 @dataclass

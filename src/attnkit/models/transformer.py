@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..nn.cache import ContextCache, StaticCache
 from ..nn.layers import DecoderLayer, EncoderLayer
 from ..nn.positions import SinusoidalPositions, default_position_ids
-from .base import Config, Model, check_ids, require_positive
+from .base import Config, Model, check_ids, require_dropout, require_positive, require_token_ids
 
 
 @dataclass
@@ -73,18 +73,11 @@ class TransformerConfig(Config):
             raise ValueError(f"TransformerConfig.num_heads={self.num_heads} must divide dim={self.dim}")
         if self.dim % 2:
             raise ValueError(f"TransformerConfig.dim must be even for sinusoidal positions, got {self.dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        require_dropout(self, "dropout")
         if self.max_len is not None:
             require_positive(self, "max_len")
-        for name in ("pad_id", "bos_id", "eos_id"):
-            value = getattr(self, name)
-            limit = min(self.src_vocab_size, self.tgt_vocab_size) if name == "pad_id" else self.tgt_vocab_size
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
-                raise ValueError(f"TransformerConfig.{name} must be an int in [0, {limit}), got {value!r}")
-        if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
-            raise ValueError(f"TransformerConfig pad_id, bos_id and eos_id must differ, got {self.pad_id}, "
-                             f"{self.bos_id}, {self.eos_id}")
+        require_token_ids(self, {"pad_id": min(self.src_vocab_size, self.tgt_vocab_size),
+                                 "bos_id": self.tgt_vocab_size, "eos_id": self.tgt_vocab_size})
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..nn.layers import EncoderLayer
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import Config, Model, init_weights, require_positive
+from .base import Config, Model, init_weights, require_dropout, require_positive
 
 Pool = Literal["cls", "mean"]
 
@@ -55,8 +55,7 @@ class ViTConfig(Config):
             raise ValueError(f"ViTConfig.patch_size={self.patch_size} must divide image_size={self.image_size}")
         if self.dim % self.num_heads:
             raise ValueError(f"ViTConfig.num_heads={self.num_heads} must divide dim={self.dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ViTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        require_dropout(self, "dropout")
         if not self.norm_eps > 0:
             raise ValueError(f"ViTConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if self.pool not in ("cls", "mean"):
