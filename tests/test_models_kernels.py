@@ -49,7 +49,8 @@ def bert():
 
 def vit():
     config = models.ViTConfig.preset("tiny", image_size=24, patch_size=4)  # 36 patches + CLS
-    return models.ViT(config), (torch.randn(2, config.channels, config.image_size, config.image_size, dtype=torch.float64),)
+    size = config.image_size
+    return models.ViT(config), (torch.randn(2, config.channels, size, size, dtype=torch.float64),)
 
 
 MODELS = {"gpt": gpt, "gpt-left-padded": gpt_padded, "hybrid": hybrid, "transformer": transformer, "bert": bert,
