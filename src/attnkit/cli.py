@@ -62,6 +62,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _millions(count: int) -> str:
+    return f"{count / 1e6:,.1f}M" if count >= 1e5 else f"{count:,}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Every model's named presets with their parameter counts."""
+    from .models.catalog import catalog
+
+    rows = [[e.model, e.preset, _millions(e.num_parameters),
+             ", ".join(f"{k}={v}" for k, v in e.assumed.items())] for e in catalog()]
+    print(_table(rows, ["model", "preset", "parameters", "counted with"]))
+    print("\nbuild one: attnkit.models.GPT(attnkit.models.GPTConfig.preset('nano', num_layers=2)); "
+          "'counted with' fills fields a preset leaves to your data")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="The attention mechanism in all its forms.")
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
@@ -73,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=256, help="sliding window size (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("models", help="list the models, their named presets and parameter counts")
+    p.set_defaults(func=cmd_models)
     return parser
 
 

@@ -1,0 +1,28 @@
+"""The model catalog and ``attnkit models``: every preset builds, and the well-known ones have the
+published parameter counts."""
+
+from __future__ import annotations
+
+from attnkit.cli import main
+from attnkit.models.catalog import catalog
+
+PUBLISHED = {  # parameter counts of the reference implementations (Hugging Face, timm)
+    ("GPT", "gpt2-small"): 124_439_808,
+    ("GPT", "gpt2-medium"): 354_823_168,
+    ("BERT", "bert-base"): 109_482_240,
+    ("BERT", "minilm-l6"): 22_713_216,
+    ("ViT", "vit-b/16"): 86_567_656,
+}
+
+
+def test_every_preset_builds_and_known_counts_match():
+    counts = {(e.model, e.preset): e.num_parameters for e in catalog()}
+    assert len(counts) >= 20 and all(n > 0 for n in counts.values())
+    for key, expected in PUBLISHED.items():
+        assert counts[key] == expected, key
+
+
+def test_models_command_prints_the_table(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2-small    124.4M" in out and "HybridLM" in out and "vocab_size=32000" in out
