@@ -13,6 +13,8 @@ VARIANTS = {
     "rope-gqa": dict(positions="rope", num_kv_heads=2, norm="rms", activation="swiglu", bias=False),
     "alibi-window": dict(positions="alibi", window=3),
     "rope-window": dict(positions="rope", window=4, tie_embeddings=False),
+    # eval-mode MoE drops nothing, so no token's output depends on the other tokens of the call
+    "moe": dict(moe_layers=(0, 1), num_experts=4, capacity_factor=1.0),
 }
 
 
@@ -34,10 +36,14 @@ def test_presets_and_overrides():
         GPTConfig.preset("gpt5")
     with pytest.raises(TypeError, match="no field"):
         GPTConfig.preset("nano", depth=3)
-    with pytest.raises(ValueError, match="num_heads=5 must divide dim=32"):
-        GPT(GPTConfig.preset("nano", dim=32, num_heads=5))
     with pytest.raises(ValueError, match="moe_layers"):
         GPTConfig.preset("nano", moe_layers=(7,))
+    with pytest.raises(ValueError, match="GPTConfig.num_heads=5 must divide dim=32"):
+        GPTConfig.preset("nano", dim=32, num_heads=5)
+    with pytest.raises(ValueError, match="num_kv_heads=3 must be a positive int dividing num_heads=4"):
+        GPTConfig.preset("nano", num_kv_heads=3)
+    with pytest.raises(ValueError, match="GPTConfig.window must be a positive int, got 0"):
+        GPTConfig.preset("nano", window=0)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -70,6 +76,28 @@ def test_generate_with_cache_left_padding_equals_one_by_one(variant):
         assert torch.equal(together[row], alone[row]), f"row {row}"
 
 
+@pytest.mark.parametrize("kind", ["static", "growing", "ring"])
+def test_left_padded_cached_logits_equal_unpadded(kind):
+    """Per-sequence logits of a left-padded batch decoded through each cache equal each sequence's own
+    full forward."""
+    model = tiny(positions="rope", window=3 if kind == "ring" else None).double()
+    seqs = [torch.randint(0, 61, (n,)) for n in (9, 5)]
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    mask = torch.zeros(2, 9, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        batch[row, 9 - len(s):], mask[row, 9 - len(s):] = s, 1
+    cache = model.new_cache(kind, max_len=9)
+    with torch.no_grad():
+        steps = [model(batch[:, :6], mask[:, :6], cache=cache).logits]
+        steps += [model(batch[:, i:i + 1], mask[:, :i + 1], cache=cache).logits for i in range(6, 9)]
+    cached = torch.cat(steps, dim=1)
+    for row, s in enumerate(seqs):
+        alone = model(s[None]).logits[0]
+        torch.testing.assert_close(cached[row, 9 - len(s):], alone, atol=1e-10, rtol=1e-10)
+    assert torch.equal(model.generate(batch, 4, attention_mask=mask, cache_kind=kind),
+                       model.generate(batch, 4, attention_mask=mask, use_cache=False))
+
+
 def test_sampling_options():
     model = tiny()
     ids = torch.randint(0, 61, (2, 4))
@@ -99,8 +127,12 @@ def test_generate_stops_at_eos_and_pads_with_it():
 
 def test_length_limits_are_explained():
     model = tiny(max_seq_len=16)
-    with pytest.raises(ValueError, match="beyond the learned position table's length max_len=16"):
+    with pytest.raises(ValueError, match=r"17 tokens exceed GPTConfig.max_seq_len=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"attention_mask must be \(B, cached \+ new tokens\) = \(1, 3\)"):
+        model(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 4))
+    with pytest.raises(ValueError, match="max_new_tokens must be a non-negative int, got -3"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), -3)
     with pytest.raises(ValueError, match="exceeds the learned position table's max_seq_len=16"):
         model.generate(torch.zeros(1, 10, dtype=torch.long), 7)
     with pytest.raises(ValueError, match=r"input_ids must lie in \[0, vocab_size=61\)"):

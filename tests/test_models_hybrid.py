@@ -60,3 +60,17 @@ def test_overfits_a_tiny_batch(kernel):
             assert not silent, f"parameters without gradient: {silent}"
         opt.step()
     assert loss.item() < 0.3
+
+
+def test_state_carries_across_scan_chunks():
+    model = tiny().double()
+    for layer in model.layers:
+        if isinstance(layer, SSMLayer):
+            layer.mixer.chunk_size = 4  # the 9-token prefill spans three chunks
+    ids = torch.randint(0, 50, (2, 13))
+    full = model(ids).logits
+    state = model.new_state(13)
+    with torch.no_grad():
+        parts = [model(ids[:, :9], state=state).logits]
+        parts += [model(ids[:, i:i + 1], state=state).logits for i in range(9, 13)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)

@@ -172,3 +172,30 @@ def test_bad_calls():
 
 def test_module_is_exported():
     assert attnkit.nn.MultiHeadAttention is MultiHeadAttention
+
+
+def test_from_torch_keeps_dtype_and_mode():
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True, dropout=0.3).double().eval()
+    ours = MultiHeadAttention.from_torch(ref)
+    assert ours.q_proj.weight.dtype == torch.float64 and not ours.training
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), ref(x, x, x, need_weights=False)[0])
+
+
+def test_recorder_selects_heads_of_3d_masks_and_reports_key_positions():
+    torch.manual_seed(7)
+    m = MultiHeadAttention(16, 4, num_kv_heads=1).double()
+    calls = []
+    m.attach(lambda module, call: calls.append(call))
+    mask = torch.rand(4, 6, 6) < 0.7  # (H, Nq, Nk): a head dimension, no batch dimension
+    m(torch.randn(2, 6, 16, dtype=torch.float64), mask=mask)
+    full = calls[0].weights()
+    torch.testing.assert_close(calls[0].weights(heads=[2]), full[:, [2]], atol=1e-12, rtol=0)
+    assert calls[0].key_positions.tolist() == list(range(6))
+
+
+def test_qk_norm_under_bf16_autocast():
+    m = MultiHeadAttention(16, 4, qk_norm=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(torch.randn(2, 5, 16))
+    assert out.dtype == torch.bfloat16

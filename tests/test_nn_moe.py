@@ -254,3 +254,17 @@ def test_forward_errors():
         moe(torch.ones(3, 8, dtype=torch.long))
     with pytest.raises(TypeError, match="x must be a Tensor"):
         moe([[0.0] * 8])
+
+
+def test_eval_mode_drops_nothing_so_tokens_do_not_depend_on_each_other():
+    torch.manual_seed(3)
+    moe = MoE(8, 16, 4, top_k=2, capacity_factor=0.5).eval()
+    x = torch.randn(1, 12, 8)
+    together, _ = moe(x)
+    assert moe.last_stats.dropped == 0 and moe.last_stats.capacity is None
+    for i in range(12):
+        alone, _ = moe(x[:, i:i + 1])
+        torch.testing.assert_close(alone[0, 0], together[0, i])
+    moe.train()
+    moe(x)
+    assert moe.last_stats.dropped > 0  # the same call while training is capacity-limited

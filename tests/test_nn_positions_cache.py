@@ -157,3 +157,36 @@ def test_cache_checks():
         cache.update(torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4))
     cache.reorder(torch.tensor([1, 1]))
     assert cache.length == 1
+
+
+def test_half_precision_modules_keep_exact_frequencies_and_slopes():
+    x = torch.randn(1, 2, 3, 64, dtype=torch.float64)
+    pos = torch.tensor([[5, 900, 2000]])
+    exact = RotaryEmbedding(64).rotate(x, pos)
+    torch.testing.assert_close(RotaryEmbedding(64).bfloat16().rotate(x, pos), exact, atol=0, rtol=0)
+    alibi = ALiBiPositions(8)
+    before = alibi.bias(8, torch.arange(3), torch.tensor([2, 0, 1]), ordered=False)
+    torch.testing.assert_close(alibi.half().bias(8, torch.arange(3), torch.tensor([2, 0, 1]), ordered=False), before)
+
+
+def test_ring_cache_records_key_positions_and_checks_window_on_prefill():
+    m = MultiHeadAttention(8, 2).eval()
+    calls = []
+    m.attach(lambda module, call: calls.append(call))
+    cache = RingCache(3)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"RingCache\(size=3\)"):
+            m(torch.randn(1, 4, 8), causal=True, cache=RingCache(3))  # no window: refused at once
+        m(torch.randn(1, 5, 8), causal=True, window=(3, 0), cache=cache)
+        m(torch.randn(1, 1, 8), causal=True, window=(3, 0), cache=cache)
+    # slots hold tokens 3, 4, 2 (token 5 wrote nothing yet), then the new token 5
+    assert calls[-1].key_positions.tolist() == [3, 4, 2, 5]
+
+
+def test_cache_reorder_keeps_the_chosen_rows():
+    cache = GrowingCache()
+    k = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 1)
+    cache.update(k, k)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    view = cache.update(torch.zeros(3, 1, 1, 1), torch.zeros(3, 1, 1, 1))
+    assert view.k[:, 0, :2, 0].tolist() == [[2.0, 2.0], [2.0, 2.0], [0.0, 0.0]]

@@ -176,7 +176,7 @@ def test_gradcheck_tiny_module():
 
 def test_initialisation_and_defaults():
     ssm = SelectiveSSM(40)
-    assert (ssm.inner, ssm.state_dim, ssm.dt_rank, ssm.chunk_size) == (80, 16, 3, 64)
+    assert (ssm.inner, ssm.state_dim, ssm.dt_rank, ssm.chunk_size) == (80, 16, 3, 16)
     assert torch.allclose(-torch.exp(ssm.A_log[0]), -torch.arange(1.0, 17.0))
     assert torch.equal(ssm.D, torch.ones(80))
     dt = F.softplus(ssm.dt_proj.bias)

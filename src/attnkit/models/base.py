@@ -47,6 +47,17 @@ def require_positive(config: object, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
 
 
+def require_heads(config: object, dim: int, num_heads: int, num_kv_heads: int | None) -> None:
+    """``num_heads`` must divide ``dim`` and ``num_kv_heads`` (if set) must divide ``num_heads``."""
+    name = type(config).__name__
+    if dim % num_heads:
+        raise ValueError(f"{name}.num_heads={num_heads} must divide dim={dim}")
+    if num_kv_heads is not None and (isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int)
+                                     or num_kv_heads <= 0 or num_heads % num_kv_heads):
+        raise ValueError(f"{name}.num_kv_heads={num_kv_heads!r} must be a positive int dividing "
+                         f"num_heads={num_heads}")
+
+
 def require_dropout(config: object, *names: str) -> None:
     """Raise a ValueError naming the first field of ``config`` that is not a probability in [0, 1)."""
     for name in names:

@@ -12,18 +12,20 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..nn.cache import KVCache, make_cache
+from ..nn.cache import CacheKind, KVCache, make_cache
 from ..nn.layers import Activation, EncoderLayer
 from ..nn.moe import MoE
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import (ALiBiPositions, LearnedPositions, RotaryEmbedding, default_position_ids,
                             position_ids_from_mask)
-from .base import Config, Model, check_ids, init_weights, require_dropout, require_positive
+from .base import Config, Model, check_ids, init_weights, require_dropout, require_heads, require_positive
 from .sampling import check_sampling, next_token
 
 
 @dataclass
 class GPTConfig(Config):
+    """Configuration of :class:`GPT`; defaults are GPT-2 small's."""
+
     vocab_size: int = 50257
     max_seq_len: int = 1024  # longest input; the learned position table's length
     dim: int = 768
@@ -32,20 +34,20 @@ class GPTConfig(Config):
     num_kv_heads: int | None = None  # fewer key/value heads = grouped-query attention; None = num_heads
     hidden: int | None = None  # feed-forward width; None = 4 * dim
     positions: Literal["learned", "rope", "alibi"] = "learned"
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0  # RoPE's frequency base θ (positions="rope")
     window: int | None = None  # sliding window: each token sees itself and the `window` tokens before it
     activation: Activation = "gelu_tanh"
     norm: NormKind = "layer"
     norm_eps: float = 1e-5
     bias: bool = True  # biases in projections
-    qk_norm: bool = False
+    qk_norm: bool = False  # RMS-normalize query and key heads before attention
     tie_embeddings: bool = True  # the output head shares the token embedding
     dropout: float = 0.0
     moe_layers: tuple[int, ...] = ()  # indices of layers whose feed-forward is a mixture of experts
-    num_experts: int = 8
-    moe_top_k: int = 2
-    capacity_factor: float | None = 1.25
-    kernel: str = "auto"
+    num_experts: int = 8  # experts per MoE layer
+    moe_top_k: int = 2  # experts each token is routed to
+    capacity_factor: float | None = 1.25  # MoE expert capacity while training; None = unlimited
+    kernel: str = "auto"  # handed to every attention layer unchanged
 
     PRESETS = {
         "gpt2-small": dict(dim=768, num_layers=12, num_heads=12),
@@ -60,6 +62,10 @@ class GPTConfig(Config):
 
     def __post_init__(self):
         require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads")
+        require_heads(self, self.dim, self.num_heads, self.num_kv_heads)
+        if self.positions == "rope" and (self.dim // self.num_heads) % 2:
+            raise ValueError(f"GPTConfig: RoPE needs an even head size, got dim / num_heads = "
+                             f"{self.dim // self.num_heads}")
         require_dropout(self, "dropout")
         self.moe_layers = tuple(self.moe_layers)
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
@@ -67,12 +73,14 @@ class GPTConfig(Config):
             raise ValueError(f"GPTConfig.moe_layers {bad} are not layer indices 0..{self.num_layers - 1}")
         if self.positions not in ("learned", "rope", "alibi"):
             raise ValueError(f"GPTConfig.positions must be 'learned', 'rope' or 'alibi', got {self.positions!r}")
-        if self.window is not None and (isinstance(self.window, bool) or self.window < 0):
-            raise ValueError(f"GPTConfig.window must be None or a non-negative int, got {self.window!r}")
+        if self.window is not None:
+            require_positive(self, "window")
 
 
 @dataclass
 class GPTOutput:
+    """What :meth:`GPT.forward` returns."""
+
     logits: Tensor  # (B, N, vocab_size)
     last_hidden_state: Tensor  # (B, N, dim), after the final norm
     aux_loss: Tensor | None  # the MoE layers' load-balancing loss, summed; None without MoE
@@ -111,7 +119,7 @@ class GPT(Model):
                             norm=c.norm, eps=c.norm_eps, bias=c.bias, dropout=c.dropout, attn_dropout=c.dropout,
                             qk_norm=c.qk_norm, positions=positions, kernel=c.kernel, ffn=ffn)
 
-    def new_cache(self, kind: Literal["static", "growing", "ring"] = "static", *,
+    def new_cache(self, kind: CacheKind = "static", *,
                   max_len: int | None = None) -> list[KVCache]:
         """One KV cache per layer. ``"static"`` holds ``max_len`` tokens (default ``max_seq_len``);
         ``"ring"`` needs ``config.window`` and holds that many past tokens."""
@@ -126,6 +134,12 @@ class GPT(Model):
         for generation), covering the cached tokens too when ``cache`` is given."""
         b, n = check_ids(input_ids, self.config.vocab_size)
         past = cache[0].length if cache else 0
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, past + n):
+            raise ValueError(f"attention_mask must be (B, cached + new tokens) = {(b, past + n)} (1 = token, "
+                             f"0 = padding), got {tuple(attention_mask.shape)}")
+        if self.position_embedding is not None and past + n > self.config.max_seq_len:
+            raise ValueError(f"{past + n} tokens exceed GPTConfig.max_seq_len={self.config.max_seq_len}, the "
+                             f"length of the learned position table")
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)[:, -n:] if attention_mask is not None else \
                 default_position_ids(b, n, past, input_ids.device)
@@ -145,11 +159,13 @@ class GPT(Model):
     @torch.no_grad()
     def stream(self, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-               eos_token_id: int | None = None, use_cache: bool = True,
+               eos_token_id: int | None = None, use_cache: bool = True, cache_kind: CacheKind | None = None,
                generator: torch.Generator | None = None) -> Iterator[Tensor]:
         """Yield each step's new tokens (B,) as they are produced; sequences that reached
         ``eos_token_id`` keep yielding it. Options as in ``generate``."""
         check_sampling(temperature, top_k, top_p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         b, n = check_ids(input_ids, self.config.vocab_size)
         total = n + max_new_tokens
         if self.config.positions == "learned" and total > self.config.max_seq_len:
@@ -158,7 +174,8 @@ class GPT(Model):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         cache = None
         if use_cache:
-            cache = self.new_cache("ring") if self.config.window is not None else self.new_cache(max_len=total)
+            kind = cache_kind or ("ring" if self.config.window is not None else "static")
+            cache = self.new_cache(kind, max_len=total)
         ids, step_ids, done = input_ids, input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             logits = self(step_ids if use_cache else ids, mask, cache=cache).logits[:, -1]  # (B, V)
@@ -174,15 +191,16 @@ class GPT(Model):
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 eos_token_id: int | None = None, use_cache: bool = True,
+                 eos_token_id: int | None = None, use_cache: bool = True, cache_kind: CacheKind | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
         """Extend ``input_ids`` (B, N) by up to ``max_new_tokens``: greedy for temperature 0 (default),
         otherwise sampled (``top_k``, ``top_p``; seeded by ``generator``). Stops early once every sequence
         has produced ``eos_token_id``; finished sequences are padded with it. Left-pad batched prompts and
-        pass ``attention_mask`` (1 = token). Returns (B, N + generated)."""
+        pass ``attention_mask`` (1 = token). ``cache_kind``: "static" (default; preallocated for prompt +
+        max_new_tokens), "growing", or "ring" (default for sliding-window models). Returns (B, N + generated)."""
         tokens = list(self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
                                   temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
-                                  use_cache=use_cache, generator=generator))
+                                  use_cache=use_cache, cache_kind=cache_kind, generator=generator))
         return torch.cat([input_ids] + [t[:, None] for t in tokens], dim=1)
 
 

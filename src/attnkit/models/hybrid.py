@@ -17,12 +17,14 @@ from ..nn.layers import Activation, EncoderLayer, FeedForward
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import RotaryEmbedding, default_position_ids
 from ..nn.ssm import SelectiveSSM, SSMState
-from .base import Config, Model, check_ids, init_weights, require_positive
+from .base import Config, Model, check_ids, init_weights, require_heads, require_positive
 from .sampling import check_sampling, next_token
 
 
 @dataclass
 class HybridConfig(Config):
+    """Configuration of :class:`HybridLM`."""
+
     vocab_size: int = 32000
     dim: int = 512
     pattern: str = "MMAM" * 2  # one letter per layer: A = attention, M = selective SSM (Mamba)
@@ -45,6 +47,10 @@ class HybridConfig(Config):
 
     def __post_init__(self):
         require_positive(self, "vocab_size", "dim", "num_heads", "state_dim", "expand")
+        require_heads(self, self.dim, self.num_heads, self.num_kv_heads)
+        if (self.dim // self.num_heads) % 2:
+            raise ValueError(f"HybridConfig: RoPE needs an even head size, got dim / num_heads = "
+                             f"{self.dim // self.num_heads}")
         if not self.pattern or set(self.pattern) - {"A", "M"}:
             raise ValueError(f"HybridConfig.pattern must be a non-empty string of 'A' (attention) and "
                              f"'M' (SSM) layers, got {self.pattern!r}")
@@ -70,8 +76,13 @@ class SSMLayer(nn.Module):
         return x + self.ffn(self.ffn_norm(x)), state
 
 
+LayerState = StaticCache | SSMState | None  # an attention layer's KV cache; an SSM layer's state (None: not yet)
+
+
 @dataclass
 class HybridOutput:
+    """What :meth:`HybridLM.forward` returns."""
+
     logits: Tensor  # (B, N, vocab_size)
     last_hidden_state: Tensor  # (B, N, dim)
 
@@ -103,12 +114,12 @@ class HybridLM(Model):
             if id(module) not in mamba:  # the SSM keeps Mamba's own initialization
                 init_weights(module)
 
-    def new_state(self, max_len: int) -> list[StaticCache | SSMState | None]:
+    def new_state(self, max_len: int) -> list[LayerState]:
         """Decoding state per layer: a KV cache of ``max_len`` tokens for attention layers, an SSM state
         (created at the first step) for SSM layers."""
         return [StaticCache(max_len) if kind == "A" else None for kind in self.config.pattern]
 
-    def forward(self, input_ids: Tensor, *, state: list | None = None) -> HybridOutput:
+    def forward(self, input_ids: Tensor, *, state: list[LayerState] | None = None) -> HybridOutput:
         """input_ids (B, N). With ``state`` (from ``new_state``), continue a decoding stream and update it."""
         b, n = check_ids(input_ids, self.config.vocab_size)
         past = 0 if state is None else next((s.length for s in state if isinstance(s, StaticCache)), 0)
@@ -133,6 +144,9 @@ class HybridLM(Model):
         """Yield each step's new tokens (B,). Prompts in a batch must have equal lengths (an SSM has no
         padding mask)."""
         check_sampling(temperature, top_k, top_p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        check_ids(input_ids, self.config.vocab_size)
         state = self.new_state(input_ids.shape[1] + max_new_tokens)
         step = input_ids
         for _ in range(max_new_tokens):
@@ -141,9 +155,12 @@ class HybridLM(Model):
             yield token
             step = token[:, None]
 
-    def generate(self, input_ids: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+    def generate(self, input_ids: Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
         """Extend ``input_ids`` (B, N) by ``max_new_tokens``; greedy unless ``temperature`` > 0."""
-        tokens = list(self.stream(input_ids, max_new_tokens, **sampling))
+        tokens = list(self.stream(input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=generator))
         return torch.cat([input_ids] + [t[:, None] for t in tokens], dim=1)
 
 

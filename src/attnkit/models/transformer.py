@@ -50,7 +50,9 @@ class TransformerConfig(Config):
     dropout: float = 0.1  # P_drop: on embeddings + positions and on each sub-layer's output (not on attention)
     max_len: int | None = None  # longest source or decoder input accepted; None = no limit (sinusoids have none)
     norm_first: bool = False  # False: post-norm, as in the paper; True: pre-norm plus a final LayerNorm per stack
-    share_embeddings: bool = False  # the output projection is the decoder's input embedding matrix (tied)
+    # tie the output projection to the decoder's input embedding, and (paper, §3.4) the source embedding
+    # too when both vocabularies have the same size (a shared BPE vocabulary)
+    share_embeddings: bool = False
     pad_id: int = 0  # padding in both vocabularies
     bos_id: int = 1  # first decoder input
     eos_id: int = 2  # decoding ends a sequence after emitting it
@@ -251,6 +253,8 @@ class Transformer(Model):
         self.apply(_init_weights)
         if c.share_embeddings:
             self.output.weight = self.tgt_embedding.weight
+            if c.src_vocab_size == c.tgt_vocab_size:
+                self.src_embedding.weight = self.tgt_embedding.weight
 
     # ---------------------------------------------------------------------------------------------
     # inputs

@@ -19,7 +19,7 @@ from ..functional import attention as attention_fn
 from ..functional import attention_weights
 from ..functional import masks as structured_masks
 from ..functional.bias import ALiBi, Bias
-from ..functional.masks import Mask
+from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel
 from .cache import CacheView, ContextCache, KVCache, RingCache
 from .norms import RMSNorm
@@ -33,7 +33,9 @@ class AttentionCall:
     """What a recorder receives from one attention call: enough to recompute its maps exactly.
 
     ``q`` is (B, H, Nq, D) and ``k`` (B, Hkv, Nk, D), after projections, positions and the cache;
-    the other fields are the options handed to ``attnkit.attention``.
+    the other fields are the options handed to ``attnkit.attention``, and ``key_positions`` (Nk,) says which
+    token each key column is (its stream position; -1 = an empty cache slot): a ring-buffer cache hands
+    its keys over in slot order, not in token order.
     """
 
     q: Tensor
@@ -44,6 +46,7 @@ class AttentionCall:
     bias: Tensor | Bias | None
     scale: float | None
     softcap: float | None
+    key_positions: Tensor
 
     def weights(self, heads: list[int] | None = None) -> Tensor:
         """Attention probabilities (B, len(heads) or H, Nq, Nk), from the reference kernel."""
@@ -60,8 +63,10 @@ class AttentionCall:
 
 
 def _select_heads(t, index: Tensor, device):
-    if isinstance(t, Tensor) and t.dim() == 4 and t.shape[1] > 1:
-        return t[:, index.to(t.device)]
+    """The heads ``index`` of a mask or bias tensor that has a head dimension; anything else unchanged."""
+    if isinstance(t, Tensor):
+        t = t.reshape(shape4("mask or bias", t))  # (b, h, nq, nk), each possibly 1
+        return t[:, index.to(t.device)] if t.shape[1] > 1 else t
     return t
 
 
@@ -157,7 +162,8 @@ class MultiHeadAttention(nn.Module):
         if context is not None or self.cross_attention:
             k, v = self._context_kv(context, cache)
             mask = _with_key_padding(mask, key_padding, k.shape[2])
-            call = AttentionCall(q, k, mask, causal, window, None, self.scale, self.softcap)
+            call = AttentionCall(q, k, mask, causal, window, None, self.scale, self.softcap,
+                                 torch.arange(k.shape[2], device=k.device))
         else:
             call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding)
         for recorder in list(self._recorders.values()):
@@ -166,7 +172,7 @@ class MultiHeadAttention(nn.Module):
                            bias=call.bias, scale=self.scale, softcap=self.softcap,
                            dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
         b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))  # (B, N, H*Dh)
 
     def _context_kv(self, context: Tensor | None, cache) -> tuple[Tensor, Tensor]:
         if isinstance(cache, ContextCache) and cache.filled:
@@ -193,6 +199,8 @@ class MultiHeadAttention(nn.Module):
         if self.k_norm is not None:
             k = self.k_norm(k)
         b, n = x.shape[:2]
+        if isinstance(cache, RingCache):
+            _check_ring_window(cache, window)
         if self.positions is not None:
             if position_ids is None:
                 position_ids = default_position_ids(b, n, cache.length if cache is not None else 0, x.device)
@@ -207,11 +215,14 @@ class MultiHeadAttention(nn.Module):
             causal, window = False, None
         bias = None if self.positions is None else \
             self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
-        return AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap), view.v
+        call = AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap, view.positions)
+        return call, view.v
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, *, kernel: str | Kernel = "auto") -> MultiHeadAttention:
-        """A copy of ``torch.nn.MultiheadAttention``'s weights: identical outputs on batch-first inputs.
+        """A copy of ``torch.nn.MultiheadAttention``'s weights, dtype, device and train/eval mode: identical
+        outputs. attnkit takes batch-first (B, N, E) inputs: for a module built with ``batch_first=False``,
+        transpose its (N, B, E) inputs.
 
         Mind the mask conventions: torch's bool ``attn_mask``/``key_padding_mask`` mean True = *blocked*,
         attnkit's True = *may attend*: pass ``~attn_mask`` as ``mask`` and ``~key_padding_mask`` as
@@ -237,7 +248,8 @@ class MultiHeadAttention(nn.Module):
             new.out_proj.weight.copy_(module.out_proj.weight)
             if has_bias:
                 new.out_proj.bias.copy_(module.out_proj.bias)
-        return new.to(module.out_proj.weight.device)
+        weight = module.out_proj.weight
+        return new.to(device=weight.device, dtype=weight.dtype).train(module.training)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
@@ -276,13 +288,17 @@ def _with_key_padding(mask, key_padding: Tensor | None, num_keys: int):
     return keys & mask
 
 
-def _ring_mask(cache: RingCache, mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
-               key_padding: Tensor | None) -> Tensor:
-    """A ring buffer's keys are out of order: mask by each key's stream position instead."""
+def _check_ring_window(cache: RingCache, window: Window | None) -> None:
     left = None if window is None else window[0]
     if left is None or left > cache.size:
         raise ValueError(f"RingCache(size={cache.size}) serves sliding-window attention with a left window of "
                          f"at most {cache.size}; this call has window={window}")
+
+
+def _ring_mask(cache: RingCache, mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
+               key_padding: Tensor | None) -> Tensor:
+    """A ring buffer's keys are out of order: mask by each key's stream position instead."""
+    left = window[0]
     if mask is not None:
         raise ValueError("with a RingCache, pass padding as key_padding; other masks cannot follow the ring")
     qp, kp = q_pos[:, None], k_pos[None, :]  # (Nq, 1), (1, Nk)
@@ -300,9 +316,6 @@ def _ring_mask(cache: RingCache, mask, causal: bool, window: Window | None, k_po
     return visible
 
 
-__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder"]
-
-
 def set_kernel(module: nn.Module, kernel: str | Kernel) -> nn.Module:
     """Make every MultiHeadAttention inside ``module`` use ``kernel``; returns ``module``."""
     for sub in module.modules():
@@ -311,4 +324,4 @@ def set_kernel(module: nn.Module, kernel: str | Kernel) -> nn.Module:
     return module
 
 
-__all__ += ["set_kernel"]
+__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel"]

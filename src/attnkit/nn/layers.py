@@ -98,7 +98,8 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention to ``context``, then feed-forward, each residual
-    (Vaswani et al. 2017). Same options as EncoderLayer, plus ``context_dim`` (default ``dim``)."""
+    (Vaswani et al. 2017). Options as EncoderLayer's (without ``head_dim``, ``qk_norm`` and ``window``),
+    plus ``context_dim`` (default ``dim``); the default is the paper's post-norm with ReLU."""
 
     def __init__(self, dim: int, num_heads: int, hidden: int, *, context_dim: int | None = None,
                  num_kv_heads: int | None = None, activation: Activation = "relu", norm: NormKind = "layer",

@@ -111,8 +111,10 @@ class MoE(nn.Module):
         hidden: each expert's hidden width H.
         num_experts: E.
         top_k: experts per token, 1 <= top_k <= E (1 = Switch, 2 = Mixtral).
-        capacity_factor: each expert takes at most ``ceil(capacity_factor * T * top_k / E)`` of the T tokens'
-            slots per call, dropped in token order; None = no limit (no token is ever dropped).
+        capacity_factor: while training, each expert takes at most ``ceil(capacity_factor * T * top_k / E)``
+            of the T tokens' slots per call, dropped in token order; None = no limit. In eval mode no slot is
+            dropped (as Mixtral at inference), so a token's output never depends on the other tokens in the
+            call: cached decoding equals the full forward, and padding does not change real tokens.
         activation: a FeedForward name: gated "swiglu"/"geglu" (``w2(act(w1 x) * w3 x)``), or "gelu",
                 "gelu_tanh", "relu", "silu" (``w2(act(w1 x))``).
         bias: biases on the expert layers (the router never has one).
@@ -202,7 +204,8 @@ class MoE(nn.Module):
         tokens = flat.shape[0]
         logits = self.router(flat)  # (T, E)
         probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (T, E)
-        capacity = expert_capacity(tokens, self.top_k, self.num_experts, self.capacity_factor)
+        capacity = expert_capacity(tokens, self.top_k, self.num_experts, self.capacity_factor) \
+            if self.training else None
         routing = route(probs, self.top_k, capacity)
         out = self._dispatch(flat, routing)
         counts = torch.bincount(routing.experts.reshape(-1), minlength=self.num_experts)

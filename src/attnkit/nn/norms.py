@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
             raise ValueError(f"RMSNorm was built for dim={self.weight.shape[0]}, got input {tuple(x.shape)}")
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        return normed.to(x.dtype) * self.weight.to(x.dtype)  # x's dtype, also under autocast
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

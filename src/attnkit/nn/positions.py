@@ -115,15 +115,16 @@ class RotaryEmbedding(RelativePositions):
         if scaling == "ntk":
             base = base * factor ** (head_dim / (head_dim - 2))
         self.head_dim, self.base, self.scaling, self.factor = head_dim, base, scaling, factor
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def angles(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin, each (B, 1, N, D) float64, for positions (B, N)."""
         pos = position_ids.to(torch.float64)
         if self.scaling == "linear":
             pos = pos / self.factor
-        freqs = pos[..., None] * self.inv_freq.to(pos.device)  # (B, N, D/2)
+        # frequencies in float64 on every call, never a buffer: module.half() must not round them
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=pos.device)
+                                 / self.head_dim)
+        freqs = pos[..., None] * inv_freq  # (B, N, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, N, D)
         return emb.cos(), emb.sin()
 
@@ -142,15 +143,15 @@ class ALiBiPositions(RelativePositions):
     def __init__(self, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.register_buffer("slopes", structured_bias.alibi_slopes(num_heads), persistent=False)
+        self.slopes = structured_bias.alibi_slopes(num_heads)  # float64, not a buffer: .half() keeps it exact
 
-    def bias(self, num_heads, q_pos, k_pos, ordered):
+    def bias(self, num_heads: int, q_pos: Tensor, k_pos: Tensor, ordered: bool) -> Tensor | Bias:
         if num_heads != self.num_heads:
             raise ValueError(f"ALiBi was built for {self.num_heads} heads, the layer has {num_heads}")
         if ordered:
             return structured_bias.alibi(num_heads, self.slopes)  # computed per tile, never N×N
         distance = (q_pos[:, None] - k_pos[None, :]).abs().to(torch.float32)  # (Nq, Nk)
-        return -self.slopes.to(torch.float32)[None, :, None, None] * distance
+        return -self.slopes.to(device=distance.device, dtype=torch.float32)[None, :, None, None] * distance
 
 
 def t5_bucket(relative: Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> Tensor:
@@ -182,7 +183,7 @@ class T5RelativeBias(RelativePositions):
         self.bidirectional = bidirectional
         self.embedding = nn.Embedding(num_buckets, num_heads)
 
-    def bias(self, num_heads, q_pos, k_pos, ordered):
+    def bias(self, num_heads: int, q_pos: Tensor, k_pos: Tensor, ordered: bool) -> Tensor:
         if num_heads != self.num_heads:
             raise ValueError(f"T5RelativeBias was built for {self.num_heads} heads, the layer has {num_heads}")
         relative = k_pos[None, :].long() - q_pos[:, None].long()  # (Nq, Nk)

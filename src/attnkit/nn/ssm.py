@@ -190,7 +190,7 @@ class SelectiveSSM(nn.Module):
     """
 
     def __init__(self, dim: int, state_dim: int = 16, *, expand: int = 2, conv_kernel: int = 4,
-                 dt_rank: int | None = None, chunk_size: int = 64):
+                 dt_rank: int | None = None, chunk_size: int = 16):
         super().__init__()
         for name, value in (("dim", dim), ("state_dim", state_dim), ("expand", expand),
                             ("conv_kernel", conv_kernel), ("chunk_size", chunk_size)):
