@@ -78,6 +78,66 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_sentences(given: list[str]) -> list[str]:
+    if given:
+        return given
+    if sys.stdin.isatty():
+        print("reading sentences from standard input, one per line (end with Ctrl-D)", file=sys.stderr)
+    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Sentence embeddings: JSON vectors, or a cosine-similarity matrix."""
+    import json
+
+    from .embeddings import DEFAULT_MODEL, embed
+
+    sentences = _read_sentences(args.sentences)
+    if not sentences:
+        print("attnkit embed: no sentences given (as arguments or on standard input)", file=sys.stderr)
+        return 2
+    vectors = embed(sentences, args.model or DEFAULT_MODEL, batch_size=args.batch_size)
+    if args.json:
+        json.dump(vectors.tolist(), sys.stdout)
+        print()
+        return 0
+    cosine = vectors @ vectors.T
+    labels = [f"[{i}]" for i in range(len(sentences))]
+    for label, sentence in zip(labels, sentences):
+        print(f"{label} {sentence[:70]}{'...' if len(sentence) > 70 else ''}")
+    rows = [[label, *(f"{c:.3f}" for c in row.tolist())] for label, row in zip(labels, cosine)]
+    print(f"\ncosine similarity ({vectors.shape[1]}-dim embeddings, {args.model or DEFAULT_MODEL}):")
+    print(_table(rows, ["", *labels]))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream a decoder's continuation of a prompt."""
+    from . import hub
+    from .models import GPT
+
+    model, tokenizer = hub.load(args.model)
+    if not isinstance(model, GPT) or tokenizer is None:
+        print(f"attnkit generate: {args.model} must be a decoder checkpoint (GPT-2) with tokenizer files",
+              file=sys.stderr)
+        return 2
+    ids, _ = tokenizer.encode([args.prompt])
+    generator = torch.Generator().manual_seed(args.seed)
+    print(args.prompt, end="", flush=True)
+    new: list[int] = []
+    shown = ""
+    for token in model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator):
+        if tokenizer.eos_id is not None and int(token[0]) == tokenizer.eos_id:
+            break
+        new.append(int(token[0]))
+        text = tokenizer.decode(new)
+        print(text[len(shown):], end="", flush=True)  # byte-level BPE: print only what decodes so far
+        shown = text
+    print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="The attention mechanism in all its forms.")
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
@@ -91,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("models", help="list the models, their named presets and parameter counts")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("embed", help="sentence embeddings (default model: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("sentences", nargs="*", help="sentences; read from standard input, one per line, if none")
+    p.add_argument("--model", help="checkpoint name or directory (default: the bundled MiniLM)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of float lists, in input order")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("generate", help="stream a decoder checkpoint's continuation of a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--model", required=True, help="a GPT-2 checkpoint directory (Hugging Face layout)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate at most (default 50)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 
@@ -102,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "n", 1) < 1 or getattr(args, "window", 1) < 1:
         parser.error("--n and --window must be positive")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as error:  # bad input: the message, not a traceback
+        print(f"attnkit {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

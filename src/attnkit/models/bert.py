@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional.masks import Mask
 from ..nn.layers import EncoderLayer
 from ..nn.positions import LearnedPositions, default_position_ids
 from .base import (Config, Model, check_ids, init_weights, require_dropout, require_positive,
@@ -134,11 +135,11 @@ class BERT(Model):
         with torch.no_grad():
             self.word_embeddings.weight[c.pad_id].zero_()
 
-    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None,
-                      token_type_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
+                      packed: bool) -> tuple[Tensor, Tensor]:
         c = self.config
         b, n = check_ids(input_ids, c.vocab_size)
-        if not 1 <= n <= c.max_seq_len:
+        if n < 1 or (n > c.max_seq_len and not packed):  # packed rows: the position ids are checked instead
             raise ValueError(f"input_ids must hold 1 to max_seq_len={c.max_seq_len} tokens per sequence, got {n}")
         for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if value is not None and not isinstance(value, Tensor):
@@ -155,15 +156,25 @@ class BERT(Model):
         return mask, token_type_ids.long()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> BERTOutput:
-        key_padding, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids)
+                token_type_ids: Tensor | None = None, *, position_ids: Tensor | None = None,
+                mask: Mask | Tensor | None = None) -> BERTOutput:
+        """``position_ids`` (B, N) and ``mask`` (an ``attnkit.masks`` mask or bool tensor, True = may attend,
+        ANDed with the padding) serve packed rows: several sequences in one row, each with positions from
+        0 and ``masks.document(ids)`` keeping their attention apart."""
+        key_padding, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids,
+                                                         packed=position_ids is not None)
         b, n = input_ids.shape
-        positions = default_position_ids(b, n, 0, input_ids.device)
+        if position_ids is None:
+            positions = default_position_ids(b, n, 0, input_ids.device)
+        elif tuple(position_ids.shape) != (b, n):
+            raise ValueError(f"position_ids must have input_ids' shape {(b, n)}, got {tuple(position_ids.shape)}")
+        else:
+            positions = position_ids
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) \
             + self.token_type_embeddings(token_type_ids)  # (B, N, dim)
         x = self.dropout(self.embedding_norm(x))
         for layer in self.layers:
-            x = layer(x, key_padding=key_padding)
+            x = layer(x, mask=mask, key_padding=key_padding)
         pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, dim)
         mlm_logits = self.mlm_head(x) if self.mlm_head is not None else None
         return BERTOutput(x, pooled, mlm_logits)

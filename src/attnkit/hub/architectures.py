@@ -1,0 +1,248 @@
+"""The Hugging Face architectures attnkit reads and writes: the BERT family (BERT, MiniLM, RoBERTa) as
+:class:`~attnkit.models.BERT` and GPT-2 as :class:`~attnkit.models.GPT`. For each: the config.json fields
+-> an attnkit config (rejecting values that would compute something else), the tensor :class:`Layout`,
+and the way back.
+
+    HF config.json (bert)             BERTConfig            HF config.json (gpt2)     GPTConfig
+    vocab_size                        vocab_size            vocab_size                vocab_size
+    hidden_size                       dim                   n_embd                    dim
+    num_hidden_layers                 num_layers            n_layer                   num_layers
+    num_attention_heads               num_heads             n_head                    num_heads
+    intermediate_size                 hidden                n_inner (null = 4 dim)    hidden
+    max_position_embeddings           max_seq_len           n_positions               max_seq_len
+    type_vocab_size                   type_vocab_size       layer_norm_epsilon        norm_eps
+    layer_norm_eps                    norm_eps              activation_function       activation
+    hidden_dropout_prob               dropout                 "gelu_new" -> "gelu_tanh", "gelu" -> "gelu"
+    pad_token_id                      pad_id                resid_pdrop               dropout
+    hidden_act: only "gelu" (exact)                         tie_word_embeddings       tie_embeddings
+
+RoBERTa is BERT with positions counted from padding_idx + 1: its position table loses its first
+padding_idx + 1 rows (so inputs must be right-padded, as for BERT), and it is saved back as a BERT.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ..models.base import Config, Model
+from ..models.bert import BERT, BERTConfig
+from ..models.gpt import GPT, GPTConfig
+from .files import CheckpointError
+from .rules import Layout, Rule, fused, offset_rows, rename, transposed
+
+# --------------------------------------------------------------------------------------------------
+# BERT family
+
+_BERT_EMBEDDINGS = (("word_embeddings.weight", "word_embeddings.weight"),
+                    ("token_type_embeddings.weight", "token_type_embeddings.weight"),
+                    ("LayerNorm.weight", "embedding_norm.weight"), ("LayerNorm.bias", "embedding_norm.bias"))
+_BERT_LAYER = (("attention.self.query", "attn.q_proj"), ("attention.self.key", "attn.k_proj"),
+               ("attention.self.value", "attn.v_proj"), ("attention.output.dense", "attn.out_proj"),
+               ("attention.output.LayerNorm", "attn_norm"), ("intermediate.dense", "ffn.up"),
+               ("output.dense", "ffn.down"), ("output.LayerNorm", "ffn_norm"))
+# masked-LM heads: BERT's cls.predictions.* and RoBERTa's lm_head.*; their decoder weight is the (tied) word
+# embedding matrix and their decoder bias the same tensor as the head's own bias
+_MLM_HEADS = {
+    "bert": {"transform.dense": "mlm_head.dense", "transform.LayerNorm": "mlm_head.norm"},
+    "roberta": {"dense": "mlm_head.dense", "layer_norm": "mlm_head.norm"},
+}
+_MLM_PREFIX = {"bert": "cls.predictions.", "roberta": "lm_head."}
+_EXACT_GELU = ("gelu", "gelu_python")  # both are erf-based GELU in transformers
+
+
+def _bert_layout(config: BERTConfig, family: str, position_offset: int) -> Layout:
+    rules: list[Rule] = [rename(f"embeddings.{hf}", ours) for hf, ours in _BERT_EMBEDDINGS]
+    positions = ("embeddings.position_embeddings.weight", "position_embeddings.table.weight")
+    rules.append(offset_rows(*positions, position_offset) if position_offset else rename(*positions))
+    for i in range(config.num_layers):
+        rules += [rename(f"encoder.layer.{i}.{hf}.{kind}", f"layers.{i}.{ours}.{kind}")
+                  for hf, ours in _BERT_LAYER for kind in ("weight", "bias")]
+    rules += [rename(f"pooler.dense.{kind}", f"pooler.{kind}", optional=True) for kind in ("weight", "bias")]
+    head = _MLM_PREFIX[family]
+    if config.mlm_head:
+        rules += [rename(f"{head}{hf}.{kind}", f"{ours}.{kind}", in_base=False)
+                  for hf, ours in _MLM_HEADS[family].items() for kind in ("weight", "bias")]
+        rules.append(rename(f"{head}bias", "mlm_head.decoder.bias", in_base=False))
+    skipped = [r"(^|\.)embeddings\.position_ids$", rf"^{re.escape(head)}decoder\.(weight|bias)$"]
+    if family == "bert":
+        skipped.append(r"^cls\.seq_relationship\.")  # BertForPreTraining's next-sentence head: not modelled
+    return Layout(rules, re.compile("|".join(skipped)), f"{family}.", "bert." if config.mlm_head else "")
+
+
+def _legacy_bert_names(state: dict[str, Any], family: str) -> dict[str, Any]:
+    """TF-era names (LayerNorm.gamma / .beta) as transformers renames them; a head bias stored only as
+    ``decoder.bias`` under the head's own name."""
+    state = {re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k)): v
+             for k, v in state.items()}
+    head = _MLM_PREFIX[family]
+    if f"{head}decoder.bias" in state and f"{head}bias" not in state:
+        state[f"{head}bias"] = state.pop(f"{head}decoder.bias")
+    return state
+
+
+def _bert_config(hf: dict[str, Any], names: set[str], kernel: str, source: str, family: str) -> BERTConfig:
+    problems = []
+    if hf.get("hidden_act", "gelu") not in _EXACT_GELU:
+        problems.append(f"hidden_act={hf.get('hidden_act')!r} is not supported: attnkit BERT uses exact GELU "
+                        f"(hidden_act 'gelu')")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        problems.append(f"position_embedding_type={hf['position_embedding_type']!r} is not supported "
+                        f"(only 'absolute')")
+    for flag in ("is_decoder", "add_cross_attention"):
+        if hf.get(flag):
+            problems.append(f"{flag}=true is not supported: attnkit BERT is an encoder without cross-attention")
+    mlm = any(n.startswith(_MLM_PREFIX[family]) for n in names)
+    if mlm and hf.get("tie_word_embeddings") is False:
+        problems.append("tie_word_embeddings=false is not supported: attnkit's MLM decoder shares the word "
+                        "embedding matrix")
+    pad_id = hf.get("pad_token_id")
+    pad_id = (1 if family == "roberta" else 0) if pad_id is None else pad_id
+    offset = pad_id + 1 if family == "roberta" else 0  # RoBERTa's first real position is padding_idx + 1
+    if problems:
+        raise CheckpointError(source, problems=problems)
+    return BERTConfig(vocab_size=hf.get("vocab_size", 30522),
+                      max_seq_len=hf.get("max_position_embeddings", 512) - offset,
+                      type_vocab_size=hf.get("type_vocab_size", 2), dim=hf.get("hidden_size", 768),
+                      num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
+                      hidden=hf.get("intermediate_size", 3072), dropout=hf.get("hidden_dropout_prob", 0.1),
+                      norm_eps=hf.get("layer_norm_eps", 1e-12), pad_id=pad_id, mlm_head=mlm, kernel=kernel)
+
+
+def _bert_to_hf(config: BERTConfig) -> dict[str, Any]:
+    return {"architectures": ["BertForMaskedLM" if config.mlm_head else "BertModel"], "model_type": "bert",
+            "vocab_size": config.vocab_size, "hidden_size": config.dim, "num_hidden_layers": config.num_layers,
+            "num_attention_heads": config.num_heads, "intermediate_size": config.hidden, "hidden_act": "gelu",
+            "hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout,
+            "max_position_embeddings": config.max_seq_len, "type_vocab_size": config.type_vocab_size,
+            "layer_norm_eps": config.norm_eps, "pad_token_id": config.pad_id, "position_embedding_type": "absolute",
+            "initializer_range": 0.02, "tie_word_embeddings": True}
+
+
+# --------------------------------------------------------------------------------------------------
+# GPT-2
+
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+                     "silu": "silu", "swish": "silu"}
+_GPT2_NAMES = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+def _gpt2_layout(config: GPTConfig) -> Layout:
+    rules = [rename("wte.weight", "token_embedding.weight"), rename("wpe.weight", "position_embedding.table.weight"),
+             rename("ln_f.weight", "final_norm.weight"), rename("ln_f.bias", "final_norm.bias")]
+    for i in range(config.num_layers):
+        h, ours = f"h.{i}.", f"layers.{i}."
+        qkv = tuple(f"{ours}attn.{p}_proj" for p in "qkv")
+        rules += [fused(f"{h}attn.c_attn.weight", tuple(f"{n}.weight" for n in qkv), transpose=True),
+                  fused(f"{h}attn.c_attn.bias", tuple(f"{n}.bias" for n in qkv), transpose=False),
+                  transposed(f"{h}attn.c_proj.weight", f"{ours}attn.out_proj.weight"),
+                  rename(f"{h}attn.c_proj.bias", f"{ours}attn.out_proj.bias"),
+                  transposed(f"{h}mlp.c_fc.weight", f"{ours}ffn.up.weight"),
+                  rename(f"{h}mlp.c_fc.bias", f"{ours}ffn.up.bias"),
+                  transposed(f"{h}mlp.c_proj.weight", f"{ours}ffn.down.weight"),
+                  rename(f"{h}mlp.c_proj.bias", f"{ours}ffn.down.bias")]
+        rules += [rename(f"{h}{hf}.{kind}", f"{ours}{norm}.{kind}")
+                  for hf, norm in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")) for kind in ("weight", "bias")]
+    skipped = [r"(^|\.)attn\.(bias|masked_bias)$"]  # the causal-mask buffers older checkpoints stored
+    if config.tie_embeddings:
+        skipped.append(r"^lm_head\.weight$")  # a copy of wte
+    else:
+        rules.append(rename("lm_head.weight", "head.weight", in_base=False))
+    return Layout(rules, re.compile("|".join(skipped)), "transformer.", "transformer.")
+
+
+def _gpt2_config(hf: dict[str, Any], names: set[str], kernel: str, source: str) -> GPTConfig:
+    problems = []
+    activation = _GPT2_ACTIVATIONS.get(hf.get("activation_function", "gelu_new"))
+    if activation is None:
+        problems.append(f"activation_function={hf['activation_function']!r} is not supported; supported: "
+                        f"{', '.join(_GPT2_ACTIVATIONS)}")
+    if hf.get("scale_attn_weights", True) is False:
+        problems.append("scale_attn_weights=false is not supported (attnkit scales by 1/sqrt(head_dim))")
+    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        if hf.get(flag):
+            problems.append(f"{flag}=true is not supported")
+    if problems:
+        raise CheckpointError(source, problems=problems)
+    return GPTConfig(vocab_size=hf.get("vocab_size", 50257), max_seq_len=hf.get("n_positions", 1024),
+                     dim=hf.get("n_embd", 768), num_layers=hf.get("n_layer", 12), num_heads=hf.get("n_head", 12),
+                     hidden=hf.get("n_inner"), activation=activation,  # type: ignore[arg-type]
+                     norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
+                     tie_embeddings=hf.get("tie_word_embeddings", True), kernel=kernel)
+
+
+def _gpt2_to_hf(config: GPTConfig) -> dict[str, Any]:
+    """GPT-2's config.json; a ValueError naming every field GPT-2 cannot express."""
+    needed = {"positions": "learned", "norm": "layer", "bias": True, "qk_norm": False, "window": None,
+              "moe_layers": ()}
+    off = [f"{k}={getattr(config, k)!r} (GPT-2 needs {v!r})" for k, v in needed.items() if getattr(config, k) != v]
+    if config.num_kv_heads not in (None, config.num_heads):
+        off.append(f"num_kv_heads={config.num_kv_heads} (GPT-2 has no grouped-query attention)")
+    if config.activation not in _GPT2_NAMES:
+        off.append(f"activation={config.activation!r} (GPT-2 supports {', '.join(_GPT2_NAMES)})")
+    if off:
+        raise ValueError(f"model: this GPT cannot be saved as a Hugging Face GPT-2 checkpoint: {'; '.join(off)}")
+    eos = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+            "n_positions": config.max_seq_len, "n_embd": config.dim, "n_layer": config.num_layers,
+            "n_head": config.num_heads, "n_inner": config.hidden, "activation_function": _GPT2_NAMES[config.activation],
+            "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+            "attn_pdrop": config.dropout, "tie_word_embeddings": config.tie_embeddings, "scale_attn_weights": True,
+            "initializer_range": 0.02, "bos_token_id": eos, "eos_token_id": eos}
+
+
+# --------------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One Hugging Face ``model_type`` family and how it maps onto an attnkit model class."""
+
+    name: str
+    model_types: tuple[str, ...]
+    model_class: type[Model]
+    # (config.json's fields, the checkpoint's tensor names, kernel, source for messages) -> attnkit config
+    config_from_hf: Callable[[dict[str, Any], set[str], str, str], Config]
+    layout: Callable[[Any], Layout]  # attnkit config -> tensor layout
+    config_to_hf: Callable[[Any], dict[str, Any]]
+    normalize: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda state: state)
+
+
+ARCHITECTURES = (
+    Architecture("BERT", ("bert",), BERT, partial(_bert_config, family="bert"),
+                 lambda config: _bert_layout(config, "bert", 0), _bert_to_hf,
+                 lambda state: _legacy_bert_names(state, "bert")),
+    # RoBERTa's positions start at padding_idx + 1 (its pad_token_id, which is our pad_id)
+    Architecture("RoBERTa", ("roberta", "xlm-roberta"), BERT,
+                 partial(_bert_config, family="roberta"),
+                 lambda config: _bert_layout(config, "roberta", config.pad_id + 1), _bert_to_hf,
+                 lambda state: _legacy_bert_names(state, "roberta")),
+    Architecture("GPT-2", ("gpt2",), GPT, _gpt2_config, _gpt2_layout, _gpt2_to_hf),
+)
+
+
+def architecture_for(hf: dict[str, Any], source: str) -> Architecture:
+    """The architecture of a config.json, or a CheckpointError naming the supported model types."""
+    model_type = hf.get("model_type")
+    for arch in ARCHITECTURES:
+        if model_type in arch.model_types:
+            return arch
+    known = ", ".join(t for a in ARCHITECTURES for t in a.model_types)
+    problem = f"model_type={model_type!r} is not supported; supported model types: {known}"
+    raise CheckpointError(source, problems=[problem])
+
+
+def architecture_of(model: Model) -> Architecture:
+    """The architecture ``save`` writes ``model`` as (BERT for every BERT, GPT-2 for GPT)."""
+    for arch in ARCHITECTURES:
+        if type(model) is arch.model_class:
+            return arch  # the first match: a BERT is saved as BERT, never as RoBERTa
+    raise TypeError(f"model must be an attnkit BERT or GPT to save as a Hugging Face checkpoint, got "
+                    f"{type(model).__name__}")
+
+
+__all__ = ["Architecture", "ARCHITECTURES", "architecture_for", "architecture_of"]

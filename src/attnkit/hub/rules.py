@@ -1,0 +1,142 @@
+"""How checkpoint tensors map onto attnkit parameters: one :class:`Rule` per checkpoint tensor, and the two
+directions built from a list of them — ``to_ours`` (check everything, then convert) and ``to_checkpoint``.
+
+A rule pairs one checkpoint tensor with one or more attnkit parameters and says how to get from one side
+to the other: a plain copy (``rename``), a transpose (GPT-2's ``Conv1D`` stores weights as (in, out)),
+a split along output features (GPT-2's fused ``c_attn`` -> q, k, v), or dropping leading rows (RoBERTa's
+position table starts at padding_idx + 1).
+
+    >>> rule = fused("h.0.attn.c_attn.weight", ("layers.0.attn.q_proj.weight", "layers.0.attn.k_proj.weight",
+    ...              "layers.0.attn.v_proj.weight"), transpose=True)
+    >>> q, k, v = rule.split(torch.randn(768, 3 * 768))       # each (768, 768), (out, in)
+    >>> rule.join((q, k, v)).shape
+    torch.Size([768, 2304])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .files import CheckpointError
+
+Split = Callable[[Tensor], tuple[Tensor, ...]]
+Join = Callable[[tuple[Tensor, ...]], Tensor]
+
+
+def _identity(t: Tensor) -> tuple[Tensor, ...]:
+    return (t,)
+
+
+def _single(ts: tuple[Tensor, ...]) -> Tensor:
+    return ts[0]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One checkpoint tensor <-> the attnkit parameters ``ours`` (``split`` and ``join`` are inverses)."""
+
+    hf: str  # the checkpoint's name, without the base model's prefix when in_base
+    ours: tuple[str, ...]  # attnkit state_dict names
+    split: Split = _identity  # checkpoint tensor -> one tensor per name in ours
+    join: Join = _single  # our tensors -> the checkpoint tensor
+    in_base: bool = True  # part of the base model, so task checkpoints nest it under a prefix ("bert.")
+    optional: bool = False  # may be absent from a checkpoint; the parameters then keep their initialization
+
+
+def rename(hf: str, ours: str, **options: bool) -> Rule:
+    """The same tensor under another name."""
+    return Rule(hf, (ours,), **options)
+
+
+def transposed(hf: str, ours: str, **options: bool) -> Rule:
+    """A Conv1D weight (in, out) <-> a Linear weight (out, in)."""
+    return Rule(hf, (ours,), lambda t: (t.t(),), lambda ts: ts[0].t(), **options)
+
+
+def fused(hf: str, ours: tuple[str, ...], *, transpose: bool) -> Rule:
+    """One tensor holding several projections side by side along the output features, e.g. GPT-2's
+    ``c_attn`` (dim, 3 * dim) = [q | k | v]; its bias (3 * dim,) splits the same way."""
+    def split(t: Tensor) -> tuple[Tensor, ...]:
+        return (t.t() if transpose else t).chunk(len(ours), dim=0)  # each (out, in) or (out,)
+
+    def join(ts: tuple[Tensor, ...]) -> Tensor:
+        whole = torch.cat(ts, dim=0)  # (n * out, in) or (n * out,)
+        return whole.t() if transpose else whole
+
+    return Rule(hf, ours, split, join)
+
+
+def offset_rows(hf: str, ours: str, rows: int) -> Rule:
+    """A table whose first ``rows`` rows attnkit does not use (RoBERTa's positions count from
+    padding_idx + 1); saving puts zero rows back in front."""
+    def join(ts: tuple[Tensor, ...]) -> Tensor:
+        t = ts[0]
+        return torch.cat((t.new_zeros(rows, *t.shape[1:]), t), dim=0)
+
+    return Rule(hf, (ours,), lambda t: (t[rows:],), join)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything needed to move between one model and its checkpoint."""
+
+    rules: list[Rule]
+    ignore: re.Pattern[str]  # checkpoint names that hold no weights of the model (buffers, skipped heads)
+    base_prefix: str  # the prefix task checkpoints put before base-model names ("bert.", "transformer.")
+    save_prefix: str  # the prefix ``save`` writes (what the matching transformers class expects)
+
+
+def _checkpoint_name(rule: Rule, prefix: str) -> str:
+    return prefix + rule.hf if rule.in_base else rule.hf
+
+
+def expected_shapes(layout: Layout, params: dict[str, Tensor], prefix: str) -> dict[str, tuple[int, ...]]:
+    """The checkpoint tensor shapes the model ``params`` implies (computed on the meta device: no copies)."""
+    shapes = {}
+    for rule in layout.rules:
+        metas = tuple(torch.empty(params[name].shape, device="meta") for name in rule.ours)
+        shapes[_checkpoint_name(rule, prefix)] = tuple(rule.join(metas).shape)
+    return shapes
+
+
+def to_ours(state: dict[str, Tensor], layout: Layout, params: dict[str, Tensor],
+            source: str) -> tuple[dict[str, Tensor], list[str]]:
+    """Checkpoint ``state`` -> attnkit tensors by parameter name, after checking every name and shape.
+
+    Raises one :class:`CheckpointError` listing all missing, unexpected and wrong-shaped tensors. Returns
+    the converted tensors and the checkpoint names of optional tensors that were absent.
+    """
+    prefix = layout.base_prefix if any(k.startswith(layout.base_prefix) for k in state) else ""
+    expected = expected_shapes(layout, params, prefix)
+    optional = {_checkpoint_name(r, prefix) for r in layout.rules if r.optional}
+    missing = [n for n in expected if n not in state and n not in optional]
+    unexpected = [n for n in state if n not in expected and not layout.ignore.search(n)]
+    wrong = [(n, shape, tuple(state[n].shape)) for n, shape in expected.items()
+             if n in state and tuple(state[n].shape) != shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(source, missing=missing, unexpected=unexpected, wrong_shapes=wrong)
+    ours: dict[str, Tensor] = {}
+    absent = []
+    for rule in layout.rules:
+        name = _checkpoint_name(rule, prefix)
+        if name not in state:
+            absent.append(name)
+            continue
+        ours.update(zip(rule.ours, rule.split(state[name])))
+    return ours, absent
+
+
+def to_checkpoint(layout: Layout, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """attnkit ``params`` -> checkpoint tensors under the names ``layout.save_prefix`` implies."""
+    with torch.no_grad():
+        return {_checkpoint_name(rule, layout.save_prefix): rule.join(tuple(params[n] for n in rule.ours))
+                for rule in layout.rules}
+
+
+__all__ = ["Rule", "Layout", "rename", "transposed", "fused", "offset_rows", "expected_shapes", "to_ours",
+           "to_checkpoint"]

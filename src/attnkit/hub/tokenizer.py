@@ -1,0 +1,272 @@
+"""A small tokenizer over the Hugging Face ``tokenizers`` library, built from a checkpoint directory's
+``tokenizer.json`` — or, without one, from ``vocab.txt`` (BERT WordPiece) or ``vocab.json`` + ``merges.txt``
+(GPT-2 byte-level BPE) — with the settings of its ``tokenizer_config.json``. It gives the ids
+``transformers.AutoTokenizer`` gives, and batches them into padded tensors.
+
+Truncation: ``max_length`` is the checkpoint's limit — sentence-transformers' ``max_seq_length`` from
+``sentence_bert_config.json`` when present (256 for all-MiniLM-L6-v2: what sentence-transformers truncates
+to), else ``model_max_length`` from ``tokenizer_config.json``; ``encode`` truncates there unless told otherwise.
+
+    >>> tok = load_tokenizer(resolve("all-MiniLM-L6-v2"))
+    >>> ids, mask = tok.encode(["Hello world!", "Hi"])       # (2, 5) each: [CLS] hello world ! [SEP]
+    >>> tok.tokens("Hello world!")
+    ['[CLS]', 'hello', 'world', '!', '[SEP]']
+    >>> tok.decode(ids[0], skip_special_tokens=True)
+    'hello world!'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import tokenizers
+import torch
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+from torch import Tensor
+
+from .files import read_json
+
+Side = Literal["right", "left"]
+_NO_LIMIT = 10 ** 12  # transformers writes int(1e30) for "no limit"
+_SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                  "mask_token": "[MASK]"}
+_GPT2_SPECIALS = {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+_ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+                     "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+# the special tokens a checkpoint's tokenizer has when its tokenizer_config.json does not name them
+_DEFAULT_SPECIALS = {"bert": _BERT_SPECIALS, "gpt2": _GPT2_SPECIALS, "roberta": _ROBERTA_SPECIALS,
+                     "xlm-roberta": _ROBERTA_SPECIALS}
+
+
+def _token(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or {"content": string, ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _from_json(path: Path, config: dict[str, Any]) -> tokenizers.Tokenizer:
+    """tokenizer.json, without its baked-in truncation and padding (``encode`` decides those per call), with
+    the lower-casing / accent / prefix-space options of tokenizer_config.json applied as transformers does."""
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec["truncation"], spec["padding"] = None, None
+    normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
+        for ours, theirs in (("lowercase", "do_lower_case"), ("strip_accents", "strip_accents"),
+                             ("handle_chinese_chars", "tokenize_chinese_chars")):
+            if theirs in config:
+                normalizer[ours] = config[theirs]
+    if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and "add_prefix_space" in config:
+        pre["add_prefix_space"] = bool(config["add_prefix_space"])
+    return tokenizers.Tokenizer.from_str(json.dumps(spec))
+
+
+def _wordpiece(vocab: Path, config: dict[str, Any], special: dict[str, str]) -> tokenizers.Tokenizer:
+    """BERT's WordPiece from vocab.txt, as transformers' BertTokenizer builds it."""
+    backend = tokenizers.Tokenizer(models.WordPiece.from_file(str(vocab), unk_token=special["unk_token"]))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.add_special_tokens(list(dict.fromkeys(special.values())))
+    cls, sep = special["cls_token"], special["sep_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))])
+    return backend
+
+
+def _byte_level_bpe(vocab: Path, merges: Path, config: dict[str, Any], special: dict[str, str]) -> tokenizers.Tokenizer:
+    """GPT-2's byte-level BPE from vocab.json + merges.txt, as transformers' GPT2Tokenizer builds it; with
+    RoBERTa's <s> ... </s> around each sequence when the special tokens include a cls_token."""
+    bpe = models.BPE.from_file(str(vocab), str(merges), continuing_subword_prefix="", end_of_word_suffix="",
+                               fuse_unk=False)
+    backend = tokenizers.Tokenizer(bpe)
+    prefix_space = bool(config.get("add_prefix_space", False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([t for t in dict.fromkeys(special.values()) if backend.token_to_id(t) is not None])
+    cls, sep = special.get("cls_token"), special.get("sep_token")
+    if cls is not None and sep is not None and None not in (backend.token_to_id(cls), backend.token_to_id(sep)):
+        backend.post_processor = processors.RobertaProcessing(
+            (sep, backend.token_to_id(sep)), (cls, backend.token_to_id(cls)),
+            trim_offsets=bool(config.get("trim_offsets", True)), add_prefix_space=prefix_space)
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return backend
+
+
+def _limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT else None
+
+
+class Tokenizer:
+    """Text <-> token ids for one checkpoint (see the module docstring).
+
+    Attributes:
+        backend: the ``tokenizers.Tokenizer`` doing the work.
+        max_length: default truncation limit in tokens, special tokens included (None = no limit).
+        model_max_length: tokenizer_config.json's ``model_max_length`` (None when absent or unlimited).
+        padding_side: "right" (BERT) or "left"; tokenizer_config.json's ``padding_side``, default "right".
+        special_tokens: e.g. {"cls_token": "[CLS]", ...}, the special tokens the vocabulary has.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, *, special_tokens: dict[str, str] | None = None,
+                 config: dict[str, Any] | None = None, max_length: int | None = None,
+                 model_max_length: int | None = None):
+        self.backend = backend
+        self.config = dict(config or {})  # tokenizer_config.json's fields, written back by ``save``
+        self.model_max_length = model_max_length
+        self.max_length = max_length if max_length is not None else model_max_length
+        self.padding_side: Side = "left" if self.config.get("padding_side") == "left" else "right"
+        self.special_tokens = {k: t for k, t in (special_tokens or {}).items() if backend.token_to_id(t) is not None}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_id(self) -> int | None:
+        """The end-of-sequence id (GPT-2's <|endoftext|>); None when the tokenizer has none (BERT)."""
+        token = self.special_tokens.get("eos_token")
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def pad_id(self) -> int | None:
+        """The padding id; GPT-2 has no pad token, so its end-of-sequence id pads (the mask hides it)."""
+        token = self.special_tokens.get("pad_token")
+        return self.eos_id if token is None else self.backend.token_to_id(token)
+
+    def _encodings(self, texts: Sequence[str], max_length: int | None, truncation: bool,
+                   add_special_tokens: bool) -> list[tokenizers.Encoding]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            got = "a str" if isinstance(texts, str) else f"items of type {sorted({type(t).__name__ for t in texts})}"
+            raise TypeError(f"texts must be a list of strings (wrap a single text as [text]), got {got}")
+        limit = max_length if max_length is not None else self.max_length
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+            raise ValueError(f"max_length must be a positive int or None, got {limit!r}")
+        if truncation and limit is not None:
+            if self.backend.truncation is None or self.backend.truncation["max_length"] != limit:
+                self.backend.enable_truncation(limit)
+        elif self.backend.truncation is not None:
+            self.backend.no_truncation()
+        return self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+
+    def encode(self, texts: Sequence[str], *, max_length: int | None = None, truncation: bool = True,
+               padding: Literal["longest", "max_length"] = "longest", padding_side: Side | None = None,
+               add_special_tokens: bool = True) -> tuple[Tensor, Tensor]:
+        """Token ids of each text, padded into one batch.
+
+        Args:
+            texts: B strings.
+            max_length: truncate each sequence to this many tokens, special tokens included; None = the
+                checkpoint's limit ``self.max_length`` (no truncation when that is None too).
+            truncation: False = never truncate.
+            padding: "longest" = pad to the longest sequence; "max_length" = pad to the limit.
+            padding_side: "right" (BERT) or "left" (generation with GPT); None = ``self.padding_side``.
+            add_special_tokens: BERT's [CLS] ... [SEP] (GPT-2 adds none).
+
+        Returns:
+            input_ids (B, N) long, padded with ``pad_id`` (0 when the tokenizer has no pad and no eos token);
+            attention_mask (B, N) long, 1 = token, 0 = padding.
+        """
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        side = self.padding_side if padding_side is None else padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
+        rows = [e.ids for e in self._encodings(texts, max_length, truncation, add_special_tokens)]
+        width = max(map(len, rows), default=0)
+        if padding == "max_length":
+            limit = max_length if max_length is not None else self.max_length
+            if limit is None:
+                raise ValueError("padding='max_length' needs max_length: this tokenizer has no limit of its own")
+            width = max(width, limit)
+        pad = self.pad_id if self.pad_id is not None else 0
+        filler = [[pad] * (width - len(r)) for r in rows]
+        ids = [r + f if side == "right" else f + r for r, f in zip(rows, filler)]
+        mask = [[1] * len(r) + [0] * len(f) if side == "right" else [0] * len(f) + [1] * len(r)
+                for r, f in zip(rows, filler)]
+        return (torch.tensor(ids, dtype=torch.long).reshape(len(rows), width),
+                torch.tensor(mask, dtype=torch.long).reshape(len(rows), width))
+
+    def tokens(self, text: str, *, max_length: int | None = None, truncation: bool = True,
+               add_special_tokens: bool = True) -> list[str]:
+        """The vocabulary string of each token of ``text`` (as ``encode`` would produce them, e.g.
+        ``['[CLS]', 'hello', '##s', '[SEP]']``; GPT-2 writes a leading space as 'Ġ'): labels for attention maps."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._encodings([text], max_length, truncation, add_special_tokens)[0].tokens
+
+    def decode(self, ids: Tensor | Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        """ids (N,) -> text, as ``transformers``' ``decode`` (special tokens kept unless skipped)."""
+        if isinstance(ids, Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"ids must be one sequence (N,), got shape {tuple(ids.shape)}; decode rows one "
+                                 f"at a time")
+            ids = ids.tolist()
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def save(self, directory: str | Path) -> None:
+        """Write tokenizer.json and tokenizer_config.json (and sentence_bert_config.json when the truncation
+        limit differs from ``model_max_length``) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.no_truncation()
+        self.backend.save(str(directory / "tokenizer.json"))
+        config = {**self.config, **self.special_tokens, "padding_side": self.padding_side}
+        config["model_max_length"] = self.model_max_length if self.model_max_length is not None else int(1e30)
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if self.max_length is not None and self.max_length != self.model_max_length:
+            (directory / "sentence_bert_config.json").write_text(
+                json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n",
+                encoding="utf-8")
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, max_length={self.max_length}, "
+                f"padding_side={self.padding_side!r}, special_tokens={self.special_tokens})")
+
+
+def _special_tokens(config: dict[str, Any], model_type: str | None, vocab: Any) -> dict[str, str]:
+    """The special tokens tokenizer_config.json names, completed with the defaults of the model family
+    (config.json's model_type, or else guessed from the vocabulary)."""
+    kind = model_type if model_type in _DEFAULT_SPECIALS else next(
+        (k for k, probe in (("bert", "[CLS]"), ("gpt2", "<|endoftext|>"), ("roberta", "<s>")) if probe in vocab), None)
+    defaults = _DEFAULT_SPECIALS.get(kind, {}) if kind else {}
+    named = {k: _token(config.get(k)) for k in _SPECIAL_NAMES}
+    return {k: named[k] or defaults[k] for k in _SPECIAL_NAMES if named[k] or k in defaults}
+
+
+def load_tokenizer(directory: str | Path, *, model_type: str | None = None) -> Tokenizer | None:
+    """The tokenizer of a checkpoint directory; None when it holds no tokenizer files.
+
+    ``model_type`` (config.json's) picks the default special tokens when tokenizer_config.json does not name
+    them: BERT's [CLS]/[SEP]/[PAD]..., GPT-2's <|endoftext|>, RoBERTa's <s>/</s>/<pad>...
+    """
+    directory = Path(directory)
+    config = {**read_json(directory / "special_tokens_map.json"), **read_json(directory / "tokenizer_config.json")}
+    json_file, vocab_txt = directory / "tokenizer.json", directory / "vocab.txt"
+    vocab_json, merges = directory / "vocab.json", directory / "merges.txt"
+    if json_file.is_file():
+        backend = _from_json(json_file, config)
+        special = _special_tokens(config, model_type, backend.get_vocab(with_added_tokens=True))
+    elif vocab_txt.is_file():
+        special = _special_tokens(config, model_type or "bert", {})
+        backend = _wordpiece(vocab_txt, config, special)
+    elif vocab_json.is_file() and merges.is_file():
+        special = _special_tokens(config, model_type, read_json(vocab_json))
+        backend = _byte_level_bpe(vocab_json, merges, config, special)
+    else:
+        return None
+    model_max_length = _limit(config.get("model_max_length"))
+    max_length = _limit(read_json(directory / "sentence_bert_config.json").get("max_seq_length"))
+    return Tokenizer(backend, special_tokens=special, config=config, max_length=max_length,
+                     model_max_length=model_max_length)
+
+
+__all__ = ["Tokenizer", "load_tokenizer"]
