@@ -1,0 +1,90 @@
+"""Sentence-embedding throughput: attnkit.embed against sentence-transformers' encode, same weights (the
+bundled all-MiniLM-L6-v2), same 2000 deterministic sentences of 5-60 words, in one process, interleaved
+round-robin (A B A B ...), each round gated on the matmul probe (BENCHMARKING.md).
+
+    .venv/bin/python benchmarks/bench_embed.py [--rounds 3] [--sentences 2000] [--batch-sizes 32 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Probe  # noqa: E402
+
+import attnkit  # noqa: E402
+from attnkit import hub  # noqa: E402
+
+WORDS = ("the of and to in is was for on that with as by at from his her an which are this be had not but "
+         "attention model language network sequence token layer weight learning training data translation "
+         "sentence word vector memory query key value head encoder decoder transformer street animal tired "
+         "river bank money city night music history science water light small large quickly slowly").split()
+
+
+def sentences(count: int, seed: int = 0) -> list[str]:
+    """``count`` sentences of 5 to 60 words, the same on every run."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))).capitalize() + "."
+            for _ in range(count)]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sentences", type=int, default=2000)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    args = parser.parse_args()
+
+    import sentence_transformers
+    import transformers
+
+    texts = sentences(args.sentences)
+    directory = hub.resolve(attnkit.embeddings.DEFAULT_MODEL)
+    ours = hub.load(directory)
+    reference = sentence_transformers.SentenceTransformer(str(directory), device="cpu")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"attnkit {attnkit.__version__} ({commit}), torch {torch.__version__}, sentence-transformers "
+          f"{sentence_transformers.__version__}, transformers {transformers.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{len(texts)} sentences of 5-60 words, float32, all-MiniLM-L6-v2; {args.rounds} interleaved rounds")
+    probe = Probe(0.5, 60.0, 600.0)
+    for batch_size in args.batch_sizes:
+        def run_ours():
+            return attnkit.embed(texts, ours, batch_size=batch_size)
+
+        def run_reference():
+            return reference.encode(texts, batch_size=batch_size, convert_to_tensor=True,
+                                    normalize_embeddings=True)
+
+        cosine = (run_ours() * run_reference()).sum(-1).min().item()  # also the warm-up
+        ratios, ours_s, ref_s, probes = [], [], [], []
+        for _ in range(args.rounds):
+            gflops, _, _ = probe.gate()
+            probes.append(gflops)
+            a, b = timed(run_ours), timed(run_reference)
+            ours_s.append(a)
+            ref_s.append(b)
+            ratios.append(b / a)
+        n = len(texts)
+        print(f"batch {batch_size}: attnkit {n / statistics.median(ours_s):.0f} sentences/s, "
+              f"sentence-transformers {n / statistics.median(ref_s):.0f} sentences/s, "
+              f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}), "
+              f"min cosine {cosine:.7f}, probe {statistics.median(probes):.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
