@@ -209,7 +209,6 @@ def test_sinusoidal_positions_follow_the_paper():
     (dict(dim=33, num_heads=3), "dim must be even"),
     (dict(dim=0), "dim must be a positive int"),
     (dict(num_encoder_layers=0), "num_encoder_layers must be a positive int"),
-    (dict(hidden=2.5), "hidden must be a positive int"),
     (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
     (dict(max_len=0), "max_len must be a positive int"),
     (dict(bos_id=0), "must differ"),
@@ -219,6 +218,11 @@ def test_sinusoidal_positions_follow_the_paper():
 def test_config_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         TransformerConfig.preset("tiny", **overrides)
+
+
+def test_config_refuses_a_non_int_size():
+    with pytest.raises(TypeError, match="hidden must be a positive int, got float 2.5"):
+        TransformerConfig.preset("tiny", hidden=2.5)
 
 
 def test_preset_and_type_errors():
@@ -249,11 +253,11 @@ def test_input_errors():
         model(torch.randint(3, 16, (2, 9)), tgt)
     with pytest.raises(ValueError, match=r"memory must be \(B=2, S, dim=32\), got \(2, 7, 31\)"):
         model.decode(tgt, torch.zeros(2, 7, 31), None)
-    with pytest.raises(ValueError, match="max_len must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="max_len must be a non-negative int, got -1"):
         model.greedy_decode(src, -1)
     with pytest.raises(ValueError, match="max_len=9 would feed the decoder more than"):
         model.greedy_decode(src, 9)
-    with pytest.raises(ValueError, match="beam_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="beam_size must be a positive int, got 0"):
         model.beam_search(src, 4, beam_size=0)
     with pytest.raises(ValueError, match="length_penalty must be a finite float, got nan"):
         model.beam_search(src, 4, length_penalty=float("nan"))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .functional import masks
+from .functional.checks import check_int
 from .models.bert import BERT
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -87,8 +88,7 @@ def embed(sentences: Sequence[str], model=None, batch_size: int = 32, *, normali
     """
     if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
         raise TypeError("sentences must be a sequence of strings (wrap a single sentence in a list)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     bert, tokenizer = _resolve(model)
     if not isinstance(bert, BERT):
         raise TypeError(f"embed needs an encoder (BERT family), got {type(bert).__name__}")

@@ -6,9 +6,9 @@ import dataclasses
 from typing import Any, ClassVar, TypeVar
 
 import torch
-
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
 from ..functional.registry import Kernel
 from ..nn.attention import set_kernel
 
@@ -42,9 +42,7 @@ class Config:
 def require_positive(config: object, *names: str) -> None:
     """Raise a ValueError naming the first field of ``config`` that is not a positive int."""
     for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+        check_int(f"{type(config).__name__}.{name}", getattr(config, name))
 
 
 def require_heads(config: object, dim: int, num_heads: int, num_kv_heads: int | None) -> None:
@@ -52,8 +50,9 @@ def require_heads(config: object, dim: int, num_heads: int, num_kv_heads: int | 
     name = type(config).__name__
     if dim % num_heads:
         raise ValueError(f"{name}.num_heads={num_heads} must divide dim={dim}")
-    if num_kv_heads is not None and (isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int)
-                                     or num_kv_heads <= 0 or num_heads % num_kv_heads):
+    if num_kv_heads is not None:
+        check_int(f"{name}.num_kv_heads", num_kv_heads)
+    if num_kv_heads is not None and num_heads % num_kv_heads:
         raise ValueError(f"{name}.num_kv_heads={num_kv_heads!r} must be a positive int dividing "
                          f"num_heads={num_heads}")
 

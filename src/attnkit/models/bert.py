@@ -38,8 +38,7 @@ from torch import Tensor, nn
 from ..functional.masks import Mask
 from ..nn.layers import EncoderLayer
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import (Config, Model, check_ids, init_weights, require_dropout, require_positive,
-                   require_token_ids)
+from .base import Config, Model, check_ids, init_weights, require_dropout, require_positive, require_token_ids
 
 
 @dataclass

@@ -12,12 +12,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
 from ..nn.cache import CacheKind, KVCache, make_cache
 from ..nn.layers import Activation, EncoderLayer
 from ..nn.moe import MoE
 from ..nn.norms import NormKind, make_norm
-from ..nn.positions import (ALiBiPositions, LearnedPositions, RotaryEmbedding, default_position_ids,
-                            position_ids_from_mask)
+from ..nn.positions import (
+    ALiBiPositions,
+    LearnedPositions,
+    RotaryEmbedding,
+    default_position_ids,
+    position_ids_from_mask,
+)
 from .base import Config, Model, check_ids, init_weights, require_dropout, require_heads, require_positive
 from .sampling import check_sampling, next_token
 
@@ -164,8 +170,7 @@ class GPT(Model):
         """Yield each step's new tokens (B,) as they are produced; sequences that reached
         ``eos_token_id`` keep yielding it. Options as in ``generate``."""
         check_sampling(temperature, top_k, top_p)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         b, n = check_ids(input_ids, self.config.vocab_size)
         total = n + max_new_tokens
         if self.config.positions == "learned" and total > self.config.max_seq_len:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
 from ..nn.cache import StaticCache
 from ..nn.layers import Activation, EncoderLayer, FeedForward
 from ..nn.norms import NormKind, make_norm
@@ -144,8 +145,7 @@ class HybridLM(Model):
         """Yield each step's new tokens (B,). Prompts in a batch must have equal lengths (an SSM has no
         padding mask)."""
         check_sampling(temperature, top_k, top_p)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         check_ids(input_ids, self.config.vocab_size)
         state = self.new_state(input_ids.shape[1] + max_new_tokens)
         step = input_ids

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
 from ..nn.classic import AdditiveAttention, packed_rnn
 from .base import Config, Model, check_ids, require_dropout, require_positive, require_token_ids
 
@@ -149,8 +150,7 @@ class RNNSeq2Seq(Model):
 
         Returns tokens (B, T) long and attention (B, T, S), T <= max_len.
         """
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0:
-            raise ValueError(f"max_len must be a non-negative int, got {max_len!r}")
+        check_int("max_len", max_len, minimum=0)
         src_mask = self._source_mask(src_ids, src_mask)
         annotations, state = self.encode(src_ids, src_mask)
         B, S = src_ids.shape

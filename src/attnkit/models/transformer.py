@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
 from ..nn.cache import ContextCache, StaticCache
 from ..nn.layers import DecoderLayer, EncoderLayer
 from ..nn.positions import SinusoidalPositions, default_position_ids
@@ -142,11 +143,6 @@ def _bool_mask(name: str, mask: Tensor, shape: tuple[int, ...]) -> Tensor:
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (1 = token, 0 = padding), got {tuple(mask.shape)}")
     return mask if mask.dtype == torch.bool else mask != 0
-
-
-def _check_count(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -356,7 +352,7 @@ class Transformer(Model):
         Returns:
             tokens (B, T) long, T <= max_len + 1, starting with ``bos_id``.
         """
-        _check_count("max_len", max_len, 0)
+        check_int("max_len", max_len, minimum=0)
         c = self.config
         src_padding = self._source_padding(src_ids, src_mask)
         self._check_decode_length(max_len)
@@ -392,8 +388,8 @@ class Transformer(Model):
             :class:`BeamSearchOutput`: tokens (B, T), T <= max_len + 1, ``bos_id`` first and ``pad_id``
             after eos, and their normalized scores (B,).
         """
-        _check_count("max_len", max_len, 0)
-        _check_count("beam_size", beam_size, 1)
+        check_int("max_len", max_len, minimum=0)
+        check_int("beam_size", beam_size)
         if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
                 or not math.isfinite(length_penalty):
             raise ValueError(f"length_penalty must be a finite float, got {length_penalty!r}")

@@ -6,15 +6,23 @@ Every module calls ``attnkit.attention`` for the attention math and passes ``ker
     >>> y = mha(torch.randn(2, 100, 512), causal=True)
 """
 
-from .attention import AttentionCall, MultiHeadAttention, Recorder, set_kernel
 from .activations import Activation
+from .attention import AttentionCall, MultiHeadAttention, Recorder, set_kernel
 from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, make_cache
 from .classic import AdditiveAttention, AttentionPooling, HierarchicalAttention, HierarchicalOutput, LuongAttention
 from .layers import DecoderLayer, EncoderLayer, FeedForward
 from .moe import MoE, MoEStats
 from .norms import RMSNorm, make_norm
-from .positions import (ALiBiPositions, LearnedPositions, RelativePositions, RotaryEmbedding, SinusoidalPositions,
-                        T5RelativeBias, position_ids_from_mask, sinusoidal_table)
+from .positions import (
+                        ALiBiPositions,
+                        LearnedPositions,
+                        RelativePositions,
+                        RotaryEmbedding,
+                        SinusoidalPositions,
+                        T5RelativeBias,
+                        position_ids_from_mask,
+                        sinusoidal_table,
+)
 from .ssm import SelectiveSSM, SSMState, selective_scan_chunked, selective_scan_reference
 
 __all__ = [

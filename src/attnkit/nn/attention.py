@@ -19,6 +19,7 @@ from ..functional import attention as attention_fn
 from ..functional import attention_weights
 from ..functional import masks as structured_masks
 from ..functional.bias import ALiBi, Bias
+from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel
 from .cache import CacheView, ContextCache, KVCache, RingCache
@@ -258,16 +259,14 @@ class MultiHeadAttention(nn.Module):
 
 def _check_sizes(dim: int, num_heads: int, num_kv_heads: int, head_dim: int | None) -> int:
     for name, value in (("dim", dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value)
     if num_heads % num_kv_heads:
         raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
     if head_dim is None:
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim} (or pass head_dim)")
         return dim // num_heads
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
-        raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+    check_int("head_dim", head_dim)
     return head_dim
 
 

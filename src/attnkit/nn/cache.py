@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..functional.checks import check_int
+
 
 @dataclass
 class CacheView:
@@ -81,8 +83,7 @@ class StaticCache(_Buffered):
 
     def __init__(self, max_len: int):
         super().__init__()
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        check_int("max_len", max_len)
         self.max_len = max_len
 
     def update(self, k: Tensor, v: Tensor) -> CacheView:
@@ -118,8 +119,7 @@ class RingCache:
     """
 
     def __init__(self, size: int):
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        check_int("size", size)
         self.size = size
         self.reset()
 

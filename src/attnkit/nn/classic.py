@@ -21,13 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..functional.checks import check_int
 from ..functional.classic import additive_attention, luong_attention
 from ..functional.kernels.common import zero_unseen_keys
-
-
-def _require_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _require_tensor(name: str, t: object) -> None:
@@ -120,7 +116,7 @@ class AdditiveAttention(nn.Module):
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int) -> None:
         super().__init__()
         for name, value in (("query_dim", query_dim), ("key_dim", key_dim), ("attn_dim", attn_dim)):
-            _require_positive(name, value)
+            check_int(name, value)
         self.query_dim, self.key_dim, self.attn_dim = query_dim, key_dim, attn_dim
         self.query_proj = nn.Linear(query_dim, attn_dim, bias=False)  # W_q (A, Dq)
         self.key_proj = nn.Linear(key_dim, attn_dim, bias=False)  # W_k (A, Dk)
@@ -151,8 +147,8 @@ class LuongAttention(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int, method: Literal["dot", "general"] = "dot") -> None:
         super().__init__()
-        _require_positive("query_dim", query_dim)
-        _require_positive("key_dim", key_dim)
+        check_int("query_dim", query_dim)
+        check_int("key_dim", key_dim)
         if method not in ("dot", "general"):
             raise ValueError(f"method must be 'dot' or 'general', got {method!r}")
         if method == "dot" and query_dim != key_dim:
@@ -192,8 +188,8 @@ class AttentionPooling(nn.Module):
 
     def __init__(self, dim: int, attn_dim: int) -> None:
         super().__init__()
-        _require_positive("dim", dim)
-        _require_positive("attn_dim", attn_dim)
+        check_int("dim", dim)
+        check_int("attn_dim", attn_dim)
         self.dim, self.attn_dim = dim, attn_dim
         self.proj = nn.Linear(dim, attn_dim)  # W (A, dim), b (A,)
         bound = 1.0 / math.sqrt(attn_dim)
@@ -289,7 +285,7 @@ class HierarchicalAttention(nn.Module):
                  encoder: Literal["gru"] | None = "gru") -> None:
         super().__init__()
         for name, value in (("word_dim", word_dim), ("hidden", hidden), ("attn_dim", attn_dim)):
-            _require_positive(name, value)
+            check_int(name, value)
         if encoder not in ("gru", None):
             raise ValueError(f"encoder must be 'gru' or None, got {encoder!r}")
         self.word_dim = word_dim

@@ -16,7 +16,6 @@ from .norms import NormKind, make_norm
 from .positions import RelativePositions
 
 
-
 class FeedForward(nn.Module):
     """Position-wise MLP: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))`` for SwiGLU/GeGLU
     (Shazeer 2020).

@@ -17,15 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
 from .activations import GATED, PLAIN, Activation, check_activation
-
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 def expert_capacity(tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
@@ -133,7 +126,7 @@ class MoE(nn.Module):
                  capacity_factor: float | None = 1.25, activation: Activation = "swiglu", bias: bool = False):
         super().__init__()
         for name, value in (("dim", dim), ("hidden", hidden), ("num_experts", num_experts), ("top_k", top_k)):
-            _check_positive_int(name, value)
+            check_int(name, value)
         if top_k > num_experts:
             raise ValueError(f"top_k must be between 1 and num_experts={num_experts}, got {top_k}")
         if capacity_factor is not None and (isinstance(capacity_factor, bool)

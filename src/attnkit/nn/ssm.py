@@ -22,14 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional.checks import check_int
+
 _DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4  # Mamba's Δ initialisation range (dt_min, dt_max, dt_init_floor)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 def _check_scan_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None) -> None:
@@ -123,7 +118,7 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     >>> torch.allclose(y, selective_scan_reference(u, dt, A, B, C)[0], atol=1e-5)
     True
     """
-    _check_positive_int("chunk_size", chunk_size)
+    check_int("chunk_size", chunk_size)
     _check_scan_inputs(u, delta, A, B, C, h0)
     batch, length, inner = u.shape
     h = u.new_zeros(batch, inner, A.shape[1]) if h0 is None else h0
@@ -194,9 +189,9 @@ class SelectiveSSM(nn.Module):
         super().__init__()
         for name, value in (("dim", dim), ("state_dim", state_dim), ("expand", expand),
                             ("conv_kernel", conv_kernel), ("chunk_size", chunk_size)):
-            _check_positive_int(name, value)
+            check_int(name, value)
         dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
-        _check_positive_int("dt_rank", dt_rank)
+        check_int("dt_rank", dt_rank)
         self.dim, self.state_dim, self.inner = dim, state_dim, expand * dim
         self.conv_kernel, self.dt_rank, self.chunk_size = conv_kernel, dt_rank, chunk_size
         inner = self.inner
