@@ -20,6 +20,11 @@ from ..functional import bias as structured_bias
 from ..functional.bias import Bias
 
 
+def inverse_frequencies(dim: int, base: float, device=None) -> Tensor:
+    """base^(-2i/dim) for i = 0 .. dim/2 - 1, float64: the frequencies of sinusoidal positions and RoPE."""
+    return base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+
+
 def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
     """Vaswani et al. 2017: PE[p, 2i] = sin(p / base^(2i/dim)), PE[p, 2i+1] = cos(p / base^(2i/dim)).
 
@@ -28,8 +33,7 @@ def sinusoidal_table(positions: Tensor, dim: int, base: float = 10000.0) -> Tens
     if dim <= 0 or dim % 2:
         raise ValueError(f"dim must be a positive even int for sinusoidal positions, got {dim}")
     dtype = torch.float64 if positions.dtype == torch.float64 else torch.float32
-    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
-    angles = positions.to(torch.float64)[..., None] * inv_freq  # (..., dim/2)
+    angles = positions.to(torch.float64)[..., None] * inverse_frequencies(dim, base, positions.device)  # (..., dim/2)
     table = torch.stack((angles.sin(), angles.cos()), dim=-1)  # (..., dim/2, 2): sin, cos interleaved
     return table.flatten(-2).to(dtype)
 
@@ -115,23 +119,38 @@ class RotaryEmbedding(RelativePositions):
         if scaling == "ntk":
             base = base * factor ** (head_dim / (head_dim - 2))
         self.head_dim, self.base, self.scaling, self.factor = head_dim, base, scaling, factor
+        # cos and sin of positions 0 .. P-1 per (dtype, device), computed in float64 and grown by doubling:
+        # every layer and decoding step looks positions up instead of recomputing float64 trigonometry.
+        # A plain attribute, not a buffer, so that module.half() cannot round the angles.
+        self._tables: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def angles(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin, each (B, 1, N, D) float64, for positions (B, N)."""
+        """cos and sin, each (..., D) float64, for positions (...)."""
         pos = position_ids.to(torch.float64)
         if self.scaling == "linear":
             pos = pos / self.factor
-        # frequencies in float64 on every call, never a buffer: module.half() must not round them
-        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=pos.device)
-                                 / self.head_dim)
-        freqs = pos[..., None] * inv_freq  # (B, N, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, N, D)
+        freqs = pos[..., None] * inverse_frequencies(self.head_dim, self.base, pos.device)  # (..., D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (..., D)
         return emb.cos(), emb.sin()
+
+    def _lookup(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin (B, 1, N, D) in ``dtype`` for integer positions (B, N), from the cached table."""
+        if position_ids.dtype.is_floating_point or (position_ids.numel() and int(position_ids.min()) < 0):
+            cos, sin = self.angles(position_ids)  # positions the table does not hold
+            return cos[:, None].to(dtype), sin[:, None].to(dtype)
+        key = (dtype, position_ids.device)
+        needed = int(position_ids.max()) + 1 if position_ids.numel() else 1
+        if key not in self._tables or self._tables[key][0].shape[0] < needed:
+            size = max(needed, 2 * self._tables[key][0].shape[0] if key in self._tables else 256)
+            cos, sin = self.angles(torch.arange(size, device=position_ids.device))  # (P, D) float64
+            self._tables[key] = cos.to(dtype), sin.to(dtype)
+        cos, sin = self._tables[key]
+        return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, N, D)
 
     def rotate(self, x: Tensor, position_ids: Tensor) -> Tensor:
         if x.shape[-1] != self.head_dim:
             raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
-        cos, sin = (t.to(x.dtype) for t in self.angles(position_ids))
+        cos, sin = self._lookup(position_ids, x.dtype)
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin  # (B, H, N, D)
