@@ -176,21 +176,23 @@ class GPT(Model):
         if self.config.positions == "learned" and total > self.config.max_seq_len:
             raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the learned "
                              f"position table's max_seq_len={self.config.max_seq_len}")
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = attention_mask  # None without padding: no mask tensor is built or grown per step
         cache = None
         if use_cache:
             kind = cache_kind or ("ring" if self.config.window is not None else "static")
             cache = self.new_cache(kind, max_len=total)
-        ids, step_ids, done = input_ids, input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        ids, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
-            logits = self(step_ids if use_cache else ids, mask, cache=cache).logits[:, -1]  # (B, V)
+            logits = self(ids, mask, cache=cache).logits[:, -1]  # (B, V)
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_token_id is not None:
                 token = torch.where(done, torch.full_like(token, eos_token_id), token)
                 done |= token == eos_token_id
             yield token
-            ids, step_ids = torch.cat((ids, token[:, None]), dim=1), token[:, None]
-            mask = torch.cat((mask, torch.ones_like(token[:, None])), dim=1)
+            # with a cache the next forward takes only the new token; without, the whole sequence again
+            ids = token[:, None] if use_cache else torch.cat((ids, token[:, None]), dim=1)
+            if mask is not None:
+                mask = torch.cat((mask, torch.ones_like(token[:, None])), dim=1)
             if eos_token_id is not None and bool(done.all()):
                 return
 

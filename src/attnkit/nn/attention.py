@@ -56,14 +56,14 @@ class AttentionCall:
             index = torch.as_tensor(heads, dtype=torch.long, device=q.device)
             group = q.shape[1] // k.shape[1]
             q, k = q[:, index], k[:, index // group]  # (B, h, N, D) each
-            mask = _select_heads(mask, index, q.device)
+            mask = _select_heads(mask, index)
             bias = ALiBi(len(heads), bias.slopes[index.cpu()]) if isinstance(bias, ALiBi) else \
-                _select_heads(bias, index, q.device)
+                _select_heads(bias, index)
         return attention_weights(q, k, mask=mask, causal=self.causal, window=self.window, bias=bias,
                                  scale=self.scale, softcap=self.softcap)
 
 
-def _select_heads(t, index: Tensor, device):
+def _select_heads(t, index: Tensor):
     """The heads ``index`` of a mask or bias tensor that has a head dimension; anything else unchanged."""
     if isinstance(t, Tensor):
         t = t.reshape(shape4("mask or bias", t))  # (b, h, nq, nk), each possibly 1
@@ -133,6 +133,12 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return proj(x).view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, heads, N, Dh)
 
+    def _keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, Hkv, M, Dh) keys (normalized with qk_norm) and values of ``source`` (B, M, ·)."""
+        k = self._heads(source, self.k_proj, self.num_kv_heads)
+        v = self._heads(source, self.v_proj, self.num_kv_heads)
+        return (k if self.k_norm is None else self.k_norm(k)), v
+
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | Mask | None = None,
                 causal: bool = False, window: Window | None = None,
                 cache: KVCache | ContextCache | None = None, position_ids: Tensor | None = None,
@@ -183,10 +189,7 @@ class MultiHeadAttention(nn.Module):
         if context.dim() != 3 or context.shape[-1] != self.k_proj.in_features:
             raise ValueError(f"context must be (B, M, context_dim={self.k_proj.in_features}), "
                              f"got {tuple(context.shape)}")
-        k = self._heads(context, self.k_proj, self.num_kv_heads)  # (B, Hkv, M, Dh)
-        v = self._heads(context, self.v_proj, self.num_kv_heads)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
+        k, v = self._keys_values(context)  # (B, Hkv, M, Dh)
         if isinstance(cache, ContextCache):
             cache.store(k, v)
         return k, v
@@ -195,10 +198,7 @@ class MultiHeadAttention(nn.Module):
         if isinstance(cache, ContextCache):
             raise TypeError("a ContextCache serves cross-attention; self-attention takes a "
                             "StaticCache, GrowingCache or RingCache")
-        k = self._heads(x, self.k_proj, self.num_kv_heads)  # (B, Hkv, N, Dh)
-        v = self._heads(x, self.v_proj, self.num_kv_heads)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
+        k, v = self._keys_values(x)  # (B, Hkv, N, Dh)
         b, n = x.shape[:2]
         if isinstance(cache, RingCache):
             _check_ring_window(cache, window)
