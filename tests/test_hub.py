@@ -114,8 +114,11 @@ def test_bert_matches_transformers_and_padding_changes_nothing(hf_bert, kernel):
 def test_bert_masked_lm_checkpoint_builds_the_head_and_warns_about_the_pooler(tmp_path):
     hf = transformers.BertForMaskedLM(bert_config()).eval()
     _peaked(hf, 0.3)
-    with pytest.warns(UserWarning, match="pooler"):
+    with pytest.warns(UserWarning, match="pooler") as record:
         model, _ = hub.load(saved(hf, tmp_path), kernel="dense")
+    with pytest.warns(UserWarning, match="pooler") as again:
+        hub.load_model(tmp_path)
+    assert [w.filename for w in (*record, *again)] == [__file__] * 2  # the warning names the caller's line
     assert model.config.mlm_head
     ids, mask, lengths = right_padded(1)
     with torch.no_grad():

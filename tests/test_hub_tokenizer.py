@@ -127,6 +127,11 @@ def test_left_padding_for_generation(bpe_files):
     n = alone.shape[1]
     assert mask[1].tolist() == [0] * (ids.shape[1] - n) + [1] * n and ids[1, -n:].tolist() == alone[0].tolist()
     assert (ids[1, :-n] == ours.pad_id).all()
+    assert ours.max_length is None  # no tokenizer_config.json: no limit, so nothing to pad up to
+    with pytest.raises(ValueError, match=r"padding='max_length' needs max_length"):
+        ours.encode(["Hi"], padding="max_length")
+    ids, mask = ours.encode(["Hi"], padding="max_length", max_length=6, padding_side="left")
+    assert ids.shape == (1, 6) and mask[0].tolist() == [0] * (6 - n) + [1] * n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,12 +164,15 @@ def test_no_tokenizer_files_give_none(tmp_path):
 @pytest.mark.parametrize("call, error, message", [
     (lambda t: t.encode("one text"), TypeError, r"texts must be a list of strings \(wrap a single text as \[text\]\)"),
     (lambda t: t.encode([1, 2]), TypeError, r"texts must be a list of strings.*\['int'\]"),
-    (lambda t: t.encode(["a"], max_length=0), ValueError, r"max_length must be a positive int or None, got 0"),
+    (lambda t: t.encode(["a"], max_length=0), ValueError, r"^max_length must be a positive int, got 0$"),
+    (lambda t: t.encode(["a"], max_length=2.5), TypeError, r"^max_length must be a positive int, got float 2\.5$"),
+    (lambda t: t.tokens("a", max_length=True), TypeError, r"^max_length must be a positive int, got bool True$"),
     (lambda t: t.encode(["a"], padding="longest-first"), ValueError, r"padding must be 'longest' or 'max_length'"),
     (lambda t: t.encode(["a"], padding_side="up"), ValueError, r"padding_side must be 'right' or 'left', got 'up'"),
     (lambda t: t.decode(torch.zeros(2, 3, dtype=torch.long)), ValueError, r"ids must be one sequence \(N,\), got"),
     (lambda t: t.tokens(["a"]), TypeError, r"text must be a str, got list"),
-], ids=["str", "ints", "max_length", "padding", "side", "decode-2d", "tokens-list"])
+], ids=["str", "ints", "max_length", "max_length-float", "tokens-max_length-bool", "padding", "side", "decode-2d",
+        "tokens-list"])
 def test_errors_name_the_argument(minilm, call, error, message):
     with pytest.raises(error, match=message):
         call(hub.load_tokenizer(minilm[0]))

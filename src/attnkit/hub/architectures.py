@@ -54,10 +54,17 @@ _MLM_PREFIX = {"bert": "cls.predictions.", "roberta": "lm_head."}
 _EXACT_GELU = ("gelu", "gelu_python")  # both are erf-based GELU in transformers
 
 
-def _bert_layout(config: BERTConfig, family: str, position_offset: int) -> Layout:
+def _position_offset(family: str, pad_id: int) -> int:
+    """Rows of the checkpoint's position table before the first real position: RoBERTa counts positions from
+    padding_idx + 1 (its pad_token_id, our pad_id), BERT from 0."""
+    return pad_id + 1 if family == "roberta" else 0
+
+
+def _bert_layout(config: BERTConfig, family: str) -> Layout:
     rules: list[Rule] = [rename(f"embeddings.{hf}", ours) for hf, ours in _BERT_EMBEDDINGS]
     positions = ("embeddings.position_embeddings.weight", "position_embeddings.table.weight")
-    rules.append(offset_rows(*positions, position_offset) if position_offset else rename(*positions))
+    offset = _position_offset(family, config.pad_id)
+    rules.append(offset_rows(*positions, offset) if offset else rename(*positions))
     for i in range(config.num_layers):
         rules += [rename(f"encoder.layer.{i}.{hf}.{kind}", f"layers.{i}.{ours}.{kind}")
                   for hf, ours in _BERT_LAYER for kind in ("weight", "bias")]
@@ -101,11 +108,10 @@ def _bert_config(hf: dict[str, Any], names: set[str], kernel: str, source: str, 
                         "embedding matrix")
     pad_id = hf.get("pad_token_id")
     pad_id = (1 if family == "roberta" else 0) if pad_id is None else pad_id
-    offset = pad_id + 1 if family == "roberta" else 0  # RoBERTa's first real position is padding_idx + 1
     if problems:
         raise CheckpointError(source, problems=problems)
     return BERTConfig(vocab_size=hf.get("vocab_size", 30522),
-                      max_seq_len=hf.get("max_position_embeddings", 512) - offset,
+                      max_seq_len=hf.get("max_position_embeddings", 512) - _position_offset(family, pad_id),
                       type_vocab_size=hf.get("type_vocab_size", 2), dim=hf.get("hidden_size", 768),
                       num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
                       hidden=hf.get("intermediate_size", 3072), dropout=hf.get("hidden_dropout_prob", 0.1),
@@ -212,15 +218,15 @@ class Architecture:
     normalize: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda state: state)
 
 
+def _bert_family(name: str, model_types: tuple[str, ...], family: str) -> Architecture:
+    """BERT and RoBERTa differ only in ``family``: head names, default pad id, position offset."""
+    return Architecture(name, model_types, BERT, partial(_bert_config, family=family),
+                        partial(_bert_layout, family=family), _bert_to_hf, partial(_legacy_bert_names, family=family))
+
+
 ARCHITECTURES = (
-    Architecture("BERT", ("bert",), BERT, partial(_bert_config, family="bert"),
-                 lambda config: _bert_layout(config, "bert", 0), _bert_to_hf,
-                 lambda state: _legacy_bert_names(state, "bert")),
-    # RoBERTa's positions start at padding_idx + 1 (its pad_token_id, which is our pad_id)
-    Architecture("RoBERTa", ("roberta", "xlm-roberta"), BERT,
-                 partial(_bert_config, family="roberta"),
-                 lambda config: _bert_layout(config, "roberta", config.pad_id + 1), _bert_to_hf,
-                 lambda state: _legacy_bert_names(state, "roberta")),
+    _bert_family("BERT", ("bert",), "bert"),
+    _bert_family("RoBERTa", ("roberta", "xlm-roberta"), "roberta"),
     Architecture("GPT-2", ("gpt2",), GPT, _gpt2_config, _gpt2_layout, _gpt2_to_hf),
 )
 

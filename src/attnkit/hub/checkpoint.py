@@ -32,7 +32,8 @@ from .tokenizer import Tokenizer, load_tokenizer
 
 
 def _stored_dtype(state: dict[str, Tensor]) -> torch.dtype:
-    """The floating dtype most of the checkpoint's tensors have (float32 when it has none)."""
+    """The floating dtype most of the tensors have (float32 when none is floating): a checkpoint's on load,
+    a model's on save."""
     counts = Counter(t.dtype for t in state.values() if t.is_floating_point())
     return counts.most_common(1)[0][0] if counts else torch.float32
 
@@ -65,12 +66,9 @@ def _fill(model: Model, ours: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: ours.get(name, ours.get(first[id(tensor)], tensor)) for name, tensor in params.items()}
 
 
-def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
-               kernel: str | Kernel = "auto") -> Model:
-    """The model of a local checkpoint directory, in eval mode (see :func:`load`)."""
-    _check_dtype(dtype)
-    directory = Path(directory)
-    hf_config = read_config(directory)
+def _load_model(directory: Path, hf_config: dict, dtype: torch.dtype | None, kernel: str | Kernel) -> Model:
+    """``load_model`` given config.json's contents; called straight from both public functions, so the
+    warning's stacklevel=3 names their caller."""
     arch = architecture_for(hf_config, str(directory / "config.json"))
     state, path = read_weights(directory)
     state = arch.normalize(state)
@@ -82,6 +80,14 @@ def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None =
                       stacklevel=3)
     model.load_state_dict(_fill(model, ours), strict=True)
     return model.to(dtype or _stored_dtype(state)).eval()
+
+
+def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
+               kernel: str | Kernel = "auto") -> Model:
+    """The model of a local checkpoint directory, in eval mode (see :func:`load`)."""
+    _check_dtype(dtype)
+    directory = Path(directory)
+    return _load_model(directory, read_config(directory), dtype, kernel)
 
 
 def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
@@ -112,9 +118,11 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
         >>> ids, mask = tok.encode(["attention is all you need"])
         >>> model(ids, attention_mask=mask).last_hidden_state.shape     # (1, 7, 384)
     """
+    _check_dtype(dtype)
     directory = resolve(name_or_path)
-    model = load_model(directory, dtype=dtype, kernel=kernel)
-    return model, load_tokenizer(directory, model_type=read_config(directory).get("model_type"))
+    hf_config = read_config(directory)
+    model = _load_model(directory, hf_config, dtype, kernel)
+    return model, load_tokenizer(directory, model_type=hf_config.get("model_type"))
 
 
 def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
@@ -138,8 +146,7 @@ def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer |
         raise TypeError(f"tokenizer must be an attnkit.hub.Tokenizer or None, got {type(tokenizer).__name__}")
     hf_config = arch.config_to_hf(model.config)
     params = model.state_dict()
-    dtypes = Counter(t.dtype for t in params.values() if t.is_floating_point())
-    hf_config["dtype"] = str(dtypes.most_common(1)[0][0]).removeprefix("torch.") if dtypes else "float32"
+    hf_config["dtype"] = str(_stored_dtype(params)).removeprefix("torch.")
     if tokenizer is not None and "eos_token_id" in hf_config and tokenizer.eos_id is not None:
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eos_id
     directory = Path(directory)

@@ -27,6 +27,7 @@ import torch
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from torch import Tensor
 
+from ..functional.checks import check_int
 from .files import read_json
 
 Side = Literal["right", "left"]
@@ -101,7 +102,8 @@ def _byte_level_bpe(vocab: Path, merges: Path, config: dict[str, Any], special: 
     return backend
 
 
-def _limit(value: Any) -> int | None:
+def _stored_limit(value: Any) -> int | None:
+    """A length limit as a config file stores it; None for "no limit" (absent, huge, or not a positive int)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT else None
 
 
@@ -142,18 +144,23 @@ class Tokenizer:
         token = self.special_tokens.get("pad_token")
         return self.eos_id if token is None else self.backend.token_to_id(token)
 
-    def _encodings(self, texts: Sequence[str], max_length: int | None, truncation: bool,
+    def _limit(self, max_length: int | None) -> int | None:
+        """The length limit of one call: ``max_length``, else the tokenizer's own; None = no limit."""
+        limit = self.max_length if max_length is None else max_length
+        if limit is not None:
+            check_int("max_length", limit)
+        return limit
+
+    def _encodings(self, texts: Sequence[str], limit: int | None, truncation: bool,
                    add_special_tokens: bool) -> list[tokenizers.Encoding]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             got = "a str" if isinstance(texts, str) else f"items of type {sorted({type(t).__name__ for t in texts})}"
             raise TypeError(f"texts must be a list of strings (wrap a single text as [text]), got {got}")
-        limit = max_length if max_length is not None else self.max_length
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-            raise ValueError(f"max_length must be a positive int or None, got {limit!r}")
+        # the backend's truncation leaves room for the special tokens ([SEP] / </s> survive); set on every call:
+        # ~0.1 us, cheaper than reading backend.truncation back to compare
         if truncation and limit is not None:
-            if self.backend.truncation is None or self.backend.truncation["max_length"] != limit:
-                self.backend.enable_truncation(limit)
-        elif self.backend.truncation is not None:
+            self.backend.enable_truncation(limit)
+        else:
             self.backend.no_truncation()
         return self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
 
@@ -180,14 +187,14 @@ class Tokenizer:
         side = self.padding_side if padding_side is None else padding_side
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
-        rows = [e.ids for e in self._encodings(texts, max_length, truncation, add_special_tokens)]
+        limit = self._limit(max_length)
+        rows = [e.ids for e in self._encodings(texts, limit, truncation, add_special_tokens)]
         width = max(map(len, rows), default=0)
         if padding == "max_length":
-            limit = max_length if max_length is not None else self.max_length
             if limit is None:
                 raise ValueError("padding='max_length' needs max_length: this tokenizer has no limit of its own")
             width = max(width, limit)
-        pad = self.pad_id if self.pad_id is not None else 0
+        pad = self.pad_id or 0  # 0 when the tokenizer has neither a pad nor an eos token
         filler = [[pad] * (width - len(r)) for r in rows]
         ids = [r + f if side == "right" else f + r for r, f in zip(rows, filler)]
         mask = [[1] * len(r) + [0] * len(f) if side == "right" else [0] * len(f) + [1] * len(r)
@@ -201,7 +208,7 @@ class Tokenizer:
         ``['[CLS]', 'hello', '##s', '[SEP]']``; GPT-2 writes a leading space as 'Ġ'): labels for attention maps."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._encodings([text], max_length, truncation, add_special_tokens)[0].tokens
+        return self._encodings([text], self._limit(max_length), truncation, add_special_tokens)[0].tokens
 
     def decode(self, ids: Tensor | Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """ids (N,) -> text, as ``transformers``' ``decode`` (special tokens kept unless skipped)."""
@@ -263,8 +270,8 @@ def load_tokenizer(directory: str | Path, *, model_type: str | None = None) -> T
         backend = _byte_level_bpe(vocab_json, merges, config, special)
     else:
         return None
-    model_max_length = _limit(config.get("model_max_length"))
-    max_length = _limit(read_json(directory / "sentence_bert_config.json").get("max_seq_length"))
+    model_max_length = _stored_limit(config.get("model_max_length"))
+    max_length = _stored_limit(read_json(directory / "sentence_bert_config.json").get("max_seq_length"))
     return Tokenizer(backend, special_tokens=special, config=config, max_length=max_length,
                      model_max_length=model_max_length)
 
