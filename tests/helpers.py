@@ -215,3 +215,22 @@ __all__ = [
     "kernel_context", "kernel_name", "magnitude", "max_abs_error", "naive_attention", "randn", "reference", "run",
     "small_tiles",
 ]
+
+
+def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float) -> tuple[float, float]:
+    """``steps`` Adam steps on ``loss_fn()``; returns (first loss, last loss). The last step's gradients
+    stay on the parameters, for ``parameters_without_gradient``."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = loss_fn()
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return first, loss.item()
+
+
+def parameters_without_gradient(model: torch.nn.Module) -> list[str]:
+    """Names of parameters whose last gradient is missing or all zero."""
+    return [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from attnkit.models.bert import BERT, BERTConfig, BERTOutput
 from attnkit.models.vit import ViT, ViTConfig, ViTOutput
-from helpers import assert_close
+from helpers import assert_close, fit
 
 KERNELS = ("dense", "sdpa", "tiled")
 MASK_ID = 3  # the [MASK] token of the toy masked-LM batch
@@ -150,13 +150,9 @@ def test_bert_mlm_overfits_a_tiny_batch(kernel):
     torch.manual_seed(0)
     model = BERT(BERTConfig.preset("tiny", mlm_head=True, dropout=0.0, kernel=kernel))
     inputs, labels = mlm_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = F.cross_entropy(model(inputs).mlm_logits.transpose(1, 2), labels)  # ignore_index=-100
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05, f"masked-LM loss after 60 Adam steps: {loss.item():.4f} (measured ~0.008)"
+    _, loss = fit(model, lambda: F.cross_entropy(model(inputs).mlm_logits.transpose(1, 2), labels),  # -100 ignored
+                  steps=60, lr=1e-2)
+    assert loss < 0.05, f"masked-LM loss after 60 Adam steps: {loss:.4f} (measured ~0.008)"
     predicted = model(inputs).mlm_logits.argmax(-1)
     assert torch.equal(predicted[labels != -100], labels[labels != -100])
 
@@ -234,13 +230,8 @@ def test_vit_overfits_a_tiny_batch(kernel):
     model = ViT(ViTConfig.preset("tiny", kernel=kernel))
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        loss = F.cross_entropy(model(images).logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05, f"loss after 60 Adam steps: {loss.item():.4f} (measured ~0.017)"
+    _, loss = fit(model, lambda: F.cross_entropy(model(images).logits, labels), steps=60, lr=3e-3)
+    assert loss < 0.05, f"loss after 60 Adam steps: {loss:.4f} (measured ~0.017)"
     assert torch.equal(model(images).logits.argmax(-1), labels)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from attnkit.models.han import HAN, HANConfig
 from attnkit.models.rnn import RNNSeq2Seq, RNNSeq2SeqConfig
+from helpers import fit
 
 OVERFIT_LOSS = 0.1  # cross-entropy a few dozen Adam steps must reach on a tiny batch, from ~log(classes)
 
@@ -36,15 +37,9 @@ def test_han_overfits_a_tiny_batch():
     torch.manual_seed(0)
     model = HAN(HANConfig.preset("tiny"))
     ids, labels = han_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = F.cross_entropy(model(ids).logits, labels).item()
+    first, loss = fit(model, lambda: F.cross_entropy(model(ids).logits, labels), steps=40, lr=1e-2)
     assert abs(first - math.log(4)) < 0.3
-    for _ in range(40):
-        loss = F.cross_entropy(model(ids).logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < OVERFIT_LOSS, f"loss {loss.item():.3f} after 40 steps (started at {first:.3f})"
+    assert loss < OVERFIT_LOSS, f"loss {loss:.3f} after 40 steps (started at {first:.3f})"
     assert torch.equal(model(ids).logits.argmax(-1), labels)
 
 
@@ -119,19 +114,10 @@ def test_rnn_seq2seq_overfits_and_greedy_decode_reproduces_targets():
     torch.manual_seed(0)
     model = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny"))
     src, tgt = seq2seq_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-
-    def loss_fn():
-        return F.cross_entropy(model(src, tgt).logits.transpose(1, 2), tgt, ignore_index=PAD)
-
-    first = loss_fn().item()
+    first, loss = fit(model, lambda: F.cross_entropy(model(src, tgt).logits.transpose(1, 2), tgt, ignore_index=PAD),
+                      steps=60, lr=2e-2)
     assert abs(first - math.log(16)) < 0.5
-    for _ in range(60):
-        loss = loss_fn()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < OVERFIT_LOSS, f"loss {loss.item():.3f} after 60 steps (started at {first:.3f})"
+    assert loss < OVERFIT_LOSS, f"loss {loss:.3f} after 60 steps (started at {first:.3f})"
     tokens, attention = model.eval().greedy_decode(src, max_len=10)
     assert torch.equal(tokens, tgt)  # stops after EOS (the longest target has 6 tokens), PAD after
     assert attention.shape == (4, 6, 5)

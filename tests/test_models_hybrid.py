@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attnkit.models.hybrid import HybridConfig, HybridLM, SSMLayer
+from helpers import fit, parameters_without_gradient
 
 
 def tiny(**overrides) -> HybridLM:
@@ -21,14 +22,21 @@ def test_layers_follow_the_pattern():
         HybridConfig.preset("tiny", pattern="MXA")
 
 
-def test_decoding_state_equals_full_forward():
+@pytest.mark.parametrize("prefill, chunk_size", [(4, None), (9, 4)], ids=["one-chunk", "across-chunks"])
+def test_decoding_state_equals_full_forward(prefill, chunk_size):
+    """Prefill, then one token at a time, equals the full forward; with chunk_size 4 the 9-token prefill
+    spans three scan chunks, so the state is carried across chunks."""
     model = tiny().double()
-    ids = torch.randint(0, 50, (2, 11))
+    if chunk_size is not None:
+        for layer in model.layers:
+            if isinstance(layer, SSMLayer):
+                layer.mixer.chunk_size = chunk_size
+    ids = torch.randint(0, 50, (2, 13))
     full = model(ids).logits
-    state = model.new_state(11)
+    state = model.new_state(13)
     with torch.no_grad():
-        parts = [model(ids[:, :4], state=state).logits]
-        parts += [model(ids[:, i:i + 1], state=state).logits for i in range(4, 11)]
+        parts = [model(ids[:, :prefill], state=state).logits]
+        parts += [model(ids[:, i:i + 1], state=state).logits for i in range(prefill, 13)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)
 
 
@@ -49,28 +57,12 @@ def test_overfits_a_tiny_batch(kernel):
     gradient."""
     model = tiny(kernel=kernel).train()
     data = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(40):
+
+    def loss_fn():
         logits = model(data[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), data[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        if step == 0:
-            silent = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-            assert not silent, f"parameters without gradient: {silent}"
-        opt.step()
-    assert loss.item() < 0.3
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 50), data[:, 1:].reshape(-1))
 
+    _, last = fit(model, loss_fn, steps=40, lr=1e-2)
+    assert last < 0.3
+    assert not parameters_without_gradient(model), parameters_without_gradient(model)
 
-def test_state_carries_across_scan_chunks():
-    model = tiny().double()
-    for layer in model.layers:
-        if isinstance(layer, SSMLayer):
-            layer.mixer.chunk_size = 4  # the 9-token prefill spans three chunks
-    ids = torch.randint(0, 50, (2, 13))
-    full = model(ids).logits
-    state = model.new_state(13)
-    with torch.no_grad():
-        parts = [model(ids[:, :9], state=state).logits]
-        parts += [model(ids[:, i:i + 1], state=state).logits for i in range(9, 13)]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)

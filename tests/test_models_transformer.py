@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from attnkit.models.transformer import (BeamSearchOutput, Transformer, TransformerConfig, TransformerOutput,
                                         gnmt_length_penalty)
-from helpers import assert_close
+from helpers import assert_close, fit
 
 KERNELS = ("dense", "sdpa", "tiled")
 PAD, BOS, EOS = 0, 1, 2
@@ -150,14 +150,9 @@ def test_overfits_a_reverse_task_and_decodes_it(kernel):
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", src_vocab_size=12, tgt_vocab_size=12, kernel=kernel))
     src, seq = reverse_task()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        logits = model(src, seq[:, :-1]).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.transpose(1, 2), seq[:, 1:], ignore_index=PAD)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05, f"loss after 60 Adam steps: {loss.item():.4f} (measured ~0.011)"
+    _, loss = fit(model, lambda: F.cross_entropy(model(src, seq[:, :-1]).logits.transpose(1, 2), seq[:, 1:],
+                                                 ignore_index=PAD), steps=60, lr=3e-3)
+    assert loss < 0.05, f"loss after 60 Adam steps: {loss:.4f} (measured ~0.011)"
     model.eval()
     for tokens in (model.greedy_decode(src, 8), model.beam_search(src, 8, beam_size=3).tokens):
         assert torch.equal(tokens, seq[:, :tokens.shape[1]]) and tokens.shape[1] == seq.shape[1]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attnkit.nn.moe import MoE, MoEStats, expert_capacity, load_balancing_loss, route
-from helpers import assert_close
+from helpers import assert_close, fit
 
 
 def reference_moe(moe: MoE, x: torch.Tensor, capacity: int | None = None) -> tuple[torch.Tensor, int]:
@@ -214,16 +214,13 @@ def test_learns_a_small_regression():
     moe = MoE(4, 16, 4, 2, capacity_factor=None, activation="relu")
     x = torch.randn(256, 4)
     target = torch.where(x[:, :1] > 0, x.roll(1, -1), -x)  # different maps in two halves of the space
-    opt = torch.optim.Adam(moe.parameters(), lr=1e-2)
-    first = None
-    for _ in range(150):
+
+    def loss_fn():
         y, aux = moe(x)
-        loss = F.mse_loss(y, target) + 0.01 * aux
-        first = loss.item() if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2 * first
+        return F.mse_loss(y, target) + 0.01 * aux
+
+    first, loss = fit(moe, loss_fn, steps=150, lr=1e-2)
+    assert loss < 0.2 * first
 
 
 @pytest.mark.parametrize("kwargs, exc, words", [

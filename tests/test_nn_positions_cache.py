@@ -64,8 +64,7 @@ def test_t5_buckets():
     uni = t5_bucket(rel, False, 32, 128)
     assert (uni[rel >= 0] == 0).all() and uni[rel == -5].item() == 5
     assert (uni[rel <= -128] == 31).all()
-    distances = -rel[rel <= 0]
-    assert (uni[rel <= 0].flip(0).diff() >= 0).all() and distances.numel() == 201  # monotone in distance
+    assert (uni[rel <= 0].flip(0).diff() >= 0).all()  # non-decreasing as the distance grows
 
 
 def test_position_ids_ignore_left_padding():
