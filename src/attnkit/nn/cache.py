@@ -44,7 +44,19 @@ def _check_new(cache: object, buffer: Tensor | None, k: Tensor, v: Tensor) -> No
                          f"{buffer.shape[3]} but got keys {tuple(k.shape)}; call reset() for a new batch")
 
 
-class _Buffered:
+class _Stored:
+    """What every cache holds: keys and values (None until the first update), batch first."""
+
+    k: Tensor | None
+    v: Tensor | None
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class _Buffered(_Stored):
     """Keys and values stored in order in preallocated buffers (B, Hkv, capacity, D)."""
 
     def __init__(self) -> None:
@@ -71,11 +83,6 @@ class _Buffered:
         self.length = end
         positions = torch.arange(end, device=k.device)
         return CacheView(self.k[:, :, :end], self.v[:, :, :end], positions, ordered=True)
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (beam search)."""
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
 class StaticCache(_Buffered):
@@ -110,7 +117,7 @@ class GrowingCache(_Buffered):
         return self._append(k, v)
 
 
-class RingCache:
+class RingCache(_Stored):
     """The ``size`` most recent tokens, for sliding-window attention whose left window is at most ``size``.
 
     ``update`` returns the ring's slots (in slot order, not stream order) followed by the new tokens, with
@@ -149,12 +156,8 @@ class RingCache:
         self.length += n
         return view
 
-    def reorder(self, index: Tensor) -> None:
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
-
-class ContextCache:
+class ContextCache(_Stored):
     """A cross-attention layer's keys and values for one source, projected once and reused every step."""
 
     def __init__(self) -> None:
@@ -170,10 +173,6 @@ class ContextCache:
 
     def reset(self) -> None:
         self.k = self.v = None
-
-    def reorder(self, index: Tensor) -> None:
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
 KVCache = StaticCache | GrowingCache | RingCache
