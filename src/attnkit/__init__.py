@@ -14,11 +14,12 @@ from .functional import (AttentionRequest, Capabilities, Kernel, additive_attent
 from . import models, nn  # noqa: E402  (after functional: they build on it)
 from . import hub  # noqa: E402  (checkpoints: above models)
 from .embeddings import embed  # noqa: E402
+from . import inspect  # noqa: E402  (maps and explain: above models and hub)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attention", "attention_weights", "kernels", "register_kernel", "get_kernel", "auto_order", "masks", "bias",
     "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
-    "nn", "models", "hub", "embed",
+    "nn", "models", "hub", "embed", "inspect",
 ]

@@ -202,13 +202,20 @@ class Tokenizer:
         return (torch.tensor(ids, dtype=torch.long).reshape(len(rows), width),
                 torch.tensor(mask, dtype=torch.long).reshape(len(rows), width))
 
+    def encoding(self, text: str, *, max_length: int | None = None, truncation: bool = True,
+                 add_special_tokens: bool = True) -> tokenizers.Encoding:
+        """The ``tokenizers.Encoding`` of one text, as ``encode`` would tokenize it: ``.ids``, ``.tokens``,
+        ``.offsets`` (character span of each token in ``text``; (0, 0) for special tokens), ``.word_ids``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._encodings([text], self._limit(max_length), truncation, add_special_tokens)[0]
+
     def tokens(self, text: str, *, max_length: int | None = None, truncation: bool = True,
                add_special_tokens: bool = True) -> list[str]:
         """The vocabulary string of each token of ``text`` (as ``encode`` would produce them, e.g.
         ``['[CLS]', 'hello', '##s', '[SEP]']``; GPT-2 writes a leading space as 'Ġ'): labels for attention maps."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._encodings([text], self._limit(max_length), truncation, add_special_tokens)[0].tokens
+        return self.encoding(text, max_length=max_length, truncation=truncation,
+                             add_special_tokens=add_special_tokens).tokens
 
     def decode(self, ids: Tensor | Sequence[int], *, skip_special_tokens: bool = False) -> str:
         """ids (N,) -> text, as ``transformers``' ``decode`` (special tokens kept unless skipped)."""

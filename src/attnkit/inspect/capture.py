@@ -1,0 +1,118 @@
+"""Record attention probabilities through ``MultiHeadAttention``'s hook point, for any model and any kernel.
+
+The hook hands over q, k and the attention options (an ``AttentionCall``), never a weights tensor: kernels
+such as ``tiled`` and ``sdpa`` never build one. The recorder recomputes exactly the layers and heads that
+were asked for, with the reference kernel, so a long forward builds no N x N map nobody requested.
+
+    >>> with capture(model, layers=[0, 5], heads=[3]) as rec:
+    ...     model(ids, attention_mask)
+    >>> rec.maps[5].shape          # (B, 1, N, N); rec.maps[1] is None
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.checks import check_int
+from ..nn.attention import AttentionCall, MultiHeadAttention
+
+Reduce = Callable[[int, Tensor], Any]
+
+
+def attention_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    """Every ``MultiHeadAttention`` of ``model`` with its name, in ``named_modules()`` order.
+
+    This order numbers the layers for ``capture``, ``head_importance`` and ``prune_heads``; in every
+    attnkit model it is the forward order (an encoder-decoder: encoder layers, then each decoder layer's
+    self- and cross-attention).
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no attnkit MultiHeadAttention layer to inspect")
+    return found
+
+
+def _indices(name: str, values: Sequence[int] | None, limit: int, what: str) -> list[int] | None:
+    """Validated, sorted, distinct indices in [0, limit); None stays None (= all)."""
+    if values is None:
+        return None
+    if isinstance(values, int):
+        values = [values]
+    for v in values:
+        check_int(name, v, minimum=0)
+        if v >= limit:
+            raise ValueError(f"{name} {v} is out of range: the model has {limit} {what} (0..{limit - 1})")
+    if not values:
+        raise ValueError(f"{name} is empty; pass None for all {what}")
+    return sorted(set(values))
+
+
+class Capture:
+    """The maps one ``capture`` context recorded.
+
+    Attributes:
+        names: each attention layer's module name, in layer order.
+        maps: one entry per attention layer: the probabilities (B, h, Nq, Nk) of its latest call, where h
+            counts the requested heads (``heads``, in ascending order; all by default); ``reduce(layer, map)``
+            instead when a ``reduce`` was given; None for layers not requested or not called.
+        calls: how many times each layer ran inside the context (generation runs each layer once per step;
+            ``maps`` keeps the latest).
+        heads: the recorded head indices per layer (None = all of that layer's heads).
+    """
+
+    def __init__(self, names: list[str], layers: list[int] | None, heads: list[int] | None,
+                 reduce: Reduce | None):
+        self.names = names
+        self.layers = set(range(len(names))) if layers is None else set(layers)
+        self.heads = [heads if i in self.layers else None for i in range(len(names))]
+        self.maps: list[Any] = [None] * len(names)
+        self.calls = [0] * len(names)
+        self._reduce = reduce
+
+    def _recorder(self, layer: int) -> Callable[[MultiHeadAttention, AttentionCall], None]:
+        def record(module: MultiHeadAttention, call: AttentionCall) -> None:
+            self.calls[layer] += 1
+            if layer in self.layers:
+                with torch.no_grad():
+                    probs = call.weights(self.heads[layer])  # the training-mode maps are before dropout
+                self.maps[layer] = probs if self._reduce is None else self._reduce(layer, probs)
+        return record
+
+    def __repr__(self) -> str:
+        shapes = [None if m is None else tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                  for m in self.maps]
+        return f"Capture({len(self.names)} layers, maps={shapes})"
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Sequence[int] | int | None = None, heads: Sequence[int] | int | None = None,
+            *, reduce: Reduce | None = None) -> Iterator[Capture]:
+    """Record the attention probabilities of ``model``'s forward passes inside the ``with`` block.
+
+    Args:
+        model: any module built from ``attnkit.nn.MultiHeadAttention`` (every attnkit model); any kernel.
+        layers: attention-layer indices to record (see :func:`attention_layers`); None = all.
+        heads: head indices to record in each requested layer; None = all. Only these are computed.
+        reduce: ``reduce(layer, probs) -> anything`` applied to each map as it is recorded, to keep less
+            than (B, h, N, N) per layer (e.g. one query's row, or a pooled map); ``maps`` holds its results.
+
+    Yields:
+        A :class:`Capture`; its ``maps`` are filled as the model runs. The hooks are removed on exit,
+        also when the block raises.
+    """
+    found = attention_layers(model)
+    layers = _indices("layer", layers, len(found), "attention layers")
+    smallest = min(m.num_heads for i, (_, m) in enumerate(found) if layers is None or i in layers)
+    heads = _indices("head", heads, smallest, "heads in the requested layers")
+    record = Capture([name for name, _ in found], layers, heads, reduce)
+    handles = [m.attach(record._recorder(i)) for i, (_, m) in enumerate(found)]
+    try:
+        yield record
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,148 @@
+"""Paper-ready figures of an :class:`~attnkit.inspect.Explanation` with matplotlib: PNG and SVG (text kept as
+text in the SVG, so labels stay editable), written without a display.
+
+    >>> write_figures(explain("The animal didn't cross the street because it was too tired"), "out/")
+    [PosixPath('out/head_L5_H11.png'), PosixPath('out/head_L5_H11.svg'), PosixPath('out/layers_mean.png'), ...]
+
+matplotlib is an optional dependency (``pip install "attnkit[viz]"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import Tensor
+
+from .explanation import Explanation
+
+FORMATS = ("png", "svg")
+MAX_LABELS = 60  # more token labels than this on an axis are thinned out
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError('figures need matplotlib: pip install "attnkit[viz]" (or matplotlib)') from error
+    matplotlib.use("Agg", force=False)  # no display needed; leaves an interactive backend a user chose
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it only when the block succeeds: a failed write leaves
+    any previous file untouched and no partial file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the file gets the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _ticks(ax, labels: Sequence[str], *, x: bool = True, y: bool = True) -> None:
+    step = max(1, math.ceil(len(labels) / MAX_LABELS))
+    positions = list(range(0, len(labels), step))
+    shown = [labels[i] for i in positions]
+    size = 8 if len(positions) <= 30 else 6
+    ax.set_xticks(positions if x else [])
+    ax.set_yticks(positions if y else [])
+    if x:
+        ax.set_xticklabels(shown, rotation=90, fontsize=size, parse_math=False)
+    if y:
+        ax.set_yticklabels(shown, fontsize=size, parse_math=False)
+
+
+def _heatmap(ax, matrix: Tensor, labels: Sequence[str], title: str, *, x: bool = True, y: bool = True):
+    image = ax.imshow(matrix.numpy(), cmap="viridis", vmin=0.0, interpolation="nearest", aspect="equal")
+    ax.set_title(title, fontsize=9, parse_math=False)
+    _ticks(ax, labels, x=x, y=y)
+    return image
+
+
+def _save(plt, fig, stem: Path, formats: Sequence[str]) -> list[Path]:
+    written = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight", metadata=_metadata(fmt))
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _metadata(fmt: str) -> dict:
+    """No creation date: the same explanation writes the same files."""
+    return {"Date": None} if fmt == "svg" else {}
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The figure formats as a list; ValueError unless a non-empty subset of png, svg, pdf."""
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    if not formats or sorted(set(formats) - {"png", "svg", "pdf"}):
+        raise ValueError(f"formats must be a non-empty subset of png, svg, pdf; got {formats}")
+    return formats
+
+
+def write_figures(e: Explanation, directory: str | os.PathLike[str], formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write three figures into ``directory``, each in every format of ``formats`` ("png", "svg", "pdf"):
+
+    - ``head_L{layer}_H{head}``: the detail map (``e.layer``, ``e.head``) with token labels;
+    - ``layers_mean``: every layer's head-averaged map, side by side;
+    - ``rollout``: the rollout map, and the focus token's rollout row as bars.
+
+    Returns the written paths. Each file is written atomically.
+    """
+    formats = check_formats(formats)
+    plt = _pyplot()
+    directory = Path(directory)
+    labels = e.bin_labels()
+    title = f"{e.model_name}"
+    written: list[Path] = []
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "attnkit", "font.size": 8}):
+        size = min(12.0, 3.0 + 0.22 * len(labels))
+        fig, ax = plt.subplots(figsize=(size + 1.2, size))
+        image = _heatmap(ax, e.maps[e.layer, e.head], labels, f"{title}: layer {e.layer}, head {e.head}")
+        ax.set_xlabel("key (attended to)")
+        ax.set_ylabel("query (attending)")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        written += _save(plt, fig, directory / f"head_L{e.layer}_H{e.head}", formats)
+
+        columns = min(e.num_layers, 4)
+        rows = math.ceil(e.num_layers / columns)
+        cell = min(4.0, 1.5 + 0.12 * len(labels))
+        fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, cell * rows), squeeze=False)
+        for layer, ax in enumerate(axes.flat):
+            if layer >= e.num_layers:
+                ax.axis("off")
+                continue
+            _heatmap(ax, e.maps[layer].mean(0), labels, f"layer {layer} (mean of {e.num_heads} heads)",
+                     x=layer + columns >= e.num_layers, y=layer % columns == 0)
+        fig.suptitle(f"{title}: head-averaged attention per layer", fontsize=10)
+        written += _save(plt, fig, directory / "layers_mean", formats)
+
+        fig, (ax_map, ax_bar) = plt.subplots(1, 2, figsize=(2 * size + 1, size),
+                                             gridspec_kw={"width_ratios": [1, 0.6]})
+        _heatmap(ax_map, e.rollout, labels, f"{title}: attention rollout (Abnar & Zuidema 2020)")
+        order = list(range(len(e.tokens)))[::-1] if len(e.tokens) <= MAX_LABELS else \
+            e.rollout_row.topk(MAX_LABELS).indices.flip(0).tolist()
+        ax_bar.barh(range(len(order)), e.rollout_row[order].numpy(), color="#3b6fb6")
+        ax_bar.set_yticks(range(len(order)))
+        ax_bar.set_yticklabels([e.tokens[i] for i in order], fontsize=7, parse_math=False)
+        ax_bar.set_title(f"rollout of {e.tokens[e.focus]!r} (token {e.focus})", fontsize=9, parse_math=False)
+        ax_bar.set_xlabel("share of the final representation")
+        written += _save(plt, fig, directory / "rollout", formats)
+    return written
