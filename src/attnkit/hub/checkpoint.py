@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..functional.registry import Kernel
 from ..models.base import Model
+from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, architecture_for, architecture_of
 from .files import CheckpointError, read_config, read_weights, write_checkpoint
 from .resolve import resolve
@@ -142,6 +143,12 @@ def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer |
         >>> save(attnkit.models.BERT(attnkit.models.BERTConfig.preset("tiny")), "/tmp/tiny-bert")
     """
     arch = architecture_of(model)
+    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)}
+                    - {model.config.num_heads})
+    if pruned:
+        raise ValueError(f"this model has pruned attention heads (layers with {pruned} heads, config says "
+                         f"{model.config.num_heads}), which the Hugging Face layout cannot express here; "
+                         f"save it with torch.save(model, path)")
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
         raise TypeError(f"tokenizer must be an attnkit.hub.Tokenizer or None, got {type(tokenizer).__name__}")
     hf_config = arch.config_to_hf(model.config)
