@@ -118,13 +118,14 @@ def random_accuracies(model: GPT, every_head: list[tuple[int, int]], heads_per_l
     return accuracies
 
 
-def main(steps: int = 800, batch_size: int = 64, random_seeds: int = 5, seed: int = 0) -> None:
+def main(steps: int = 800, batch_size: int = 64, random_seeds: int = 5, seed: int = 0,
+         test_size: int = 4000) -> None:
     start = time.perf_counter()
     task = Task()
     print(f"[1/4] training a 2-layer GPT with 8 heads per layer on key-value retrieval ({steps} Adam steps)",
           flush=True)
     model = train(task, steps, batch_size, seed)
-    test = task.batch(4000, torch.Generator().manual_seed(seed + 1))
+    test = task.batch(test_size, torch.Generator().manual_seed(seed + 1))
     validation = [task.batch(256, torch.Generator().manual_seed(seed + 2 + i)) for i in range(8)]
     print(f"[2/4] held-out accuracy {accuracy(model, test):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
 

@@ -386,3 +386,21 @@ def test_head_importance_bad_input(case):
         head_importance(model, batches, loss_fn)
     with pytest.raises(ValueError, match="Linear has no attnkit MultiHeadAttention"):
         head_importance(nn.Linear(2, 2), [torch.zeros(2)], lambda m, b: m(b).sum())
+
+
+def test_the_pruning_example_runs(capsys, monkeypatch):
+    """examples/prune_heads.py end to end on a short schedule (its full run: ~1 minute, see the README)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "prune_heads.py"
+    spec = importlib.util.spec_from_file_location("prune_heads_example", path)
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # its dataclasses look their module up
+    spec.loader.exec_module(example)
+    example.main(steps=10, batch_size=8, random_seeds=1, test_size=100)
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "acc (importance)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2].strip().isdigit() and "," in line]
+    assert [int(r[0]) for r in rows] == list(range(0, 15, 2))  # 16 heads, at least one kept per layer
