@@ -1,13 +1,15 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
-#   make demo   - create .venv, install attnkit, print the kernel table and run a tiny demo
-#   make test   - create .venv, install attnkit with its test extras, run the test suite
+#   make explain - create .venv, install attnkit, and run `attnkit explain` on the bundled pretrained model
+#   make test    - create .venv, install attnkit with its test extras (and Debian's chromium for the
+#                  HTML view's browser tests, when missing and installable), run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
+SENTENCE ?= The animal didn't cross the street because it was too tired
 
-.PHONY: demo test test-all bench clean
+.PHONY: explain demo test test-all browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,21 +17,30 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[viz,test]"
 	touch $(STAMP)
+
+explain: $(STAMP)
+	$(BIN)/attnkit explain "$(SENTENCE)"
 
 demo: $(STAMP)
 	$(BIN)/attnkit kernels
 	$(BIN)/attnkit demo
 
-test: $(STAMP)
+# the browser tests drive Debian's chromium package; without it (and without root to install it) they skip
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }) ; } || \
+	  echo "note: chromium is not installed (apt-get install -y chromium); the browser tests will skip"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2 -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2 -q --runslow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis attnkit-explain

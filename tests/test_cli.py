@@ -67,3 +67,41 @@ def test_generate_refuses_an_encoder_and_a_missing_directory(capsys, tmp_path):
     assert "must be a decoder checkpoint" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "none"), "hi"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_explain_prints_the_table_and_writes_the_views(tmp_path, capsys):
+    out = tmp_path / "views"
+    assert main(["explain", "--out", str(out)]) == 0  # the seed sentence on the bundled MiniLM
+    printed = capsys.readouterr().out
+    e = attnkit.inspect.explain("The animal didn't cross the street because it was too tired")
+    assert "focus: 'it' (token 10)" in printed and "Rollout" in printed
+    for layer in range(e.num_layers):
+        best = int(e.focus_rows[layer].mean(0).argmax())
+        assert f"\n{layer}      {e.tokens[best]} {float(e.focus_rows[layer].mean(0)[best]):.2f}" in printed
+    stem = f"head_L{e.layer}_H{e.head}"
+    names = {"attention.html", *(f"{s}.{x}" for s in (stem, "layers_mean", "rollout") for x in ("png", "svg"))}
+    assert {p.name for p in out.iterdir()} == names  # and no temporary file left behind
+    assert (out / "rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = (out / f"{stem}.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and ">animal<" in svg  # labels stay text in the SVG
+    assert f"wrote {out / 'attention.html'}" in printed
+
+
+def test_explain_a_decoder_checkpoint_without_files(gpt_dir, tmp_path, capsys):
+    out = tmp_path / "none"
+    assert main(["explain", "--model", str(gpt_dir), "--focus", "mat", "--formats", "", "--no-html",
+                 "--out", str(out), "The cat sat on the mat."]) == 0
+    printed = capsys.readouterr().out
+    assert "decoder (causal)" in printed and "focus: 'mat'" in printed
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--focus", "zebra"], "focus word 'zebra' is not in the text"),
+    (["--layer", "9"], "layer 9 is out of range"),
+    (["--formats", "gif"], "formats must be a non-empty subset of png, svg, pdf"),
+    (["--max-tokens", "1"], "max_tokens must be an int >= 2"),
+])
+def test_explain_bad_options_fail_clearly(argv, message, tmp_path, capsys):
+    assert main(["explain", "--out", str(tmp_path), "--no-html", *argv]) == 2
+    assert message in capsys.readouterr().err

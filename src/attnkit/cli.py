@@ -11,12 +11,8 @@ import torch
 from . import __version__
 from . import functional as F
 from .functional import masks
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+from .text import format_table
+from .inspect.explanation import SEED_SENTENCE
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
@@ -27,7 +23,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         return 1
     fields = list(ks[0].capabilities.as_row())
     rows = [[k.name, *k.capabilities.as_row().values()] for k in ks]
-    print(_table(rows, ["kernel", *fields]))
+    print(format_table(rows, ["kernel", *fields]))
     print()
     for k in ks:
         print(f"{k.name:>6}: {k.description}")
@@ -57,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rows.append([kernel, "refused", str(err).splitlines()[0][:60]])
             continue
         rows.append([kernel, f"{ms:.1f} ms (first call)", f"{(out.double() - ref).abs().max().item():.2e}"])
-    print(_table(rows, ["kernel", "time", "max |out - float64 reference|"]))
+    print(format_table(rows, ["kernel", "time", "max |out - float64 reference|"]))
     print("\nfor speed, see `make bench` (medians after warm-up, ratios against SDPA in one run)")
     return 0
 
@@ -72,7 +68,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     rows = [[e.model, e.preset, _millions(e.num_parameters),
              ", ".join(f"{k}={v}" for k, v in e.assumed.items())] for e in catalog()]
-    print(_table(rows, ["model", "preset", "parameters", "counted with"]))
+    print(format_table(rows, ["model", "preset", "parameters", "counted with"]))
     print("\nbuild one: attnkit.models.GPT(attnkit.models.GPTConfig.preset('nano', num_layers=2)); "
           "'counted with' fills fields a preset leaves to your data")
     return 0
@@ -107,7 +103,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"{label} {sentence[:70]}{'...' if len(sentence) > 70 else ''}")
     rows = [[label, *(f"{c:.3f}" for c in row.tolist())] for label, row in zip(labels, cosine)]
     print(f"\ncosine similarity ({vectors.shape[1]}-dim embeddings, {args.model or DEFAULT_MODEL}):")
-    print(_table(rows, ["", *labels]))
+    print(format_table(rows, ["", *labels]))
     return 0
 
 
@@ -135,6 +131,36 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(text[len(shown):], end="", flush=True)  # byte-level BPE: print only what decodes so far
         shown = text
     print()
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """What a model attends to: a terminal table, a self-contained HTML view, PNG/SVG figures."""
+    from pathlib import Path
+
+    from .inspect import explain
+    from .inspect.figures import check_formats, write_figures
+    from .inspect.html import write_html
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if formats:
+        check_formats(formats)  # before the model runs
+    focus = args.focus_index if args.focus_index is not None else args.focus
+    e = explain(args.text, args.model, focus=focus, layer=args.layer, head=args.head, kernel=args.kernel,
+                max_tokens=args.max_tokens)
+    print(e.summary(top=args.top))
+    written: list[Path] = []
+    out = Path(args.out)
+    if not args.no_html:
+        written.append(write_html(e, out / "attention.html"))
+    if formats:
+        try:
+            written += write_figures(e, out, formats)
+        except ImportError as error:  # matplotlib is optional: the table and the HTML still stand
+            print(f"\nfigures skipped: {error}", file=sys.stderr)
+    if written:
+        print(f"\ndetail map: layer {e.layer}, head {e.head} (--layer / --head to choose)")
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -166,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("explain", help="what a model attends to: table, interactive HTML, PNG/SVG figures",
+                       description="Run a text through a pretrained model (attnkit's own implementation) and show "
+                                   "what one token attends to: per layer, per head, and through all layers "
+                                   "(rollout). Writes DIR/attention.html (self-contained, works offline) and "
+                                   "PNG/SVG figures.")
+    p.add_argument("text", nargs="?", default=SEED_SENTENCE, help=f"the text (default: {SEED_SENTENCE!r})")
+    p.add_argument("--model", help="checkpoint name or directory: a BERT-family encoder or a GPT-2 decoder "
+                                   "(default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--focus", help="the word to explain (default: the last pronoun, else the last content word)")
+    p.add_argument("--focus-index", type=int, help="the token index to explain (instead of --focus)")
+    p.add_argument("--layer", type=int, help="layer of the detail map, from 0 (default: chosen from the data)")
+    p.add_argument("--head", type=int, help="head of the detail map, from 0 (default: chosen from the data)")
+    p.add_argument("--out", default="attnkit-explain", help="output directory (default ./attnkit-explain)")
+    p.add_argument("--formats", default="png,svg", help="figure formats, comma-separated: png, svg, pdf; "
+                                                        "empty = no figures (default png,svg)")
+    p.add_argument("--no-html", action="store_true", help="do not write attention.html")
+    p.add_argument("--kernel", help="attention kernel for the forward (dense, sdpa, tiled; default auto)")
+    p.add_argument("--max-tokens", type=int, default=128,
+                   help="longer texts are shown pooled into this many token ranges (default 128)")
+    p.add_argument("--top", type=int, default=3, help="most-attended tokens per layer in the table (default 3)")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
