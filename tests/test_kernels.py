@@ -93,6 +93,7 @@ CASES = [
     Case("causal-square", options=lambda c: {"causal": True}),
     Case("causal-bottom-right", Nq=13, Nk=45, options=lambda c: {"causal": True}),
     Case("causal-more-queries-than-keys", Nq=20, Nk=8, options=lambda c: {"causal": True}),
+    Case("causal-one-query", Nq=1, Nk=45, options=lambda c: {"causal": True}),  # a decoding step
     Case("window", Nq=45, Nk=45, options=lambda c: {"window": (6, 3)}),
     Case("window-causal-offset", Nq=17, Nk=45, options=lambda c: {"window": (5, None), "causal": True}),
     Case("padding-q-lengths", Nq=37, Nk=45, options=lambda c: {"mask": masks.padding([30, 45], q_lengths=[37, 20])}),

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..functional.masks import Mask
 from ..nn.layers import EncoderLayer
+from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
 from .base import Config, Model, check_ids, init_weights, require_dropout, require_positive, require_token_ids
 
@@ -93,9 +94,9 @@ class MaskedLMHead(nn.Module):
     def __init__(self, word_embeddings: nn.Embedding, eps: float):
         super().__init__()
         vocab_size, dim = word_embeddings.weight.shape
-        self.dense = nn.Linear(dim, dim)
+        self.dense = Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
-        self.decoder = nn.Linear(dim, vocab_size)
+        self.decoder = Linear(dim, vocab_size)
         self.decoder.weight = word_embeddings.weight
 
     def forward(self, x: Tensor) -> Tensor:
@@ -128,7 +129,7 @@ class BERT(Model):
         self.layers = nn.ModuleList(
             EncoderLayer(c.dim, c.num_heads, c.hidden, activation="gelu", norm_first=False, eps=c.norm_eps,
                          dropout=c.dropout, attn_dropout=c.dropout, kernel=c.kernel) for _ in range(c.num_layers))
-        self.pooler = nn.Linear(c.dim, c.dim)
+        self.pooler = Linear(c.dim, c.dim)
         self.mlm_head = MaskedLMHead(self.word_embeddings, c.norm_eps) if c.mlm_head else None
         self.apply(init_weights)  # BERT's: N(0, 0.02) weights, zero biases, unit LayerNorms
         with torch.no_grad():

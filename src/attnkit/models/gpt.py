@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..functional.checks import check_int
 from ..nn.cache import CacheKind, KVCache, make_cache
 from ..nn.layers import Activation, EncoderLayer
+from ..nn.linear import Linear
 from ..nn.moe import MoE
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import (
@@ -109,7 +110,7 @@ class GPT(Model):
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(self._layer(i, head_dim) for i in range(c.num_layers))
         self.final_norm = make_norm(c.norm, c.dim, c.norm_eps)
-        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.head = Linear(c.dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.head.weight = self.token_embedding.weight
         self.apply(init_weights)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..functional.checks import check_int
 from ..nn.cache import StaticCache
 from ..nn.layers import Activation, EncoderLayer, FeedForward
+from ..nn.linear import Linear
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import RotaryEmbedding, default_position_ids
 from ..nn.ssm import SelectiveSSM, SSMState
@@ -107,7 +108,7 @@ class HybridLM(Model):
             if kind == "A" else SSMLayer(c.dim, hidden, c.state_dim, c.expand, c.activation, c.norm, c.norm_eps)
             for kind in c.pattern)
         self.final_norm = make_norm(c.norm, c.dim, c.norm_eps)
-        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.head = Linear(c.dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.head.weight = self.token_embedding.weight
         mamba = {id(m) for layer in self.layers if isinstance(layer, SSMLayer) for m in layer.mixer.modules()}

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..functional.checks import check_int
 from ..nn.cache import ContextCache, StaticCache
+from ..nn.linear import Linear
 from ..nn.layers import DecoderLayer, EncoderLayer
 from ..nn.positions import SinusoidalPositions, default_position_ids
 from .base import Config, Model, check_ids, require_dropout, require_positive, require_token_ids
@@ -245,7 +246,7 @@ class Transformer(Model):
         # a pre-norm stack leaves its residual stream unnormalized: one LayerNorm closes each stack
         self.encoder_norm = nn.LayerNorm(c.dim) if c.norm_first else nn.Identity()
         self.decoder_norm = nn.LayerNorm(c.dim) if c.norm_first else nn.Identity()
-        self.output = nn.Linear(c.dim, c.tgt_vocab_size, bias=False)
+        self.output = Linear(c.dim, c.tgt_vocab_size, bias=False)
         self.apply(_init_weights)
         if c.share_embeddings:
             self.output.weight = self.tgt_embedding.weight

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.layers import EncoderLayer
+from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
 from .base import Config, Model, init_weights, require_dropout, require_positive
 
@@ -94,7 +95,7 @@ class ViT(Model):
             EncoderLayer(c.dim, c.num_heads, c.hidden, activation="gelu", norm_first=True, eps=c.norm_eps,
                          dropout=c.dropout, attn_dropout=c.dropout, kernel=c.kernel) for _ in range(c.num_layers))
         self.final_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.head = nn.Linear(c.dim, c.num_classes)
+        self.head = Linear(c.dim, c.num_classes)
         self.apply(init_weights)
         nn.init.normal_(self.cls_token, std=0.02)
 

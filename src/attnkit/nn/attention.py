@@ -23,6 +23,7 @@ from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel
 from .cache import CacheView, ContextCache, KVCache, RingCache
+from .linear import Linear
 from .norms import RMSNorm
 from .positions import RelativePositions, default_position_ids
 
@@ -111,10 +112,10 @@ class MultiHeadAttention(nn.Module):
         self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
         self.dropout, self.kernel, self.cross_attention = dropout, kernel, cross_attention
         self.scale, self.softcap = scale, softcap
-        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(context_dim, num_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(context_dim, num_kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(num_heads * head_dim, dim, bias=bias)
+        self.q_proj = Linear(dim, num_heads * head_dim, bias=bias)
+        self.k_proj = Linear(context_dim, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = Linear(context_dim, num_kv_heads * head_dim, bias=bias)
+        self.out_proj = Linear(num_heads * head_dim, dim, bias=bias)
         self.q_norm = RMSNorm(head_dim) if qk_norm else None
         self.k_norm = RMSNorm(head_dim) if qk_norm else None
         self.positions = positions

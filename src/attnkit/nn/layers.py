@@ -12,6 +12,7 @@ from ..functional.registry import Kernel
 from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
+from .linear import Linear
 from .norms import NormKind, make_norm
 from .positions import RelativePositions
 
@@ -31,9 +32,9 @@ class FeedForward(nn.Module):
         super().__init__()
         check_activation(activation)
         self.activation = activation
-        self.up = nn.Linear(dim, hidden, bias=bias)
-        self.gate = nn.Linear(dim, hidden, bias=bias) if activation in GATED else None
-        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.up = Linear(dim, hidden, bias=bias)
+        self.gate = Linear(dim, hidden, bias=bias) if activation in GATED else None
+        self.down = Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional.checks import check_int
+from .linear import Linear
 
 _DT_MIN, _DT_MAX, _DT_FLOOR = 1e-3, 1e-1, 1e-4  # Mamba's Δ initialisation range (dt_min, dt_max, dt_init_floor)
 
@@ -195,14 +196,14 @@ class SelectiveSSM(nn.Module):
         self.dim, self.state_dim, self.inner = dim, state_dim, expand * dim
         self.conv_kernel, self.dt_rank, self.chunk_size = conv_kernel, dt_rank, chunk_size
         inner = self.inner
-        self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
+        self.in_proj = Linear(dim, 2 * inner, bias=False)
         # No padding here: the causal left context comes from the state (zeros at the start of a sequence).
         self.conv = nn.Conv1d(inner, inner, conv_kernel, groups=inner, bias=True)
-        self.x_proj = nn.Linear(inner, dt_rank + 2 * state_dim, bias=False)
-        self.dt_proj = nn.Linear(dt_rank, inner, bias=True)
+        self.x_proj = Linear(inner, dt_rank + 2 * state_dim, bias=False)
+        self.dt_proj = Linear(dt_rank, inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(inner, state_dim))  # A = -exp(A_log): (inner, S)
         self.D = nn.Parameter(torch.empty(inner))  # skip connection around the scan
-        self.out_proj = nn.Linear(inner, dim, bias=False)
+        self.out_proj = Linear(inner, dim, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
