@@ -42,6 +42,15 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def matmul_gflop(config, lengths: list[int]) -> float:
+    """Matmul work of encoding the sentences unpadded: per token and layer, the four projections
+    (4 d^2) and the feed-forward (2 d h) multiply-adds, plus attention's 2 n d per token of an n-token
+    sentence; 2 FLOP per multiply-add."""
+    d, h, layers = config.dim, config.hidden, config.num_layers
+    attention = sum(2 * n * n * d for n in lengths)
+    return 2 * layers * (sum(lengths) * (4 * d * d + 2 * d * h) + attention) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -61,6 +70,11 @@ def main() -> None:
           f"{sentence_transformers.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{len(texts)} sentences of 5-60 words, float32, all-MiniLM-L6-v2; {args.rounds} interleaved rounds")
+    _, tokenizer = ours
+    lengths = [len(t) for t in attnkit.embeddings._token_lists(tokenizer, texts)]
+    gflop = matmul_gflop(ours[0].config, lengths)
+    print(f"{sum(lengths)} tokens without padding: {gflop:.0f} GFLOP of matmuls (projections, feed-forward, attention)")
+    bf16 = hub.load(directory, dtype=torch.bfloat16)
     probe = Probe(0.5, 60.0, 600.0)
     for batch_size in args.batch_sizes:
         def run_ours():
@@ -70,20 +84,30 @@ def main() -> None:
             return reference.encode(texts, batch_size=batch_size, convert_to_tensor=True,
                                     normalize_embeddings=True)
 
-        cosine = (run_ours() * run_reference()).sum(-1).min().item()  # also the warm-up
-        ratios, ours_s, ref_s, probes = [], [], [], []
+        def run_bf16():
+            return attnkit.embed(texts, bf16, batch_size=batch_size)
+
+        float32 = run_ours()
+        cosine = (float32 * run_reference()).sum(-1).min().item()  # also the warm-up
+        cosine_bf16 = (run_bf16().float() * float32).sum(-1).min().item()
+        ratios, ours_s, ref_s, bf16_s, probes = [], [], [], [], []
         for _ in range(args.rounds):
             gflops, _, _ = probe.gate()
             probes.append(gflops)
-            a, b = timed(run_ours), timed(run_reference)
+            a, b, c = timed(run_ours), timed(run_reference), timed(run_bf16)
             ours_s.append(a)
             ref_s.append(b)
+            bf16_s.append(c)
             ratios.append(b / a)
-        n = len(texts)
+        n, rate = len(texts), statistics.median(probes)
         print(f"batch {batch_size}: attnkit {n / statistics.median(ours_s):.0f} sentences/s, "
               f"sentence-transformers {n / statistics.median(ref_s):.0f} sentences/s, "
               f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}), "
-              f"min cosine {cosine:.7f}, probe {statistics.median(probes):.0f} GFLOP/s")
+              f"min cosine {cosine:.7f}; probe {rate:.0f} GFLOP/s: sentence-transformers runs its matmuls at "
+              f"{gflop / statistics.median(ref_s):.0f} GFLOP/s, attnkit at {gflop / statistics.median(ours_s):.0f}")
+        print(f"  bfloat16 (attnkit, separate): {n / statistics.median(bf16_s):.0f} sentences/s, "
+              f"{statistics.median(ref_s) / statistics.median(bf16_s):.2f}x sentence-transformers float32, "
+              f"min cosine to attnkit float32 {cosine_bf16:.5f}")
 
 
 if __name__ == "__main__":
