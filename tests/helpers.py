@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -234,3 +235,11 @@ def fit(model: torch.nn.Module, loss_fn, *, steps: int, lr: float) -> tuple[floa
 def parameters_without_gradient(model: torch.nn.Module) -> list[str]:
     """Names of parameters whose last gradient is missing or all zero."""
     return [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+
+
+def assert_raises_naming(exc: type[Exception], words: list[str], fn, *args, **kwargs) -> None:
+    """``fn(*args, **kwargs)`` raises ``exc`` whose message names every one of ``words``."""
+    with pytest.raises(exc) as info:
+        fn(*args, **kwargs)
+    missing = [w for w in words if w not in str(info.value)]
+    assert not missing, f"{exc.__name__} message {str(info.value)!r} does not name {missing}"
