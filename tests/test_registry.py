@@ -149,3 +149,12 @@ def test_auto_with_nothing_suitable_lists_every_kernel_and_its_reasons(monkeypat
     assert lines[2].startswith("  dense: would materialize a (1, 2, 16, 16) weight matrix") and "tiled" in lines[2]
     assert lines[3] == "  recording: never"
     assert len(lines) == 4
+
+
+def test_a_single_causal_query_needs_no_mask():
+    """Bottom-right aligned, one query sits at the last position and sees every key (each decoding step):
+    the request carries no mask, so no kernel builds or checks one; a window still applies."""
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 9, 8)
+    assert AttentionRequest.build(q, k, k, causal=True).mask is None
+    assert AttentionRequest.build(q, k, k, causal=True, window=(3, 0)).mask.materialize(1, 9).sum() == 4
+    assert AttentionRequest.build(torch.randn(1, 2, 2, 8), k, k, causal=True).mask is not None

@@ -44,13 +44,13 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"q's head count H={H} must be a multiple of k/v's head count Hkv={Hkv} (GQA)")
 
 
-def _combine_masks(mask, causal: bool, window) -> M.Mask | None:
+def _combine_masks(mask, causal: bool, window, num_queries: int) -> M.Mask | None:
     parts: list[M.Mask] = []
     if mask is not None:
         parts.append(M.as_mask(mask))
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if causal:
+    if causal and num_queries > 1:  # bottom-right aligned: a single query (a decoding step) sees every key
         parts.append(M.causal())
     if window is not None:
         if not (isinstance(window, (tuple, list)) and len(window) == 2):
@@ -85,7 +85,7 @@ class AttentionRequest:
         _check_qkv(q, k, v)
         B, H, Nq, D = q.shape
         Nk = k.shape[2]
-        combined = _combine_masks(mask, causal, window)
+        combined = _combine_masks(mask, causal, window, Nq)
         if combined is not None:
             combined.check(B, H, Nq, Nk)
             if isinstance(mask, Tensor) and mask.device != q.device:

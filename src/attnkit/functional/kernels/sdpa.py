@@ -39,8 +39,7 @@ def sdpa_attention(req: AttentionRequest) -> Tensor:
         else:
             k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
     is_causal = _is_plain_causal(req)
-    # one query under a plain causal mask (a decoding step) sees every key: no mask to build
-    mask = None if is_causal or _is_causal_single_query(req) else req.dense_mask()  # (b, h, Nq, Nk) bool
+    mask = None if is_causal else req.dense_mask()  # (b, h, Nq, Nk) bool
     row_ok = None
     if mask is not None:
         if mask.shape[1] not in (1, k.shape[1]):  # per-q-head mask on shared k/v heads
@@ -62,21 +61,12 @@ def sdpa_attention(req: AttentionRequest) -> Tensor:
     return out
 
 
-def _causal_only(req: AttentionRequest) -> bool:
+def _is_plain_causal(req: AttentionRequest) -> bool:
+    """SDPA's is_causal is top-left aligned: equal to ours only when Nq == Nk."""
     from ..masks import SlidingWindow
 
     m = req.mask
-    return isinstance(m, SlidingWindow) and m.left is None and m.right == 0
-
-
-def _is_plain_causal(req: AttentionRequest) -> bool:
-    """SDPA's is_causal is top-left aligned: equal to ours only when Nq == Nk."""
-    return _causal_only(req) and req.q.shape[2] == req.k.shape[2]
-
-
-def _is_causal_single_query(req: AttentionRequest) -> bool:
-    """One query under bottom-right causal alignment sits at the last position and sees every key."""
-    return _causal_only(req) and req.q.shape[2] == 1 and req.k.shape[2] >= 1
+    return isinstance(m, SlidingWindow) and m.left is None and m.right == 0 and req.q.shape[2] == req.k.shape[2]
 
 
 class SdpaKernel:
