@@ -249,3 +249,12 @@ def test_explain_errors(minilm):
         explain("a b c", minilm, head=12)
     with pytest.raises(ValueError, match="not in the text"):
         explain("a b c", minilm, focus="zebra")
+
+
+def test_explain_leaves_the_models_kernel_as_it_was(minilm):
+    model, _ = minilm
+    layers = [m for _, m in attention_layers(model)]
+    before = [m.kernel for m in layers]
+    dense = explain(SEED_SENTENCE, minilm, kernel="dense")
+    assert [m.kernel for m in layers] == before
+    torch.testing.assert_close(dense.maps, explain(SEED_SENTENCE, minilm, kernel="tiled").maps)

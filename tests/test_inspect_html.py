@@ -42,7 +42,7 @@ def synthetic(tokens: list[str], *, layers: int = 2, heads: int = 3, max_tokens:
     focus = n // 2
     rolled = rollout([m[None] for m in probs])[0]  # (N, N)
     return Explanation(
-        text=" ".join(tokens), model_name="synthetic", tokens=tokens, special=[False] * n, words=list(range(n)),
+        text=" ".join(tokens), model_name="synthetic", tokens=tokens, special=[False] * n,
         focus=focus, layer=layers - 1, head=heads - 1, causal=causal, maps=pool(probs, bins), bins=bins,
         focus_rows=probs[:, :, focus].clone(), rollout=pool(rolled, bins), rollout_row=rolled[focus].clone(),
         notes=["note: synthetic maps"])

@@ -16,11 +16,15 @@ are reduced as they are recorded, so memory stays at one layer's (H, N, N) howev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..models import GPT
+from ..nn.attention import set_kernel
 from ..functional.checks import check_int
 from .capture import attention_layers, capture
 from .rollout import rollout
@@ -45,7 +49,6 @@ class Explanation:
         model_name: the checkpoint name or path, for titles.
         tokens: N display strings: each token's span of ``text`` (special tokens as themselves).
         special: N flags: True for special tokens ([CLS], [SEP], <s>, ...).
-        words: N word indices (None for special tokens); a word's pieces share one.
         focus: index of the focus token.
         layer, head: the layer and head shown in detail (0-based).
         causal: whether the model is a decoder (query i sees tokens 0..i).
@@ -62,7 +65,6 @@ class Explanation:
     model_name: str
     tokens: list[str]
     special: list[bool]
-    words: list[int | None]
     focus: int
     layer: int
     head: int
@@ -101,14 +103,12 @@ class Explanation:
         weight, and neither a special token, the focus itself, nor (in a decoder) the first token — those
         are where heads park attention they do not use (Clark et al. 2019; Xiao et al. 2023, "attention
         sinks"). Returns (layer, head, target, weight, next weight), strongest first."""
-        found = []
-        for layer in range(self.num_layers):
-            for head in range(self.num_heads):
-                (target, weight), (_, second) = self.top_targets(self.focus_rows[layer, head], 2) \
-                    if len(self.tokens) > 1 else (self.top_targets(self.focus_rows[layer, head], 1)[0], (0, 0.0))
-                if weight >= ratio * second and self._informative(target):
-                    found.append((layer, head, target, weight, second))
-        return sorted(found, key=lambda f: -f[3])
+        top = self.focus_rows.topk(min(2, len(self.tokens)), dim=-1)  # (L, H, 2) for every head at once
+        weight, target = top.values[..., 0], top.indices[..., 0]
+        second = top.values[..., 1] if len(self.tokens) > 1 else torch.zeros_like(weight)
+        found = [(layer, head, int(target[layer, head]), float(weight[layer, head]), float(second[layer, head]))
+                 for layer, head in (weight >= ratio * second).nonzero().tolist()]
+        return sorted((f for f in found if self._informative(f[2])), key=lambda f: -f[3])
 
     def _informative(self, target: int) -> bool:
         return not self.special[target] and target != self.focus and not (self.causal and target == 0)
@@ -163,9 +163,9 @@ def pool(probs: Tensor, bins: list[tuple[int, int]]) -> Tensor:
     n = probs.shape[-1]
     if len(bins) == n:
         return probs
-    member = torch.zeros(len(bins), n, dtype=probs.dtype, device=probs.device)
-    for b, (start, end) in enumerate(bins):
-        member[b, start:end] = 1.0
+    starts, ends = torch.tensor(bins, device=probs.device).T[..., None]  # (M, 1) each
+    tokens = torch.arange(n, device=probs.device)
+    member = ((tokens >= starts) & (tokens < ends)).to(probs.dtype)  # (M, N): which tokens each bin holds
     mean = member / member.sum(1, keepdim=True)
     return mean @ probs @ member.T
 
@@ -229,6 +229,20 @@ def _load(model, tokenizer):
     return model, tokenizer, type(model).__name__
 
 
+@contextmanager
+def _kernel(model: nn.Module, kernel: str | None) -> Iterator[None]:
+    """Run the block with every attention layer on ``kernel`` (None: as they are), then restore each one's."""
+    layers = [m for _, m in attention_layers(model)]
+    saved = [m.kernel for m in layers]
+    if kernel is not None:
+        set_kernel(model, kernel)
+    try:
+        yield
+    finally:
+        for m, k in zip(layers, saved):
+            m.kernel = k
+
+
 @torch.no_grad()
 def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = None, layer: int | None = None,
             head: int | None = None, kernel: str | None = None, max_tokens: int = 128,
@@ -253,10 +267,6 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
     model, tokenizer, name = _load(model, tokenizer)
     if tokenizer is None:
         raise ValueError(f"{name} has no tokenizer files; pass tokenizer= (an attnkit.hub Tokenizer)")
-    from ..models import GPT
-
-    if kernel is not None:
-        model.set_kernel(kernel)
     encoding = tokenizer.encoding(text, max_length=max_length)
     truncated = bool(encoding.overflowing)
     special_ids = {tokenizer.backend.token_to_id(t) for t in tokenizer.special_tokens.values()}
@@ -266,23 +276,22 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
         raise ValueError("the text has no tokens")
     focus = choose_focus(tokens, special, words, focus)
     bins = make_bins(n, max_tokens)
-    num_layers = len(attention_layers(model))
 
     def reduce(index: int, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs = probs[0].float()  # (H, N, N)
         return pool(probs, bins), probs[:, focus], probs.mean(0)
 
     ids = torch.tensor([encoding.ids])
-    with capture(model, reduce=reduce) as record:
+    with capture(model, reduce=reduce) as record, _kernel(model, kernel):
         model(ids, attention_mask=torch.ones_like(ids))
     if any(m is None for m in record.maps):
-        raise ValueError(f"{name}: only {sum(m is not None for m in record.maps)} of {num_layers} attention layers "
-                         f"ran on a text (an encoder-decoder needs its own explain)")
+        raise ValueError(f"{name}: only {sum(m is not None for m in record.maps)} of {len(record.maps)} attention "
+                         f"layers ran on a text (an encoder-decoder needs its own explain)")
     maps = torch.stack([m[0] for m in record.maps])  # (L, H, M, M)
     focus_rows = torch.stack([m[1] for m in record.maps])  # (L, H, N)
     rolled = rollout([m[2][None] for m in record.maps])[0]  # (N, N)
     explanation = Explanation(
-        text=text, model_name=name, tokens=tokens, special=special, words=words, focus=focus, layer=0, head=0,
+        text=text, model_name=name, tokens=tokens, special=special, focus=focus, layer=0, head=0,
         causal=isinstance(model, GPT), maps=maps, bins=bins, focus_rows=focus_rows, rollout=pool(rolled, bins),
         rollout_row=rolled[focus].clone(), truncated=truncated)
     explanation.layer, explanation.head = _detail(explanation, layer, head)

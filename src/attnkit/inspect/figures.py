@@ -91,7 +91,7 @@ def write_figures(e: Explanation, directory: str | os.PathLike[str], formats: Se
     plt = _pyplot()
     directory = Path(directory)
     labels = e.bin_labels()
-    title = f"{e.model_name}"
+    title = e.model_name
     written: list[Path] = []
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "attnkit", "font.size": 8}):
         size = min(12.0, 3.0 + 0.22 * len(labels))
