@@ -14,18 +14,35 @@ def repeat_kv(t: Tensor, groups: int) -> Tensor:
 def zero_unseen_keys(t: Tensor, mask: Tensor | None) -> Tensor:
     """Zero k or v rows (B, H, Nk, D) that no query may see (mask (b, h, Nq, Nk)), so NaN or inf stored
     there cannot leak into outputs or gradients through 0 * NaN in a matmul."""
-    if mask is None:
-        return t
-    seen = mask.any(dim=-2)[..., None]  # (b, h, Nk, 1)
-    return torch.where(seen, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    return t if mask is None else _zero_where_not(mask.any(dim=-2)[..., None], t)
 
 
-def zero_unseen_queries(q: Tensor, mask: Tensor | None) -> Tensor:
-    """Zero q rows (B, H, Nq, D) that may see no key, so NaN stored in a padded query cannot reach
-    the keys' gradients through 0 * NaN."""
+def finite(*tensors: Tensor) -> bool:
+    """No NaN or inf in any of ``tensors``. A finite sum proves it (NaN or inf anywhere makes the sum NaN
+    or inf; a sum that overflows answers "maybe not", the safe side), and a sum is ~40x cheaper than
+    ``isfinite().all()`` and allocates nothing the size of the input."""
+    return bool(torch.isfinite(sum(t.sum() for t in tensors)))
+
+
+def hide_unseen(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Masked-position hygiene for kernels that take a dense mask (b, h, Nq, Nk).
+
+    Returns q, k, v — with the k/v rows no query may see and the q rows that may see nothing zeroed, but
+    only when those tensors hold a NaN or inf somewhere: it would leak through 0 * NaN in a matmul, while
+    finite values at masked positions get weight exactly 0 and change nothing, so finite inputs are not
+    copied — and the rows that may see something (b, h, Nq, 1), or None without a mask."""
     if mask is None:
-        return q
-    return torch.where(mask.any(dim=-1)[..., None], q, torch.zeros((), dtype=q.dtype, device=q.device))
+        return q, k, v, None
+    rows_seen = mask.any(dim=-1, keepdim=True)  # (b, h, Nq, 1)
+    if not finite(k, v):
+        k, v = zero_unseen_keys(k, mask), zero_unseen_keys(v, mask)
+    if not finite(q):
+        q = _zero_where_not(rows_seen, q)
+    return q, k, v, rows_seen
+
+
+def _zero_where_not(keep: Tensor, t: Tensor) -> Tensor:
+    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
 def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..registry import Capabilities
 from ..request import AttentionRequest, softmax_dtype
-from .common import repeat_kv, safe_softmax, zero_unseen_keys, zero_unseen_queries
+from .common import hide_unseen, repeat_kv, safe_softmax
 
 MAX_DENSE_BYTES = 4 << 30  # budget for the weights tensor; larger requests should use kernel="tiled"
 
@@ -22,9 +22,7 @@ def dense_attention(req: AttentionRequest, *, return_weights: bool = False):
     B, H, Hkv, Nq, Nk, D, Dv = req.shape
     stats = softmax_dtype(req.q.dtype)
     mask = req.dense_mask()  # (b, h, Nq, Nk) bool or None
-    k = zero_unseen_keys(repeat_kv(req.k, H // Hkv), mask)  # (B, H, Nk, D)
-    v = zero_unseen_keys(repeat_kv(req.v, H // Hkv), mask)  # (B, H, Nk, Dv)
-    q = zero_unseen_queries(req.q, mask)  # (B, H, Nq, D)
+    q, k, v, _ = hide_unseen(req.q, repeat_kv(req.k, H // Hkv), repeat_kv(req.v, H // Hkv), mask)
     logits = (q @ k.transpose(-2, -1)).to(stats) * req.scale  # (B, H, Nq, Nk)
     if req.softcap is not None:
         logits = req.softcap * torch.tanh(logits / req.softcap)

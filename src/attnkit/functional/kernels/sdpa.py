@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..registry import Capabilities
 from ..request import AttentionRequest
-from .common import repeat_kv, zero_unseen_keys, zero_unseen_queries
+from .common import hide_unseen, repeat_kv
 
 
 def _has_enable_gqa() -> bool:  # torch >= 2.5
@@ -45,9 +45,7 @@ def sdpa_attention(req: AttentionRequest) -> Tensor:
         if mask.shape[1] not in (1, k.shape[1]):  # per-q-head mask on shared k/v heads
             k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
             kwargs.pop("enable_gqa", None)
-        k, v = zero_unseen_keys(k, mask), zero_unseen_keys(v, mask)
-        q = zero_unseen_queries(q, mask)
-        row_ok = mask.any(dim=-1, keepdim=True)  # (b, h, Nq, 1)
+        q, k, v, row_ok = hide_unseen(q, k, v, mask)
         mask = mask | ~row_ok  # empty rows attend to (zeroed) keys, then are zeroed: finite gradients
     attn_mask = mask
     if req.bias is not None:
