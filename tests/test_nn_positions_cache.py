@@ -37,22 +37,22 @@ def test_rope_scores_depend_only_on_relative_offset(scaling):
     q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
 
     def score(m: int, n: int) -> float:
-        qr = rope.rotate(q, torch.tensor([[m]]))
-        kr = rope.rotate(k, torch.tensor([[n]]))
+        qr = rope.rotate(torch.tensor([[m]]), q)[0]
+        kr = rope.rotate(torch.tensor([[n]]), k)[0]
         return (qr * kr).sum().item()
 
     for m, n in [(0, 0), (5, 2), (3, 9), (1000, 997)]:
         for shift in (1, 17, 4096):
             assert score(m + shift, n + shift) == pytest.approx(score(m, n), abs=1e-9)
     assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-6)  # and it does depend on the offset
-    norms = rope.rotate(q, torch.tensor([[123]])).norm()
+    norms = rope.rotate(torch.tensor([[123]]), q)[0].norm()
     assert norms.item() == pytest.approx(q.norm().item())  # a rotation
 
 
 def test_rope_linear_scaling_interpolates_positions():
     x = torch.randn(1, 2, 3, 8, dtype=torch.float64)
-    scaled = RotaryEmbedding(8, scaling="linear", factor=2.0).rotate(x, torch.tensor([[2, 4, 6]]))
-    plain = RotaryEmbedding(8).rotate(x, torch.tensor([[1, 2, 3]]))
+    scaled = RotaryEmbedding(8, scaling="linear", factor=2.0).rotate(torch.tensor([[2, 4, 6]]), x)[0]
+    plain = RotaryEmbedding(8).rotate(torch.tensor([[1, 2, 3]]), x)[0]
     torch.testing.assert_close(scaled, plain)
 
 
@@ -161,8 +161,8 @@ def test_cache_checks():
 def test_half_precision_modules_keep_exact_frequencies_and_slopes():
     x = torch.randn(1, 2, 3, 64, dtype=torch.float64)
     pos = torch.tensor([[5, 900, 2000]])
-    exact = RotaryEmbedding(64).rotate(x, pos)
-    torch.testing.assert_close(RotaryEmbedding(64).bfloat16().rotate(x, pos), exact, atol=0, rtol=0)
+    exact = RotaryEmbedding(64).rotate(pos, x)[0]
+    torch.testing.assert_close(RotaryEmbedding(64).bfloat16().rotate(pos, x)[0], exact, atol=0, rtol=0)
     alibi = ALiBiPositions(8)
     before = alibi.bias(8, torch.arange(3), torch.tensor([2, 0, 1]), ordered=False)
     torch.testing.assert_close(alibi.half().bias(8, torch.arange(3), torch.tensor([2, 0, 1]), ordered=False), before)
@@ -189,3 +189,16 @@ def test_cache_reorder_keeps_the_chosen_rows():
     cache.reorder(torch.tensor([2, 2, 0]))
     view = cache.update(torch.zeros(3, 1, 1, 1), torch.zeros(3, 1, 1, 1))
     assert view.k[:, 0, :2, 0].tolist() == [[2.0, 2.0], [2.0, 2.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("build, exc, message", [
+    (lambda: RotaryEmbedding(8.0), TypeError, "head_dim must be a positive int"),
+    (lambda: RotaryEmbedding(0), ValueError, "head_dim must be a positive int"),
+    (lambda: RotaryEmbedding(6 + 1), ValueError, "positive even int"),
+    (lambda: ALiBiPositions(2.0), TypeError, "num_heads must be a positive int"),
+    (lambda: T5RelativeBias(0), ValueError, "num_heads must be a positive int"),
+    (lambda: LearnedPositions(16.0, 8), TypeError, "max_len must be a positive int"),
+])
+def test_position_schemes_refuse_bad_sizes_when_built(build, exc, message):
+    with pytest.raises(exc, match=message):
+        build()

@@ -206,7 +206,7 @@ class MultiHeadAttention(nn.Module):
         if self.positions is not None:
             if position_ids is None:
                 position_ids = default_position_ids(b, n, cache.length if cache is not None else 0, x.device)
-            q, k = self.positions.rotate(q, position_ids), self.positions.rotate(k, position_ids)
+            q, k = self.positions.rotate(position_ids, q, k)
         view = cache.update(k, v) if cache is not None else \
             CacheView(k, v, torch.arange(n, device=x.device), ordered=True)
         q_pos = view.positions[-n:]

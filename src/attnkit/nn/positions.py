@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..functional import bias as structured_bias
 from ..functional.bias import Bias
+from ..functional.checks import check_int
 
 
 def inverse_frequencies(dim: int, base: float, device=None) -> Tensor:
@@ -55,6 +56,7 @@ class LearnedPositions(nn.Module):
 
     def __init__(self, max_len: int, dim: int):
         super().__init__()
+        check_int("max_len", max_len)
         self.max_len = max_len
         self.table = nn.Embedding(max_len, dim)
 
@@ -79,9 +81,10 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
 class RelativePositions(nn.Module):
     """Base of the schemes ``MultiHeadAttention(positions=...)`` applies; the default does nothing."""
 
-    def rotate(self, x: Tensor, position_ids: Tensor) -> Tensor:
-        """x (B, H, N, D) at positions (B, N) -> x, rotated where the scheme rotates (RoPE)."""
-        return x
+    def rotate(self, position_ids: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        """Each x (B, H, N, D) at positions (B, N), rotated where the scheme rotates (RoPE); e.g. q and k
+        in one call, so that the positions are looked up once."""
+        return xs
 
     def bias(self, num_heads: int, q_pos: Tensor, k_pos: Tensor, ordered: bool) -> Tensor | Bias | None:
         """Logit bias for queries at stream positions q_pos (Nq,) and keys at k_pos (Nk,).
@@ -110,7 +113,8 @@ class RotaryEmbedding(RelativePositions):
     def __init__(self, head_dim: int, base: float = 10000.0, scaling: RopeScaling | None = None,
                  factor: float = 1.0):
         super().__init__()
-        if head_dim <= 0 or head_dim % 2:
+        check_int("head_dim", head_dim)
+        if head_dim % 2:
             raise ValueError(f"head_dim must be a positive even int for RoPE, got {head_dim}")
         if scaling not in (None, "linear", "ntk"):
             raise ValueError(f"scaling must be None, 'linear' or 'ntk', got {scaling!r}")
@@ -147,13 +151,20 @@ class RotaryEmbedding(RelativePositions):
         cos, sin = self._tables[key]
         return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, N, D)
 
-    def rotate(self, x: Tensor, position_ids: Tensor) -> Tensor:
-        if x.shape[-1] != self.head_dim:
-            raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
-        cos, sin = self._lookup(position_ids, x.dtype)
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin  # (B, H, N, D)
+    def rotate(self, position_ids: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        for x in xs:
+            if x.shape[-1] != self.head_dim:
+                raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
+        tables: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        out = []
+        for x in xs:
+            if x.dtype not in tables:
+                tables[x.dtype] = self._lookup(position_ids, x.dtype)
+            cos, sin = tables[x.dtype]
+            half = x.shape[-1] // 2
+            rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+            out.append(x * cos + rotated * sin)  # (B, H, N, D)
+        return tuple(out)
 
 
 class ALiBiPositions(RelativePositions):
@@ -161,6 +172,7 @@ class ALiBiPositions(RelativePositions):
 
     def __init__(self, num_heads: int):
         super().__init__()
+        check_int("num_heads", num_heads)
         self.num_heads = num_heads
         self.slopes = structured_bias.alibi_slopes(num_heads)  # float64, not a buffer: .half() keeps it exact
 
@@ -195,6 +207,8 @@ class T5RelativeBias(RelativePositions):
 
     def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
         super().__init__()
+        for name, value in (("num_heads", num_heads), ("num_buckets", num_buckets), ("max_distance", max_distance)):
+            check_int(name, value)
         if num_buckets < 4 or max_distance <= num_buckets // 4:
             raise ValueError(f"need num_buckets >= 4 and max_distance > num_buckets / 4, got {num_buckets}, "
                              f"{max_distance}")
