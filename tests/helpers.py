@@ -54,14 +54,16 @@ def magnitude(t: Tensor) -> float:
     return max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
 
 
+def _abs_diff(a: Tensor, e: Tensor) -> Tensor:
+    """|a - e| elementwise, where equal infinities count as 0 and a NaN on either side as inf."""
+    diff = torch.where(a == e, torch.zeros_like(a), (a - e).abs())  # inf == inf is no error
+    return torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)  # NaN always is
+
+
 def max_abs_error(actual: Tensor, expected: Tensor) -> float:
     """Largest |actual - expected|, where equal infinities count as 0 and a NaN on one side as inf."""
     a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
-    if a.numel() == 0:
-        return 0.0
-    diff = torch.where(a == e, torch.zeros_like(a), (a - e).abs())
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    return diff.max().item()
+    return _abs_diff(a, e).max().item() if a.numel() else 0.0
 
 
 def assert_close(actual: Tensor, expected: Tensor, *, atol: float, rtol: float = 0.0, what: str = "tensor") -> None:
@@ -74,8 +76,7 @@ def assert_close(actual: Tensor, expected: Tensor, *, atol: float, rtol: float =
     a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
     if a.numel() == 0:
         return
-    diff = torch.where(a == e, torch.zeros_like(a), (a - e).abs())  # inf == inf is no error
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)  # NaN always is
+    diff = _abs_diff(a, e)
     allowed = atol + rtol * e.abs().nan_to_num(posinf=0.0, neginf=0.0)
     bad = diff > allowed
     if not bad.any():

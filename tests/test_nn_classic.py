@@ -9,12 +9,9 @@ import torch
 from attnkit.functional.classic import additive_attention, luong_attention
 from attnkit.nn.classic import (AdditiveAttention, AttentionPooling, HierarchicalAttention, LuongAttention,
                                 packed_rnn)
+from helpers import assert_close, randn
 
 TOL = 1e-12  # float64 throughout
-
-
-def randn(*shape, seed):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def rand_mask(*shape, seed, p=0.6):
@@ -24,15 +21,6 @@ def rand_mask(*shape, seed, p=0.6):
 def make(module_cls, *args, seed=0, **kwargs):
     torch.manual_seed(seed)
     return module_cls(*args, **kwargs).double()
-
-
-def assert_close(actual, expected, tol=TOL):
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    err = (actual - expected).abs()
-    if not err.numel():
-        return
-    where = tuple(torch.nonzero(err == err.max())[0].tolist())
-    assert err.max().item() <= tol, f"max |diff| {err.max().item():.3g} at {where}"
 
 
 # ---- AdditiveAttention / LuongAttention against the functional code -------------------------------------
@@ -57,13 +45,13 @@ def test_multi_query_matches_functional(name):
     out, w = module(q, k, v, mask=full)
     ref_out, ref_w = _functional(module, q, k, v, full)
     assert out.shape == (2, 3, 4) and w.shape == (2, 3, 11)
-    assert_close(out, ref_out)
-    assert_close(w, ref_w)
+    assert_close(out, ref_out, atol=TOL)
+    assert_close(w, ref_w, atol=TOL)
     key_mask = rand_mask(2, 11, seed=5)  # (B, Nk): the same keys for every query
     out, w = module(q, k, v, mask=key_mask)
     ref_out, ref_w = _functional(module, q, k, v, key_mask[:, None, :])
-    assert_close(out, ref_out)
-    assert_close(w, ref_w)
+    assert_close(out, ref_out, atol=TOL)
+    assert_close(w, ref_w, atol=TOL)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -74,8 +62,8 @@ def test_single_query_drops_the_query_dim(name):
     out, w = module(q, k, mask=key_mask)  # values default to keys
     ref_out, ref_w = _functional(module, q[:, None, :], k, k, key_mask[:, None, :])
     assert out.shape == (2, 7) and w.shape == (2, 11)
-    assert_close(out, ref_out[:, 0])
-    assert_close(w, ref_w[:, 0])
+    assert_close(out, ref_out[:, 0], atol=TOL)
+    assert_close(w, ref_w[:, 0], atol=TOL)
     assert torch.all(w[~key_mask] == 0)
 
 
@@ -84,8 +72,8 @@ def test_luong_dot_matches_functional():
     q, k, v = randn(3, 4, 6, seed=1), randn(3, 5, 6, seed=2), randn(3, 5, 2, seed=3)
     out, w = module(q, k, v)
     ref_out, ref_w = luong_attention(q, k, v, "dot")
-    assert_close(out, ref_out)
-    assert_close(w, ref_w)
+    assert_close(out, ref_out, atol=TOL)
+    assert_close(w, ref_w, atol=TOL)
     assert module.weight is None and sum(p.numel() for p in module.parameters()) == 0
 
 
@@ -115,8 +103,8 @@ def test_nan_at_masked_keys_and_values_changes_nothing(name):
     k_bad = k.masked_fill(~key_mask[..., None], float("nan")).requires_grad_()
     v_bad = v.masked_fill(~key_mask[..., None], float("nan")).requires_grad_()
     out, w = module(q, k_bad, v_bad, mask=key_mask)
-    assert_close(out, clean_out)
-    assert_close(w, clean_w)
+    assert_close(out, clean_out, atol=TOL)
+    assert_close(w, clean_w, atol=TOL)
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in module.parameters())
     assert torch.isfinite(k_bad.grad).all() and torch.isfinite(v_bad.grad).all()
@@ -132,8 +120,8 @@ def test_attention_pooling_is_yang_et_al():
     u = torch.tanh(h @ pool.proj.weight.T + pool.proj.bias)  # (B, N, A), written out
     scores = (u @ pool.context).masked_fill(~mask, float("-inf"))  # (B, N)
     ref_w = torch.softmax(scores, dim=-1)
-    assert_close(w, ref_w)
-    assert_close(pooled, (ref_w[..., None] * h).sum(-2))
+    assert_close(w, ref_w, atol=TOL)
+    assert_close(pooled, (ref_w[..., None] * h).sum(-2), atol=TOL)
     assert torch.allclose(w.sum(-1), torch.ones(3, dtype=torch.float64), atol=TOL)
 
 
@@ -144,8 +132,8 @@ def test_attention_pooling_empty_sequence_and_nan_padding():
     clean, clean_w = pool(h, mask)
     bad = h.masked_fill(~mask[..., None], float("nan")).requires_grad_()
     pooled, w = pool(bad, mask)
-    assert_close(pooled, clean)
-    assert_close(w, clean_w)
+    assert_close(pooled, clean, atol=TOL)
+    assert_close(w, clean_w, atol=TOL)
     assert torch.all(pooled[1] == 0) and torch.all(w[1] == 0)
     pooled.sum().backward()
     assert torch.isfinite(bad.grad).all() and all(torch.isfinite(p.grad).all() for p in pool.parameters())
@@ -156,8 +144,8 @@ def test_attention_pooling_extra_leading_dims():
     h, mask = randn(2, 3, 5, 3, seed=1), rand_mask(2, 3, 5, seed=2)
     pooled, w = pool(h, mask)
     ref, ref_w = pool(h.reshape(6, 5, 3), mask.reshape(6, 5))
-    assert_close(pooled, ref.reshape(2, 3, 3))
-    assert_close(w, ref_w.reshape(2, 3, 5))
+    assert_close(pooled, ref.reshape(2, 3, 3), atol=TOL)
+    assert_close(w, ref_w.reshape(2, 3, 5), atol=TOL)
 
 
 # ---- packed_rnn -----------------------------------------------------------------------------------------
@@ -170,8 +158,8 @@ def test_packed_rnn_reads_only_real_items():
     assert out.shape == (3, 6, 8) and h_n.shape == (2, 3, 4)
     for row in (0, 2):
         alone, h_alone = gru(x[row, mask[row]][None])  # the real items only, as one sequence
-        assert_close(out[row, mask[row]], alone[0])
-        assert_close(h_n[:, row], h_alone[:, 0])
+        assert_close(out[row, mask[row]], alone[0], atol=TOL)
+        assert_close(h_n[:, row], h_alone[:, 0], atol=TOL)
     assert torch.all(out[~mask] == 0) and torch.all(h_n[:, 1] == 0)
 
 
@@ -211,7 +199,7 @@ def test_hierarchical_padding_never_changes_outputs(fill):
     noisy = torch.where(mask[..., None], words, randn(*words.shape, seed=9) * fill).requires_grad_()
     out = han(noisy, mask)
     for name in ("document", "sentences", "word_weights", "sentence_weights"):
-        assert_close(getattr(out, name), getattr(clean, name))
+        assert_close(getattr(out, name), getattr(clean, name), atol=TOL)
     out.document.sum().backward()
     assert torch.isfinite(noisy.grad).all() and torch.all(noisy.grad[~mask] == 0)
     assert all(torch.isfinite(p.grad).all() for p in han.parameters())
@@ -224,7 +212,7 @@ def test_hierarchical_padded_document_equals_document_alone():
     mask[1, :2, :3] = True  # document 1: two sentences of three words, padded to (4, 5)
     batched = han(words, mask).document[1]
     alone = han(words[1:2, :2, :3]).document[0]  # no padding at all
-    assert_close(batched, alone)
+    assert_close(batched, alone, atol=TOL)
 
 
 # ---- validation -----------------------------------------------------------------------------------------

@@ -121,11 +121,11 @@ def test_aux_loss_above_one_for_a_skewed_router(top_k):
 
 
 def test_load_balancing_loss_formula():
-    probs = torch.softmax(torch.randn(10, 3, generator=torch.Generator().manual_seed(0)), -1)
+    # worked by hand: top-2 of [[.5, .3, .2], [.1, .6, .3]] picks experts {0, 1} and {1, 2}: shares of the 4
+    # assignments f = (1/4, 2/4, 1/4); mean probabilities P = (.3, .45, .25); E * sum f P = 3 * .3625
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]], dtype=torch.float64)
     experts = torch.topk(probs, 2, -1).indices
-    f = torch.bincount(experts.flatten(), minlength=3).double() / 20
-    expected = 3 * (f * probs.double().mean(0)).sum().item()
-    assert load_balancing_loss(probs.double(), experts).item() == pytest.approx(expected)
+    assert load_balancing_loss(probs, experts).item() == pytest.approx(1.0875)
 
 
 def test_capacity_drops_all_but_the_first_tokens_of_a_full_expert():
