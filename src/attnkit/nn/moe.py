@@ -69,7 +69,7 @@ def route(probs: Tensor, top_k: int, capacity: int | None = None) -> Routing:
     return Routing(experts, gates, (position < capacity).view_as(experts))
 
 
-def load_balancing_loss(probs: Tensor, experts: Tensor) -> Tensor:
+def load_balancing_loss(probs: Tensor, experts: Tensor, counts: Tensor | None = None) -> Tensor:
     """Switch Transformer auxiliary loss ``E * sum_e f_e * P_e``, a scalar.
 
     probs (T, E) router probabilities; experts (T, k) chosen experts. f_e is the share of the T*k
@@ -77,12 +77,14 @@ def load_balancing_loss(probs: Tensor, experts: Tensor) -> Tensor:
     either f or P is uniform (e.g. a router with zero weights), which is its value at perfect balance;
     imbalance that the router is confident about raises it (up to E). It is not a hard lower bound on one
     batch: f and P are different statistics, and a batch where P leans against f can dip slightly below 1.
+    ``counts`` (E,): the assignments per expert, when the caller has them already.
     """
     num_experts = probs.shape[-1]
     if probs.shape[0] == 0:
         return probs.new_zeros(())
-    counts = torch.bincount(experts.reshape(-1), minlength=num_experts).to(probs.dtype)  # (E,)
-    fraction = counts / experts.numel()  # (E,) sums to 1
+    if counts is None:
+        counts = torch.bincount(experts.reshape(-1), minlength=num_experts)  # (E,)
+    fraction = counts.to(probs.dtype) / experts.numel()  # (E,) sums to 1
     return num_experts * torch.sum(fraction * probs.mean(0))
 
 
@@ -202,9 +204,9 @@ class MoE(nn.Module):
         routing = route(probs, self.top_k, capacity)
         out = self._dispatch(flat, routing)
         counts = torch.bincount(routing.experts.reshape(-1), minlength=self.num_experts)
-        self.last_stats = MoEStats(tokens=tokens, dropped=int((~routing.keep).sum()), expert_counts=counts,
-                                   capacity=capacity)
-        return out.reshape(x.shape), load_balancing_loss(probs, routing.experts)
+        dropped = 0 if capacity is None else int((~routing.keep).sum())  # nothing is dropped without a limit
+        self.last_stats = MoEStats(tokens=tokens, dropped=dropped, expert_counts=counts, capacity=capacity)
+        return out.reshape(x.shape), load_balancing_loss(probs, routing.experts, counts)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden={self.hidden}, num_experts={self.num_experts}, top_k={self.top_k}, "

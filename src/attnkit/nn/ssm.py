@@ -65,11 +65,16 @@ def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
     h = u.new_zeros(batch, inner, A.shape[1]) if h0 is None else h0
     ys = []
     for t in range(length):
-        decay = torch.exp(delta[:, t, :, None] * A)  # (B, D, S)
-        h = decay * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]  # (B, D, S)
-        ys.append(torch.einsum("bds,bs->bd", h, C[:, t]))  # (B, D)
+        h, y_t = scan_step(h, delta[:, t], u[:, t], A, B[:, t], C[:, t])
+        ys.append(y_t)
     y = torch.stack(ys, dim=1) if ys else u.new_zeros(batch, 0, inner)  # (B, N, D)
     return y, h
+
+
+def scan_step(h: Tensor, delta_t: Tensor, u_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence: h (B, D, S) -> exp(delta_t A) h + delta_t u_t B_t, and y_t = h C_t (B, D)."""
+    h = torch.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * B_t[:, None, :]  # (B, D, S)
+    return h, torch.einsum("bds,bs->bd", h, C_t)
 
 
 def segsum(a: Tensor) -> Tensor:
@@ -275,8 +280,8 @@ class SelectiveSSM(nn.Module):
         xs = F.silu((window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias)  # (B, inner)
         delta, B, C, A = self._selective_params(xs)
         u = xs.to(delta.dtype)
-        h = torch.exp(delta[..., None] * A) * state.ssm.to(delta.dtype) + (delta * u)[..., None] * B[:, None, :]
-        y = torch.einsum("bds,bs->bd", h, C) + self.D.to(delta.dtype) * u  # (B, inner)
+        h, y = scan_step(state.ssm.to(delta.dtype), delta, u, A, B, C)
+        y = y + self.D.to(delta.dtype) * u  # (B, inner)
         y = y.to(x_t.dtype) * F.silu(z)
         return self.out_proj(y), SSMState(conv=window[..., 1:], ssm=h)
 
