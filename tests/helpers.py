@@ -129,17 +129,13 @@ class Result:
 @contextlib.contextmanager
 def small_tiles(block_q: int = 16, block_k: int = 16, max_chunk: int = 32):
     """Make the tiled kernel plan with small tiles, so small inputs span several query blocks, key
-    blocks and chunks (multi-chunk online softmax). ``make_plan`` takes the module constants as default
-    arguments, bound at definition time, so patching the constants alone would change nothing: the
-    defaults themselves are swapped (and the constants too, for readers such as ``auto_order``)."""
-    plan = tiled_module.make_plan
-    saved = plan.__defaults__, tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK
-    plan.__defaults__ = (block_q, block_k, max_chunk)
+    blocks and chunks (multi-chunk online softmax)."""
+    saved = tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK
     tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK = block_q, block_k, max_chunk
     try:
         yield
     finally:
-        plan.__defaults__, tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK = saved
+        tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK = saved
 
 
 # Kernel variants under test: the registered kernels, plus the tiled kernel with 16x16 tiles and

@@ -55,12 +55,13 @@ class Row:
     chunks: tuple[tuple[int, int, bool], ...]
 
 
-def make_plan(req: AttentionRequest, block_q: int = BLOCK_Q, block_k: int = BLOCK_K,
-              max_chunk: int = MAX_CHUNK) -> list[Row]:
-    """The visiting schedule: for each query block, chunks of consecutive non-empty key blocks.
+def make_plan(req: AttentionRequest) -> list[Row]:
+    """The visiting schedule: for each query block, chunks of consecutive non-empty key blocks, with the
+    module's tile sizes BLOCK_Q x BLOCK_K and chunks of at most MAX_CHUNK keys (read at call time).
 
     A tile is skipped only if it is EMPTY for every batch and head, and left unmasked only if FULL for all.
     """
+    block_q, block_k, max_chunk = BLOCK_Q, BLOCK_K, MAX_CHUNK
     _, _, _, Nq, Nk, _, _ = req.shape
     layout = req.layout(block_q, block_k)  # (b, h, nqb, nkb) or None
     nqb, nkb = -(-Nq // block_q), -(-Nk // block_k)
