@@ -31,12 +31,15 @@ def _require_tensor(name: str, t: object) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
 
 
-def _check_mask(mask: object, shape: tuple[int, ...], what: str) -> None:
-    """``mask`` must be a bool tensor of exactly ``shape`` (``what`` names that shape for the message)."""
+def _require_bool_mask(mask: object) -> None:
     _require_tensor("mask", mask)
-    assert isinstance(mask, Tensor)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
+
+
+def _check_mask(mask: object, shape: tuple[int, ...], what: str) -> None:
+    """``mask`` must be a bool tensor of exactly ``shape`` (``what`` names that shape for the message)."""
+    _require_bool_mask(mask)
     if tuple(mask.shape) != shape:
         raise ValueError(f"mask must have shape {what} = {shape}, got {tuple(mask.shape)}")
 
@@ -74,9 +77,7 @@ def _prepare(query: Tensor, keys: Tensor, values: Tensor | None, mask: Tensor | 
 def _key_or_full_mask(mask: Tensor, scores_shape: tuple[int, ...], key_rank: int) -> Tensor:
     """A mask with one dim fewer than keys is a key mask (..., Nk) -> (..., 1, Nk); one with as many dims
     as keys is (..., Nq|1, Nk). Either must broadcast to ``scores_shape`` (..., Nq, Nk)."""
-    _require_tensor("mask", mask)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
+    _require_bool_mask(mask)
     if mask.dim() not in (key_rank - 1, key_rank) or mask.shape[-1] != scores_shape[-1]:
         raise ValueError(f"mask must be a key mask (..., Nk={scores_shape[-1]}) or broadcast to (..., Nq, Nk) "
                          f"= {scores_shape}, got {tuple(mask.shape)}")
