@@ -113,9 +113,11 @@ class DecoderCache:
         """Decoder tokens seen so far: the position of the next one."""
         return self.self_attention[0].length
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B',) in every cache (beam search)."""
-        for cache in (*self.self_attention, *self.cross_attention):
+    def reorder(self, index: Tensor, *, same_sources: bool = False) -> None:
+        """Keep batch rows ``index`` (B',) in every cache. ``same_sources``: each new row i comes from a row
+        with the same source as row i had (beam search, whose beams never leave their input), so the
+        cross-attention caches are already right and are not copied."""
+        for cache in self.self_attention if same_sources else (*self.self_attention, *self.cross_attention):
             cache.reorder(index)
 
 
@@ -407,7 +409,8 @@ class Transformer(Model):
         cache = self.new_cache(max_len) if max_len > 0 else None
         for _ in range(max_len):
             logits = self.decode(beams.tokens[:, -1:], memory, src_padding, cache=cache)[:, -1]  # (B*K, V)
-            cache.reorder(beams.advance(logits.log_softmax(dim=-1), length_penalty, c.pad_id, c.eos_id))
+            cache.reorder(beams.advance(logits.log_softmax(dim=-1), length_penalty, c.pad_id, c.eos_id),
+                          same_sources=True)
             best.update(beams, length_penalty, include_unfinished=False)
             if bool((best.scores >= beams.bound(length_penalty, max_len)).all()):
                 break
