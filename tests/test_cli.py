@@ -105,3 +105,11 @@ def test_explain_a_decoder_checkpoint_without_files(gpt_dir, tmp_path, capsys):
 def test_explain_bad_options_fail_clearly(argv, message, tmp_path, capsys):
     assert main(["explain", "--out", str(tmp_path), "--no-html", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["demo", "--n", "0"], ["demo", "--window", "-3"], ["embed", "--batch-size", "0", "a"],
+                                  ["explain", "--top", "x"]])
+def test_sizes_must_be_positive_ints(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "argument --" in capsys.readouterr().err

@@ -164,6 +164,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="The attention mechanism in all its forms.")
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
@@ -171,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kernels", help="list the registered attention kernels and their capabilities")
     p.set_defaults(func=cmd_kernels)
     p = sub.add_parser("demo", help="run every kernel on a masked GQA example and compare to float64")
-    p.add_argument("--n", type=int, default=1024, help="sequence length (default 1024)")
-    p.add_argument("--window", type=int, default=256, help="sliding window size (default 256)")
+    p.add_argument("--n", type=_positive_int, default=1024, help="sequence length (default 1024)")
+    p.add_argument("--window", type=_positive_int, default=256, help="sliding window size (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("models", help="list the models, their named presets and parameter counts")
@@ -181,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sentences", nargs="*", help="sentences; read from standard input, one per line, if none")
     p.add_argument("--model", help="checkpoint name or directory (default: the bundled MiniLM)")
     p.add_argument("--json", action="store_true", help="print a JSON list of float lists, in input order")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per forward pass (default 32)")
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("generate", help="stream a decoder checkpoint's continuation of a prompt")
     p.add_argument("prompt")
@@ -211,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", help="attention kernel for the forward (dense, sdpa, tiled; default auto)")
     p.add_argument("--max-tokens", type=int, default=128,
                    help="longer texts are shown pooled into this many token ranges (default 128)")
-    p.add_argument("--top", type=int, default=3, help="most-attended tokens per layer in the table (default 3)")
+    p.add_argument("--top", type=_positive_int, default=3, help="most-attended tokens per layer in the table (default 3)")
     p.set_defaults(func=cmd_explain)
     return parser
 
@@ -222,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    if getattr(args, "n", 1) < 1 or getattr(args, "window", 1) < 1:
-        parser.error("--n and --window must be positive")
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as error:  # bad input: the message, not a traceback

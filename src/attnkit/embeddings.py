@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import hub
 from .functional import masks
 from .functional.checks import check_int
 from .models.bert import BERT
@@ -23,8 +24,6 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 @functools.lru_cache(maxsize=4)
 def _load(name: str):
-    from . import hub  # the hub sits above models; imported when first needed
-
     return hub.load(name)
 
 
@@ -38,10 +37,8 @@ def _resolve(model) -> tuple[BERT, object]:
 
 
 def _token_lists(tokenizer, sentences: Sequence[str]) -> list[Tensor]:
-    """Each sentence's token ids, truncated at the tokenizer's limit."""
-    ids, mask = tokenizer.encode(list(sentences), max_length=tokenizer.max_length)
-    lengths = mask.sum(dim=1).tolist()
-    return [row[:n] for row, n in zip(ids, lengths)]
+    """Each sentence's token ids, truncated at the tokenizer's limit, unpadded."""
+    return [torch.tensor(row, dtype=torch.long) for row in tokenizer.ids(list(sentences))]
 
 
 def _embed_packed(model: BERT, batch: list[Tensor]) -> Tensor:

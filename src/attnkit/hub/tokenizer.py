@@ -188,7 +188,7 @@ class Tokenizer:
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
         limit = self._limit(max_length)
-        rows = [e.ids for e in self._encodings(texts, limit, truncation, add_special_tokens)]
+        rows = self.ids(texts, max_length=limit, truncation=truncation, add_special_tokens=add_special_tokens)
         width = max(map(len, rows), default=0)
         if padding == "max_length":
             if limit is None:
@@ -201,6 +201,11 @@ class Tokenizer:
                 for r, f in zip(rows, filler)]
         return (torch.tensor(ids, dtype=torch.long).reshape(len(rows), width),
                 torch.tensor(mask, dtype=torch.long).reshape(len(rows), width))
+
+    def ids(self, texts: Sequence[str], *, max_length: int | None = None, truncation: bool = True,
+            add_special_tokens: bool = True) -> list[list[int]]:
+        """Each text's token ids, unpadded (options as in ``encode``)."""
+        return [e.ids for e in self._encodings(texts, self._limit(max_length), truncation, add_special_tokens)]
 
     def encoding(self, text: str, *, max_length: int | None = None, truncation: bool = True,
                  add_special_tokens: bool = True) -> tokenizers.Encoding:

@@ -84,8 +84,8 @@ class Model(nn.Module):
 
     def num_parameters(self, *, trainable_only: bool = False) -> int:
         """Number of parameters, each shared (tied) tensor counted once."""
-        seen = {id(p): p for p in self.parameters()}  # parameters() already de-duplicates ties
-        return sum(p.numel() for p in seen.values() if p.requires_grad or not trainable_only)
+        return sum(p.numel() for p in self.parameters()  # parameters() yields a tied tensor once
+                   if p.requires_grad or not trainable_only)
 
     def set_kernel(self, kernel: str | Kernel) -> Model:
         """Run every attention layer with ``kernel`` ("auto", "dense", "sdpa", "tiled", or a kernel object)."""

@@ -31,21 +31,20 @@ class Entry:
     preset: str
     num_parameters: int
     assumed: dict[str, int]  # fields the preset leaves open, filled from ASSUMED to count parameters
-    config: Config
 
 
 def catalog() -> list[Entry]:
     """Every model's presets with their parameter counts (shared weights counted once)."""
     entries = []
     for model_cls, config_cls in MODELS.items():
+        required = {f.name for f in dataclasses.fields(config_cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         for name, overrides in config_cls.PRESETS.items():
-            required = {f.name for f in dataclasses.fields(config_cls)
-                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
             assumed = {k: ASSUMED[k] for k in sorted(required - set(overrides))}
             config = config_cls.preset(name, **assumed)
             with torch.device("meta"):
                 count = model_cls(config).num_parameters()
-            entries.append(Entry(model_cls.__name__, name, count, assumed, config))
+            entries.append(Entry(model_cls.__name__, name, count, assumed))
     return entries
 
 
