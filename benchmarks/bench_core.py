@@ -27,7 +27,6 @@ import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +50,8 @@ import attnkit  # noqa: E402
 from attnkit.functional.kernels.tiled import make_plan  # noqa: E402
 from attnkit.functional.registry import select_kernel  # noqa: E402
 from attnkit.functional.request import AttentionRequest  # noqa: E402
-from harness import (GATE_FRACTION, PROBE_N, TICK, Probe, cpu_ticks, malloc_trim, read_status,  # noqa: E402
-                     reset_hwm)
-
-REPO = Path(__file__).resolve().parent.parent
+from harness import (GATE_FRACTION, PROBE_N, REPO, TICK, Probe, cpu_ticks, git, malloc_trim,  # noqa: E402
+                     read_status, reset_hwm, timed)
 B, H, D = 1, 8, 64
 DTYPE = torch.float32
 WINDOW = 512  # keys visible to a query, itself included: window=(511, 0)
@@ -112,14 +109,6 @@ def label(kernel: str, mask: str) -> str:
 
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def machine_context() -> dict:
     model, flags = "unknown", []
     try:
@@ -145,7 +134,7 @@ def machine_context() -> dict:
     except Exception:  # noqa: BLE001 - not installed
         transformers = "not installed"
     tiled_src = Path(sys.modules[make_plan.__module__].__file__).read_bytes()
-    dirty = [line[3:] for line in _git("status", "--porcelain", "--", "src").splitlines()]
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
     return {
         "cpu_model": model,
         "cpu_count": os.cpu_count(),
@@ -159,7 +148,7 @@ def machine_context() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "attnkit": attnkit.__version__,
-        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
         "git_src_modified": dirty,
         "tiled_py_sha256": hashlib.sha256(tiled_src).hexdigest()[:12],
         "inductor_cache": "fresh (per run)" if os.environ.get("ATTNKIT_BENCH_FRESH_INDUCTOR_CACHE") else
@@ -312,12 +301,6 @@ def make_call(fn, inp: Inputs):
             q.grad = k.grad = v.grad = None
             fn(q, k, v).backward(do)
     return call
-
-
-def timed(call) -> float:
-    t0 = time.perf_counter()
-    call()
-    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Probe  # noqa: E402
+from harness import Probe, git, interleaved  # noqa: E402
 
 import attnkit  # noqa: E402
 from attnkit import hub  # noqa: E402
@@ -34,12 +32,6 @@ def sentences(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))).capitalize() + "."
             for _ in range(count)]
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def matmul_gflop(config, lengths: list[int]) -> float:
@@ -65,7 +57,7 @@ def main() -> None:
     directory = hub.resolve(attnkit.embeddings.DEFAULT_MODEL)
     ours = hub.load(directory)
     reference = sentence_transformers.SentenceTransformer(str(directory), device="cpu")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
     print(f"attnkit {attnkit.__version__} ({commit}), torch {torch.__version__}, sentence-transformers "
           f"{sentence_transformers.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads")
@@ -90,24 +82,16 @@ def main() -> None:
         float32 = run_ours()
         cosine = (float32 * run_reference()).sum(-1).min().item()  # also the warm-up
         cosine_bf16 = (run_bf16().float() * float32).sum(-1).min().item()
-        ratios, ours_s, ref_s, bf16_s, probes = [], [], [], [], []
-        for _ in range(args.rounds):
-            gflops, _, _ = probe.gate()
-            probes.append(gflops)
-            a, b, c = timed(run_ours), timed(run_reference), timed(run_bf16)
-            ours_s.append(a)
-            ref_s.append(b)
-            bf16_s.append(c)
-            ratios.append(b / a)
-        n, rate = len(texts), statistics.median(probes)
-        print(f"batch {batch_size}: attnkit {n / statistics.median(ours_s):.0f} sentences/s, "
-              f"sentence-transformers {n / statistics.median(ref_s):.0f} sentences/s, "
+        r = interleaved(probe, {"ours": run_ours, "reference": run_reference, "bf16": run_bf16}, args.rounds)
+        ratios = r.ratios("reference", "ours")
+        n, ours_s, ref_s, bf16_s = len(texts), r.median("ours"), r.median("reference"), r.median("bf16")
+        print(f"batch {batch_size}: attnkit {n / ours_s:.0f} sentences/s, "
+              f"sentence-transformers {n / ref_s:.0f} sentences/s, "
               f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}), "
-              f"min cosine {cosine:.7f}; probe {rate:.0f} GFLOP/s: sentence-transformers runs its matmuls at "
-              f"{gflop / statistics.median(ref_s):.0f} GFLOP/s, attnkit at {gflop / statistics.median(ours_s):.0f}")
-        print(f"  bfloat16 (attnkit, separate): {n / statistics.median(bf16_s):.0f} sentences/s, "
-              f"{statistics.median(ref_s) / statistics.median(bf16_s):.2f}x sentence-transformers float32, "
-              f"min cosine to attnkit float32 {cosine_bf16:.5f}")
+              f"min cosine {cosine:.7f}; probe {statistics.median(r.probes):.0f} GFLOP/s: sentence-transformers "
+              f"runs its matmuls at {gflop / ref_s:.0f} GFLOP/s, attnkit at {gflop / ours_s:.0f}")
+        print(f"  bfloat16 (attnkit, separate): {n / bf16_s:.0f} sentences/s, "
+              f"{ref_s / bf16_s:.2f}x sentence-transformers float32, min cosine to attnkit float32 {cosine_bf16:.5f}")
 
 
 if __name__ == "__main__":

@@ -14,27 +14,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Probe  # noqa: E402
+from harness import Probe, git, interleaved  # noqa: E402
 
 import attnkit  # noqa: E402
 from attnkit import hub  # noqa: E402
 
 PROMPT = 32
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def models(directory: Path):
@@ -73,7 +65,7 @@ def main() -> None:
         reference, ours = models(Path(tmp))
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     floor_ms = weight_bytes / (args.bandwidth * 1e9) * 1e3
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
     print(f"attnkit {attnkit.__version__} ({commit}), torch {torch.__version__}, transformers "
           f"{transformers.__version__}, {torch.get_num_threads()} threads")
     print(f"GPT-2 small config, random weights (seed 0), float32, greedy; prompt {PROMPT}, {args.new_tokens} new "
@@ -97,21 +89,14 @@ def main() -> None:
                                           min_new_tokens=new, do_sample=False, pad_token_id=50256)
 
         same = torch.equal(run_ours(), run_reference())  # also the warm-up
-        ours_s, ref_s, ratios, probes = [], [], [], []
-        for _ in range(args.rounds):
-            gflops, _, _ = probe.gate()
-            probes.append(gflops)
-            a, b = timed(run_ours), timed(run_reference)
-            ours_s.append(a)
-            ref_s.append(b)
-            ratios.append(b / a)
-        tokens = batch * new
-        step_ms = statistics.median(ours_s) / new * 1e3
-        print(f"batch {batch}: attnkit {tokens / statistics.median(ours_s):.1f} tokens/s ({step_ms:.1f} ms/step), "
-              f"transformers {tokens / statistics.median(ref_s):.1f} tokens/s "
-              f"({statistics.median(ref_s) / new * 1e3:.1f} ms/step), speed-up {statistics.median(ratios):.2f}x "
-              f"(min {min(ratios):.2f}, max {max(ratios):.2f}); limit ~{statistics.median(ref_s) / new * 1e3 / floor_ms:.1f}x "
-              f"(a step >= {floor_ms:.0f} ms); same tokens: {same}; probe {statistics.median(probes):.0f} GFLOP/s")
+        r = interleaved(probe, {"ours": run_ours, "reference": run_reference}, args.rounds)
+        ratios = r.ratios("reference", "ours")
+        tokens, ours_s, ref_s = batch * new, r.median("ours"), r.median("reference")
+        print(f"batch {batch}: attnkit {tokens / ours_s:.1f} tokens/s ({ours_s / new * 1e3:.1f} ms/step), "
+              f"transformers {tokens / ref_s:.1f} tokens/s ({ref_s / new * 1e3:.1f} ms/step), "
+              f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}); "
+              f"limit ~{ref_s / new * 1e3 / floor_ms:.1f}x (a step >= {floor_ms:.0f} ms); same tokens: {same}; "
+              f"probe {statistics.median(r.probes):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

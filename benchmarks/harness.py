@@ -5,9 +5,16 @@ Shared by the benchmarks in this folder."""
 from __future__ import annotations
 
 import os
+import statistics
+import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROBE_N = 2048  # the probe is a PROBE_N x PROBE_N float32 torch.mm
 GATE_FRACTION = 0.85  # a round waits while the probe is below this share of the best probe seen
@@ -128,3 +135,44 @@ class Probe:
             spent = time.perf_counter() - start - waited
             self.wait_left_s -= spent
             self.waited_s += spent
+
+
+def timed(call: Callable[[], object]) -> float:
+    """Seconds one call takes."""
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def git(*args: str) -> str:
+    """``git args...`` in the repository; "" when git is unavailable."""
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@dataclass
+class Rounds:
+    """Times of several calls measured round-robin, one round after each probe gate."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+    probes: list[float] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+    def ratios(self, slower: str, faster: str) -> list[float]:
+        """Per-round speed-ups of ``faster`` over ``slower`` (each pair timed in the same round)."""
+        return [a / b for a, b in zip(self.times[slower], self.times[faster])]
+
+
+def interleaved(probe: "Probe", calls: dict[str, Callable[[], object]], rounds: int) -> Rounds:
+    """Time every call once per round, in the given order, each round gated on ``probe``."""
+    result = Rounds({name: [] for name in calls})
+    for _ in range(rounds):
+        result.probes.append(probe.gate()[0])
+        for name, call in calls.items():
+            result.times[name].append(timed(call))
+    return result
