@@ -412,3 +412,17 @@ def test_minilm_matches_transformers_on_a_padded_batch():
         got = model(ids, attention_mask=mask).last_hidden_state
     for i, n in enumerate(mask.sum(-1).tolist()):
         assert_close(got[i, :n], expected[i, :n], atol=ATOL, what=f"sentence {i}")
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(hf_bert, tmp_path, monkeypatch):
+    model, _ = hub.load(hf_bert[1])
+    hub.save(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("attnkit.hub.files.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        hub.save(model.double(), tmp_path)  # its config differs (dtype): it must not land beside the old weights
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing half-written, no temp file

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..files import atomic_path, write_text
+
 # In the order they are looked for: safetensors before pickles, one file before shards.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -104,11 +106,12 @@ def read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
 
 
 def write_checkpoint(directory: Path, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (one file; contiguous copies, no shared storage)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    """Write ``model.safetensors`` (one file; contiguous copies, no shared storage), then ``config.json``;
+    each whole or not at all, so a failed save never leaves a config beside missing or partial weights."""
     flat = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    save_file(flat, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(flat, str(tmp), metadata={"format": "pt"})
+    write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 __all__ = ["CheckpointError", "read_config", "read_json", "read_weights", "write_checkpoint", "WEIGHT_FILES"]

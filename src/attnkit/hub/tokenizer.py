@@ -28,6 +28,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from torch import Tensor
 
 from ..functional.checks import check_int
+from ..files import atomic_path, write_text
 from .files import read_json
 
 Side = Literal["right", "left"]
@@ -235,16 +236,15 @@ class Tokenizer:
         """Write tokenizer.json and tokenizer_config.json (and sentence_bert_config.json when the truncation
         limit differs from ``model_max_length``) into ``directory``."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         self.backend.no_truncation()
-        self.backend.save(str(directory / "tokenizer.json"))
+        with atomic_path(directory / "tokenizer.json") as tmp:
+            self.backend.save(str(tmp))
         config = {**self.config, **self.special_tokens, "padding_side": self.padding_side}
         config["model_max_length"] = self.model_max_length if self.model_max_length is not None else int(1e30)
-        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
         if self.max_length is not None and self.max_length != self.model_max_length:
-            (directory / "sentence_bert_config.json").write_text(
-                json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n",
-                encoding="utf-8")
+            write_text(directory / "sentence_bert_config.json",
+                       json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, max_length={self.max_length}, "
