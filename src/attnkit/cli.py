@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", help="attention kernel for the forward (dense, sdpa, tiled; default auto)")
     p.add_argument("--max-tokens", type=int, default=128,
                    help="longer texts are shown pooled into this many token ranges (default 128)")
-    p.add_argument("--top", type=_positive_int, default=3, help="most-attended tokens per layer in the table (default 3)")
+    p.add_argument("--top", type=_positive_int, default=3,
+                   help="most-attended tokens per layer in the table (default 3)")
     p.set_defaults(func=cmd_explain)
     return parser
 

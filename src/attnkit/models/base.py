@@ -45,16 +45,28 @@ def require_positive(config: object, *names: str) -> None:
         check_int(f"{type(config).__name__}.{name}", getattr(config, name))
 
 
-def require_heads(config: object, dim: int, num_heads: int, num_kv_heads: int | None) -> None:
-    """``num_heads`` must divide ``dim`` and ``num_kv_heads`` (if set) must divide ``num_heads``."""
+def require_heads(config: object, dim: int, num_heads: int, num_kv_heads: int | None = None, *,
+                  rope: bool = False) -> None:
+    """``num_heads`` must divide ``dim``, ``num_kv_heads`` (if set) must divide ``num_heads``, and with
+    ``rope`` the head size must be even (RoPE rotates pairs)."""
     name = type(config).__name__
     if dim % num_heads:
         raise ValueError(f"{name}.num_heads={num_heads} must divide dim={dim}")
+    if rope and (dim // num_heads) % 2:
+        raise ValueError(f"{name}: RoPE needs an even head size, got dim / num_heads = {dim // num_heads}")
     if num_kv_heads is not None:
         check_int(f"{name}.num_kv_heads", num_kv_heads)
     if num_kv_heads is not None and num_heads % num_kv_heads:
         raise ValueError(f"{name}.num_kv_heads={num_kv_heads!r} must be a positive int dividing "
                          f"num_heads={num_heads}")
+
+
+def require_positive_float(config: object, *names: str) -> None:
+    """Raise a ValueError naming the first field of ``config`` that is not a number > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be > 0, got {value!r}")
 
 
 def require_dropout(config: object, *names: str) -> None:

@@ -39,7 +39,8 @@ from ..functional.masks import Mask
 from ..nn.layers import EncoderLayer
 from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import Config, Model, check_ids, init_weights, require_dropout, require_positive, require_token_ids
+from .base import (Config, Model, check_ids, init_weights, require_dropout, require_heads, require_positive,
+                   require_positive_float, require_token_ids)
 
 
 @dataclass
@@ -70,11 +71,9 @@ class BERTConfig(Config):
     def __post_init__(self) -> None:
         require_positive(self, "vocab_size", "max_seq_len", "type_vocab_size", "dim", "num_layers", "num_heads",
                          "hidden")
-        if self.dim % self.num_heads:
-            raise ValueError(f"BERTConfig.num_heads={self.num_heads} must divide dim={self.dim}")
+        require_heads(self, self.dim, self.num_heads)
         require_dropout(self, "dropout")
-        if not self.norm_eps > 0:
-            raise ValueError(f"BERTConfig.norm_eps must be > 0, got {self.norm_eps!r}")
+        require_positive_float(self, "norm_eps")
         require_token_ids(self, {"pad_id": self.vocab_size})
 
 

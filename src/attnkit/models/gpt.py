@@ -69,10 +69,7 @@ class GPTConfig(Config):
 
     def __post_init__(self):
         require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads")
-        require_heads(self, self.dim, self.num_heads, self.num_kv_heads)
-        if self.positions == "rope" and (self.dim // self.num_heads) % 2:
-            raise ValueError(f"GPTConfig: RoPE needs an even head size, got dim / num_heads = "
-                             f"{self.dim // self.num_heads}")
+        require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=self.positions == "rope")
         require_dropout(self, "dropout")
         self.moe_layers = tuple(self.moe_layers)
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]

@@ -49,10 +49,7 @@ class HybridConfig(Config):
 
     def __post_init__(self):
         require_positive(self, "vocab_size", "dim", "num_heads", "state_dim", "expand")
-        require_heads(self, self.dim, self.num_heads, self.num_kv_heads)
-        if (self.dim // self.num_heads) % 2:
-            raise ValueError(f"HybridConfig: RoPE needs an even head size, got dim / num_heads = "
-                             f"{self.dim // self.num_heads}")
+        require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=True)
         if not self.pattern or set(self.pattern) - {"A", "M"}:
             raise ValueError(f"HybridConfig.pattern must be a non-empty string of 'A' (attention) and "
                              f"'M' (SSM) layers, got {self.pattern!r}")

@@ -35,7 +35,7 @@ from ..nn.cache import ContextCache, StaticCache
 from ..nn.linear import Linear
 from ..nn.layers import DecoderLayer, EncoderLayer
 from ..nn.positions import SinusoidalPositions, default_position_ids
-from .base import Config, Model, check_ids, require_dropout, require_positive, require_token_ids
+from .base import Config, Model, check_ids, require_dropout, require_heads, require_positive, require_token_ids
 
 
 @dataclass
@@ -73,8 +73,7 @@ class TransformerConfig(Config):
     def __post_init__(self) -> None:
         require_positive(self, "src_vocab_size", "tgt_vocab_size", "dim", "num_heads", "hidden",
                          "num_encoder_layers", "num_decoder_layers")
-        if self.dim % self.num_heads:
-            raise ValueError(f"TransformerConfig.num_heads={self.num_heads} must divide dim={self.dim}")
+        require_heads(self, self.dim, self.num_heads)
         if self.dim % 2:
             raise ValueError(f"TransformerConfig.dim must be even for sinusoidal positions, got {self.dim}")
         require_dropout(self, "dropout")

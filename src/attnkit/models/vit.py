@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from ..nn.layers import EncoderLayer
 from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import Config, Model, init_weights, require_dropout, require_positive
+from .base import (Config, Model, init_weights, require_dropout, require_heads, require_positive,
+                   require_positive_float)
 
 Pool = Literal["cls", "mean"]
 
@@ -54,11 +55,9 @@ class ViTConfig(Config):
                          "num_heads", "hidden")
         if self.image_size % self.patch_size:
             raise ValueError(f"ViTConfig.patch_size={self.patch_size} must divide image_size={self.image_size}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"ViTConfig.num_heads={self.num_heads} must divide dim={self.dim}")
+        require_heads(self, self.dim, self.num_heads)
         require_dropout(self, "dropout")
-        if not self.norm_eps > 0:
-            raise ValueError(f"ViTConfig.norm_eps must be > 0, got {self.norm_eps!r}")
+        require_positive_float(self, "norm_eps")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
 
