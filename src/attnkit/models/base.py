@@ -112,10 +112,16 @@ def check_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids") -> tu
         raise TypeError(f"{name} must be a (B, N) integer tensor, got dtype {input_ids.dtype}")
     if input_ids.dim() != 2:
         raise ValueError(f"{name} must be a (B, N) integer tensor, got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}), got values in "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    check_range(input_ids, vocab_size, name)
     return input_ids.shape[0], input_ids.shape[1]
+
+
+def check_range(ids: Tensor, limit: int, name: str = "input_ids", limit_name: str = "vocab_size") -> None:
+    """Raise unless every id lies in [0, limit); the message names the values found."""
+    if ids.numel():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= limit:
+            raise ValueError(f"{name} must lie in [0, {limit_name}={limit}), got values in [{low}, {high}]")
 
 
 def init_weights(module: nn.Module) -> None:

@@ -39,8 +39,8 @@ from ..functional.masks import Mask
 from ..nn.layers import EncoderLayer
 from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import (Config, Model, check_ids, init_weights, require_dropout, require_heads, require_positive,
-                   require_positive_float, require_token_ids)
+from .base import (Config, Model, check_ids, check_range, init_weights, require_dropout, require_heads,
+                   require_positive, require_positive_float, require_token_ids)
 
 
 @dataclass
@@ -148,10 +148,7 @@ class BERT(Model):
         mask = input_ids != c.pad_id if attention_mask is None else attention_mask != 0
         if token_type_ids is None:
             return mask, torch.zeros_like(input_ids)
-        if token_type_ids.numel() and not 0 <= int(token_type_ids.min()) <= int(token_type_ids.max()) < \
-                c.type_vocab_size:
-            raise ValueError(f"token_type_ids must lie in [0, type_vocab_size={c.type_vocab_size}), got values in "
-                             f"[{int(token_type_ids.min())}, {int(token_type_ids.max())}]")
+        check_range(token_type_ids, c.type_vocab_size, "token_type_ids", "type_vocab_size")
         return mask, token_type_ids.long()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.classic import HierarchicalAttention
-from .base import Config, Model, require_dropout, require_positive, require_token_ids
+from .base import Config, Model, check_range, require_dropout, require_positive, require_token_ids
 
 
 @dataclass
@@ -77,9 +77,7 @@ class HAN(Model):
             raise TypeError(f"input_ids must be a torch.long tensor, got {got}")
         if input_ids.dim() != 3:
             raise ValueError(f"input_ids must have shape (B, S, W), got {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), got values in "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        check_range(input_ids, self.config.vocab_size)
         words = self.drop(self.embed(input_ids))  # (B, S, W, E)
         out = self.encoder(words, input_ids != self.config.pad_id)
         logits = self.classifier(self.drop(out.document))  # (B, num_classes)
