@@ -26,7 +26,7 @@ from ..nn.positions import (
     position_ids_from_mask,
 )
 from .base import Config, Model, check_ids, init_weights, require_dropout, require_heads, require_positive
-from .sampling import check_sampling, next_token
+from .sampling import check_sampling, extend, next_token
 
 
 @dataclass
@@ -203,10 +203,10 @@ class GPT(Model):
         has produced ``eos_token_id``; finished sequences are padded with it. Left-pad batched prompts and
         pass ``attention_mask`` (1 = token). ``cache_kind``: "static" (default; preallocated for prompt +
         max_new_tokens), "growing", or "ring" (default for sliding-window models). Returns (B, N + generated)."""
-        tokens = list(self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
-                                  temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
-                                  use_cache=use_cache, cache_kind=cache_kind, generator=generator))
-        return torch.cat([input_ids] + [t[:, None] for t in tokens], dim=1)
+        return extend(input_ids, self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
+                                             temperature=temperature, top_k=top_k, top_p=top_p,
+                                             eos_token_id=eos_token_id, use_cache=use_cache, cache_kind=cache_kind,
+                                             generator=generator))
 
 
 __all__ = ["GPT", "GPTConfig", "GPTOutput"]

@@ -20,7 +20,7 @@ from ..nn.norms import NormKind, make_norm
 from ..nn.positions import RotaryEmbedding, default_position_ids
 from ..nn.ssm import SelectiveSSM, SSMState
 from .base import Config, Model, check_ids, init_weights, require_heads, require_positive
-from .sampling import check_sampling, next_token
+from .sampling import check_sampling, extend, next_token
 
 
 @dataclass
@@ -157,9 +157,8 @@ class HybridLM(Model):
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
         """Extend ``input_ids`` (B, N) by ``max_new_tokens``; greedy unless ``temperature`` > 0."""
-        tokens = list(self.stream(input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  generator=generator))
-        return torch.cat([input_ids] + [t[:, None] for t in tokens], dim=1)
+        return extend(input_ids, self.stream(input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                             top_p=top_p, generator=generator))
 
 
 __all__ = ["HybridLM", "HybridConfig", "HybridOutput", "SSMLayer"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -37,4 +39,9 @@ def next_token(logits: Tensor, *, temperature: float = 0.0, top_k: int | None = 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-__all__ = ["next_token", "check_sampling"]
+def extend(input_ids: Tensor, steps: Iterable[Tensor]) -> Tensor:
+    """input_ids (B, N) followed by each step's new tokens (B,) from a ``stream``: (B, N + steps)."""
+    return torch.cat([input_ids, *(t[:, None] for t in steps)], dim=1)
+
+
+__all__ = ["check_sampling", "extend", "next_token"]

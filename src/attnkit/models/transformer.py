@@ -287,7 +287,10 @@ class Transformer(Model):
 
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """src_ids (B, S) -> memory (B, S, dim). Rows at padded positions hold values that nothing reads."""
-        src_padding = self._source_padding(src_ids, src_mask)
+        return self._encode(src_ids, self._source_padding(src_ids, src_mask))
+
+    def _encode(self, src_ids: Tensor, src_padding: Tensor) -> Tensor:
+        """``encode`` for inputs already checked (``src_padding`` from ``_source_padding``)."""
         x = self._embed(src_ids, self.src_embedding, 0)  # (B, S, dim)
         for layer in self.encoder_layers:
             x = layer(x, key_padding=src_padding)
@@ -335,7 +338,7 @@ class Transformer(Model):
             raise ValueError(f"tgt_ids must have src_ids' batch size {src_ids.shape[0]}, got {tgt_ids.shape[0]}")
         tgt_padding = tgt_ids != self.config.pad_id if tgt_mask is None else \
             _bool_mask("tgt_mask", tgt_mask, tuple(tgt_ids.shape))
-        memory = self.encode(src_ids, src_padding)
+        memory = self._encode(src_ids, src_padding)
         logits = self.decode(tgt_ids, memory, src_padding, tgt_mask=tgt_padding)
         return TransformerOutput(logits, memory)
 
@@ -358,7 +361,7 @@ class Transformer(Model):
         c = self.config
         src_padding = self._source_padding(src_ids, src_mask)
         self._check_decode_length(max_len)
-        memory = self.encode(src_ids, src_padding)
+        memory = self._encode(src_ids, src_padding)
         tokens = torch.full((src_ids.shape[0], 1), c.bos_id, dtype=torch.long, device=src_ids.device)
         done = torch.zeros(src_ids.shape[0], dtype=torch.bool, device=src_ids.device)
         cache = self.new_cache(max_len) if use_cache and max_len > 0 else None
@@ -399,7 +402,7 @@ class Transformer(Model):
         src_padding = self._source_padding(src_ids, src_mask)
         self._check_decode_length(max_len)
         b, k = src_ids.shape[0], beam_size
-        memory = self.encode(src_ids, src_padding).repeat_interleave(k, dim=0)  # (B*K, S, dim)
+        memory = self._encode(src_ids, src_padding).repeat_interleave(k, dim=0)  # (B*K, S, dim)
         src_padding = src_padding.repeat_interleave(k, dim=0)  # (B*K, S): beams never leave their input
         beams = _Beams.start(b, k, c.bos_id, src_ids)
         best = _Best(torch.full((b, max_len + 1), c.pad_id, dtype=torch.long, device=src_ids.device),
