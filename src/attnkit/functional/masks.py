@@ -18,6 +18,9 @@ Positions are bottom-right aligned: query row ``i`` sits at absolute position ``
                                     4        x x x x x
 
 Masks compose with ``&``, ``|`` and ``~``; the block states compose too (min, max, 2 - s).
+
+Besides the basic masks, the sparse patterns of the literature: ``strided`` and ``fixed`` (Sparse
+Transformer), ``longformer`` and ``bigbird``, each with its picture in its docstring.
 """
 
 from __future__ import annotations
@@ -527,7 +530,10 @@ def as_mask(mask) -> Mask:
     raise TypeError(f"mask must be a bool tensor or an attnkit.masks mask, got {type(mask).__name__}")
 
 
+# the sparse patterns live in their own module (it imports this one, so it comes last)
+from .sparse_masks import bigbird, fixed, longformer, strided  # noqa: E402
+
 __all__ = [
     "EMPTY", "PARTIAL", "FULL", "Mask", "causal", "sliding_window", "padding", "document", "prefix_lm",
-    "global_tokens", "dense", "as_mask",
+    "global_tokens", "dense", "as_mask", "strided", "fixed", "longformer", "bigbird",
 ]
