@@ -256,7 +256,8 @@ def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
             out[..., row.qs:row.qe, :] = 0
             continue
         # l >= 1 where anything is visible; l == 0 (acc == 0, lse = lowest + log 0 = -inf) where not
-        torch.div(acc, l.clamp(min=1.0), out=out[..., row.qs:row.qe, :])  # written in place: no temporary
+        # written in place, no temporary; a multiply by 1/l, as div with a strided out= runs ~8x slower on CPU
+        torch.mul(acc, l.clamp(min=1.0).reciprocal_(), out=out[..., row.qs:row.qe, :])
         torch.add(m, torch.log2(l), out=lse[..., row.qs:row.qe, None])  # log2 units
     return out, lse
 
