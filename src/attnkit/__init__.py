@@ -7,9 +7,9 @@
     >>> out = attnkit.attention(q, k, v, mask=m, kernel="tiled")  # skips empty tiles
 """
 
-from .functional import (AttentionRequest, Capabilities, Kernel, additive_attention, attention, attention_weights,
-                         auto_order, bias, get_kernel, hard_attention, kernels, luong_attention, masks,
-                         register_kernel)
+from .functional import (AttentionRequest, Capabilities, Kernel, LinearState, additive_attention, attention,
+                         attention_weights, auto_order, bias, get_kernel, hard_attention, kernel, kernels,
+                         linear_attention_step, luong_attention, masks, register_kernel)
 
 from . import models, nn  # noqa: E402  (after functional: they build on it)
 from . import hub  # noqa: E402  (checkpoints: above models)
@@ -19,7 +19,8 @@ from . import inspect  # noqa: E402  (maps and explain: above models and hub)
 __version__ = "0.1.0"
 
 __all__ = [
-    "attention", "attention_weights", "kernels", "register_kernel", "get_kernel", "auto_order", "masks", "bias",
+    "attention", "attention_weights", "kernel", "kernels", "register_kernel", "get_kernel", "auto_order", "masks",
+    "bias", "linear_attention_step", "LinearState",
     "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
     "nn", "models", "hub", "embed", "inspect",
 ]

@@ -4,16 +4,18 @@ from . import bias, masks
 from .attention import attention, attention_weights
 from .classic import (HardAttention, additive_attention, additive_scores, hard_attention, luong_attention,
                       luong_scores)
-from .kernels import DenseKernel, SdpaKernel, TiledKernel
-from .registry import Capabilities, Kernel, auto_order, get_kernel, kernels, register_kernel
+from .kernels import (DenseKernel, LinearKernel, LinearState, PerformerKernel, SdpaKernel, TiledKernel,
+                      linear_attention_step)
+from .registry import Capabilities, Kernel, auto_order, get_kernel, kernel, kernels, register_kernel
 from .request import AttentionRequest
 
-for _kernel in (DenseKernel(), SdpaKernel(), TiledKernel()):
+for _kernel in (DenseKernel(), SdpaKernel(), TiledKernel(), LinearKernel(), PerformerKernel()):
     if _kernel.name not in {k.name for k in kernels()}:
         register_kernel(_kernel)
 
 __all__ = [
-    "attention", "attention_weights", "masks", "bias", "kernels", "register_kernel", "get_kernel",
+    "attention", "attention_weights", "masks", "bias", "kernel", "kernels", "register_kernel", "get_kernel",
+    "linear_attention_step", "LinearState",
     "auto_order", "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "additive_scores",
     "luong_attention", "luong_scores", "hard_attention", "HardAttention",
 ]

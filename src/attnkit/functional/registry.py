@@ -6,7 +6,9 @@ A kernel is an object with ``name``, ``capabilities`` and two methods:
 - ``__call__(request) -> out`` or ``(out, lse)`` when ``request.return_lse``.
 
 ``kernel="auto"`` walks ``auto_order(request)`` and takes the first kernel with no reasons; when none
-fits, the error lists every kernel and its reasons. Users add their own with ``register_kernel``.
+fits, the error lists every kernel and its reasons. Approximate kernels (``capabilities.exact`` False, such
+as "linear" and "performer") are never chosen by "auto": only by name or object. Users add their own with
+``register_kernel``; ``kernel(name, **options)`` returns a configured copy of a kernel that takes options.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class Capabilities:
 
     dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
     devices: tuple[str, ...] = ("cpu", "cuda")
-    masks: Literal["any", "materialized", "none"] = "any"  # "materialized": built as a dense tensor
+    # "materialized": built as a dense tensor; "causal+padding": only causal and key-padding masks
+    masks: Literal["any", "materialized", "causal+padding", "none"] = "any"
     tile_skipping: bool = False  # cost proportional to the visible part of a structured mask
     bias: bool = True
     bias_grad: bool = True
@@ -35,7 +38,7 @@ class Capabilities:
     return_lse: bool = True
     gradients: bool = True
     gqa: bool = True
-    exact: bool = True
+    exact: bool = True  # False: an approximation of softmax attention, never chosen by kernel="auto"
     memory: str = "O(N^2)"
 
     def reasons(self, req: AttentionRequest) -> list[str]:
@@ -115,6 +118,29 @@ def kernels() -> list[Kernel]:
     return list(_REGISTRY.values())
 
 
+def kernel(name: str, **options) -> Kernel:
+    """The registered kernel ``name``, configured with ``options``, for ``attention(kernel=...)`` and
+    ``MultiHeadAttention(kernel=...)``.
+
+    Without options it is the registered kernel itself. A kernel that takes options has a ``configure(**options)``
+    method returning a configured copy; unknown options are a TypeError listing the valid ones, invalid values a
+    ValueError or TypeError naming the option.
+
+    Example:
+        >>> attnkit.kernel("performer", features=256, seed=0)
+        kernel('performer', features=256, seed=0, redraw=False, chunk=64)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"kernel name must be a str, got {type(name).__name__}")
+    base = get_kernel(name)
+    if not options:
+        return base
+    configure = getattr(base, "configure", None)
+    if configure is None:
+        raise TypeError(f"kernel {name!r} takes no options, got {', '.join(options)}")
+    return configure(**options)
+
+
 # Sparse-enough masks go to the tiled kernel first: when at least this share of tiles is empty
 # and the score matrix is large, skipping tiles beats SDPA computing (and masking) all of them.
 AUTO_TILED_MIN_EMPTY = 0.5
@@ -127,7 +153,7 @@ def auto_order(req: AttentionRequest) -> list[str]:
     1. ``tiled`` first when a structured mask leaves >= 50% of its 128x128 tiles empty and
        Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part.
     2. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
-    then any user-registered kernels in registration order.
+    then any user-registered exact kernels in registration order. Approximate kernels are never listed.
     """
     order = ["sdpa", "tiled", "dense"]
     _, _, _, Nq, Nk, _, _ = req.shape
@@ -138,7 +164,11 @@ def auto_order(req: AttentionRequest) -> list[str]:
         empty = (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item()
         if empty >= AUTO_TILED_MIN_EMPTY:
             order = ["tiled", "sdpa", "dense"]
-    return order + [name for name in _REGISTRY if name not in order]
+    return order + [name for name, k in _REGISTRY.items() if name not in order and _is_exact(k)]
+
+
+def _is_exact(k: Kernel) -> bool:
+    return getattr(k.capabilities, "exact", True)
 
 
 def select_kernel(req: AttentionRequest, kernel) -> Kernel:
@@ -146,12 +176,16 @@ def select_kernel(req: AttentionRequest, kernel) -> Kernel:
     if isinstance(kernel, str) and kernel == "auto":
         refusals = []
         for name in auto_order(req):
-            if name not in _REGISTRY:
+            if name not in _REGISTRY or not _is_exact(_REGISTRY[name]):
                 continue
             reasons = _REGISTRY[name].not_supported_reasons(req)
             if not reasons:
                 return _REGISTRY[name]
             refusals.append(f"  {name}: {'; '.join(reasons)}")
+        approximate = [name for name, k in _REGISTRY.items() if not _is_exact(k)]
+        if approximate:
+            names = ", ".join(approximate)
+            refusals.append(f"  (approximate kernels are never chosen by 'auto', only by name: {names})")
         raise ValueError("no attention kernel supports this request:\n" + "\n".join(refusals))
     chosen = get_kernel(kernel) if isinstance(kernel, str) else kernel
     if not isinstance(chosen, Kernel):
@@ -162,4 +196,5 @@ def select_kernel(req: AttentionRequest, kernel) -> Kernel:
     return chosen
 
 
-__all__ = ["Capabilities", "Kernel", "register_kernel", "get_kernel", "kernels", "auto_order", "select_kernel"]
+__all__ = ["Capabilities", "Kernel", "register_kernel", "get_kernel", "kernel", "kernels", "auto_order",
+           "select_kernel"]
