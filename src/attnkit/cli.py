@@ -164,6 +164,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Kernels x lengths x masks x modes against named peers; table, CSV/JSON and a log-log plot."""
+    from pathlib import Path
+
+    from .bench import Sweep, SweepOptions
+
+    opts = SweepOptions.build(kernels=args.kernels, lengths=args.lengths, masks=args.masks, modes=args.modes,
+                              peers=args.peers, rounds=args.rounds, memory=args.memory, quick=args.quick)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sweep = Sweep(opts)
+    print(sweep.header(), flush=True)
+    result = sweep.run(sweep.progress(sys.stderr))
+    print(result.report())
+    written = result.write(Path(args.out))
+    if not args.no_plot:
+        try:
+            written.append(result.plot(Path(args.out) / "bench.png"))
+        except ImportError:
+            print("install attnkit[viz] for the plot (matplotlib); CSV and JSON are written", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _list(text: str) -> list[str]:
+    """argparse type: comma-separated names."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated ints >= 1."""
+    return [_positive_int(x) for x in _list(text)] or [_positive_int(text)]
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
     try:
@@ -173,6 +207,32 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def _add_bench(sub) -> None:
+    """`attnkit bench` and its options (comma-separated lists; names checked by the library)."""
+    p = sub.add_parser("bench", help="time kernels against SDPA, FlexAttention and the reference over lengths and masks",
+                       description="Sweep kernels x sequence lengths x masks x forward / forward+backward (B=1, H=8, "
+                                   "D=64, float32), each configuration timed round-robin against the peers in one "
+                                   "process and gated on a matmul probe. Prints the machine, threads, versions and "
+                                   "a table; writes DIR/bench.csv, DIR/bench.json and DIR/bench.png.")
+    p.add_argument("--kernels", type=_list, help="attnkit kernels by name, comma-separated, or 'auto' "
+                                                 "(default: tiled,sdpa,dense and linear when registered)")
+    p.add_argument("--lengths", type=_positive_ints, help="sequence lengths, comma-separated "
+                                                          "(default 1024,4096,16384; --quick 512,1024,2048)")
+    p.add_argument("--masks", type=_list, help="dense,causal,window,document,bigbird (default: all)")
+    p.add_argument("--modes", type=_list, help="fwd,fwdbwd (default: both)")
+    p.add_argument("--peers", type=_list, help="sdpa,flex,dense (default: all; ratios against the first that runs)")
+    p.add_argument("--rounds", type=_positive_int, help="timed rounds per configuration (default 5, --quick 3; "
+                                                        "3 for calls over 2 s)")
+    p.add_argument("--threads", type=_positive_int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="peak memory of each row in a process of its own (default on; off with --quick)")
+    p.add_argument("--out", default="attnkit-bench", metavar="DIR", help="output directory (default ./attnkit-bench)")
+    p.add_argument("--no-plot", action="store_true", help="do not write bench.png")
+    p.add_argument("--quick", action="store_true", help="N in 512,1024,2048, 3 rounds, no memory pass, no "
+                                                        "FlexAttention compile; under a minute")
+    p.set_defaults(func=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=3,
                    help="most-attended tokens per layer in the table (default 3)")
     p.set_defaults(func=cmd_explain)
+    _add_bench(sub)
     return parser
 
 
