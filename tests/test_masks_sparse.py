@@ -390,7 +390,7 @@ BAD_ARGUMENTS = [
     (lambda: masks.strided(0), ValueError, ["stride", "0"]),
     (lambda: masks.strided(2.0), TypeError, ["stride", "float"]),
     (lambda: masks.strided(3, causal=1), TypeError, ["causal", "bool"]),
-    (lambda: masks.fixed(0), ValueError, ["block", ">= 1", "0"]),
+    (lambda: masks.fixed(0), ValueError, ["block", "positive int", "0"]),
     (lambda: masks.fixed(4, summary=5), ValueError, ["summary", "[0, 4]", "5"]),
     (lambda: masks.fixed(4, summary=-1), ValueError, ["summary", "-1"]),
     (lambda: masks.longformer(-2, [0]), ValueError, ["window", "-2"]),
@@ -400,7 +400,7 @@ BAD_ARGUMENTS = [
     (lambda: masks.bigbird(-1, 0, 0, 4), ValueError, ["window", "-1"]),
     (lambda: masks.bigbird(1, -1, 0, 4), ValueError, ["num_global", "-1"]),
     (lambda: masks.bigbird(1, 0, 1.5, 4), TypeError, ["num_random_blocks", "1.5"]),
-    (lambda: masks.bigbird(1, 0, 0, 0), ValueError, ["block", ">= 1", "0"]),
+    (lambda: masks.bigbird(1, 0, 0, 0), ValueError, ["block", "positive int", "0"]),
     (lambda: masks.bigbird(1, 0, 0, 4, seed=-1), ValueError, ["seed", "-1"]),
     (lambda: masks.bigbird(1, 0, 0, 4, seed="a"), TypeError, ["seed", "str"]),
 ]

@@ -286,8 +286,11 @@ class Sweep:
 
     def _work(self) -> list[float]:
         """Expected cost of each configuration, for the progress bar and the time budget: N^2 (x3.5 with
-        backward) plus a fixed part for the probes and the set-up, worth two forwards at N = 1024."""
-        return [n * n * (3.5 if mode == "fwdbwd" else 1.0) + 2 * 1024 * 1024 for n, _, mode in self.configs()]
+        backward) plus a fixed part for the probes and the set-up, worth two forwards at N = 1024, plus,
+        where FlexAttention is compiled (forward only), its ~10 s compile, worth ~8192^2 on this scale."""
+        flex = "flex" in self.options.peers and self.options.flex
+        return [n * n * (3.5 if mode == "fwdbwd" else 1.0) + 2 * 1024 * 1024
+                + (8192 * 8192 if flex and mode == "fwd" else 0) for n, _, mode in self.configs()]
 
     def progress(self, stream=None) -> Progress:
         """A progress bar over this sweep's configurations (on stderr by default)."""

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import numbers
 
-def check_int(name: str, value: object, minimum: int = 1) -> None:
-    """Raise unless ``value`` is an int (not a bool) >= ``minimum``: TypeError for anything else than an
-    int, ValueError below the minimum. The message names ``name``, the limit and the value received."""
-    what = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
-    if isinstance(value, bool) or not isinstance(value, int):
+
+def check_int(name: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int, if it is an integer (not a bool) in [minimum, maximum]: a TypeError for anything
+    else than an integer, a ValueError outside the range. The message names ``name``, the limits and the
+    value received."""
+    if maximum is not None:
+        what = f"an int in [{minimum}, {maximum}]"
+    else:
+        what = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
 
 
-__all__ = ["check_int"]
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool; a TypeError naming ``name`` otherwise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+__all__ = ["check_int", "check_bool"]

@@ -9,28 +9,12 @@ the factories' docstrings hold a picture of each pattern.
 from __future__ import annotations
 
 import bisect
-import numbers
 
 import torch
 from torch import Tensor
 
+from .checks import check_bool, check_int
 from .masks import GlobalTokens, Mask, Or, SlidingWindow, _Blocks, _positions, _states
-
-
-def _int_arg(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
-    """``value`` as an int in [minimum, maximum]; a TypeError or ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be an int {bound}, got {value}")
-    return int(value)
-
-
-def _bool_arg(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _floor_div(x: Tensor, n: int) -> Tensor:  # positions may be negative when q_len > k_len
@@ -50,8 +34,8 @@ class Strided(Mask):
     """Sparse Transformer strided pattern (see ``strided``): a function of the distance d = p - j only."""
 
     def __init__(self, stride: int, causal: bool = True):
-        self.stride = _int_arg("strided stride", stride, 1)
-        self.causal = _bool_arg("strided causal", causal)
+        self.stride = check_int("strided stride", stride, 1)
+        self.causal = check_bool("strided causal", causal)
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
@@ -89,9 +73,9 @@ class Fixed(Mask):
     """Sparse Transformer fixed pattern (see ``fixed``): own block, plus the summary cells of every block."""
 
     def __init__(self, block: int, summary: int = 1, causal: bool = True):
-        self.block = _int_arg("fixed block", block, 1)
-        self.summary = _int_arg("fixed summary", summary, 0, self.block)
-        self.causal = _bool_arg("fixed causal", causal)
+        self.block = check_int("fixed block", block, 1)
+        self.summary = check_int("fixed summary", summary, 0, self.block)
+        self.causal = check_bool("fixed causal", causal)
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
@@ -140,7 +124,7 @@ class Longformer(Or):
     two parts together would fill a tile."""
 
     def __init__(self, window: int, global_indices):
-        self.window = _int_arg("longformer window", window)
+        self.window = check_int("longformer window", window, 0)
         try:
             tokens = GlobalTokens(global_indices)
         except (TypeError, ValueError) as error:
@@ -182,11 +166,11 @@ class BigBird(Mask):
     _MEMO_ROWS = 1 << 16  # drawn rows kept before the memo is cleared
 
     def __init__(self, window: int, num_global: int, num_random_blocks: int, block: int, seed: int = 0):
-        self.window = _int_arg("bigbird window", window)
-        self.num_global = _int_arg("bigbird num_global", num_global)
-        self.num_random = _int_arg("bigbird num_random_blocks", num_random_blocks)
-        self.block = _int_arg("bigbird block", block, 1)
-        self.seed = _int_arg("bigbird seed", seed, 0, 2**31 - 1)
+        self.window = check_int("bigbird window", window, 0)
+        self.num_global = check_int("bigbird num_global", num_global, 0)
+        self.num_random = check_int("bigbird num_random_blocks", num_random_blocks, 0)
+        self.block = check_int("bigbird block", block, 1)
+        self.seed = check_int("bigbird seed", seed, 0, 2**31 - 1)
         self._memo: dict[tuple[int, int], Tensor] = {}  # (n_key_blocks, query block) -> (r,) key blocks
 
     def check(self, batch, heads, q_len, k_len):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from ..masks import And, Dense, Mask, Padding, SlidingWindow, shape4
 from ..registry import Capabilities, get_kernel
 from ..request import AttentionRequest, softmax_dtype
@@ -406,10 +406,8 @@ class PerformerKernel(_Kernelized):
     def __post_init__(self):
         check_int("features", self.features)
         check_int("chunk", self.chunk)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__} {self.seed!r}")
-        if not isinstance(self.redraw, bool):
-            raise TypeError(f"redraw must be a bool, got {type(self.redraw).__name__} {self.redraw!r}")
+        check_int("seed", self.seed, 0)
+        check_bool("redraw", self.redraw)
 
     def random_features(self, dim: int, device=None, dtype: torch.dtype = torch.float64) -> Tensor:
         """W (features, dim): from the seed (cached), or freshly drawn from torch's global RNG if redraw."""
