@@ -257,17 +257,27 @@ def test_performer_error_shrinks_as_features_grow():
     assert err[1024] < 0.5 * err[16], err
 
 
-@pytest.mark.parametrize("causal,k_lengths", [(True, None), (True, [40, 13]), (False, [40, 0])],
-                         ids=["causal", "causal-padding", "padding-empty-batch"])
-def test_performer_equals_its_own_naive_formula(causal, k_lengths):
+@pytest.mark.parametrize("causal,k_lengths,nq", [(True, None, 37), (True, [40, 13], 37), (False, [40, 0], 37),
+                                                 (True, None, 53), (False, None, 53)],
+                         ids=["causal", "causal-padding", "padding-empty-batch", "causal-nq>nk", "nq>nk"])
+def test_performer_equals_its_own_naive_formula(causal, k_lengths, nq):
     """Same features, O(N²) formula: the chunked causal path and the running-max rescaling change nothing."""
-    q, k, v = inputs(2, 4, 2, 37, 40, 8, 6, seed=61, scale=1.5)
+    q, k, v = inputs(2, 4, 2, nq, 40, 8, 6, seed=61, scale=1.5)
     p = attnkit.kernel("performer", features=24, chunk=5)
     out = attnkit.attention(q, k, v, causal=causal, mask=None if k_lengths is None else masks.padding(k_lengths),
                             kernel=p)
     s = 8 ** -0.25
-    ref = naive_kernelized(p.feature_map(q * s), p.feature_map(k * s), v, visibility(2, 37, 40, causal, k_lengths))
+    ref = naive_kernelized(p.feature_map(q * s), p.feature_map(k * s), v, visibility(2, nq, 40, causal, k_lengths))
     assert_close(out, ref, atol=1e-12 * magnitude(ref))
+
+
+@pytest.mark.parametrize("name", ["linear", "performer"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_no_keys_at_all_gives_zeros(name, causal):
+    """Nk = 0: every row sees nothing, as with the exact kernels (the performer once raised in amax here)."""
+    q, k, v = inputs(1, 2, 2, 5, 0, 8, 6, seed=3)
+    out = attnkit.attention(q, k, v, causal=causal, kernel=name)
+    assert out.shape == (1, 2, 5, 6) and torch.equal(out, torch.zeros_like(out))
 
 
 def test_performer_is_stable_where_the_exponentials_underflow():

@@ -267,9 +267,12 @@ def test_random_parameters(kind):
 # BigBird's random blocks
 
 
-def test_random_blocks_are_distinct_unseen_and_as_many_as_asked():
-    window, num_global, num_random, block, k_len = 1, 2, 3, 4, 61
-    picks = masks.bigbird(window, num_global, num_random, block, seed=7).random_blocks(k_len)
+@pytest.mark.parametrize("params", [(1, 2, 3, 4, 7), *BIGBIRD.values()], ids=["1-2-3-b4-seed7", *BIGBIRD])
+@pytest.mark.parametrize("k_len", [61, 64])
+def test_random_blocks_are_distinct_unseen_and_as_many_as_asked(params, k_len):
+    """The draws that the definition tests take from the mask, checked against what BigBird asks of them."""
+    window, num_global, num_random, block, seed = params
+    picks = masks.bigbird(window, num_global, num_random, block, seed=seed).random_blocks(k_len)
     n_blocks = -(-k_len // block)
     assert picks.shape == (n_blocks, num_random) and picks.dtype == torch.long
     for qb, row in enumerate(picks.tolist()):
@@ -280,6 +283,9 @@ def test_random_blocks_are_distinct_unseen_and_as_many_as_asked():
         unseen = [kb for kb in range(n_blocks) if abs(qb - kb) > window and kb >= num_global]
         assert len(set(chosen)) == len(chosen) == min(num_random, len(unseen)), f"row {qb}: {row}"
         assert set(chosen) <= set(unseen), f"row {qb} draws visible blocks: {row}"
+
+
+def test_random_blocks_stop_when_no_block_is_left_unseen():
     few = masks.bigbird(1, 1, 3, 4).random_blocks(20)  # 5 blocks, block 0 global: at most 2 left unseen
     assert (few >= 0).sum(dim=1).tolist() == [0, 2, 1, 1, 2] and (few[:, 2:] == -1).all()
 
@@ -293,10 +299,11 @@ def test_same_seed_same_mask_other_seed_other_mask():
 
 
 def test_random_blocks_do_not_depend_on_the_query_length():
-    mask = masks.bigbird(1, 1, 2, 4, seed=2)
-    picks = mask.random_blocks(64)
-    mask.materialize(5, 64)  # fills the memo from a few rows first
-    assert torch.equal(masks.bigbird(1, 1, 2, 4, seed=2).random_blocks(64), picks)
+    picks = masks.bigbird(1, 1, 2, 4, seed=2).random_blocks(64)
+    fresh = masks.bigbird(1, 1, 2, 4, seed=2)
+    rows = fresh.materialize(5, 64)  # the draws are made while serving only the last 5 query rows
+    assert torch.equal(fresh.random_blocks(64), picks)
+    assert torch.equal(rows, masks.bigbird(1, 1, 2, 4, seed=2).materialize(64, 64)[..., -5:, :])
 
 
 def test_bigbird_refuses_more_queries_than_keys():

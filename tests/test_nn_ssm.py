@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnkit.nn.ssm import SelectiveSSM, SSMState, segsum, selective_scan_chunked, selective_scan_reference
+from attnkit.nn.ssm import SelectiveSSM, segsum, selective_scan_chunked, selective_scan_reference
 from helpers import assert_close, assert_raises_naming, magnitude, max_abs_error
 
 

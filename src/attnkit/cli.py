@@ -169,16 +169,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .bench import Sweep, SweepOptions
+    from .bench.contenders import fresh_inductor_cache
 
     opts = SweepOptions.build(kernels=args.kernels, lengths=args.lengths, masks=args.masks, modes=args.modes,
                               peers=args.peers, rounds=args.rounds, memory=args.memory, quick=args.quick)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if opts.flex and "flex" in opts.peers:
+        fresh_inductor_cache()  # the process's compiles go to a fresh cache: "compile time" means cold
     sweep = Sweep(opts)
     print(sweep.header(), flush=True)
-    result = sweep.run(sweep.progress(sys.stderr))
+    try:
+        result = sweep.run(sweep.progress(sys.stderr))
+    except (ValueError, TypeError) as error:  # the options were valid: this is a failure, not bad input
+        raise RuntimeError(f"the sweep failed: {error}") from error
+    written = result.write(Path(args.out))  # the data first: a failing report or plot keeps it
     print(result.report())
-    written = result.write(Path(args.out))
     if not args.no_plot:
         try:
             written.append(result.plot(Path(args.out) / "bench.png"))

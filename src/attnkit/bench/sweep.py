@@ -19,7 +19,7 @@ import torch
 
 from .. import functional as AF
 from . import report
-from .contenders import (BIGBIRD, DOCUMENTS, MASKS, MODES, WINDOW, B, D, FlexSetup, H, Skip, fresh_inductor_cache,
+from .contenders import (BIGBIRD, DOCUMENTS, MASKS, MODES, WINDOW, B, D, FlexSetup, H, Skip,
                          inductor_cache_note, label, make_call, make_fn, make_inputs, mask_case, memory_of)
 from .context import machine
 from .counting import attention_flops, visible_entries
@@ -271,8 +271,6 @@ class Sweep:
 
     def __init__(self, options: SweepOptions):
         self.options = options
-        if options.flex and "flex" in options.peers:
-            fresh_inductor_cache()
         self.context = {**machine(), "inductor_cache": inductor_cache_note()}
         self.probe = Probe(*options.probe)
         self.first_probe = self.probe.measure()[0]

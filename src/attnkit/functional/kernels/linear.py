@@ -17,8 +17,10 @@ linear paper's φ(q)·φ(k).
 Masks: causal (bottom-right aligned, as everywhere in attnkit) and key padding only. Causal attention runs
 in chunks of ``chunk`` query positions: inside a chunk a masked (chunk × chunk) product of features, across
 chunks a carried state S, z (z rides along S as an extra column of ones appended to v). Features are
-made chunk by chunk, so no (N × N), (N × M) or (N × M × Dv) tensor is ever built: working memory is
-O(chunk² + M·Dv) per head besides the output, O(N·chunk + (N/chunk)·M·Dv) with autograd.
+made chunk by chunk, so no (N × N) or (N × M × Dv) tensor is ever built, and no (N × M) one either except
+when a few queries face many keys without a mask (then φ(q) φ(k)ᵀ v is cheaper and the keys' features are
+built once): working memory is O(chunk² + M·Dv) per head besides the output, O(N·chunk + (N/chunk)·M·Dv)
+with autograd.
 Rows whose keys are all masked (or that precede every key) output zeros. Half-precision inputs are
 computed in float32. The performer's exponentials are stabilized by subtracting maxima that cancel in
 the ratio: a per-row max for queries, a running max over the keys seen so far (the state rescales when
@@ -192,6 +194,8 @@ def _in_state_units(state: LinearState, kf: Tensor) -> tuple[Tensor, Tensor, Ten
     scale that fits the new keys (performer: exp of log features minus the running max, detached)."""
     if state.log_scale is None:
         return kf, state.kv, None
+    if kf.shape[-2] == 0:  # no keys: nothing to rescale (and amax over an empty dimension raises)
+        return kf.exp(), state.kv, state.log_scale
     scale = torch.maximum(state.log_scale, kf.detach().amax(dim=(-2, -1), keepdim=True))
     return torch.exp(kf - scale), state.kv * torch.exp(state.log_scale - scale), scale
 
