@@ -25,10 +25,11 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     rows = [[k.name, *k.capabilities.as_row().values()] for k in ks]
     print(format_table(rows, ["kernel", *fields]))
     print()
+    width = max(len(k.name) for k in ks)
     for k in ks:
-        print(f"{k.name:>6}: {k.description}")
+        print(f"{k.name:>{width}}: {k.description}")
     print("\nauto: tiled first for structured masks that leave >= 50% of tiles empty on large inputs; "
-          "otherwise sdpa, tiled, dense (first that supports the request).")
+          "otherwise sdpa, tiled, dense (first that supports the request); never an approximate kernel.")
     return 0
 
 
