@@ -3,8 +3,10 @@ published parameter counts."""
 
 from __future__ import annotations
 
+import pytest
+
 from attnkit.cli import main
-from attnkit.models.catalog import catalog
+from attnkit.models.catalog import MODELS, catalog
 
 PUBLISHED = {  # parameter counts of the reference implementations (Hugging Face, timm)
     ("GPT", "gpt2-small"): 124_439_808,
@@ -26,3 +28,14 @@ def test_models_command_prints_the_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "gpt2-small    124.4M" in out and "HybridLM" in out and "vocab_size=32000" in out
+
+
+@pytest.mark.parametrize("config_cls", list(MODELS.values()), ids=lambda c: c.__name__)
+def test_preset_refuses_unknown_names_and_fields(config_cls):
+    """``Config.preset`` is one mechanism for every model: an unknown preset is a ValueError naming it and
+    listing the presets, an unknown field a TypeError naming it (before any config is built)."""
+    known = sorted(config_cls.PRESETS)
+    with pytest.raises(ValueError, match=f"{config_cls.__name__} has no preset 'huge'; presets: {', '.join(known)}"):
+        config_cls.preset("huge")
+    with pytest.raises(TypeError, match=f"{config_cls.__name__} has no field\\(s\\) depth"):
+        config_cls.preset(known[0], depth=3)

@@ -72,10 +72,6 @@ def test_han_config_presets_and_validation():
     c = HANConfig.preset("yang2016", vocab_size=1000)
     assert (c.embed_dim, c.hidden, c.attn_dim, c.vocab_size) == (200, 50, 100, 1000)
     assert HANConfig.preset("tiny", hidden=3).hidden == 3
-    with pytest.raises(ValueError, match="no preset 'huge'"):
-        HANConfig.preset("huge")
-    with pytest.raises(TypeError, match="no field"):
-        HANConfig.preset("tiny", hiden=3)
     with pytest.raises(ValueError, match="HANConfig.hidden must be a positive int"):
         HANConfig(vocab_size=10, num_classes=2, hidden=0)
     with pytest.raises(ValueError, match="pad_id"):
@@ -161,10 +157,6 @@ def test_rnn_seq2seq_config_presets_and_validation():
     c = RNNSeq2SeqConfig.preset("bahdanau2014")
     assert (c.embed_dim, c.hidden, c.attn_dim) == (620, 1000, 1000)
     assert RNNSeq2SeqConfig.preset("tiny", hidden=8).hidden == 8
-    with pytest.raises(ValueError, match="no preset 'bahdanau'"):
-        RNNSeq2SeqConfig.preset("bahdanau")
-    with pytest.raises(TypeError, match="no field"):
-        RNNSeq2SeqConfig.preset("tiny", layers=2)
     with pytest.raises(ValueError, match="num_layers must be a positive int"):
         RNNSeq2SeqConfig.preset("tiny", num_layers=0)
     with pytest.raises(ValueError, match="eos_id"):

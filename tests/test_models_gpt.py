@@ -33,10 +33,6 @@ def test_gpt2_small_has_gpt2s_parameter_count():
 def test_presets_and_overrides():
     config = GPTConfig.preset("llama-tiny", num_layers=2)
     assert (config.positions, config.norm, config.num_kv_heads, config.num_layers) == ("rope", "rms", 2, 2)
-    with pytest.raises(ValueError, match="no preset 'gpt5'"):
-        GPTConfig.preset("gpt5")
-    with pytest.raises(TypeError, match="no field"):
-        GPTConfig.preset("nano", depth=3)
     with pytest.raises(ValueError, match="moe_layers"):
         GPTConfig.preset("nano", moe_layers=(7,))
     with pytest.raises(ValueError, match="GPTConfig.num_heads=5 must divide dim=32"):
