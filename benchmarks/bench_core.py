@@ -30,7 +30,7 @@ import torch
 from attnkit.bench.contenders import WINDOW, B, D, H, Skip, fresh_inductor_cache, inductor_cache_note
 from attnkit.bench.context import machine
 from attnkit.bench.measure import GATE_FRACTION, PROBE_N, SLOW_S, Probe
-from attnkit.bench.report import ROW_COLUMNS, fmt_ratio, timing_record, write_csv, write_json
+from attnkit.bench.report import LEGEND, ROW_COLUMNS, flex_lines, sweep_table, timing_record, write_csv, write_json
 from attnkit.bench.sweep import Row, Timing, measure_memory, run_config
 from attnkit.functional.kernels.tiled import make_plan
 from attnkit.functional.request import AttentionRequest
@@ -138,28 +138,6 @@ def vs_flex(r: Row) -> tuple[float, float, float] | tuple[None, None, None]:
     return tuple(r.vs["torch:flex"]) if "torch:flex" in r.vs else (None, None, None)
 
 
-def table(results: list[Row], mm_gflops: float) -> str:
-    head = (f"{'config':24s} {'kernel':24s} {'n':>2s} {'median ms':>10s} {'spread':>7s} {'GFLOP/s':>8s} "
-            f"{'%mm':>5s} {'speedup vs peer [min-max]':>26s} {'vs flex [min-max]':>22s} {'peak MiB':>9s} {'probe':>6s}")
-    lines = [head, "-" * len(head)]
-    last = None
-    for r in results:
-        if last is not None and r.config != last:
-            lines.append("")
-        last = r.config
-        mem = "" if r.mem_call_peak_mib is None else f"{r.mem_call_peak_mib:9.0f}"
-        if r.status != "ok":
-            lines.append(f"{r.config:24s} {r.label:24s} {r.status}: {r.note}")
-            continue
-        vs_peer = "(peer)" if r.kernel == PEERS[0] else fmt_ratio(r.ratio, r.ratio_min, r.ratio_max)
-        flex = "(flex)" if r.kernel == "torch:flex" else fmt_ratio(*vs_flex(r))
-        lines.append(f"{r.config:24s} {r.label:24s} {len(r.times_s):2d} {r.median_ms:10.2f} {r.spread_pct:6.1f}% "
-                     f"{r.gflops:8.1f} {100 * r.gflops / mm_gflops:4.0f}% {vs_peer:>26s} {flex:>22s} {mem:>9s}"
-                     f" {r.probe_cell():>6s}"
-                     + (f"   {r.note}" if r.note and r.kernel == "attnkit:auto" else ""))
-    return "\n".join(lines)
-
-
 def find(results, n, mask, mode, kernel) -> Row | None:
     return next((r for r in results if (r.n, r.mask, r.mode, r.kernel) == (n, mask, mode, kernel)), None)
 
@@ -239,6 +217,47 @@ def write_outputs(out_dir: Path, stem: str, payload: dict, results: list[Row]) -
 # --------------------------------------------------------------------------------------------------
 
 
+def print_header(command: str, ctx: dict, sizes: list[int], probe: Probe) -> None:
+    print("attnkit core kernel benchmark (benchmarks/bench_core.py)")
+    print(f"command: {command}")
+    print(f"date (UTC): {ctx['date_utc']}")
+    print(f"CPU: {ctx['cpu_model']}, {ctx['cpu_count']} CPUs, {ctx['mem_total_mib']} MiB RAM")
+    print(f"CPU SIMD flags: {' '.join(ctx['cpu_simd_flags'])}")
+    print(f"torch {ctx['torch']}, torch.get_num_threads() = {ctx['torch_num_threads']}, "
+          f"transformers {ctx['transformers']}, python {ctx['python']}")
+    print(f"attnkit {ctx['attnkit']}, git commit {ctx['git_commit']}"
+          + (f" + uncommitted changes in {', '.join(ctx['git_src_modified'])}" if ctx["git_src_modified"] else "")
+          + f"; tiled.py sha256 {ctx['tiled_py_sha256']}")
+    print(f"shapes: B={B} H={H} D={D} float32; N in {sizes}; window = causal sliding window of {WINDOW} "
+          f"(window=(511, 0)); probe: {probe.reps} x torch.mm {PROBE_N}^2 per round, gate at "
+          f"{GATE_FRACTION:.0%} of the best probe")
+    print(flush=True)
+
+
+def print_report(results: list[Row], probe: Probe, flex_setups: dict, plan: dict, tg: list[dict]) -> None:
+    """The table (ratios against SDPA and, in a column of their own, FlexAttention), the legend, the probe,
+    the window's GFLOP/s, FlexAttention's set-up times, the plan's and the targets."""
+    mm_best = probe.best or max(probe.history)
+    mm_median = statistics.median(probe.history)
+    print(sweep_table(results, mm_best, also="torch:flex"))
+    print()
+    print("\n".join(LEGEND))
+    print(f"matmul probe (torch.mm {PROBE_N}^2 float32): best {mm_best:.0f} GFLOP/s, median {mm_median:.0f}, "
+          f"min {min(probe.history):.0f} over {len(probe.history)} probes; other processes or steal took "
+          f"{statistics.median(probe.foreign):.2f} cores median, {max(probe.foreign):.2f} max during probes; "
+          f"rounds run below the gate after waiting: {probe.timeouts}; waited {probe.waited_s:.0f} s; "
+          f"rounds redone because other processes or steal took CPU during them: {probe.retries}; rounds kept "
+          f"although disturbed: {sum(r.contended_rounds for r in results if r.kernel == PEERS[0])}")
+    for line in gflops_lines(results, mm_best, mm_median) + flex_lines(flex_setups):
+        print(line)
+    print(f"tiled plan N={plan['n']} window-512: {plan['query_blocks']} query blocks, {plan['chunks']} chunks; "
+          f"{plan['median_ms']:.2f} ms median, first {plan['first_ms']:.2f} ms")
+    print()
+    for t in tg:
+        print(t["line"])
+    print()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,20 +290,7 @@ def main() -> int:
     wall0 = time.perf_counter()
     ctx = machine_context()
     probe = Probe(probe_s, max_wait, total_wait, retries, retry_s)
-    print("attnkit core kernel benchmark (benchmarks/bench_core.py)")
-    print(f"command: {command}")
-    print(f"date (UTC): {ctx['date_utc']}")
-    print(f"CPU: {ctx['cpu_model']}, {ctx['cpu_count']} CPUs, {ctx['mem_total_mib']} MiB RAM")
-    print(f"CPU SIMD flags: {' '.join(ctx['cpu_simd_flags'])}")
-    print(f"torch {ctx['torch']}, torch.get_num_threads() = {ctx['torch_num_threads']}, "
-          f"transformers {ctx['transformers']}, python {ctx['python']}")
-    print(f"attnkit {ctx['attnkit']}, git commit {ctx['git_commit']}"
-          + (f" + uncommitted changes in {', '.join(ctx['git_src_modified'])}" if ctx["git_src_modified"] else "")
-          + f"; tiled.py sha256 {ctx['tiled_py_sha256']}")
-    print(f"shapes: B={B} H={H} D={D} float32; N in {sizes}; window = causal sliding window of {WINDOW} "
-          f"(window=(511, 0)); probe: {probe.reps} x torch.mm {PROBE_N}^2 per round, gate at "
-          f"{GATE_FRACTION:.0%} of the best probe")
-    print(flush=True)
+    print_header(command, ctx, sizes, probe)
 
     results: list[Row] = []
     flex_setups: dict = {}  # (N, mask) -> attnkit.bench.contenders.FlexSetup
@@ -304,43 +310,13 @@ def main() -> int:
         log(f"[{timing_s:6.0f} s] peak memory, one subprocess per configuration")
         measure_memory(results, log)
     mm_best = probe.best or max(probe.history)
-    mm_median = statistics.median(probe.history)
     for r in results:
         if r.gflops is not None:
             r.pct_of_matmul = 100 * r.gflops / mm_best
     tg = targets(results, plan)
     wall = time.perf_counter() - wall0
 
-    print(table(results, mm_best))
-    print()
-    print("GFLOP/s count only visible (query, key) pairs: 4*B*H*visible*D forward, x3.5 forward+backward; "
-          "%mm is against the best matmul probe of the run.")
-    print("speedup = peer time / this time, median over round-robin rounds [min-max over rounds]; "
-          "> 1 means faster than the peer.")
-    print("probe = median matmul probe (GFLOP/s) before the rounds; * = a round ran below the gate after the "
-          "waiting budget; ! = a round kept although other processes (or steal) took CPU during it.")
-    print(f"matmul probe (torch.mm {PROBE_N}^2 float32): best {mm_best:.0f} GFLOP/s, median {mm_median:.0f}, "
-          f"min {min(probe.history):.0f} over {len(probe.history)} probes; other processes or steal took "
-          f"{statistics.median(probe.foreign):.2f} cores median, {max(probe.foreign):.2f} max during probes; "
-          f"rounds run below the gate after waiting: {probe.timeouts}; waited {probe.waited_s:.0f} s; "
-          f"rounds redone because other processes or steal took CPU during them: {probe.retries}; rounds kept "
-          f"although "
-          f"disturbed: {sum(r.contended_rounds for r in results if r.kernel == PEERS[0])}")
-    for line in gflops_lines(results, mm_best, mm_median):
-        print(line)
-    for (n, _), fs in sorted(flex_setups.items()):
-        if fs.error:
-            print(f"FlexAttention N={n}: failed: {fs.error}")
-        elif fs.compile_first_call_s is not None:
-            print(f"FlexAttention N={n}: first call (compile) {fs.compile_first_call_s:.2f} s; create_block_mask "
-                  f"{fs.block_mask_first_s * 1e3:.1f} ms first, {fs.block_mask_steady_s * 1e3:.1f} ms steady; "
-                  f"compile {fs.compile_kind}")
-    print(f"tiled plan N={plan['n']} window-512: {plan['query_blocks']} query blocks, {plan['chunks']} chunks; "
-          f"{plan['median_ms']:.2f} ms median, first {plan['first_ms']:.2f} ms")
-    print()
-    for t in tg:
-        print(t["line"])
-    print()
+    print_report(results, probe, flex_setups, plan, tg)
     print(f"wall time {wall:.0f} s (timing {timing_s:.0f} s, memory {wall - timing_s:.0f} s)")
 
     payload = {"command": command, "context": ctx, "settings": {

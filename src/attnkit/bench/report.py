@@ -89,39 +89,44 @@ def sweep_header(opts: SweepOptions, ctx: dict, probe: Probe, first_probe: float
     ])
 
 
-def _row_cells(r: Row, mm_best: float) -> list[str]:
+def _row_cells(r: Row, mm_best: float, also: str | None = None) -> list[str]:
     head = [r.config, r.label]
+    extra = [] if also is None else [""]
     if r.status != "ok":
-        return head + [""] * 7 + [f"{r.status}: {r.note}"]
+        return head + [""] * 7 + extra + [f"{r.status}: {r.note}"]
     mem = "" if r.mem_call_peak_mib is None else f"{r.mem_call_peak_mib:9.1f}"
     vs = "(peer)" if r.kernel == r.peer_kernel else fmt_ratio(r.ratio, r.ratio_min, r.ratio_max)
+    if also is not None:
+        extra = ["(itself)" if r.kernel == also else fmt_ratio(*r.vs.get(also, (None, None, None)))]
     note = r.note if r.kernel == "torch:flex" or r.note.startswith("auto") else ""
     spread = f"{r.spread_pct:5.1f}%" if len(r.times_s) > 1 else "1 call"
     return head + [f"{r.median_ms:10.3f}", spread, f"{r.gflops:8.1f}",
-                   f"{100 * r.gflops / mm_best:4.0f}%", mem, vs, r.probe_cell(), note]
+                   f"{100 * r.gflops / mm_best:4.0f}%", mem, vs, *extra, r.probe_cell(), note]
 
 
-def sweep_table(rows: list[Row], mm_best: float) -> str:
+def sweep_table(rows: list[Row], mm_best: float, also: str | None = None) -> str:
     """One line per (configuration, contender), a blank line between lengths; a row whose ratio is against
-    another peer than the usual one (the usual one did not run there) names it in the note."""
+    another peer than the usual one (the usual one did not run there) names it in the note. ``also``: a
+    second peer (e.g. "torch:flex") whose ratios get a column of their own."""
     peers = [r.peer_kernel for r in rows if r.peer_kernel]
     usual = statistics.mode(peers) if peers else ""
     body, last = [], None
     for r in rows:
         if last is not None and r.config.split()[0] != last:
-            body.append([""] * 10)
+            body.append([""] * (10 if also is None else 11))
         last = r.config.split()[0]
         same = [o for o in rows if o.config == r.config]
         if len(same) > 1 and len({(o.status, o.note) for o in same}) == 1 and r.status != "ok":
             if same[0] is r:  # every contender skipped for one reason: one line
-                body.append([r.config, "(all)"] + [""] * 7 + [f"{r.status}: {r.note}"])
+                body.append([r.config, "(all)"] + [""] * (7 if also is None else 8) + [f"{r.status}: {r.note}"])
             continue
-        cells = _row_cells(r, mm_best)
+        cells = _row_cells(r, mm_best, also)
         if r.status == "ok" and r.peer_kernel not in ("", usual, r.kernel):
             cells[-1] = (cells[-1] + "; " if cells[-1] else "") + f"vs {r.peer}"
         body.append(cells)
     header = ["config", "kernel", "median ms", "spread", "GFLOP/s", "%mm", "peak MiB",
-              f"vs {label(usual, 'dense') if usual else 'peer'} [min-max]", "probe", "note"]
+              f"vs {label(usual, 'dense') if usual else 'peer'} [min-max]",
+              *([] if also is None else [f"vs {label(also, 'dense')} [min-max]"]), "probe", "note"]
     return format_table(body, header)
 
 
@@ -134,7 +139,7 @@ LEGEND = [
 ]
 
 
-def _flex_lines(flex_setups: dict) -> list[str]:
+def flex_lines(flex_setups: dict) -> list[str]:
     lines = []
     for fs in flex_setups.values():
         if fs.error:
@@ -159,7 +164,7 @@ def sweep_report(res: SweepResult) -> str:
         lines.append("peak MiB: not measured (--quick or --no-memory)")
     if "flex" in res.options.peers and not res.options.flex:
         lines.append("FlexAttention: not compiled with --quick (5-15 s per configuration); run without --quick")
-    lines += _flex_lines(res.flex_setups)
+    lines += flex_lines(res.flex_setups)
     lines.append(f"wall time {res.wall_s:.0f} s (timing {res.timing_s:.0f} s)")
     return "\n".join(lines)
 
