@@ -25,6 +25,7 @@ from torch import Tensor
 from ..masks import EMPTY, FULL
 from ..registry import Capabilities
 from ..request import AttentionRequest, softmax_dtype
+from . import native
 from .common import finite
 
 BLOCK_Q = 128  # query rows per block
@@ -226,6 +227,8 @@ def _fold(t: Tensor) -> Tensor:
 
 
 def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
+    if native.serves(tiles):
+        return native.forward(tiles, plan, tiles.req.scale * LOG2E)
     B, Hkv, G, stats = tiles.B, tiles.Hkv, tiles.G, tiles.stats
     Dv = tiles.v.shape[-1]
     out = torch.empty(B, Hkv, G, tiles.Nq, Dv, dtype=stats, device=tiles.v.device)

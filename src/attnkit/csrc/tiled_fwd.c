@@ -1,0 +1,360 @@
+/* The tiled kernel's float32 forward pass on x86-64 CPUs with AVX-512, in plain C with OpenMP (no Python
+ * or PyTorch headers; called through ctypes).
+ *
+ * It runs the same schedule as the PyTorch path (attnkit/functional/kernels/tiled.py): for each query
+ * block, the key chunks of the mask's block layout, with a bool "hidden" tile for chunks that hold a
+ * partial tile. Work items are (query block, batch, k/v head); each processes the G query heads that
+ * share the k/v head in panels of up to R = 6 query rows:
+ *
+ *   for each chunk: narrow it to the columns some row of the panel may see, S = q kᵀ · scale·log2 e
+ *   (6 x 64 register tiles), hide masked entries (-inf), online softmax in base 2 (running max m and
+ *   sum l per row), O = O · 2^(m_old - m_new) + P v (6 x 64 register tiles).
+ *
+ * Each chunk's keys are first packed into per-thread scratch as (16-key blocks, D, 16), each block
+ * contiguous over d, so the q kᵀ loop streams memory from cache; the output rows hold the running
+ * (unnormalized) accumulators between chunks. Rows that see nothing give out = 0 and lse = -inf, as everywhere in
+ * attnkit. Inputs must be finite (the caller checks; 0 · NaN in P v would leak a masked value). */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+
+struct attnkit_fwd_args {
+    const float *q;  /* (B, H, Nq, D), strides below, unit stride over D */
+    int64_t q_sb, q_sh, q_sn;
+    const float *k;  /* (B, Hkv, Nk, D), strides below, unit stride over D */
+    int64_t k_sb, k_sh, k_sn;
+    const float *v;  /* (B, Hkv, Nk, Dv), strides below, unit stride over Dv */
+    int64_t v_sb, v_sh, v_sn;
+    float *out;      /* (B, H, Nq, Dv) contiguous */
+    float *lse;      /* (B, H, Nq) contiguous, log2 units */
+    int64_t B, H, Hkv, Nq, Nk, D, Dv;
+    float scale;     /* softmax scale · log2 e */
+    int64_t nrows;
+    const int64_t *rows;       /* (nrows, 2): qs, qe of each query block */
+    const int64_t *row_chunks; /* (nrows + 1): first chunk of each row */
+    const int64_t *chunks;     /* (nchunks, 3): ks, ke, mask index or -1 when fully visible */
+    const int64_t *masks;      /* (nmasks, 5): address of a uint8 hidden tile (1 = masked), strides b, h, g, row;
+                                  its columns (unit stride) start at the chunk's ks */
+    int64_t max_chunk;         /* widest chunk, keys */
+    int64_t guard;             /* 1: k or v may hold NaN or inf where no query looks; skip keys whose p is 0 */
+};
+
+int attnkit_native_abi(void) { return 1; }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+int attnkit_native_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#define R_MAX 6  /* query rows per panel */
+#define NV 4     /* 16-wide vectors per register tile: 64 columns */
+
+/* 2^x for x <= 128, 0 for x = -inf: x = n + f with |f| <= 1/2, 2^f by its Taylor series to degree 7
+ * (relative error < 1e-8), scaled by 2^n with vscalefps. */
+INLINE TARGET __m512 exp2_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-200.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+INLINE __mmask16 lanes_below(int64_t n) { /* the first n of 16 lanes */
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+/* S[r, 0:16 nv] = scale · q_r · k over nv (<= NV) packed 16-key blocks starting at kp. */
+INLINE TARGET void qk_tile(const int R, const int nv, const float *const *q, const float *kp, int64_t D,
+                           float *S, int64_t s_stride, float scale) {
+    __m512 acc[R_MAX][NV];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < nv; j++) acc[r][j] = _mm512_setzero_ps();
+    const int64_t block = D * 16;
+    for (int64_t d = 0; d < D; d++) {
+        __m512 kv[NV];
+        for (int j = 0; j < nv; j++) kv[j] = _mm512_loadu_ps(kp + j * block + d * 16);
+        for (int r = 0; r < R; r++) {
+            __m512 qb = _mm512_set1_ps(q[r][d]);
+            for (int j = 0; j < nv; j++) acc[r][j] = _mm512_fmadd_ps(qb, kv[j], acc[r][j]);
+        }
+    }
+    __m512 sc = _mm512_set1_ps(scale);
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < nv; j++) _mm512_storeu_ps(S + r * s_stride + 16 * j, _mm512_mul_ps(acc[r][j], sc));
+}
+
+/* O[r, 0:16 nv] = O[r, 0:16 nv] · corr[r] + Σ_j P[r, j] v[j, 0:16 nv] over n keys (last vector masked).
+ * With guard, keys no row of the panel gives weight are skipped, so a NaN stored there cannot enter. */
+INLINE TARGET void pv_tile(const int R, const int nv, __mmask16 tail, const float *P, int64_t s_stride, int64_t n,
+                           const float *v, int64_t v_sn, float *O, int64_t o_stride, const float *corr, int guard) {
+    __m512 acc[R_MAX][NV];
+    for (int r = 0; r < R; r++) {
+        __m512 c = _mm512_set1_ps(corr[r]);
+        for (int j = 0; j < nv; j++) {
+            __mmask16 mk = j == nv - 1 ? tail : (__mmask16)0xFFFF;
+            acc[r][j] = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, O + r * o_stride + 16 * j), c);
+        }
+    }
+    for (int64_t t = 0; t < n; t++) {
+        if (guard) {
+            float weight = 0.0f; /* p >= 0: the sum is 0 only when every p is */
+            for (int r = 0; r < R; r++) weight += P[r * s_stride + t];
+            if (weight == 0.0f) continue;
+        }
+        __m512 vv[NV];
+        const float *vr = v + t * v_sn;
+        for (int j = 0; j < nv; j++) {
+            __mmask16 mk = j == nv - 1 ? tail : (__mmask16)0xFFFF;
+            vv[j] = _mm512_maskz_loadu_ps(mk, vr + 16 * j);
+        }
+        for (int r = 0; r < R; r++) {
+            __m512 pb = _mm512_set1_ps(P[r * s_stride + t]);
+            for (int j = 0; j < nv; j++) acc[r][j] = _mm512_fmadd_ps(pb, vv[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < nv; j++) {
+            __mmask16 mk = j == nv - 1 ? tail : (__mmask16)0xFFFF;
+            _mm512_mask_storeu_ps(O + r * o_stride + 16 * j, mk, acc[r][j]);
+        }
+}
+
+/* Transposes a 16 x 16 block held as 16 rows: four stages, each swapping the off-diagonal sub-blocks of
+ * one size (8, 4, 2, 1) with two-source permutes. */
+INLINE TARGET void transpose16(__m512 r[16]) {
+    for (int b = 8; b >= 1; b >>= 1) {
+        int lo[16], hi[16];
+        for (int j = 0; j < 16; j++) lo[j] = j & b ? 16 + j - b : j, hi[j] = j & b ? 16 + j : j + b;
+        const __m512i il = _mm512_loadu_si512(lo), ih = _mm512_loadu_si512(hi);
+        for (int i = 0; i < 16; i++)
+            if (!(i & b)) {
+                const __m512 x = r[i], y = r[i + b];
+                r[i] = _mm512_permutex2var_ps(x, il, y), r[i + b] = _mm512_permutex2var_ps(x, ih, y);
+            }
+    }
+}
+
+/* Packs keys [k0, ke) (k0 a multiple of 16) as 16-key blocks (block, D, 16) for qk_tile; keys past Nk are 0. */
+static TARGET void pack_keys(const float *k, int64_t k_sn, int64_t Nk, int64_t D, int64_t k0, int64_t ke, float *kp) {
+    for (int64_t first = k0; first < ke; first += 16, kp += D * 16) {
+        const int64_t keys = Nk - first < 16 ? Nk - first : 16;
+        for (int64_t d0 = 0; d0 < D; d0 += 16) {
+            const __mmask16 dm = lanes_below(D - d0);
+            __m512 r[16];
+            for (int t = 0; t < 16; t++)
+                r[t] = t < keys ? _mm512_maskz_loadu_ps(dm, k + (first + t) * k_sn + d0) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int64_t d = d0; d < D && d < d0 + 16; d++) _mm512_storeu_ps(kp + d * 16, r[d - d0]);
+        }
+    }
+}
+
+struct panel {
+    const float *q[R_MAX];     /* query rows */
+    const uint8_t *hid[R_MAX]; /* hidden-tile rows of the current chunk, or NULL */
+    float *m, *l;              /* running max and sum of the panel's rows */
+    float corr[R_MAX];
+    float *O;                  /* the rows' output: running accumulators, o_stride apart */
+    int64_t o_stride;
+    float *S;                  /* scratch scores, R_MAX x s_stride */
+    int64_t s_stride;
+    const float *kp;           /* the chunk's packed keys, from key k0 */
+    int64_t k0;
+};
+
+/* The columns [first, last] of a hidden-tile row of width w that are visible, or first > last. */
+INLINE TARGET void visible_span(const uint8_t *h, int64_t w, int64_t *first, int64_t *last) {
+    *first = w, *last = -1;
+    for (int64_t c = 0; c < w; c += 64) {
+        __mmask64 valid = w - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (w - c)) - 1);
+        __m512i b = _mm512_maskz_loadu_epi8(valid, h + c);
+        __mmask64 vis = _mm512_mask_testn_epi8_mask(valid, b, b);
+        if (vis) {
+            if (*first == w) *first = c + __builtin_ctzll(vis);
+            *last = c + 63 - __builtin_clzll(vis);
+        }
+    }
+}
+
+/* One panel of R rows against one key chunk [ks, ke); hid rows (or NULL) index columns from ks. */
+INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnkit_fwd_args *a, const float *v,
+                               int64_t ks, int64_t ke, int masked) {
+    /* the columns some row of the panel may see */
+    int64_t c0 = ke, c1 = ks;
+    if (masked) {
+        for (int r = 0; r < R; r++) {
+            int64_t f, l;
+            visible_span(p->hid[r], ke - ks, &f, &l);
+            if (f <= l) {
+                if (ks + f < c0) c0 = ks + f;
+                if (ks + l + 1 > c1) c1 = ks + l + 1;
+            }
+        }
+        if (c0 >= c1) return;
+    } else {
+        c0 = ks, c1 = ke;
+    }
+    const int64_t a0 = c0 & ~(int64_t)15; /* absolute key of S column 0, on a packed block */
+    const int64_t n = c1 - a0, nvec = (n + 15) / 16;
+    float *S = p->S;
+    const int64_t ss = p->s_stride;
+    /* S = scale q kᵀ, then -inf outside [c0, c1) and where hidden */
+    for (int64_t j = 0; j < nvec; j += NV) {
+        const int nv = nvec - j >= NV ? NV : (int)(nvec - j);
+        const float *kb = p->kp + ((a0 - p->k0) / 16 + j) * a->D * 16;
+        switch (nv) {
+        case 4: qk_tile(R, 4, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+        case 3: qk_tile(R, 3, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+        case 2: qk_tile(R, 2, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+        default: qk_tile(R, 1, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+        }
+    }
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int r = 0; r < R; r++) {
+        float *s = S + r * ss;
+        __m512 mx = ninf;
+        for (int64_t j = 0; j < nvec; j++) {
+            const int64_t col = a0 + 16 * j; /* absolute key of lane 0 */
+            __mmask16 valid = lanes_below(c1 - col) & (__mmask16)~lanes_below(c0 - col);
+            __mmask16 vis = valid;
+            if (masked) {
+                const uint8_t *h = p->hid[r] + (col - ks); /* lanes before ks are not loaded */
+                __m128i hb = _mm_maskz_loadu_epi8(valid, h);
+                vis = _mm_mask_testn_epi8_mask(valid, hb, hb);
+            }
+            __m512 x = _mm512_mask_mov_ps(ninf, vis, _mm512_loadu_ps(s + 16 * j));
+            _mm512_storeu_ps(s + 16 * j, x);
+            mx = _mm512_max_ps(mx, x);
+        }
+        const float m_new = fmaxf(p->m[r], _mm512_reduce_max_ps(mx));
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* nothing visible yet: every p is 0 */
+        const __m512 mb = _mm512_set1_ps(m_use);
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t j = 0; j < nvec; j++) {
+            __m512 e = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * j), mb));
+            _mm512_storeu_ps(s + 16 * j, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        p->corr[r] = exp2f(p->m[r] - m_use);
+        p->l[r] = p->l[r] * p->corr[r] + _mm512_reduce_add_ps(sum);
+        p->m[r] = m_new;
+    }
+    /* O = O · corr + P v over the keys [a0, c1) */
+    const int guard = masked && a->guard;
+    const float *vb = v + a0 * a->v_sn;
+    for (int64_t d = 0; d < a->Dv; d += 16 * NV) {
+        const int64_t left = a->Dv - d, lv = (left + 15) / 16;
+        const int nv = lv >= NV ? NV : (int)lv;
+        const __mmask16 tail = lanes_below(left - 16 * (nv - 1));
+        switch (nv) {
+        case 4: pv_tile(R, 4, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        case 3: pv_tile(R, 3, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        case 2: pv_tile(R, 2, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        default: pv_tile(R, 1, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        }
+    }
+}
+
+struct scratch {
+    float *S, *kp, *m, *l;
+    int64_t s_stride;
+};
+
+/* One work item: query block `row` of batch b against k/v head hkv, for the G query heads sharing it. */
+static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w, int64_t row, int64_t b, int64_t hkv) {
+    const int64_t G = a->H / a->Hkv, qs = a->rows[2 * row], qe = a->rows[2 * row + 1], bq = qe - qs;
+    const float *k = a->k + b * a->k_sb + hkv * a->k_sh, *v = a->v + b * a->v_sb + hkv * a->v_sh;
+    float *out = a->out + ((b * a->H + hkv * G) * a->Nq + qs) * a->Dv; /* head g's rows: g * Nq * Dv further */
+    for (int64_t i = 0; i < G * bq; i++) w->m[i] = -INFINITY, w->l[i] = 0.0f;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t i = 0; i < bq * a->Dv; i++) out[g * a->Nq * a->Dv + i] = 0.0f;
+    struct panel p;
+    p.S = w->S, p.s_stride = w->s_stride, p.kp = w->kp, p.o_stride = a->Dv;
+    for (int64_t c = a->row_chunks[row]; c < a->row_chunks[row + 1]; c++) {
+        const int64_t ks = a->chunks[3 * c], ke = a->chunks[3 * c + 1], mi = a->chunks[3 * c + 2];
+        p.k0 = ks & ~(int64_t)15;
+        pack_keys(k, a->k_sn, a->Nk, a->D, p.k0, ke, w->kp);
+        const int64_t *mk = mi >= 0 ? a->masks + 5 * mi : NULL;
+        for (int64_t g = 0; g < G; g++) {
+            const float *q = a->q + b * a->q_sb + (hkv * G + g) * a->q_sh;
+            for (int64_t r0 = qs; r0 < qe; r0 += R_MAX) {
+                const int R = qe - r0 >= R_MAX ? R_MAX : (int)(qe - r0);
+                for (int r = 0; r < R; r++) {
+                    p.q[r] = q + (r0 + r) * a->q_sn;
+                    if (mk)
+                        p.hid[r] = (const uint8_t *)(intptr_t)mk[0] + b * mk[1] + hkv * mk[2] + g * mk[3] + (r0 + r - qs) * mk[4];
+                }
+                p.m = w->m + g * bq + (r0 - qs), p.l = w->l + g * bq + (r0 - qs);
+                p.O = out + (g * a->Nq + r0 - qs) * a->Dv;
+                switch (R) {
+                case 6: panel_chunk(6, &p, a, v, ks, ke, mk != NULL); break;
+                case 5: panel_chunk(5, &p, a, v, ks, ke, mk != NULL); break;
+                case 4: panel_chunk(4, &p, a, v, ks, ke, mk != NULL); break;
+                case 3: panel_chunk(3, &p, a, v, ks, ke, mk != NULL); break;
+                case 2: panel_chunk(2, &p, a, v, ks, ke, mk != NULL); break;
+                default: panel_chunk(1, &p, a, v, ks, ke, mk != NULL); break;
+                }
+            }
+        }
+    }
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t i = 0; i < bq; i++) {
+            float *o = out + (g * a->Nq + i) * a->Dv;
+            const float l = w->l[g * bq + i], inv = l > 0.0f ? 1.0f / l : 0.0f;
+            for (int64_t d = 0; d < a->Dv; d++) o[d] *= inv;
+            a->lse[(b * a->H + hkv * G + g) * a->Nq + qs + i] = l > 0.0f ? w->m[g * bq + i] + log2f(l) : -INFINITY;
+        }
+}
+
+/* Runs every work item on `threads` OpenMP threads, which share them through an atomic counter. The
+ * OpenMP runtime is the one PyTorch loaded (the same libgomp.so.1), so these are PyTorch's own
+ * intra-op threads: none is left spinning beside them. 0 on success, 1 when scratch memory ran out. */
+TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
+    int64_t bq_max = 1, next = 0;
+    for (int64_t i = 0; i < a->nrows; i++)
+        if (a->rows[2 * i + 1] - a->rows[2 * i] > bq_max) bq_max = a->rows[2 * i + 1] - a->rows[2 * i];
+    const int64_t G = a->H / a->Hkv, blocks = (a->max_chunk + 30) / 16 + 1, items = a->nrows * a->B * a->Hkv;
+    const int64_t s_stride = (a->max_chunk + 47) / 16 * 16 + 16; /* room for the 16-aligned start; not a power of two */
+    const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max);
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        struct scratch w;
+        w.s_stride = s_stride;
+        w.S = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        if (!w.S) {
+            __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+        } else {
+            w.kp = w.S + R_MAX * w.s_stride, w.m = w.kp + blocks * a->D * 16, w.l = w.m + G * bq_max;
+            for (;;) {
+                const int64_t item = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+                if (item >= items) break;
+                /* later query blocks first: causal ones are the longest */
+                run_item(a, &w, a->nrows - 1 - item / (a->B * a->Hkv), item % (a->B * a->Hkv) / a->Hkv, item % a->Hkv);
+            }
+            free(w.S);
+        }
+    }
+    return failed;
+}
+
+#else /* not x86-64 with GCC or Clang: the PyTorch path serves */
+
+int attnkit_native_supported(void) { return 0; }
+int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) { (void)a, (void)threads; return 2; }
+
+#endif

@@ -1,0 +1,128 @@
+"""The tiled kernel's native float32 forward on CPUs with AVX-512 (``attnkit/csrc/tiled_fwd.c``).
+
+The C file is compiled when attnkit is installed (an optional extension: a machine without a compiler
+installs fine and keeps the PyTorch path). It runs the tiled kernel's own plan — the same query blocks,
+key chunks and mask tiles — with fused register-tiled q·kᵀ, online softmax and P·v, one thread per
+torch thread (PyTorch's own OpenMP pool), so nothing changes for the caller but speed. Backward stays in PyTorch, from the saved
+log-sum-exp.
+
+``ATTNKIT_NATIVE=0`` in the environment turns it off; :func:`status` says whether it serves and why not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+_i64, _f32p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float)
+_SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
+
+
+class _Args(ctypes.Structure):
+    _fields_ = [
+        ("q", ctypes.c_void_p), ("q_sb", _i64), ("q_sh", _i64), ("q_sn", _i64),
+        ("k", ctypes.c_void_p), ("k_sb", _i64), ("k_sh", _i64), ("k_sn", _i64),
+        ("v", ctypes.c_void_p), ("v_sb", _i64), ("v_sh", _i64), ("v_sn", _i64),
+        ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p),
+        ("B", _i64), ("H", _i64), ("Hkv", _i64), ("Nq", _i64), ("Nk", _i64), ("D", _i64), ("Dv", _i64),
+        ("scale", ctypes.c_float),
+        ("nrows", _i64), ("rows", ctypes.c_void_p), ("row_chunks", ctypes.c_void_p),
+        ("chunks", ctypes.c_void_p), ("masks", ctypes.c_void_p), ("max_chunk", _i64), ("guard", _i64),
+    ]
+
+
+@lru_cache(maxsize=1)
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    """The loaded extension and "", or None and why it cannot serve."""
+    spec = importlib.util.find_spec("attnkit._native")
+    if spec is None or not spec.origin:
+        return None, "the native extension was not built at install (no C compiler?)"
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError as e:
+        return None, f"the native extension does not load: {e}"
+    if not lib.attnkit_native_supported():
+        return None, "this CPU lacks AVX-512"
+    lib.attnkit_tiled_fwd.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
+    lib.attnkit_tiled_fwd.restype = ctypes.c_int
+    return lib, ""
+
+
+def status() -> str:
+    """"" when the native forward serves float32 CPU requests, else the reason it does not."""
+    if os.environ.get("ATTNKIT_NATIVE", "1") == "0":
+        return "turned off by ATTNKIT_NATIVE=0"
+    return _library()[1]
+
+
+def serves(tiles) -> bool:
+    """Whether the native forward can run this call: float32 on the CPU, no bias, softcap or dropout,
+    unit stride over D."""
+    req = tiles.req
+    return (
+        not status()
+        and tiles.q5.device.type == "cpu"
+        and tiles.q5.dtype == tiles.k.dtype == tiles.v.dtype == torch.float32
+        and req.bias is None and req.softcap is None and req.dropout == 0
+        and tiles.q5.stride(-1) == tiles.k.stride(-1) == tiles.v.stride(-1) == 1
+        and tiles.Nq > 0 and tiles.Nk > 0
+    )
+
+
+def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
+    """(out (B, Hkv, G, Nq, Dv), lse (B, Hkv, G, Nq) in log2 units), as the PyTorch path returns them."""
+    lib, _ = _library()
+    q5, k, v = tiles.q5, tiles.k, tiles.v
+    B, Hkv, G, Nq, D = q5.shape
+    Nk, Dv = k.shape[-2], v.shape[-1]
+    H = Hkv * G
+    q = q5.reshape(B, H, Nq, D)
+    out = torch.empty(B, H, Nq, Dv, dtype=torch.float32)
+    lse = torch.empty(B, H, Nq, dtype=torch.float32)
+
+    rows, row_chunks, chunks, masks, keep = [], [0], [], [], []
+    max_chunk, entries = 1, 0
+    for row in plan:
+        rows += [row.qs, row.qe]
+        for ks, ke, needs_mask in row.chunks:
+            index = -1
+            if needs_mask:
+                entry = tiles._mask_tile(row, ks, ke)
+                if entry is None:  # nothing visible in this chunk
+                    continue
+                lo, hi, _, hidden, _, _ = entry  # hidden: (b|1, Hkv|1, G|1, bq, hi - lo) bool
+                ks, ke = ks + lo, ks + hi
+                if hidden.stride(-1) != 1:
+                    hidden = hidden.contiguous()
+                keep.append(hidden)
+                strides = [0 if hidden.shape[i] == 1 else hidden.stride(i) for i in range(4)]
+                index = len(masks)
+                masks.append([hidden.data_ptr()] + strides)
+            chunks.append([ks, ke, index])
+            max_chunk, entries = max(max_chunk, ke - ks), entries + (ke - ks) * (row.qe - row.qs)
+        row_chunks.append(len(chunks))
+    as_i64 = lambda x: torch.tensor(x, dtype=torch.int64).reshape(-1)  # noqa: E731
+    rows_t, row_chunks_t = as_i64(rows), as_i64(row_chunks)
+    chunks_t, masks_t = as_i64(chunks or [0]), as_i64(masks or [0])
+
+    flops = 2.0 * B * H * entries * (D + Dv)
+    workers = min(torch.get_num_threads(), len(plan) * B * Hkv) if flops >= _SERIAL_FLOPS else 1
+    args = _Args(
+        q.data_ptr(), q.stride(0), q.stride(1), q.stride(2),
+        k.data_ptr(), k.stride(0), k.stride(1), k.stride(2),
+        v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
+        out.data_ptr(), lse.data_ptr(),
+        B, H, Hkv, Nq, Nk, D, Dv,
+        scale_log2,
+        len(plan), rows_t.data_ptr(), row_chunks_t.data_ptr(), chunks_t.data_ptr(), masks_t.data_ptr(), max_chunk,
+        int(not (tiles.finite_kv and tiles.finite_q)),
+    )
+    if lib.attnkit_tiled_fwd(ctypes.byref(args), workers):
+        raise MemoryError("the native tiled forward could not allocate its scratch memory")
+    del keep  # the mask tiles stayed alive for the call
+    return out.reshape(B, Hkv, G, Nq, Dv), lse.reshape(B, Hkv, G, Nq)
