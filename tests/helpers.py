@@ -10,6 +10,7 @@ and the fixed bounds sit in the one ``TOLERANCE`` table.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -138,17 +139,34 @@ def small_tiles(block_q: int = 16, block_k: int = 16, max_chunk: int = 32):
         tiled_module.BLOCK_Q, tiled_module.BLOCK_K, tiled_module.MAX_CHUNK = saved
 
 
+@contextlib.contextmanager
+def native_off():
+    """Make the tiled kernel's forward take its PyTorch path even where the native one would serve."""
+    saved = os.environ.get("ATTNKIT_NATIVE")
+    os.environ["ATTNKIT_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["ATTNKIT_NATIVE"]
+        else:
+            os.environ["ATTNKIT_NATIVE"] = saved
+
+
 # Kernel variants under test: the registered kernels, plus the tiled kernel with 16x16 tiles and
-# 32-key chunks so that small cases exercise its multi-tile paths.
-KERNELS = ("dense", "sdpa", "tiled", "tiled-16")
+# 32-key chunks so that small cases exercise its multi-tile paths, and the tiled kernel with its native
+# float32 forward turned off, so the PyTorch path it falls back to is held to the same tests.
+KERNELS = ("dense", "sdpa", "tiled", "tiled-16", "tiled-torch")
 
 
 def kernel_context(variant: str):
-    return small_tiles() if variant == "tiled-16" else contextlib.nullcontext()
+    if variant == "tiled-16":
+        return small_tiles()
+    return native_off() if variant == "tiled-torch" else contextlib.nullcontext()
 
 
 def kernel_name(variant: str) -> str:
-    return "tiled" if variant == "tiled-16" else variant
+    return "tiled" if variant.startswith("tiled") else variant
 
 
 def run(variant: str, inputs: Inputs, *, grad_out: Tensor | None = None, bias_grad: bool = True,

@@ -1,0 +1,184 @@
+"""The tiled kernel's native float32 forward (attnkit/csrc/tiled_fwd.c, via kernels/native.py).
+
+Every case checks three things: the native path really ran (a spy counts its calls), its output and
+log-sum-exp match the float64 dense reference within the tolerance rule of helpers.py, and they match
+the PyTorch path it replaces. The cases reach the C code's edges: head- and batch-dependent mask
+tiles, grouped heads, head sizes that are not multiples of 16 or exceed one 64-wide register tile,
+chunks that start off a 16-key boundary, rows that see nothing, strided inputs and one thread or two.
+The broad kernel suite (test_kernels.py) also runs through the native path for every float32 case,
+and again with it turned off ("tiled-torch").
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import attnkit
+from attnkit import masks
+from attnkit.functional.kernels import native
+from helpers import assert_close, baseline_atol, native_off, randn, small_tiles
+
+pytestmark = pytest.mark.skipif(bool(native.status()) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
+                                reason=f"native forward unavailable: {native.status()}")
+
+
+def test_native_forward_is_available_where_required():
+    """CI sets ATTNKIT_REQUIRE_NATIVE=1: there the extension must have been built, load and serve."""
+    assert native.status() == "", native.status()
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts calls of the native forward."""
+    calls = []
+    forward = native.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(native, "forward", counting)
+    return calls
+
+
+def _qkv(B, H, Hkv, Nq, Nk, D, Dv, seed):
+    return (randn(B, H, Nq, D, seed=seed), randn(B, Hkv, Nk, D, seed=seed + 1), randn(B, Hkv, Nk, Dv, seed=seed + 2))
+
+
+def _head_mask(B, H, Nq, Nk, seed):
+    """A random bool mask that differs per batch and head, with a few rows that see nothing."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(B, H, Nq, Nk, generator=g) < 0.3
+    m[:, :, ::7] = False
+    return masks.dense(m)
+
+
+# (id, B, H, Hkv, Nq, Nk, D, Dv, options)
+CASES = [
+    ("dense", 2, 4, 4, 130, 200, 64, 64, {}),
+    ("causal-odd", 2, 4, 2, 97, 1025, 59, 37, {"causal": True}),
+    ("window", 1, 2, 2, 600, 600, 64, 64, {"window": (100, 0)}),
+    ("window-both-sides", 1, 3, 1, 300, 300, 32, 80, {"window": (40, 23)}),
+    ("document-per-batch", 2, 2, 2, 257, 257, 64, 64,
+     {"mask": masks.document(torch.tensor([[0] * 100 + [1] * 157, [0] * 3 + [1] * 200 + [2] * 54]))}),
+    ("padding", 3, 2, 1, 70, 90, 24, 24, {"mask": masks.padding([90, 17, 1], [70, 5, 0])}),
+    ("head-dependent", 2, 4, 2, 150, 170, 64, 64, {"mask": _head_mask(2, 4, 150, 170, seed=7)}),
+    ("bigbird", 1, 2, 2, 512, 512, 64, 64, {"mask": masks.bigbird(2, 1, 2, 32, seed=3)}),
+    ("longformer", 1, 2, 2, 400, 400, 64, 64, {"mask": masks.longformer(64, [0, 200])}),
+    ("strided", 1, 2, 2, 300, 300, 16, 16, {"mask": masks.strided(17)}),
+    ("wide-heads", 1, 2, 2, 100, 120, 128, 96, {"causal": True}),
+    ("decode", 2, 8, 2, 1, 333, 64, 64, {"causal": True}),
+    ("one-key", 1, 2, 2, 33, 1, 64, 64, {}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_native_matches_reference_and_pytorch_path(case, spy):
+    _, B, H, Hkv, Nq, Nk, D, Dv, options = case
+    q, k, v = _qkv(B, H, Hkv, Nq, Nk, D, Dv, seed=len(case[0]))
+    want, want_lse = attnkit.attention(q, k, v, kernel="dense", return_lse=True, **options)
+    base, _ = attnkit.attention(q.float(), k.float(), v.float(), kernel="dense", return_lse=True, **options)
+    out, lse = attnkit.attention(q.float(), k.float(), v.float(), kernel="tiled", return_lse=True, **options)
+    assert spy, "the native forward did not run"
+    atol = baseline_atol(base, want, torch.float32)
+    assert_close(out, want, atol=atol, what="out")
+    assert_close(lse, want_lse, atol=atol, what="lse")
+    with native_off():
+        calls = len(spy)
+        torch_out, torch_lse = attnkit.attention(q.float(), k.float(), v.float(), kernel="tiled", return_lse=True,
+                                                 **options)
+        assert len(spy) == calls, "ATTNKIT_NATIVE=0 did not turn the native forward off"
+    assert_close(out, torch_out, atol=atol, what="out against the PyTorch path")
+    assert_close(lse, torch_lse, atol=atol, what="lse against the PyTorch path")
+
+
+@pytest.mark.parametrize("tiles", [(24, 40, 80), (16, 16, 48), (7, 9, 27)], ids=lambda t: "x".join(map(str, t)))
+def test_native_with_chunks_off_16_key_boundaries(tiles, spy):
+    """Query blocks, key blocks and chunks of sizes that are not multiples of 16, so chunks start
+    inside a packed 16-key block and panels end mid-block."""
+    q, k, v = _qkv(2, 4, 2, 131, 157, 40, 24, seed=11)
+    for options in ({"causal": True}, {"window": (30, 5)}, {"mask": _head_mask(2, 4, 131, 157, seed=1)}):
+        want = attnkit.attention(q, k, v, kernel="dense", **options)
+        base = attnkit.attention(q.float(), k.float(), v.float(), kernel="dense", **options)
+        with small_tiles(*tiles):
+            out = attnkit.attention(q.float(), k.float(), v.float(), kernel="tiled", **options)
+        assert_close(out, want, atol=baseline_atol(base, want, torch.float32), what=f"out {options}")
+    assert len(spy) == 3
+
+
+def test_rows_that_see_nothing_give_zeros_and_minus_inf(spy):
+    q, k, v = (t.float() for t in _qkv(1, 2, 2, 64, 80, 64, 64, seed=5))
+    visible = torch.ones(1, 2, 64, 80, dtype=torch.bool)
+    visible[:, :, 10:20] = False  # rows 10..19 see no key
+    visible[:, 1, 40] = False  # one row of one head
+    out, lse = attnkit.attention(q, k, v, mask=masks.dense(visible), kernel="tiled", return_lse=True)
+    assert spy
+    assert (out[:, :, 10:20] == 0).all() and (out[:, 1, 40] == 0).all()
+    assert torch.isneginf(lse[:, :, 10:20]).all() and torch.isneginf(lse[:, 1, 40]).all()
+    assert torch.isfinite(out).all() and torch.isfinite(lse[:, 0, 21:]).all()
+
+
+def test_strided_inputs(spy):
+    """q, k, v as views of (B, N, H, D) tensors, as a projection's output is usually laid out."""
+    B, N, H, D = 2, 150, 4, 64
+    q, k, v = (randn(B, N, H, D, seed=s).float().transpose(1, 2) for s in (1, 2, 3))
+    assert not q.is_contiguous()
+    out = attnkit.attention(q, k, v, kernel="tiled", window=(33, 0))
+    want = attnkit.attention(q.double(), k.double(), v.double(), kernel="dense", window=(33, 0))
+    base = attnkit.attention(q, k, v, kernel="dense", window=(33, 0))
+    assert spy
+    assert_close(out, want, atol=baseline_atol(base, want, torch.float32), what="out")
+
+
+def test_thread_count_does_not_change_a_bit(spy):
+    """Each (query block, batch, head) is computed whole by one thread, so the result is bitwise the
+    same on one thread or two."""
+    q, k, v = (t.float() for t in _qkv(1, 4, 4, 700, 700, 64, 64, seed=9))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = attnkit.attention(q, k, v, kernel="tiled", causal=True)
+        torch.set_num_threads(2)
+        two = attnkit.attention(q, k, v, kernel="tiled", causal=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(spy) == 2
+    assert torch.equal(one, two)
+
+
+def test_gradients_through_the_native_forward(spy):
+    """Backward runs in PyTorch from the log-sum-exp the native forward saved: gradients match float64."""
+    q, k, v = _qkv(1, 4, 2, 200, 230, 48, 40, seed=4)
+    grad = randn(1, 4, 200, 40, seed=8)
+
+    def grads(kernel, dtype):
+        leaves = [t.to(dtype).detach().requires_grad_() for t in (q, k, v)]
+        out = attnkit.attention(*leaves, kernel=kernel, window=(64, 8))
+        (out.double() * grad).sum().backward()
+        return [t.grad for t in leaves]
+
+    want, base, got = grads("dense", torch.float64), grads("dense", torch.float32), grads("tiled", torch.float32)
+    assert spy
+    for name, g, w, b in zip("qkv", got, want, base):
+        assert_close(g, w, atol=baseline_atol(b, w, torch.float32), what=f"grad {name}")
+
+
+def test_what_the_native_forward_does_not_take_goes_to_the_pytorch_path(spy):
+    """float64, bias, softcap and dropout stay on the PyTorch path (and still work)."""
+    q, k, v = _qkv(1, 2, 2, 40, 50, 16, 16, seed=2)
+    attnkit.attention(q, k, v, kernel="tiled")  # float64
+    qf, kf, vf = q.float(), k.float(), v.float()
+    attnkit.attention(qf, kf, vf, kernel="tiled", bias=torch.zeros(1, 2, 40, 50))
+    attnkit.attention(qf, kf, vf, kernel="tiled", softcap=5.0)
+    attnkit.attention(qf, kf, vf, kernel="tiled", dropout=0.1)
+    assert not spy
+    attnkit.attention(qf, kf, vf, kernel="tiled")
+    assert len(spy) == 1
+
+
+def test_status_names_the_switch(monkeypatch):
+    monkeypatch.setenv("ATTNKIT_NATIVE", "0")
+    assert "ATTNKIT_NATIVE=0" in native.status()
