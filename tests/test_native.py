@@ -70,6 +70,8 @@ CASES = [
     ("longformer", 1, 2, 2, 400, 400, 64, 64, {"mask": masks.longformer(64, [0, 200])}),
     ("strided", 1, 2, 2, 300, 300, 16, 16, {"mask": masks.strided(17)}),
     ("wide-heads", 1, 2, 2, 100, 120, 128, 96, {"causal": True}),
+    ("value-tail-past-64", 1, 2, 1, 90, 110, 20, 100, {"window": (30, 30)}),
+    ("per-head-mask-shared-by-batch", 2, 4, 4, 80, 96, 64, 64, {"mask": _head_mask(1, 4, 80, 96, seed=2)}),
     ("decode", 2, 8, 2, 1, 333, 64, 64, {"causal": True}),
     ("one-key", 1, 2, 2, 33, 1, 64, 64, {}),
 ]
@@ -119,6 +121,46 @@ def test_rows_that_see_nothing_give_zeros_and_minus_inf(spy):
     assert (out[:, :, 10:20] == 0).all() and (out[:, 1, 40] == 0).all()
     assert torch.isneginf(lse[:, :, 10:20]).all() and torch.isneginf(lse[:, 1, 40]).all()
     assert torch.isfinite(out).all() and torch.isfinite(lse[:, 0, 21:]).all()
+
+
+def test_unseen_nan_before_an_unmasked_chunk_start(spy):
+    """Key blocks of 40: the fully visible chunk [40, 80) starts inside the packed 16-key block [32, 48),
+    whose keys 32..39 no query sees and hold NaN / inf; none of it may reach the output."""
+    q, k, v = (t.float() for t in _qkv(1, 2, 2, 40, 80, 16, 16, seed=6))
+    visible = torch.zeros(1, 1, 40, 80, dtype=torch.bool)
+    visible[..., :20] = True  # keys 0..19 and 40..79 are seen; 20..39 by nobody
+    visible[..., 40:] = True
+    poison = torch.tensor([float("nan"), float("inf"), float("-inf")])[torch.arange(20) % 3][:, None]
+    dirty_k, dirty_v = k.clone(), v.clone()
+    dirty_k[:, :, 20:40], dirty_v[:, :, 20:40] = poison, poison.flip(0)
+    with small_tiles(40, 40, 40):
+        want = attnkit.attention(q, k, v, mask=masks.dense(visible), kernel="tiled")
+        got = attnkit.attention(q, dirty_k, dirty_v, mask=masks.dense(visible), kernel="tiled")
+    assert len(spy) == 2
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, want)
+
+
+def test_nan_at_a_visible_key_gives_nan_as_the_pytorch_path_does(spy):
+    q, k, v = (t.float() for t in _qkv(1, 2, 2, 20, 30, 16, 16, seed=3))
+    v[0, 0, 7, 0] = float("nan")  # seen by every query of head 0
+    got = attnkit.attention(q, k, v, kernel="tiled")
+    assert spy
+    with native_off():
+        want = attnkit.attention(q, k, v, kernel="tiled")
+    assert torch.isnan(got[0, 0, :, 0]).all() and torch.isnan(want[0, 0, :, 0]).all()
+    assert torch.isfinite(got[0, 1]).all()
+
+
+def test_keys_and_values_broadcast_over_batch_and_heads(spy):
+    """k and v expanded (stride 0) over the batch and the k/v heads."""
+    q = randn(2, 4, 50, 32, seed=1).float()
+    k, v = randn(1, 1, 60, 32, seed=2).float().expand(2, 2, 60, 32), randn(1, 1, 60, 32, seed=3).float().expand(2, 2, 60, 32)
+    out = attnkit.attention(q, k, v, kernel="tiled", causal=True)
+    want = attnkit.attention(q.double(), k.double(), v.double(), kernel="dense", causal=True)
+    base = attnkit.attention(q, k, v, kernel="dense", causal=True)
+    assert spy
+    assert_close(out, want, atol=baseline_atol(base, want, torch.float32), what="out")
 
 
 def test_strided_inputs(spy):

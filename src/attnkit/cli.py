@@ -11,6 +11,7 @@ import torch
 from . import __version__
 from . import functional as F
 from .functional import masks
+from .functional.kernels import native
 from .text import format_table
 from .inspect.explanation import SEED_SENTENCE
 
@@ -30,6 +31,8 @@ def cmd_kernels(args: argparse.Namespace) -> int:
         print(f"{k.name:>{width}}: {k.description}")
     print("\nauto: tiled first for structured masks that leave >= 50% of tiles empty on large inputs; "
           "otherwise sdpa, tiled, dense (first that supports the request); never an approximate kernel.")
+    reason = native.status()
+    print(f"tiled's native float32 CPU forward: {'in use' if not reason else 'off: ' + reason}")
     return 0
 
 

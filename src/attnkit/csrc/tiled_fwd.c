@@ -13,7 +13,9 @@
  * Each chunk's keys are first packed into per-thread scratch as (16-key blocks, D, 16), each block
  * contiguous over d, so the q kᵀ loop streams memory from cache; the output rows hold the running
  * (unnormalized) accumulators between chunks. Rows that see nothing give out = 0 and lse = -inf, as everywhere in
- * attnkit. Inputs must be finite (the caller checks; 0 · NaN in P v would leak a masked value). */
+ * attnkit. A NaN or inf stored where no query looks never reaches the output: masked scores are
+ * replaced, not added to, and with `guard` (set when the inputs are not all finite) P v skips the keys no
+ * row of a panel gives weight; at visible positions a NaN propagates, as in the PyTorch path. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -40,7 +42,7 @@ struct attnkit_fwd_args {
     int64_t guard;             /* 1: k or v may hold NaN or inf where no query looks; skip keys whose p is 0 */
 };
 
-int attnkit_native_abi(void) { return 1; }
+int attnkit_native_abi(void) { return 2; } /* bumped whenever struct attnkit_fwd_args changes */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -56,10 +58,10 @@ int attnkit_native_supported(void) {
 #define R_MAX 6  /* query rows per panel */
 #define NV 4     /* 16-wide vectors per register tile: 64 columns */
 
-/* 2^x for x <= 128, 0 for x = -inf: x = n + f with |f| <= 1/2, 2^f by its Taylor series to degree 7
- * (relative error < 1e-8), scaled by 2^n with vscalefps. */
+/* 2^x for x <= 128, 0 for x = -inf, NaN for NaN: x = n + f with |f| <= 1/2, 2^f by its Taylor series to
+ * degree 7 (relative error < 1e-8), scaled by 2^n with vscalefps. */
 INLINE TARGET __m512 exp2_ps(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-200.0f));
+    x = _mm512_max_ps(_mm512_set1_ps(-200.0f), x); /* maxps returns its second operand when one is NaN */
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_mul_ps(_mm512_sub_ps(x, n), _mm512_set1_ps(0.69314718055994531f));
     __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
@@ -231,10 +233,11 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
             const int64_t col = a0 + 16 * j; /* absolute key of lane 0 */
             __mmask16 valid = lanes_below(c1 - col) & (__mmask16)~lanes_below(c0 - col);
             __mmask16 vis = valid;
-            if (masked) {
-                const uint8_t *h = p->hid[r] + (col - ks); /* lanes before ks are not loaded */
-                __m128i hb = _mm_maskz_loadu_epi8(valid, h);
-                vis = _mm_mask_testn_epi8_mask(valid, hb, hb);
+            if (masked) { /* lanes before ks (col < ks: only the first vector) are not valid */
+                const int shift = col < ks ? (int)(ks - col) : 0;
+                const __mmask16 load = (__mmask16)(valid >> shift);
+                const __m128i hb = _mm_maskz_loadu_epi8(load, p->hid[r] + (col + shift - ks));
+                vis = (__mmask16)(_mm_mask_testn_epi8_mask(load, hb, hb) << shift);
             }
             __m512 x = _mm512_mask_mov_ps(ninf, vis, _mm512_loadu_ps(s + 16 * j));
             _mm512_storeu_ps(s + 16 * j, x);
@@ -253,18 +256,19 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
         p->l[r] = p->l[r] * p->corr[r] + _mm512_reduce_add_ps(sum);
         p->m[r] = m_new;
     }
-    /* O = O · corr + P v over the keys [a0, c1) */
+    /* O = O · corr + P v over the keys [c0, c1): keys before c0 are not read, they may be unseen NaN */
     const int guard = masked && a->guard;
-    const float *vb = v + a0 * a->v_sn;
+    const float *vb = v + c0 * a->v_sn, *P = S + (c0 - a0);
+    const int64_t nk = c1 - c0;
     for (int64_t d = 0; d < a->Dv; d += 16 * NV) {
         const int64_t left = a->Dv - d, lv = (left + 15) / 16;
         const int nv = lv >= NV ? NV : (int)lv;
         const __mmask16 tail = lanes_below(left - 16 * (nv - 1));
         switch (nv) {
-        case 4: pv_tile(R, 4, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
-        case 3: pv_tile(R, 3, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
-        case 2: pv_tile(R, 2, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
-        default: pv_tile(R, 1, tail, S, ss, n, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        case 4: pv_tile(R, 4, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        case 3: pv_tile(R, 3, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        case 2: pv_tile(R, 2, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+        default: pv_tile(R, 1, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
         }
     }
 }
@@ -322,7 +326,8 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
 
 /* Runs every work item on `threads` OpenMP threads, which share them through an atomic counter. The
  * OpenMP runtime is the one PyTorch loaded (the same libgomp.so.1), so these are PyTorch's own
- * intra-op threads: none is left spinning beside them. 0 on success, 1 when scratch memory ran out. */
+ * intra-op threads: none is left spinning beside them (with a PyTorch built on another OpenMP runtime
+ * the results are the same, the threads are not shared). 0 on success, 1 when no thread got scratch. */
 TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
     int64_t bq_max = 1, next = 0;
     for (int64_t i = 0; i < a->nrows; i++)
@@ -330,15 +335,14 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
     const int64_t G = a->H / a->Hkv, blocks = (a->max_chunk + 30) / 16 + 1, items = a->nrows * a->B * a->Hkv;
     const int64_t s_stride = (a->max_chunk + 47) / 16 * 16 + 16; /* room for the 16-aligned start; not a power of two */
     const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max);
-    int failed = 0;
+    int working = 0;
 #pragma omp parallel num_threads(threads)
     {
         struct scratch w;
         w.s_stride = s_stride;
         w.S = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-        if (!w.S) {
-            __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
-        } else {
+        if (w.S) { /* a thread without scratch leaves the items to the others */
+            __atomic_add_fetch(&working, 1, __ATOMIC_RELAXED);
             w.kp = w.S + R_MAX * w.s_stride, w.m = w.kp + blocks * a->D * 16, w.l = w.m + G * bq_max;
             for (;;) {
                 const int64_t item = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
@@ -349,7 +353,7 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
             free(w.S);
         }
     }
-    return failed;
+    return working == 0 && items > 0;
 }
 
 #else /* not x86-64 with GCC or Clang: the PyTorch path serves */

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 _i64, _f32p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float)
+_ABI = 2  # attnkit_native_abi() of a build whose argument layout matches _Args
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -46,6 +47,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(spec.origin)
     except OSError as e:
         return None, f"the native extension does not load: {e}"
+    if lib.attnkit_native_abi() != _ABI:
+        return None, f"the native extension is from another attnkit version (reinstall attnkit): {spec.origin}"
     if not lib.attnkit_native_supported():
         return None, "this CPU lacks AVX-512"
     lib.attnkit_tiled_fwd.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]

@@ -10,6 +10,11 @@ Forward keeps a running max ``m``, normalizer ``l`` and accumulator per query ro
 log-sum-exp; backward recomputes each chunk's probabilities from q, k and the LSE (FlashAttention-2),
 so neither pass holds more than one (B, H, BLOCK_Q, MAX_CHUNK) score tile.
 
+On CPUs with AVX-512, float32 forward passes without bias, softcap or dropout run the same plan in C
+(``native.py``, ``attnkit/csrc/tiled_fwd.c``): register-tiled q·kᵀ and P·v fused with the online softmax,
+on PyTorch's own threads, about twice this file's speed; ``ATTNKIT_NATIVE=0`` turns it off. Backward is
+always this file's, from the log-sum-exp either forward saved.
+
 Grouped-query attention folds the G query heads that share a k/v head into the rows of one matmul:
 q block (B, Hkv, G * bq, D) against k chunk (B, Hkv, bk, D), so k and v are never repeated.
 """
@@ -358,7 +363,8 @@ def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
 
 class TiledKernel:
     name = "tiled"
-    description = "exact online-softmax tiles (FlashAttention algorithm); skips empty tiles"
+    description = ("exact online-softmax tiles (FlashAttention algorithm); skips empty tiles; "
+                   "native AVX-512 forward for float32 on CPU")
     capabilities = Capabilities(tile_skipping=True, memory="O(N) + one tile")
 
     def not_supported_reasons(self, req: AttentionRequest) -> list[str]:
