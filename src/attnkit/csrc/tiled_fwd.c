@@ -2,7 +2,7 @@
  * or PyTorch headers; called through ctypes).
  *
  * It runs the same schedule as the PyTorch path (attnkit/functional/kernels/tiled.py): for each query
- * block, the key chunks of the mask's block layout, with a bool "hidden" tile for chunks that hold a
+ * block, the key chunks of the mask's block layout, with a bool "visible" tile for chunks that hold a
  * partial tile. Work items are (query block, batch, k/v head); each processes the G query heads that
  * share the k/v head in panels of up to R = 6 query rows:
  *
@@ -36,13 +36,13 @@ struct attnkit_fwd_args {
     const int64_t *rows;       /* (nrows, 2): qs, qe of each query block */
     const int64_t *row_chunks; /* (nrows + 1): first chunk of each row */
     const int64_t *chunks;     /* (nchunks, 3): ks, ke, mask index or -1 when fully visible */
-    const int64_t *masks;      /* (nmasks, 5): address of a uint8 hidden tile (1 = masked), strides b, h, g, row;
+    const int64_t *masks;      /* (nmasks, 5): address of a uint8 visibility tile (1 = may attend), strides b, h, g, row;
                                   its columns (unit stride) start at the chunk's ks */
     int64_t max_chunk;         /* widest chunk, keys */
     int64_t guard;             /* 1: k or v may hold NaN or inf where no query looks; skip keys whose p is 0 */
 };
 
-int attnkit_native_abi(void) { return 2; } /* bumped whenever struct attnkit_fwd_args changes */
+int attnkit_native_abi(void) { return 3; } /* bumped whenever struct attnkit_fwd_args changes */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -167,7 +167,7 @@ static TARGET void pack_keys(const float *k, int64_t k_sn, int64_t Nk, int64_t D
 
 struct panel {
     const float *q[R_MAX];     /* query rows */
-    const uint8_t *hid[R_MAX]; /* hidden-tile rows of the current chunk, or NULL */
+    const uint8_t *vis[R_MAX]; /* visibility-tile rows of the current chunk, or NULL */
     float *m, *l;              /* running max and sum of the panel's rows */
     float corr[R_MAX];
     float *O;                  /* the rows' output: running accumulators, o_stride apart */
@@ -176,15 +176,16 @@ struct panel {
     int64_t s_stride;
     const float *kp;           /* the chunk's packed keys, from key k0 */
     int64_t k0;
+    int64_t *runs;             /* scratch: 2 x (s_stride / 16) run bounds */
 };
 
-/* The columns [first, last] of a hidden-tile row of width w that are visible, or first > last. */
+/* The columns [first, last] of a visibility-tile row of width w that are visible, or first > last. */
 INLINE TARGET void visible_span(const uint8_t *h, int64_t w, int64_t *first, int64_t *last) {
     *first = w, *last = -1;
     for (int64_t c = 0; c < w; c += 64) {
         __mmask64 valid = w - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (w - c)) - 1);
         __m512i b = _mm512_maskz_loadu_epi8(valid, h + c);
-        __mmask64 vis = _mm512_mask_testn_epi8_mask(valid, b, b);
+        __mmask64 vis = _mm512_mask_test_epi8_mask(valid, b, b);
         if (vis) {
             if (*first == w) *first = c + __builtin_ctzll(vis);
             *last = c + 63 - __builtin_clzll(vis);
@@ -192,15 +193,27 @@ INLINE TARGET void visible_span(const uint8_t *h, int64_t w, int64_t *first, int
     }
 }
 
-/* One panel of R rows against one key chunk [ks, ke); hid rows (or NULL) index columns from ks. */
+/* The lanes of the 16 keys from absolute key col that row vis may see within [c0, c1) (vis indexes keys
+ * from ks; NULL: the chunk is fully visible). */
+INLINE TARGET __mmask16 lanes_seen(const uint8_t *vis, int64_t col, int64_t ks, int64_t c0, int64_t c1) {
+    const __mmask16 valid = lanes_below(c1 - col) & (__mmask16)~lanes_below(c0 - col);
+    if (!vis) return valid;
+    const int shift = col < ks ? (int)(ks - col) : 0; /* lanes before ks are not valid: not loaded */
+    const __mmask16 load = (__mmask16)(valid >> shift);
+    const __m128i vb = _mm_maskz_loadu_epi8(load, vis + (col + shift - ks));
+    return (__mmask16)(_mm_mask_test_epi8_mask(load, vb, vb) << shift);
+}
+
+/* One panel of R rows against one key chunk [ks, ke); vis rows (or NULL) index columns from ks.
+ * Only the 16-key vectors some row of the panel may see are computed: they form runs, and the scores,
+ * the softmax and P v all go over the runs. */
 INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnkit_fwd_args *a, const float *v,
                                int64_t ks, int64_t ke, int masked) {
-    /* the columns some row of the panel may see */
-    int64_t c0 = ke, c1 = ks;
+    int64_t c0 = ke, c1 = ks; /* the columns some row of the panel may see */
     if (masked) {
         for (int r = 0; r < R; r++) {
             int64_t f, l;
-            visible_span(p->hid[r], ke - ks, &f, &l);
+            visible_span(p->vis[r], ke - ks, &f, &l);
             if (f <= l) {
                 if (ks + f < c0) c0 = ks + f;
                 if (ks + l + 1 > c1) c1 = ks + l + 1;
@@ -211,70 +224,85 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
         c0 = ks, c1 = ke;
     }
     const int64_t a0 = c0 & ~(int64_t)15; /* absolute key of S column 0, on a packed block */
-    const int64_t n = c1 - a0, nvec = (n + 15) / 16;
+    const int64_t nvec = (c1 - a0 + 15) / 16;
+    int64_t *runs = p->runs, nruns = 0; /* [start, end) vectors */
+    if (masked) {
+        for (int64_t j = 0; j < nvec; j++) {
+            __mmask16 any = 0;
+            for (int r = 0; r < R && !any; r++) any = lanes_seen(p->vis[r], a0 + 16 * j, ks, c0, c1);
+            if (!any) continue;
+            if (nruns && runs[2 * nruns - 1] == j) runs[2 * nruns - 1] = j + 1;
+            else runs[2 * nruns] = j, runs[2 * nruns + 1] = j + 1, nruns++;
+        }
+    } else {
+        runs[0] = 0, runs[1] = nvec, nruns = 1;
+    }
     float *S = p->S;
     const int64_t ss = p->s_stride;
-    /* S = scale q kᵀ, then -inf outside [c0, c1) and where hidden */
-    for (int64_t j = 0; j < nvec; j += NV) {
-        const int nv = nvec - j >= NV ? NV : (int)(nvec - j);
-        const float *kb = p->kp + ((a0 - p->k0) / 16 + j) * a->D * 16;
-        switch (nv) {
-        case 4: qk_tile(R, 4, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
-        case 3: qk_tile(R, 3, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
-        case 2: qk_tile(R, 2, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
-        default: qk_tile(R, 1, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+    /* S = scale q kᵀ over the runs */
+    for (int64_t u = 0; u < nruns; u++)
+        for (int64_t j = runs[2 * u]; j < runs[2 * u + 1]; j += NV) {
+            const int nv = runs[2 * u + 1] - j >= NV ? NV : (int)(runs[2 * u + 1] - j);
+            const float *kb = p->kp + ((a0 - p->k0) / 16 + j) * a->D * 16;
+            switch (nv) {
+            case 4: qk_tile(R, 4, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+            case 3: qk_tile(R, 3, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+            case 2: qk_tile(R, 2, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+            default: qk_tile(R, 1, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
+            }
         }
-    }
+    /* -inf where not visible or outside [c0, c1); online softmax per row */
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int r = 0; r < R; r++) {
         float *s = S + r * ss;
         __m512 mx = ninf;
-        for (int64_t j = 0; j < nvec; j++) {
-            const int64_t col = a0 + 16 * j; /* absolute key of lane 0 */
-            __mmask16 valid = lanes_below(c1 - col) & (__mmask16)~lanes_below(c0 - col);
-            __mmask16 vis = valid;
-            if (masked) { /* lanes before ks (col < ks: only the first vector) are not valid */
-                const int shift = col < ks ? (int)(ks - col) : 0;
-                const __mmask16 load = (__mmask16)(valid >> shift);
-                const __m128i hb = _mm_maskz_loadu_epi8(load, p->hid[r] + (col + shift - ks));
-                vis = (__mmask16)(_mm_mask_testn_epi8_mask(load, hb, hb) << shift);
+        for (int64_t u = 0; u < nruns; u++)
+            for (int64_t j = runs[2 * u]; j < runs[2 * u + 1]; j++) {
+                const __mmask16 seen = lanes_seen(masked ? p->vis[r] : NULL, a0 + 16 * j, ks, c0, c1);
+                const __m512 x = _mm512_mask_mov_ps(ninf, seen, _mm512_loadu_ps(s + 16 * j));
+                _mm512_storeu_ps(s + 16 * j, x);
+                mx = _mm512_max_ps(mx, x);
             }
-            __m512 x = _mm512_mask_mov_ps(ninf, vis, _mm512_loadu_ps(s + 16 * j));
-            _mm512_storeu_ps(s + 16 * j, x);
-            mx = _mm512_max_ps(mx, x);
-        }
         const float m_new = fmaxf(p->m[r], _mm512_reduce_max_ps(mx));
         const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* nothing visible yet: every p is 0 */
         const __m512 mb = _mm512_set1_ps(m_use);
         __m512 sum = _mm512_setzero_ps();
-        for (int64_t j = 0; j < nvec; j++) {
-            __m512 e = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * j), mb));
-            _mm512_storeu_ps(s + 16 * j, e);
-            sum = _mm512_add_ps(sum, e);
-        }
+        for (int64_t u = 0; u < nruns; u++)
+            for (int64_t j = runs[2 * u]; j < runs[2 * u + 1]; j++) {
+                const __m512 e = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + 16 * j), mb));
+                _mm512_storeu_ps(s + 16 * j, e);
+                sum = _mm512_add_ps(sum, e);
+            }
         p->corr[r] = exp2f(p->m[r] - m_use);
         p->l[r] = p->l[r] * p->corr[r] + _mm512_reduce_add_ps(sum);
         p->m[r] = m_new;
     }
-    /* O = O · corr + P v over the keys [c0, c1): keys before c0 are not read, they may be unseen NaN */
+    /* O = O · corr + P v, run by run over the keys in [c0, c1): keys outside are not read (they may
+     * hold an unseen NaN); the first run applies corr, the others find O already rescaled */
+    static const float ones[R_MAX] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
     const int guard = masked && a->guard;
-    const float *vb = v + c0 * a->v_sn, *P = S + (c0 - a0);
-    const int64_t nk = c1 - c0;
-    for (int64_t d = 0; d < a->Dv; d += 16 * NV) {
-        const int64_t left = a->Dv - d, lv = (left + 15) / 16;
-        const int nv = lv >= NV ? NV : (int)lv;
-        const __mmask16 tail = lanes_below(left - 16 * (nv - 1));
-        switch (nv) {
-        case 4: pv_tile(R, 4, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
-        case 3: pv_tile(R, 3, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
-        case 2: pv_tile(R, 2, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
-        default: pv_tile(R, 1, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, p->corr, guard); break;
+    for (int64_t u = 0; u < nruns; u++) {
+        const int64_t first = a0 + 16 * runs[2 * u] > c0 ? a0 + 16 * runs[2 * u] : c0;
+        const int64_t end = a0 + 16 * runs[2 * u + 1] < c1 ? a0 + 16 * runs[2 * u + 1] : c1;
+        const float *vb = v + first * a->v_sn, *P = S + (first - a0), *corr = u == 0 ? p->corr : ones;
+        const int64_t nk = end - first;
+        for (int64_t d = 0; d < a->Dv; d += 16 * NV) {
+            const int64_t left = a->Dv - d, lv = (left + 15) / 16;
+            const int nv = lv >= NV ? NV : (int)lv;
+            const __mmask16 tail = lanes_below(left - 16 * (nv - 1));
+            switch (nv) {
+            case 4: pv_tile(R, 4, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
+            case 3: pv_tile(R, 3, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
+            case 2: pv_tile(R, 2, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
+            default: pv_tile(R, 1, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
+            }
         }
     }
 }
 
 struct scratch {
     float *S, *kp, *m, *l;
+    int64_t *runs;
     int64_t s_stride;
 };
 
@@ -287,7 +315,7 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
     for (int64_t g = 0; g < G; g++)
         for (int64_t i = 0; i < bq * a->Dv; i++) out[g * a->Nq * a->Dv + i] = 0.0f;
     struct panel p;
-    p.S = w->S, p.s_stride = w->s_stride, p.kp = w->kp, p.o_stride = a->Dv;
+    p.S = w->S, p.s_stride = w->s_stride, p.kp = w->kp, p.o_stride = a->Dv, p.runs = w->runs;
     for (int64_t c = a->row_chunks[row]; c < a->row_chunks[row + 1]; c++) {
         const int64_t ks = a->chunks[3 * c], ke = a->chunks[3 * c + 1], mi = a->chunks[3 * c + 2];
         p.k0 = ks & ~(int64_t)15;
@@ -300,7 +328,7 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
                 for (int r = 0; r < R; r++) {
                     p.q[r] = q + (r0 + r) * a->q_sn;
                     if (mk)
-                        p.hid[r] = (const uint8_t *)(intptr_t)mk[0] + b * mk[1] + hkv * mk[2] + g * mk[3] + (r0 + r - qs) * mk[4];
+                        p.vis[r] = (const uint8_t *)(intptr_t)mk[0] + b * mk[1] + hkv * mk[2] + g * mk[3] + (r0 + r - qs) * mk[4];
                 }
                 p.m = w->m + g * bq + (r0 - qs), p.l = w->l + g * bq + (r0 - qs);
                 p.O = out + (g * a->Nq + r0 - qs) * a->Dv;
@@ -334,7 +362,7 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
         if (a->rows[2 * i + 1] - a->rows[2 * i] > bq_max) bq_max = a->rows[2 * i + 1] - a->rows[2 * i];
     const int64_t G = a->H / a->Hkv, blocks = (a->max_chunk + 30) / 16 + 1, items = a->nrows * a->B * a->Hkv;
     const int64_t s_stride = (a->max_chunk + 47) / 16 * 16 + 16; /* room for the 16-aligned start; not a power of two */
-    const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max);
+    const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 2 * 2 * (s_stride / 16));
     int working = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -344,6 +372,7 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
         if (w.S) { /* a thread without scratch leaves the items to the others */
             __atomic_add_fetch(&working, 1, __ATOMIC_RELAXED);
             w.kp = w.S + R_MAX * w.s_stride, w.m = w.kp + blocks * a->D * 16, w.l = w.m + G * bq_max;
+            w.runs = (int64_t *)(w.l + G * bq_max); /* 2 x (s_stride / 16) int64, in 4 x (s_stride / 16) floats */
             for (;;) {
                 const int64_t item = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
                 if (item >= items) break;

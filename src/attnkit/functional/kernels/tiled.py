@@ -31,7 +31,7 @@ from ..masks import EMPTY, FULL
 from ..registry import Capabilities
 from ..request import AttentionRequest, softmax_dtype
 from . import native
-from .common import finite
+from .common import finite, heads5
 
 BLOCK_Q = 128  # query rows per block
 BLOCK_K = 128  # key granularity of the block layout (tile skipping)
@@ -90,14 +90,6 @@ def make_plan(req: AttentionRequest) -> list[Row]:
     return rows
 
 
-def _heads5(t: Tensor, Hkv: int, G: int) -> Tensor:
-    """A (b, h, x, y) tile with h in {1, Hkv * G} -> (b, Hkv | 1, G | 1, x, y) for the folded layout."""
-    t = t if t.dim() == 4 else t[None, None]
-    if t.shape[1] == 1:
-        return t.unsqueeze(2)
-    return t.reshape(t.shape[0], Hkv, G, t.shape[-2], t.shape[-1])
-
-
 class _Tiles:
     """Recomputes one (query block, key chunk) tile of logits, identically in forward and backward."""
 
@@ -147,7 +139,7 @@ class _Tiles:
         key = self.req.mask.tile_key(*args)
         if key is not None and key in self._cache:
             return self._cache[key]
-        vis = _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)  # (b, Hkv|1, G|1, bq, bk)
+        vis = heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)  # (b, Hkv|1, G|1, bq, bk)
         keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
         cols = keys_seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
         entry = None
@@ -184,7 +176,7 @@ class _Tiles:
             s = tanh * cap
         if self.req.bias is not None:
             b = self.req.bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
-            s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
+            s = torch.add(s, heads5(b, self.Hkv, self.G), alpha=LOG2E)
             if c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
                 s = s.masked_fill_(c.hidden_bool, float("-inf"))
         elif c.hidden is not None:
