@@ -2,8 +2,8 @@
 
 The C file is compiled when attnkit is installed (an optional extension: a machine without a compiler
 installs fine and keeps the PyTorch path). It runs the tiled kernel's own plan — the same query blocks,
-key chunks and mask tiles — with fused register-tiled q·kᵀ, online softmax and P·v, one thread per
-torch thread (PyTorch's own OpenMP pool), so nothing changes for the caller but speed. Backward stays in PyTorch, from the saved
+key chunks and mask tiles — with fused register-tiled q·kᵀ, online softmax and P·v, on PyTorch's own
+OpenMP threads, so nothing changes for the caller but speed. Backward stays in PyTorch, from the saved
 log-sum-exp.
 
 ``ATTNKIT_NATIVE=0`` in the environment turns it off; :func:`status` says whether it serves and why not.
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .common import heads5
 
-_i64, _f32p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float)
+_i64 = ctypes.c_int64
 _ABI = 3  # attnkit_native_abi() of a build whose argument layout matches _Args
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
