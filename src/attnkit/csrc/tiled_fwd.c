@@ -6,14 +6,14 @@
  * partial tile. Work items are (query block, batch, k/v head); each processes the G query heads that
  * share the k/v head in panels of up to R = 6 query rows:
  *
- *   for each chunk: narrow it to the columns some row of the panel may see, S = q kᵀ · scale·log2 e
+ *   for each chunk: keep the runs of 16-key vectors some row of the panel may see, S = q kᵀ · scale·log2 e
  *   (6 x 64 register tiles), hide masked entries (-inf), online softmax in base 2 (running max m and
  *   sum l per row), O = O · 2^(m_old - m_new) + P v (6 x 64 register tiles).
  *
  * Each chunk's keys are first packed into per-thread scratch as (16-key blocks, D, 16), each block
  * contiguous over d, so the q kᵀ loop streams memory from cache; the output rows hold the running
- * (unnormalized) accumulators between chunks. Rows that see nothing give out = 0 and lse = -inf, as everywhere in
- * attnkit. A NaN or inf stored where no query looks never reaches the output: masked scores are
+ * (unnormalized) accumulators between chunks. Rows that see nothing give out = 0 and lse = -inf, as
+ * everywhere in attnkit. A NaN or inf stored where no query looks never reaches the output: masked scores are
  * replaced, not added to, and with `guard` (set when the inputs are not all finite) P v skips the keys no
  * row of a panel gives weight; at visible positions a NaN propagates, as in the PyTorch path. */
 
@@ -174,29 +174,14 @@ struct panel {
     int64_t o_stride;
     float *S;                  /* scratch scores, R_MAX x s_stride */
     int64_t s_stride;
-    const float *kp;           /* the chunk's packed keys, from key k0 */
-    int64_t k0;
+    const float *kp;           /* the chunk's packed keys, from key ks & ~15 */
     int64_t *runs;             /* scratch: 2 x (s_stride / 16) run bounds */
 };
 
-/* The columns [first, last] of a visibility-tile row of width w that are visible, or first > last. */
-INLINE TARGET void visible_span(const uint8_t *h, int64_t w, int64_t *first, int64_t *last) {
-    *first = w, *last = -1;
-    for (int64_t c = 0; c < w; c += 64) {
-        __mmask64 valid = w - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (w - c)) - 1);
-        __m512i b = _mm512_maskz_loadu_epi8(valid, h + c);
-        __mmask64 vis = _mm512_mask_test_epi8_mask(valid, b, b);
-        if (vis) {
-            if (*first == w) *first = c + __builtin_ctzll(vis);
-            *last = c + 63 - __builtin_clzll(vis);
-        }
-    }
-}
-
-/* The lanes of the 16 keys from absolute key col that row vis may see within [c0, c1) (vis indexes keys
- * from ks; NULL: the chunk is fully visible). */
-INLINE TARGET __mmask16 lanes_seen(const uint8_t *vis, int64_t col, int64_t ks, int64_t c0, int64_t c1) {
-    const __mmask16 valid = lanes_below(c1 - col) & (__mmask16)~lanes_below(c0 - col);
+/* The lanes of the 16 keys from absolute key col that row vis may see within the chunk [ks, ke) (vis
+ * indexes keys from ks; NULL: the chunk is fully visible). */
+INLINE TARGET __mmask16 lanes_seen(const uint8_t *vis, int64_t col, int64_t ks, int64_t ke) {
+    const __mmask16 valid = lanes_below(ke - col) & (__mmask16)~lanes_below(ks - col);
     if (!vis) return valid;
     const int shift = col < ks ? (int)(ks - col) : 0; /* lanes before ks are not valid: not loaded */
     const __mmask16 load = (__mmask16)(valid >> shift);
@@ -209,31 +194,18 @@ INLINE TARGET __mmask16 lanes_seen(const uint8_t *vis, int64_t col, int64_t ks, 
  * the softmax and P v all go over the runs. */
 INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnkit_fwd_args *a, const float *v,
                                int64_t ks, int64_t ke, int masked) {
-    int64_t c0 = ke, c1 = ks; /* the columns some row of the panel may see */
-    if (masked) {
-        for (int r = 0; r < R; r++) {
-            int64_t f, l;
-            visible_span(p->vis[r], ke - ks, &f, &l);
-            if (f <= l) {
-                if (ks + f < c0) c0 = ks + f;
-                if (ks + l + 1 > c1) c1 = ks + l + 1;
-            }
-        }
-        if (c0 >= c1) return;
-    } else {
-        c0 = ks, c1 = ke;
-    }
-    const int64_t a0 = c0 & ~(int64_t)15; /* absolute key of S column 0, on a packed block */
-    const int64_t nvec = (c1 - a0 + 15) / 16;
+    const int64_t a0 = ks & ~(int64_t)15; /* absolute key of S column 0, on a packed block */
+    const int64_t nvec = (ke - a0 + 15) / 16;
     int64_t *runs = p->runs, nruns = 0; /* [start, end) vectors */
     if (masked) {
         for (int64_t j = 0; j < nvec; j++) {
             __mmask16 any = 0;
-            for (int r = 0; r < R && !any; r++) any = lanes_seen(p->vis[r], a0 + 16 * j, ks, c0, c1);
+            for (int r = 0; r < R && !any; r++) any = lanes_seen(p->vis[r], a0 + 16 * j, ks, ke);
             if (!any) continue;
             if (nruns && runs[2 * nruns - 1] == j) runs[2 * nruns - 1] = j + 1;
             else runs[2 * nruns] = j, runs[2 * nruns + 1] = j + 1, nruns++;
         }
+        if (!nruns) return;
     } else {
         runs[0] = 0, runs[1] = nvec, nruns = 1;
     }
@@ -243,7 +215,7 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
     for (int64_t u = 0; u < nruns; u++)
         for (int64_t j = runs[2 * u]; j < runs[2 * u + 1]; j += NV) {
             const int nv = runs[2 * u + 1] - j >= NV ? NV : (int)(runs[2 * u + 1] - j);
-            const float *kb = p->kp + ((a0 - p->k0) / 16 + j) * a->D * 16;
+            const float *kb = p->kp + j * a->D * 16;
             switch (nv) {
             case 4: qk_tile(R, 4, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
             case 3: qk_tile(R, 3, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
@@ -251,14 +223,14 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
             default: qk_tile(R, 1, p->q, kb, a->D, S + 16 * j, ss, a->scale); break;
             }
         }
-    /* -inf where not visible or outside [c0, c1); online softmax per row */
+    /* -inf where not visible or outside [ks, ke); online softmax per row */
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int r = 0; r < R; r++) {
         float *s = S + r * ss;
         __m512 mx = ninf;
         for (int64_t u = 0; u < nruns; u++)
             for (int64_t j = runs[2 * u]; j < runs[2 * u + 1]; j++) {
-                const __mmask16 seen = lanes_seen(masked ? p->vis[r] : NULL, a0 + 16 * j, ks, c0, c1);
+                const __mmask16 seen = lanes_seen(masked ? p->vis[r] : NULL, a0 + 16 * j, ks, ke);
                 const __m512 x = _mm512_mask_mov_ps(ninf, seen, _mm512_loadu_ps(s + 16 * j));
                 _mm512_storeu_ps(s + 16 * j, x);
                 mx = _mm512_max_ps(mx, x);
@@ -277,13 +249,14 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
         p->l[r] = p->l[r] * p->corr[r] + _mm512_reduce_add_ps(sum);
         p->m[r] = m_new;
     }
-    /* O = O · corr + P v, run by run over the keys in [c0, c1): keys outside are not read (they may
-     * hold an unseen NaN); the first run applies corr, the others find O already rescaled */
+    /* O = O · corr + P v, run by run over the keys in [ks, ke): keys outside are not read (they may
+     * hold an unseen NaN; inside, guard skips them); the first run applies corr, the others find O
+     * already rescaled */
     static const float ones[R_MAX] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
     const int guard = masked && a->guard;
     for (int64_t u = 0; u < nruns; u++) {
-        const int64_t first = a0 + 16 * runs[2 * u] > c0 ? a0 + 16 * runs[2 * u] : c0;
-        const int64_t end = a0 + 16 * runs[2 * u + 1] < c1 ? a0 + 16 * runs[2 * u + 1] : c1;
+        const int64_t first = a0 + 16 * runs[2 * u] > ks ? a0 + 16 * runs[2 * u] : ks;
+        const int64_t end = a0 + 16 * runs[2 * u + 1] < ke ? a0 + 16 * runs[2 * u + 1] : ke;
         const float *vb = v + first * a->v_sn, *P = S + (first - a0), *corr = u == 0 ? p->corr : ones;
         const int64_t nk = end - first;
         for (int64_t d = 0; d < a->Dv; d += 16 * NV) {
@@ -318,8 +291,7 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
     p.S = w->S, p.s_stride = w->s_stride, p.kp = w->kp, p.o_stride = a->Dv, p.runs = w->runs;
     for (int64_t c = a->row_chunks[row]; c < a->row_chunks[row + 1]; c++) {
         const int64_t ks = a->chunks[3 * c], ke = a->chunks[3 * c + 1], mi = a->chunks[3 * c + 2];
-        p.k0 = ks & ~(int64_t)15;
-        pack_keys(k, a->k_sn, a->Nk, a->D, p.k0, ke, w->kp);
+        pack_keys(k, a->k_sn, a->Nk, a->D, ks & ~(int64_t)15, ke, w->kp);
         const int64_t *mk = mi >= 0 ? a->masks + 5 * mi : NULL;
         for (int64_t g = 0; g < G; g++) {
             const float *q = a->q + b * a->q_sb + (hkv * G + g) * a->q_sh;

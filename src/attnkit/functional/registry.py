@@ -164,7 +164,8 @@ def auto_order(req: AttentionRequest) -> list[str]:
         empty = (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item()
         if empty >= AUTO_TILED_MIN_EMPTY:
             order = ["tiled", "sdpa", "dense"]
-    return order + [name for name, k in _REGISTRY.items() if name not in order and _is_exact(k)]
+    order += [name for name in _REGISTRY if name not in order]
+    return [name for name in order if name in _REGISTRY and _is_exact(_REGISTRY[name])]
 
 
 def _is_exact(k: Kernel) -> bool:
@@ -176,8 +177,6 @@ def select_kernel(req: AttentionRequest, kernel) -> Kernel:
     if isinstance(kernel, str) and kernel == "auto":
         refusals = []
         for name in auto_order(req):
-            if name not in _REGISTRY or not _is_exact(_REGISTRY[name]):
-                continue
             reasons = _REGISTRY[name].not_supported_reasons(req)
             if not reasons:
                 return _REGISTRY[name]

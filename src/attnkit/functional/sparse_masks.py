@@ -17,10 +17,6 @@ from .checks import check_bool, check_int
 from .masks import GlobalTokens, Mask, Or, SlidingWindow, _Blocks, _positions, _states
 
 
-def _floor_div(x: Tensor, n: int) -> Tensor:  # positions may be negative when q_len > k_len
-    return torch.div(x, n, rounding_mode="floor")
-
-
 def _rectangles(shape: tuple[int, int], r1: Tensor, r2: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
     """Bool ``shape``: True inside any of the rectangles [r1, r2] x [c1, c2] (inclusive), by 2-D prefix
     sums of corner marks, so the cost is one pass over ``shape`` whatever the number of rectangles."""
@@ -51,10 +47,10 @@ class Strided(Mask):
         lone_multiple = (lo == hi) & (lo % s == 0)
         if self.causal:
             lo0 = lo.clamp(min=0)
-            seen = (hi >= 0) & ((lo0 < s) | (_floor_div(hi, s) * s >= lo0))
+            seen = (hi >= 0) & ((lo0 < s) | (hi // s * s >= lo0))
             full = (lo >= 0) & ((hi <= s) | lone_multiple | (s == 1))
         else:  # the local band |d| < s, or a multiple of s in [lo, hi]
-            seen = ((lo < s) & (hi > -s)) | (_floor_div(hi, s) * s >= lo)
+            seen = ((lo < s) & (hi > -s)) | (hi // s * s >= lo)
             full = ((lo >= -s) & (hi <= s)) | lone_multiple | (s == 1)
         return _states(full, ~seen)
 
@@ -80,7 +76,7 @@ class Fixed(Mask):
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
         bl = self.block
-        visible = (_floor_div(p, bl) == j // bl) | (j % bl >= bl - self.summary)
+        visible = (p // bl == j // bl) | (j % bl >= bl - self.summary)
         return visible & (j <= p) if self.causal else visible
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
@@ -90,17 +86,17 @@ class Fixed(Mask):
 
         def summaries(first: Tensor, last: Tensor) -> Tensor:  # summary keys in [first, last]
             def before(x):  # summary positions in [0, x)
-                return _floor_div(x, bl) * s + (x % bl - (bl - s)).clamp(min=0)
+                return x // bl * s + (x % bl - (bl - s)).clamp(min=0)
             return (before(last + 1) - before(first)).clamp(min=0)
 
         if self.causal:  # the first query that may see a key of the tile must share a block with one
             first = torch.maximum(p0, k0)
-            same_block = (first <= p1) & (_floor_div(first, bl) <= k1 // bl)
+            same_block = (first <= p1) & (first // bl <= k1 // bl)
             summary_seen = summaries(k0, torch.minimum(k1, p1)) > 0
         else:
-            same_block = (_floor_div(p0, bl) <= k1 // bl) & (k0 // bl <= _floor_div(p1, bl))
+            same_block = (p0 // bl <= k1 // bl) & (k0 // bl <= p1 // bl)
             summary_seen = summaries(k0, k1) > 0
-        one_block = (_floor_div(p0, bl) == k1 // bl) & (k0 // bl == _floor_div(p1, bl))
+        one_block = (p0 // bl == k1 // bl) & (k0 // bl == p1 // bl)
         full = (summaries(k0, k1) == k1 - k0 + 1) | one_block  # exact EMPTY; FULL may be conservative
         if self.causal:
             full &= k1 <= p0
@@ -231,12 +227,12 @@ class BigBird(Mask):
         q_first, k_first = (qs + offset) // bl, ks // bl
         grid = self._grid(q_first, (qe - 1 + offset) // bl, k_first, (ke - 1) // bl, -(-k_len // bl))
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
-        return grid.to(device)[_floor_div(p[:, 0], bl) - q_first][:, j[0] // bl - k_first]
+        return grid.to(device)[p[:, 0] // bl - q_first][:, j[0] // bl - k_first]
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
         b = _Blocks.make(q_len, k_len, block_q, block_k, device)
         bl, g, w = self.block, self.num_global, self.window
-        q1, q2 = _floor_div(b.p_first, bl), _floor_div(b.p_last, bl)  # (nqt, 1) query blocks of each row
+        q1, q2 = b.p_first // bl, b.p_last // bl  # (nqt, 1) query blocks of each row
         k1, k2 = b.ks // bl, (b.ke - 1) // bl  # (1, nkt) key blocks of each column of tiles
         seen = ((q1 < g) & (q2 >= 0)) | (k1 < g) | ((k1 - q2 <= w) & (q1 - k2 <= w))
         full = ((q2 < g) & (q1 >= 0)) | (k2 < g) | ((k2 - q1 <= w) & (q2 - k1 <= w))

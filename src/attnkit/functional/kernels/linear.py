@@ -177,8 +177,7 @@ class _Inputs:
         k = self.k[:, :, start:end]
         kf = self.key_map(k if self.scale[1] == 1 else k * self.scale[1])  # (B, Hs, n, M)
         if self.valid is not None:  # a masked key's feature is 0 (log: -inf), its weight 0; v there is finite
-            hidden = torch.tensor(float("-inf") if self.log_space else 0.0, dtype=kf.dtype, device=kf.device)
-            kf = torch.where(self.valid[..., start:end, None], kf, hidden)
+            kf = torch.where(self.valid[..., start:end, None], kf, float("-inf") if self.log_space else 0.0)
         return kf, self.v[:, :, start:end]
 
     def empty_state(self, kernel: str) -> LinearState:

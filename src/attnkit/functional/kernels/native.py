@@ -19,8 +19,6 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .common import heads5
-
 _i64 = ctypes.c_int64
 _ABI = 3  # attnkit_native_abi() of a build whose argument layout matches _Args
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
@@ -79,22 +77,6 @@ def serves(tiles) -> bool:
     )
 
 
-def _visible_tile(tiles, row, ks: int, ke: int, cache: dict) -> Tensor:
-    """The mask's visibility tile for queries row.qs:row.qe and keys ks:ke as (b|1, Hkv|1, G|1, bq, bk),
-    unit stride over keys; cached by the mask's tile_key. The C code finds the visible columns itself,
-    so this is all it needs (no clipping, no additive tiles)."""
-    args = (row.qs, row.qe, ks, ke, tiles.Nq, tiles.Nk)
-    key = tiles.req.mask.tile_key(*args)
-    if key is not None and key in cache:
-        return cache[key]
-    visible = heads5(tiles.req.mask.tile(*args, tiles.k.device), tiles.Hkv, tiles.G)
-    if visible.stride(-1) != 1:
-        visible = visible.contiguous()
-    if key is not None:
-        cache[key] = visible
-    return visible
-
-
 def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
     """(out (B, Hkv, G, Nq, Dv), lse (B, Hkv, G, Nq) in log2 units), as the PyTorch path returns them."""
     lib, _ = _library()
@@ -106,14 +88,16 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32)
     lse = torch.empty(B, H, Nq, dtype=torch.float32)
 
-    rows, row_chunks, chunks, masks, keep, cache = [], [0], [], [], [], {}
+    rows, row_chunks, chunks, masks, keep = [], [0], [], [], []
     max_chunk, entries = 1, 0
     for row in plan:
         rows += [row.qs, row.qe]
         for ks, ke, needs_mask in row.chunks:
             index = -1
             if needs_mask:
-                visible = _visible_tile(tiles, row, ks, ke, cache)  # (b|1, Hkv|1, G|1, bq, ke - ks) bool
+                visible = tiles.visible(row, ks, ke)  # (b|1, Hkv|1, G|1, bq, ke - ks) bool
+                if visible.stride(-1) != 1:
+                    visible = visible.contiguous()
                 keep.append(visible)
                 strides = [0 if visible.shape[i] == 1 else visible.stride(i) for i in range(4)]
                 index = len(masks)

@@ -99,7 +99,8 @@ class _Tiles:
         B, H, Hkv, Nq, Nk, _, _ = req.shape
         self.B, self.Hkv, self.G, self.Nq, self.Nk = B, Hkv, H // Hkv, Nq, Nk
         self.stats = softmax_dtype(q5.dtype)
-        self._cache: dict = {}  # mask tiles by tile_key
+        self._cache: dict = {}  # masking data (see _mask_tile) by tile_key
+        self._visible: dict = {}  # visibility tiles by tile_key
         self._zero = torch.zeros((), dtype=q5.dtype, device=q5.device)
         self._buffer: Tensor | None = None
         # NaN hygiene (zeroing masked k/v/q rows) costs a copy per chunk; it is needed only when the
@@ -135,11 +136,10 @@ class _Tiles:
         (lo, hi, additive 0/-inf segments (see _hidden_segments), bool hidden tile,
          keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1) or None if all).
         Cached for masks with a tile_key."""
-        args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
-        key = self.req.mask.tile_key(*args)
+        key = self.req.mask.tile_key(row.qs, row.qe, ks, ke, self.Nq, self.Nk)
         if key is not None and key in self._cache:
             return self._cache[key]
-        vis = heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)  # (b, Hkv|1, G|1, bq, bk)
+        vis = self.visible(row, ks, ke)
         keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
         cols = keys_seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
         entry = None
@@ -156,6 +156,18 @@ class _Tiles:
         if key is not None:
             self._cache[key] = entry
         return entry
+
+    def visible(self, row: Row, ks: int, ke: int) -> Tensor:
+        """The mask's visibility tile for queries row.qs:row.qe and keys ks:ke, (b, Hkv|1, G|1, bq, bk) bool;
+        cached for masks with a tile_key."""
+        args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
+        key = self.req.mask.tile_key(*args)
+        if key is not None and key in self._visible:
+            return self._visible[key]
+        vis = heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
+        if key is not None:
+            self._visible[key] = vis
+        return vis
 
     def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None]:
         """(B, Hkv, G, bq, bk) logits in log2 units (scaled by scale·log2 e, so softmax runs on exp2,
