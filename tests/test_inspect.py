@@ -9,7 +9,7 @@ import torch
 from attnkit import hub
 from attnkit.inspect import attention_layers, capture, explain, rollout
 from attnkit.inspect.explanation import SEED_SENTENCE, choose_focus, make_bins, pool
-from attnkit.models import GPT, GPTConfig
+from attnkit.models import GPT, GPTConfig, HybridConfig, HybridLM
 from attnkit.nn import MultiHeadAttention
 from helpers import assert_close
 
@@ -50,6 +50,7 @@ def test_captured_maps_equal_transformers_output_attentions(minilm, hf_attention
         # padded keys get exactly 0 in both; padded query rows are compared too
         assert_close(ours, theirs, atol=1e-5, what="transformers' output_attentions")
     assert record.calls == [1] * 6
+    assert record.causal == [False] * 6  # as each call said, not guessed from the model
 
 
 def test_only_requested_layers_and_heads_are_recorded(minilm, hf_attentions):
@@ -61,6 +62,7 @@ def test_only_requested_layers_and_heads_are_recorded(minilm, hf_attentions):
     for layer in (1, 4):
         assert_close(record.maps[layer], expected[layer][:, [2, 7]], atol=1e-5, what=f"layer {layer} heads 2, 7")
     assert record.heads[1] == [2, 7] and record.heads[0] is None
+    assert record.causal == [None, False, None, None, False, None]
     assert record.calls == [1] * 6  # every layer ran; only two were recomputed
 
 
@@ -88,6 +90,7 @@ def test_reduce_and_generation_keep_the_latest_call():
     # the prompt's forward, then one call per new token with a cache: the last is 1 query over 8 keys
     assert record.calls == [4, 4]
     assert record.maps == [(0, (1, 4, 1, 8)), (1, (1, 4, 1, 8))]
+    assert record.causal == [True, True]
 
 
 def test_capture_with_grouped_query_heads_matches_a_reference():
@@ -101,6 +104,7 @@ def test_capture_with_grouped_query_heads_matches_a_reference():
     logits = q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 8 ** 0.5
     logits = logits.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
     assert_close(record.maps[0], logits.softmax(-1)[:, [1, 2]].detach(), atol=1e-12, what="GQA heads 1, 2")
+    assert record.causal == [True]
 
 
 def test_capture_refuses_bad_requests(minilm):
@@ -160,6 +164,7 @@ def seed(minilm):
 
 
 def test_explain_the_seed_sentence(seed, minilm):
+    assert not seed.causal and "encoder" in seed.summary()
     assert seed.tokens == ["[CLS]", "The", "animal", "didn", "'", "t", "cross", "the", "street", "because", "it",
                            "was", "too", "tired", "[SEP]"]
     assert seed.tokens[seed.focus] == "it"  # the pronoun, by default
@@ -171,8 +176,9 @@ def test_explain_the_seed_sentence(seed, minilm):
     full = torch.stack([m[0] for m in record.maps])  # (6, 12, 15, 15)
     torch.testing.assert_close(seed.maps, full)
     torch.testing.assert_close(seed.focus_rows, full[:, :, seed.focus])
-    torch.testing.assert_close(seed.rollout, rollout(list(record.maps))[0])
-    torch.testing.assert_close(seed.rollout_row, seed.rollout[seed.focus])
+    rolled = rollout(list(record.maps))[0]  # (15, 15)
+    torch.testing.assert_close(seed.rollout, rolled)
+    torch.testing.assert_close(seed.rollout_row, rolled[seed.focus])
     text = seed.summary()
     assert "focus: 'it' (token 10)" in text and "Rollout" in text
     for layer in range(6):  # the table's first column is the head-averaged argmax of the focus row
@@ -183,11 +189,19 @@ def test_explain_the_seed_sentence(seed, minilm):
 def test_standout_heads_follow_their_definition(seed):
     heads = seed.standout_heads()
     assert heads, "MiniLM has heads that single out a word for 'it'"
-    for layer, head, target, weight, second in heads:
-        row = seed.focus_rows[layer, head]
-        top2 = row.topk(2).values
-        assert (weight, second) == pytest.approx(top2.tolist()) and weight >= 2 * second
-        assert target == int(row.argmax()) and target != seed.focus and not seed.special[target]
+    expected = {}  # every head that meets the definition, found by sorting each focus row in plain Python
+    for layer in range(seed.num_layers):
+        for head in range(seed.num_heads):
+            row = seed.focus_rows[layer, head].tolist()
+            first, second = sorted(range(len(row)), key=lambda i: -row[i])[:2]
+            sink = seed.special[first] or first == seed.focus or (seed.causal and first == 0)
+            if row[first] >= 2 * row[second] and not sink:
+                expected[layer, head] = (first, row[first], row[second])
+    found = {(layer, head): (target, weight, second) for layer, head, target, weight, second in heads}
+    assert len(found) == len(heads), "a head is listed twice"
+    assert found.keys() == expected.keys()
+    for key, (target, weight, second) in found.items():
+        assert target == expected[key][0] and (weight, second) == pytest.approx(expected[key][1:]), key
     assert [h[3] for h in heads] == sorted((h[3] for h in heads), reverse=True)
     # the detail map defaults to the deepest layer that has a standout head
     assert seed.layer == max(h[0] for h in heads) and (seed.layer, seed.head) in [(h[0], h[1]) for h in heads]
@@ -225,6 +239,16 @@ def test_long_texts_are_pooled(minilm):
     assert n > 32 and e.pooled and e.maps.shape == (6, 12, 32, 32) and e.focus_rows.shape == (6, 12, n)
     assert e.bins[0][0] == 0 and e.bins[-1][1] == n
     torch.testing.assert_close(e.maps.sum(-1), torch.ones(6, 12, 32), atol=1e-5, rtol=0)
+    model, tokenizer = minilm  # the pooled maps and rollout, and the full-resolution rows, from the recorded maps
+    ids, mask = tokenizer.encode([text])
+    with capture(model) as record, torch.no_grad():
+        model(ids, attention_mask=mask)
+    full = torch.stack([m[0] for m in record.maps])  # (6, 12, n, n)
+    rolled = rollout(list(record.maps))[0]  # (n, n)
+    torch.testing.assert_close(e.maps, pool(full, e.bins))
+    torch.testing.assert_close(e.focus_rows, full[:, :, e.focus])
+    torch.testing.assert_close(e.rollout, pool(rolled, e.bins))
+    torch.testing.assert_close(e.rollout_row, rolled[e.focus])
     assert any("pooled into 32" in note for note in e.notes)
     assert e.tokens[e.focus] == "it" and e.focus > n - 15  # the last pronoun
 
@@ -238,6 +262,26 @@ def test_explain_a_decoder(minilm):
     upper = torch.ones(len(e.tokens), len(e.tokens), dtype=torch.bool).triu(1)
     assert e.maps[..., upper].abs().max() == 0  # a decoder never looks ahead
     assert e.focus_rows[..., e.focus + 1:].abs().max() == 0
+
+
+class HybridDecoder(torch.nn.Module):
+    """A decoder that is no GPT: ``explain`` must learn that it is causal from its attention calls."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.lm = HybridLM(HybridConfig.preset("tiny", vocab_size=vocab_size, pattern="AMA"))
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.lm(input_ids)
+
+
+def test_explain_a_decoder_that_is_not_a_gpt(minilm):
+    torch.manual_seed(0)
+    _, tokenizer = minilm
+    e = explain("the cat sat because it was tired", (HybridDecoder(tokenizer.vocab_size).eval(), tokenizer))
+    assert e.causal and "decoder (causal)" in e.summary() and e.maps.shape[:2] == (2, 4)
+    upper = torch.ones(len(e.tokens), len(e.tokens), dtype=torch.bool).triu(1)
+    assert e.maps[..., upper].abs().max() == 0
 
 
 def test_explain_errors(minilm):

@@ -247,12 +247,14 @@ def gqa_stack() -> nn.ModuleList:
 
 BAD_PRUNING = {
     "layer-out-of-range": ({2: [0]}, ValueError, r"layer 2 is out of range: ModuleList has 2 attention layers"),
-    "negative-layer": ({-1: [0]}, ValueError, "layer index"),
-    "head-out-of-range": ({0: [4]}, ValueError, r"head 4 is out of range: layer 0 has 4 heads \(0..3\)"),
+    "negative-layer": ({-1: [0]}, ValueError, (r"heads key: layer -1 is out of range: ModuleList has 2 attention "
+                                               r"layers \(0..1\)")),
+    "str-layer": ({"0": [0]}, TypeError, r"heads key: layer must be an int in \[0, 1\], got str '0'"),
+    "head-out-of-range": ({0: [4]}, ValueError, r"heads\[0\]: head 4 is out of range: layer 0 has 4 heads \(0..3\)"),
     "duplicate": ({0: [1, 2, 1]}, ValueError, r"lists head\(s\) \[1\] more than once"),
     "all-heads": ({0: [3, 2, 1, 0]}, ValueError, "would remove all 4 heads of layer 0"),
     "unequal-groups": ({1: [0]}, ValueError, r"unequal sizes \[1, 2\].*num_kv_heads=2"),
-    "bool-head": ({0: [True]}, TypeError, r"heads\[0\] entry must be a non-negative int, got bool"),
+    "bool-head": ({0: [True]}, TypeError, r"heads\[0\]: head must be an int in \[0, 3\], got bool"),
     "str-heads": ({0: "01"}, TypeError, r"heads\[0\] must be a list of head indices, got str"),
     "not-a-dict": ([[0]], TypeError, r"heads must be a dict"),
     # the valid request for layer 0 must not be applied when layer 1's is refused
@@ -384,6 +386,9 @@ def test_head_importance_bad_input(case):
         batches = [ids if b == "ids" else b for b in batches]
     with pytest.raises(error, match=message):
         head_importance(model, batches, loss_fn)
+
+
+def test_head_importance_refuses_a_model_without_attention():
     with pytest.raises(ValueError, match="Linear has no attnkit MultiHeadAttention"):
         head_importance(nn.Linear(2, 2), [torch.zeros(2)], lambda m, b: m(b).sum())
 

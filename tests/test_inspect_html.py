@@ -13,6 +13,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -111,8 +113,15 @@ def test_data_round_trips(hostile):
         assert error.max() <= bound + 1e-9, f"{key}: max error {error.max():.2e} at {where}"
 
 
-def test_render_is_deterministic(hostile):
-    assert render_html(hostile) == render_html(hostile)
+def test_render_is_deterministic(hostile, tmp_path):
+    """The same explanation gives the same bytes in another interpreter, with another hash seed (set order)."""
+    torch.save(hostile, tmp_path / "explanation.pt")
+    script = ("import sys, torch; from attnkit.inspect.html import render_html; "
+              "sys.stdout.buffer.write(render_html(torch.load(sys.argv[1], weights_only=False)).encode())")
+    pages = [subprocess.run([sys.executable, "-c", script, str(tmp_path / "explanation.pt")], check=True,
+                            capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+             for seed in ("1", "2")]
+    assert pages[0] == pages[1] == render_html(hostile).encode()
 
 
 def test_pooled_size_bound(pooled):

@@ -20,6 +20,16 @@ def check_int(name: str, value: object, minimum: int = 1, maximum: int | None = 
     return int(value)
 
 
+def check_index(name: str, value: object, limit: int, owner: str, items: str) -> int:
+    """``value`` as an index of one of the ``limit`` ``items`` of ``owner``: ``check_int(name, value, 0, limit - 1)``,
+    whose ValueError outside the range says what is indexed instead, e.g. ``check_index("layer", 6, 6, "the model",
+    "layers")`` raises "layer 6 is out of range: the model has 6 layers (0..5)"."""
+    try:
+        return check_int(name, value, minimum=0, maximum=limit - 1)
+    except ValueError:
+        raise ValueError(f"{name} {int(value)} is out of range: {owner} has {limit} {items} (0..{limit - 1})") from None
+
+
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is a bool; a TypeError naming ``name`` otherwise."""
     if not isinstance(value, bool):
@@ -27,4 +37,4 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-__all__ = ["check_int", "check_bool"]
+__all__ = ["check_int", "check_index", "check_bool"]

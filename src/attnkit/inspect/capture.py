@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import check_int
+from ..functional.checks import check_index
 from ..nn.attention import AttentionCall, MultiHeadAttention
 
 Reduce = Callable[[int, Tensor], Any]
@@ -44,9 +44,7 @@ def _indices(name: str, values: Sequence[int] | None, limit: int, what: str) -> 
     if isinstance(values, int):
         values = [values]
     for v in values:
-        check_int(name, v, minimum=0)
-        if v >= limit:
-            raise ValueError(f"{name} {v} is out of range: the model has {limit} {what} (0..{limit - 1})")
+        check_index(name, v, limit, "the model", what)
     if not values:
         raise ValueError(f"{name} is empty; pass None for all {what}")
     return sorted(set(values))
@@ -63,6 +61,9 @@ class Capture:
         calls: how many times each layer ran inside the context (generation runs each layer once per step;
             ``maps`` keeps the latest).
         heads: the recorded head indices per layer (None = all of that layer's heads).
+        causal: per requested layer, whether its latest call was causal (``AttentionCall.causal``; a ring
+            cache's calls carry their causality in the mask and read False); None for layers not requested or
+            not called.
     """
 
     def __init__(self, names: list[str], layers: list[int] | None, heads: list[int] | None,
@@ -72,6 +73,7 @@ class Capture:
         self.heads = [heads if i in self.layers else None for i in range(len(names))]
         self.maps: list[Any] = [None] * len(names)
         self.calls = [0] * len(names)
+        self.causal: list[bool | None] = [None] * len(names)
         self._reduce = reduce
 
     def _recorder(self, layer: int) -> Callable[[MultiHeadAttention, AttentionCall], None]:
@@ -81,6 +83,7 @@ class Capture:
                 with torch.no_grad():
                     probs = call.weights(self.heads[layer])  # the training-mode maps are before dropout
                 self.maps[layer] = probs if self._reduce is None else self._reduce(layer, probs)
+                self.causal[layer] = call.causal
         return record
 
     def __repr__(self) -> str:

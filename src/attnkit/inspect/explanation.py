@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..models import GPT
-from ..nn.attention import set_kernel
-from ..functional.checks import check_int
+from ..functional.checks import check_index, check_int
 from .capture import attention_layers, capture
 from .rollout import rollout
 from ..text import format_table
@@ -51,7 +49,8 @@ class Explanation:
         special: N flags: True for special tokens ([CLS], [SEP], <s>, ...).
         focus: index of the focus token.
         layer, head: the layer and head shown in detail (0-based).
-        causal: whether the model is a decoder (query i sees tokens 0..i).
+        causal: whether the model is a decoder (query i sees tokens 0..i): every attention layer's call was
+            causal, as ``capture`` recorded it.
         maps: (L, H, M, M) float32 every head's map; M == N unless the text is longer than ``max_tokens``
             tokens, then the maps are pooled into the M token ranges ``bins``.
         bins: M half-open token ranges [start, end); (i, i + 1) for every token when not pooled.
@@ -235,7 +234,8 @@ def _kernel(model: nn.Module, kernel: str | None) -> Iterator[None]:
     layers = [m for _, m in attention_layers(model)]
     saved = [m.kernel for m in layers]
     if kernel is not None:
-        set_kernel(model, kernel)
+        for m in layers:
+            m.kernel = kernel
     try:
         yield
     finally:
@@ -292,7 +292,7 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
     rolled = rollout([m[2][None] for m in record.maps])[0]  # (N, N)
     explanation = Explanation(
         text=text, model_name=name, tokens=tokens, special=special, focus=focus, layer=0, head=0,
-        causal=isinstance(model, GPT), maps=maps, bins=bins, focus_rows=focus_rows, rollout=pool(rolled, bins),
+        causal=all(record.causal), maps=maps, bins=bins, focus_rows=focus_rows, rollout=pool(rolled, bins),
         rollout_row=rolled[focus].clone(), truncated=truncated)
     explanation.layer, explanation.head = _detail(explanation, layer, head)
     if truncated:
@@ -309,9 +309,7 @@ def _detail(e: Explanation, layer: int | None, head: int | None) -> tuple[int, i
     strongest standout head, else the head with the most peaked focus row."""
     for what, value, limit in (("layer", layer, e.num_layers), ("head", head, e.num_heads)):
         if value is not None:
-            check_int(what, value, minimum=0)
-            if value >= limit:
-                raise ValueError(f"{what} {value} is out of range: the model has {limit} {what}s (0..{limit - 1})")
+            check_index(what, value, limit, "the model", f"{what}s")
     standout = e.standout_heads()
     if layer is None:
         layer = max((l for l, h, *_ in standout if head in (None, h)), default=e.num_layers - 1)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import check_int
+from ..functional.checks import check_index
 from ..nn.attention import MultiHeadAttention
 from ..nn.positions import ALiBiPositions, RelativePositions, RotaryEmbedding, T5RelativeBias
 from .capture import attention_layers
@@ -209,10 +209,7 @@ def _head_list(layer: int, attn: MultiHeadAttention, values: object) -> list[int
         raise TypeError(f"heads[{layer}] must be a list of head indices, got {type(values).__name__}")
     heads = list(values)
     for h in heads:
-        check_int(f"heads[{layer}] entry", h, minimum=0)
-        if h >= attn.num_heads:
-            raise ValueError(f"heads[{layer}]: head {h} is out of range: layer {layer} has {attn.num_heads} heads "
-                             f"(0..{attn.num_heads - 1})")
+        check_index(f"heads[{layer}]: head", h, attn.num_heads, f"layer {layer}", "heads")
     repeated = sorted({h for h in heads if heads.count(h) > 1})
     if repeated:
         raise ValueError(f"heads[{layer}] lists head(s) {repeated} more than once")
@@ -282,10 +279,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> nn.Modu
         raise TypeError(f"heads must be a dict {{layer index: [head indices]}}, got {type(heads).__name__}")
     plans: dict[int, _LayerPlan] = {}
     for layer, values in heads.items():
-        check_int("heads key (layer index)", layer, minimum=0)
-        if layer >= len(layers):
-            raise ValueError(f"layer {layer} is out of range: {type(model).__name__} has {len(layers)} attention "
-                             f"layers (0..{len(layers) - 1})")
+        check_index("heads key: layer", layer, len(layers), type(model).__name__, "attention layers")
         attn = layers[layer][1]
         removed = _head_list(layer, attn, values)
         if removed:

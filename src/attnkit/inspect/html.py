@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from ..files import atomic_path
+from ..files import write_text
 from .explanation import Explanation
 
 # Characters that must not appear raw inside a <script> element's JSON (no token can close the element
@@ -121,7 +121,7 @@ def _payload(e: Explanation) -> dict:
     return {
         "model": e.model_name, "text": e.text, "tokens": list(e.tokens), "special": [bool(s) for s in e.special],
         "focus": e.focus, "layer": e.layer, "head": e.head, "causal": bool(e.causal), "pooled": e.pooled,
-        "truncated": bool(e.truncated), "notes": list(e.notes), "bins": [list(b) for b in e.bins],
+        "notes": list(e.notes), "bins": [list(b) for b in e.bins],
         "binLabels": e.bin_labels(),
         "maps": _pack(e.maps, 1),  # (L, H, M, M)
         "focusRows": _pack(e.focus_rows, 2),  # (L, H, N)
@@ -157,10 +157,6 @@ def render_html(explanation: Explanation) -> str:
 
 
 def write_html(explanation: Explanation, path: str | os.PathLike) -> Path:
-    """Write :func:`render_html` to ``path`` (parent folders created) atomically: a temporary file in the
-    same folder, then ``os.replace``, so a reader never sees half a page. Returns the path."""
-    path = Path(path)
-    page = render_html(explanation)
-    with atomic_path(path) as temp:
-        temp.write_text(page, encoding="utf-8")
-    return path
+    """Write :func:`render_html` to ``path`` (parent folders created) whole or not at all (``attnkit.files``),
+    so a reader never sees half a page. Returns the path."""
+    return write_text(Path(path), render_html(explanation))

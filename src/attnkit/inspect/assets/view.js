@@ -113,7 +113,7 @@
   }
 
   // An M x M heatmap with the bin labels on both axes (every k-th when cells are small); describe(q, k, v)
-  // gives the hover text for query bin q, key bin k.
+  // gives the hover text for query bin q, key bin k. Returns show(values), which paints (M, M) values.
   function heatmap(container, describe) {
     const cell = Math.max(4, Math.min(24, Math.floor(560 / M)));
     const every = Math.ceil(11 / cell);
@@ -138,7 +138,7 @@
       if (current && q >= 0 && q < M && k >= 0 && k < M) showTip(event, describe(q, k, current[q * M + k]));
     });
     canvas.addEventListener("mouseleave", hideTip);
-    return { canvas: canvas, show(values) { current = values; paint(canvas, values, M); } };
+    return (values) => { current = values; paint(canvas, values, M); };
   }
 
   // ---- detail and model views ---------------------------------------------------------------------------
@@ -153,14 +153,14 @@
     detail.layerSelect.value = String(layer);
     detail.headSelect.value = String(head);
     document.getElementById("detail-label").textContent = "layer " + layer + ", head " + head;
-    detail.map.show(mapOf(layer, head));
+    detail.show(mapOf(layer, head));
     for (const thumb of document.querySelectorAll("canvas.thumb")) {
       thumb.classList.toggle("selected", +thumb.dataset.layer === layer && +thumb.dataset.head === head);
     }
   }
 
   function renderDetail() {
-    detail.map = heatmap(document.getElementById("detail-map"), (q, k, v) =>
+    detail.show = heatmap(document.getElementById("detail-map"), (q, k, v) =>
       "query " + data.binLabels[q] + " \u2192 key " + data.binLabels[k] + ": " + v.toFixed(3));
     fillSelect(detail.layerSelect, L, data.layer);
     fillSelect(detail.headSelect, H, data.head);
@@ -292,9 +292,9 @@
 
   // ---- rollout ------------------------------------------------------------------------------------------
   function renderRollout() {
-    const map = heatmap(document.getElementById("rollout-map"), (q, k, v) =>
+    const show = heatmap(document.getElementById("rollout-map"), (q, k, v) =>
       data.binLabels[q] + " draws " + v.toFixed(3) + " from " + data.binLabels[k]);
-    map.show(rollout.values);
+    show(rollout.values);
     const order = tokens.map((_, i) => i).sort((a, b) => rolloutRow.values[b] - rolloutRow.values[a] || a - b);
     const shown = order.slice(0, Math.min(N, TOP_BARS));
     const largest = Math.max(rolloutRow.values[order[0]], 1e-9);
