@@ -31,7 +31,7 @@ from attnkit.bench.contenders import WINDOW, B, D, H, Skip, fresh_inductor_cache
 from attnkit.bench.context import machine
 from attnkit.bench.measure import GATE_FRACTION, PROBE_N, SLOW_S, Probe
 from attnkit.bench.report import LEGEND, ROW_COLUMNS, flex_lines, sweep_table, timing_record, write_csv, write_json
-from attnkit.bench.sweep import Row, Timing, measure_memory, run_config
+from attnkit.bench.sweep import Row, Timing, fill_pct_of_matmul, measure_memory, run_config, vet_dense_max_n
 from attnkit.functional.kernels.tiled import make_plan
 from attnkit.functional.request import AttentionRequest
 from harness import REPO, git  # this folder
@@ -78,8 +78,7 @@ def time_box(opts):
     """vet(row, rows) for run_config: raises Skip for the calls this benchmark does not time."""
     def vet(r: Row, rows: dict) -> None:
         n, mask, mode, kernel = r.n, r.mask, r.mode, r.kernel
-        if kernel == "attnkit:dense" and opts.dense_max_n and n > opts.dense_max_n:
-            raise Skip(f"--quick: the reference kernel runs at N <= {opts.dense_max_n} only")
+        vet_dense_max_n(r, opts.dense_max_n)
         if kernel == "attnkit:dense" and mode == "fwdbwd" and n > DENSE_FWDBWD_MAX_N:
             raise Skip(f"time-box: the reference kernel's forward+backward is timed at N <= "
                        f"{DENSE_FWDBWD_MAX_N} (at 4096 it takes ~6 s and ~3 GiB per call)")
@@ -183,13 +182,14 @@ def targets(results: list[Row], plan: dict | None) -> list[dict]:
     return out
 
 
-def gflops_lines(results: list[Row], mm_best: float, mm_median: float) -> list[str]:
+def gflops_lines(results: list[Row], mm: dict) -> list[str]:
+    """The tiled kernel's rate on the window; ``mm`` is ``Probe.summary()``."""
     lines = []
     for r in results:
         if r.kernel == "attnkit:tiled" and r.mask == "window512" and r.status == "ok":
             lines.append(f"tiled window-512 N={r.n:5d} {r.mode:6s}: {r.gflops:6.1f} GFLOP/s over visible entries "
-                         f"= {100 * r.gflops / mm_best:3.0f}% of the best matmul probe ({mm_best:.0f} GFLOP/s; "
-                         f"median probe {mm_median:.0f}; this config's probes {_probe_range(r)})")
+                         f"= {r.pct_of_matmul:3.0f}% of the best matmul probe ({mm['best_gflops']:.0f} GFLOP/s; "
+                         f"median probe {mm['median_gflops']:.0f}; this config's probes {_probe_range(r)})")
     return lines
 
 
@@ -234,21 +234,21 @@ def print_header(command: str, ctx: dict, sizes: list[int], probe: Probe) -> Non
     print(flush=True)
 
 
-def print_report(results: list[Row], probe: Probe, flex_setups: dict, plan: dict, tg: list[dict]) -> None:
-    """The table (ratios against SDPA and, in a column of their own, FlexAttention), the legend, the probe,
-    the window's GFLOP/s, FlexAttention's set-up times, the plan's and the targets."""
-    mm_best = probe.best or max(probe.history)
-    mm_median = statistics.median(probe.history)
-    print(sweep_table(results, mm_best, also="torch:flex"))
+def print_report(results: list[Row], mm: dict, flex_setups: dict, plan: dict, tg: list[dict]) -> None:
+    """The table (ratios against SDPA and, in a column of their own, FlexAttention), the legend, the probe
+    (``mm``: ``Probe.summary()``), the window's GFLOP/s, FlexAttention's set-up times, the plan's and the
+    targets."""
+    print(sweep_table(results, also="torch:flex"))
     print()
     print("\n".join(LEGEND))
-    print(f"matmul probe (torch.mm {PROBE_N}^2 float32): best {mm_best:.0f} GFLOP/s, median {mm_median:.0f}, "
-          f"min {min(probe.history):.0f} over {len(probe.history)} probes; other processes or steal took "
-          f"{statistics.median(probe.foreign):.2f} cores median, {max(probe.foreign):.2f} max during probes; "
-          f"rounds run below the gate after waiting: {probe.timeouts}; waited {probe.waited_s:.0f} s; "
-          f"rounds redone because other processes or steal took CPU during them: {probe.retries}; rounds kept "
-          f"although disturbed: {sum(r.contended_rounds for r in results if r.kernel == PEERS[0])}")
-    for line in gflops_lines(results, mm_best, mm_median) + flex_lines(flex_setups):
+    print(f"matmul probe (torch.mm {PROBE_N}^2 float32): best {mm['best_gflops']:.0f} GFLOP/s, median "
+          f"{mm['median_gflops']:.0f}, min {mm['min_gflops']:.0f} over {len(mm['all_gflops'])} probes; other "
+          f"processes or steal took {statistics.median(mm['foreign_cores']):.2f} cores median, "
+          f"{max(mm['foreign_cores']):.2f} max during probes; rounds run below the gate after waiting: "
+          f"{mm['below_gate_rounds']}; waited {mm['waited_s']:.0f} s; rounds redone because other processes or "
+          f"steal took CPU during them: {mm['redone_rounds']}; rounds kept although disturbed: "
+          f"{sum(r.contended_rounds for r in results if r.kernel == PEERS[0])}")
+    for line in gflops_lines(results, mm) + flex_lines(flex_setups):
         print(line)
     print(f"tiled plan N={plan['n']} window-512: {plan['query_blocks']} query blocks, {plan['chunks']} chunks; "
           f"{plan['median_ms']:.2f} ms median, first {plan['first_ms']:.2f} ms")
@@ -309,14 +309,12 @@ def main() -> int:
     if memory:
         log(f"[{timing_s:6.0f} s] peak memory, one subprocess per configuration")
         measure_memory(results, log)
-    mm_best = probe.best or max(probe.history)
-    for r in results:
-        if r.gflops is not None:
-            r.pct_of_matmul = 100 * r.gflops / mm_best
+    mm = probe.summary()
+    fill_pct_of_matmul(results, mm["best_gflops"])
     tg = targets(results, plan)
     wall = time.perf_counter() - wall0
 
-    print_report(results, probe, flex_setups, plan, tg)
+    print_report(results, mm, flex_setups, plan, tg)
     print(f"wall time {wall:.0f} s (timing {timing_s:.0f} s, memory {wall - timing_s:.0f} s)")
 
     payload = {"command": command, "context": ctx, "settings": {
@@ -324,7 +322,7 @@ def main() -> int:
         "kernels": opts.kernels, "flex_sizes": flex_sizes, "reps_fast": opts.reps, "warmup": opts.warmup, "slow_s": SLOW_S, "retime_max_s": RETIME_MAX_S,
         "dense_fwdbwd_max_n": DENSE_FWDBWD_MAX_N,
         "probe_reps": probe.reps, "gate_fraction": GATE_FRACTION, "memory": memory, "quick": opts.quick},
-        "matmul_probe": probe.summary(),
+        "matmul_probe": mm,
         "flex_setup": {n: asdict(fs) for (n, _), fs in flex_setups.items()}, "plan_timing": plan,
         "targets": tg, "results": [asdict(r) for r in results], "wall_s": wall}
     stem = "bench_core_quick" if opts.quick else "bench_core"

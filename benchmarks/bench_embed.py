@@ -1,6 +1,7 @@
 """Sentence-embedding throughput: attnkit.embed against sentence-transformers' encode, same weights (the
 bundled all-MiniLM-L6-v2), same 2000 deterministic sentences of 5-60 words, in one process, interleaved
-round-robin (A B A B ...), each round gated on the matmul probe (BENCHMARKING.md).
+round-robin (``attnkit.bench.measure.round_robin``: the order rotates from round to round, disturbed rounds
+are redone), each round gated on the matmul probe (BENCHMARKING.md).
 
     .venv/bin/python benchmarks/bench_embed.py [--rounds 3] [--sentences 2000] [--batch-sizes 32 128]
 """
@@ -9,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Probe, git, interleaved  # noqa: E402
-
-import attnkit  # noqa: E402
-from attnkit import hub  # noqa: E402
+import attnkit
+from attnkit import hub
+from attnkit.bench.measure import Probe, interleaved
+from harness import git  # this folder
 
 WORDS = ("the of and to in is was for on that with as by at from his her an which are this be had not but "
          "attention model language network sequence token layer weight learning training data translation "
@@ -41,6 +39,10 @@ def matmul_gflop(config, lengths: list[int]) -> float:
     d, h, layers = config.dim, config.hidden, config.num_layers
     attention = sum(2 * n * n * d for n in lengths)
     return 2 * layers * (sum(lengths) * (4 * d * d + 2 * d * h) + attention) / 1e9
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -82,13 +84,14 @@ def main() -> None:
         float32 = run_ours()
         cosine = (float32 * run_reference()).sum(-1).min().item()  # also the warm-up
         cosine_bf16 = (run_bf16().float() * float32).sum(-1).min().item()
-        r = interleaved(probe, {"ours": run_ours, "reference": run_reference, "bf16": run_bf16}, args.rounds)
-        ratios = r.ratios("reference", "ours")
-        n, ours_s, ref_s, bf16_s = len(texts), r.median("ours"), r.median("reference"), r.median("bf16")
+        t = interleaved(probe, {"ours": run_ours, "reference": run_reference, "bf16": run_bf16}, args.rounds, log)
+        speedup, lo, hi = t["ours"].ratio_to(t["reference"])
+        n = len(texts)
+        ours_s, ref_s, bf16_s = (t[k].median_ms / 1e3 for k in ("ours", "reference", "bf16"))
         print(f"batch {batch_size}: attnkit {n / ours_s:.0f} sentences/s, "
               f"sentence-transformers {n / ref_s:.0f} sentences/s, "
-              f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}), "
-              f"min cosine {cosine:.7f}; probe {statistics.median(r.probes):.0f} GFLOP/s: sentence-transformers "
+              f"speed-up {speedup:.2f}x (min {lo:.2f}, max {hi:.2f}), "
+              f"min cosine {cosine:.7f}; probe {t['ours'].probe_cell()} GFLOP/s: sentence-transformers "
               f"runs its matmuls at {gflop / ref_s:.0f} GFLOP/s, attnkit at {gflop / ours_s:.0f}")
         print(f"  bfloat16 (attnkit, separate): {n / bf16_s:.0f} sentences/s, "
               f"{ref_s / bf16_s:.2f}x sentence-transformers float32, min cosine to attnkit float32 {cosine_bf16:.5f}")

@@ -1,7 +1,7 @@
 """Greedy decoding throughput: attnkit's GPT against transformers' GPT2LMHeadModel.generate, same weights
 (a GPT-2-small config with seeded random weights, saved by transformers and loaded by attnkit.hub), prompt
-of 32 tokens, 128 new tokens, in one process, interleaved round-robin, each round gated on the matmul
-probe (BENCHMARKING.md). Both must produce the same tokens.
+of 32 tokens, 128 new tokens, in one process, interleaved round-robin (the order rotating, disturbed rounds
+redone), each round gated on the matmul probe (BENCHMARKING.md). Both must produce the same tokens.
 
     .venv/bin/python benchmarks/bench_generate.py [--rounds 3] [--batch-sizes 1 8] [--new-tokens 128]
     .venv/bin/python benchmarks/bench_generate.py --profile       # where attnkit's decoding time goes
@@ -13,18 +13,16 @@ so memory bandwidth bounds a step from below; ``--bandwidth`` is the machine's (
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Probe, git, interleaved  # noqa: E402
-
-import attnkit  # noqa: E402
-from attnkit import hub  # noqa: E402
+import attnkit
+from attnkit import hub
+from attnkit.bench.measure import Probe, interleaved
+from harness import git  # this folder
 
 PROMPT = 32
 
@@ -48,6 +46,10 @@ def profile(ours, prompt: torch.Tensor, new_tokens: int) -> None:
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         ours.generate(prompt, new_tokens)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -89,14 +91,14 @@ def main() -> None:
                                           min_new_tokens=new, do_sample=False, pad_token_id=50256)
 
         same = torch.equal(run_ours(), run_reference())  # also the warm-up
-        r = interleaved(probe, {"ours": run_ours, "reference": run_reference}, args.rounds)
-        ratios = r.ratios("reference", "ours")
-        tokens, ours_s, ref_s = batch * new, r.median("ours"), r.median("reference")
+        t = interleaved(probe, {"ours": run_ours, "reference": run_reference}, args.rounds, log)
+        speedup, lo, hi = t["ours"].ratio_to(t["reference"])
+        tokens, ours_s, ref_s = batch * new, t["ours"].median_ms / 1e3, t["reference"].median_ms / 1e3
         print(f"batch {batch}: attnkit {tokens / ours_s:.1f} tokens/s ({ours_s / new * 1e3:.1f} ms/step), "
               f"transformers {tokens / ref_s:.1f} tokens/s ({ref_s / new * 1e3:.1f} ms/step), "
-              f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}); "
+              f"speed-up {speedup:.2f}x (min {lo:.2f}, max {hi:.2f}); "
               f"limit ~{ref_s / new * 1e3 / floor_ms:.1f}x (a step >= {floor_ms:.0f} ms); same tokens: {same}; "
-              f"probe {statistics.median(r.probes):.0f} GFLOP/s")
+              f"probe {t['ours'].probe_cell()} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The measuring machinery (BENCHMARKING.md: the matmul probe that gates each round and notices other
 processes, round-robin timing, /proc readings for peak memory) lives in ``attnkit.bench.measure``, where
-``attnkit bench`` uses it too; it is re-exported here for the scripts that import it from ``harness``.
+``attnkit bench`` uses it too; the scripts import it from there.
 """
 
 from __future__ import annotations
@@ -10,13 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from attnkit.bench.measure import (GATE_FRACTION, PROBE_N, TICK, Probe, Rounds, cpu_ticks, interleaved,
-                                   malloc_trim, read_status, reset_hwm, timed)
-
 REPO = Path(__file__).resolve().parents[1]
-
-__all__ = ["REPO", "git", "GATE_FRACTION", "PROBE_N", "TICK", "Probe", "Rounds", "cpu_ticks", "interleaved",
-           "malloc_trim", "read_status", "reset_hwm", "timed"]
 
 
 def git(*args: str) -> str:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 
 import torch
 
 import attnkit
-from attnkit.bench.measure import malloc_trim, read_status, reset_hwm
+from attnkit.bench.counting import attention_flops
+from attnkit.bench.measure import call_peak, timed
 from attnkit.bench.progress import Progress
 from attnkit.functional.registry import select_kernel
 from attnkit.models.gpt import GPT, GPTConfig
@@ -33,12 +33,12 @@ from attnkit.models.gpt import GPT, GPTConfig
 MIB = 1 << 20
 
 
-def _rss_mib() -> float:
-    return (read_status("VmRSS") or 0) / 1024
-
-
-def _peak_mib() -> float:
-    return (read_status("VmHWM") or 0) / 1024
+def seconds_and_peak(call) -> tuple[float, float | None]:
+    """Seconds one call takes, and the memory it needs above the RSS just before it, in MiB
+    (``attnkit.bench.measure.call_peak``; None where the high-water mark cannot be reset)."""
+    seconds = []
+    peak = call_peak(lambda: seconds.append(timed(call)), warm=False)
+    return seconds[0], peak["call_peak_kb"] / 1024 if peak["method"] == "VmHWM" else None
 
 
 def reference_rows(q, k, v, rows: list[int]):
@@ -58,25 +58,25 @@ def causal_attention(n: int, heads: int = 8, dim: int = 64, kernel: str = "tiled
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, heads, n, dim, generator=g) for _ in range(3))
     out = torch.zeros_like(q)  # written now, so its pages count in the baseline and not as working memory
-    malloc_trim()
-    base = _rss_mib()
-    measured_peak = reset_hwm()
     slices = [(s, min(s + slice_len, n)) for s in range(0, n, slice_len)]
-    progress = Progress(n * n / 2, len(slices))  # work: visible (query, key) pairs, ~e²/2 - s²/2 a slice
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for s, e in slices:
-            progress.begin(f"queries {s}:{e} against keys 0:{e}")
-            out[:, :, s:e] = attnkit.attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], causal=True, kernel=kernel)
-            progress.end((e * e - s * s) / 2)
-    progress.close()
-    seconds = time.perf_counter() - started
-    peak = _peak_mib() - base if measured_peak else None
+
+    def run():
+        progress = Progress(n * n / 2, len(slices))  # work: visible (query, key) pairs, ~e²/2 - s²/2 a slice
+        with torch.inference_mode():
+            for s, e in slices:
+                progress.begin(f"queries {s}:{e} against keys 0:{e}")
+                out[:, :, s:e] = attnkit.attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], causal=True,
+                                                   kernel=kernel)
+                progress.end((e * e - s * s) / 2)
+        progress.close()
+
+    seconds, peak = seconds_and_peak(run)
     rows = sorted({0, 1, n // 3, n // 2, n - 2, n - 1})
     error = (out[:, :, rows].double() - reference_rows(q, k, v, rows)).abs().max().item()
+    # causal: n(n+1)/2 pairs in closed form (counting.visible_entries, tile by tile, takes minutes at 131072)
     visible = n * (n + 1) // 2
     return dict(n=n, seconds=seconds, peak_mib=peak, inputs_mib=4 * q.numel() * 4 / MIB, rows=rows, error=error,
-                gflops=4 * heads * visible * dim / seconds / 1e9,
+                gflops=attention_flops(visible, "fwd", 1, heads, dim) / seconds / 1e9,
                 dense_gib=heads * n * n * 4 / 2**30)
 
 
@@ -87,14 +87,14 @@ def window_gpt(n: int, window: int = 512, layers: int = 2, dim: int = 256, heads
                        positions="rope", window=window)
     model = GPT(config).eval()
     ids = torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
-    malloc_trim()
-    base = _rss_mib()
-    measured_peak = reset_hwm()
-    started = time.perf_counter()
-    with torch.inference_mode():
-        logits = model(ids).logits
-    seconds = time.perf_counter() - started
-    peak = _peak_mib() - base if measured_peak else None
+    result = {}
+
+    def forward():
+        with torch.inference_mode():
+            result["logits"] = model(ids).logits
+
+    seconds, peak = seconds_and_peak(forward)
+    logits = result["logits"]
     return dict(n=n, seconds=seconds, peak_mib=peak, finite=bool(torch.isfinite(logits).all()),
                 shape=tuple(logits.shape), tokens_per_s=n / seconds,
                 kernel=select_kernel(_request_like(n, heads, dim // heads, window), "auto").name)

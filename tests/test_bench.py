@@ -76,8 +76,22 @@ def independent_visible(mask: str, n: int) -> int:
         ids = document_ids(n)
         dense = ids[:, None] == ids[None, :]
     else:
-        dense = attnkit.masks.bigbird(**BIGBIRD).materialize(n, n)
+        dense = bigbird_visible(n)
     return int(dense.sum())
+
+
+def bigbird_visible(n: int) -> torch.Tensor:
+    """(n, n) bool from BigBird's block rules (sparse_masks.bigbird): query block qb sees key block kb if
+    |qb - kb| <= window, either is one of the first num_global blocks, or kb is one of qb's random blocks.
+    Only the random draw is the mask's (``random_blocks``); which entries it covers is worked out here."""
+    bl, window, g = BIGBIRD["block"], BIGBIRD["window"], BIGBIRD["num_global"]
+    qb, kb = torch.arange(n)[:, None] // bl, torch.arange(n)[None, :] // bl
+    dense = ((qb - kb).abs() <= window) | (qb < g) | (kb < g)
+    for row, picks in enumerate(attnkit.masks.bigbird(**BIGBIRD).random_blocks(n).tolist()):
+        for pick in picks:
+            if pick >= 0:
+                dense |= (qb == row) & (kb == pick)
+    return dense
 
 
 def test_every_requested_configuration_is_in_the_csv_and_json_with_positive_times(sweep):

@@ -22,8 +22,12 @@ def example():
 
 
 def test_sliced_causal_attention_equals_the_float64_definition(example):
-    r = example.causal_attention(1500, heads=2, dim=24, slice_len=512)
-    assert r["rows"] == [0, 1, 500, 750, 1498, 1499]
+    n, slice_len = 1500, 512
+    r = example.causal_attention(n, heads=2, dim=24, slice_len=slice_len)
+    rows = r["rows"]
+    assert rows[0] == 0 and rows[-1] == n - 1 and rows == sorted(set(rows)), rows  # first, last, distinct
+    assert all(0 <= i < n for i in rows), rows
+    assert {i // slice_len for i in rows} == set(range(-(-n // slice_len))), rows  # every query slice checked
     assert r["error"] < 1e-5
 
 
@@ -47,18 +51,19 @@ def test_example_main_exits_zero(example, capsys):
 
 _PEAK = """
 import json, torch, attnkit
-from attnkit.bench.measure import malloc_trim, read_status, reset_hwm
+from attnkit.bench.measure import call_peak
 torch.set_num_threads(1)  # the other test worker has the other core
 n = 16384
 q, k, v = (torch.randn(1, 1, n, 64) for _ in range(3))
+
+def call():
+    with torch.inference_mode():
+        return attnkit.attention(q, k, v, causal=True, kernel="tiled")
+
 with torch.inference_mode():
     attnkit.attention(q[:, :, :512], k[:, :, :512], v[:, :, :512], causal=True, kernel="tiled")  # warm
-    malloc_trim()
-    base = read_status("VmRSS")
-    ok = reset_hwm()
-    out = attnkit.attention(q, k, v, causal=True, kernel="tiled")
-    peak = read_status("VmHWM")
-print(json.dumps({"ok": ok, "working_kib": peak - base}))
+peak = call_peak(call, warm=False)
+print(json.dumps({"ok": peak["method"] == "VmHWM", "working_kib": peak["call_peak_kb"]}))
 """
 
 

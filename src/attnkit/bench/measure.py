@@ -269,29 +269,15 @@ def round_robin(probe: Probe, calls: dict[str, Callable[[], object]], reps: dict
         rnd, retries = rnd + 1, 0
 
 
-@dataclass
-class Rounds:
-    """Times of several calls measured round-robin, one round after each probe gate."""
-
-    times: dict[str, list[float]] = field(default_factory=dict)
-    probes: list[float] = field(default_factory=list)
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.times[name])
-
-    def ratios(self, slower: str, faster: str) -> list[float]:
-        """Per-round speed-ups of ``faster`` over ``slower`` (each pair timed in the same round)."""
-        return [a / b for a, b in zip(self.times[slower], self.times[faster])]
-
-
-def interleaved(probe: Probe, calls: dict[str, Callable[[], object]], rounds: int) -> Rounds:
-    """Time every call once per round, in the given order, each round gated on ``probe`` (no retries)."""
-    result = Rounds({name: [] for name in calls})
-    for _ in range(rounds):
-        result.probes.append(probe.gate()[0])
-        for name, call in calls.items():
-            result.times[name].append(timed(call))
-    return result
+def interleaved(probe: Probe, calls: dict[str, Callable[[], object]], rounds: int,
+                log: Callable[[str], None] = lambda msg: None) -> dict[str, Timed]:
+    """``round_robin`` with ``rounds`` rounds for every call; each call's Timed, summarized. A speed-up is
+    ``out["ours"].ratio_to(out["reference"])``."""
+    out = {name: Timed() for name in calls}
+    round_robin(probe, calls, dict.fromkeys(calls, rounds), out, log)
+    for t in out.values():
+        t.summarize()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def sweep_header(opts: SweepOptions, ctx: dict, probe: Probe, first_probe: float
     ])
 
 
-def _row_cells(r: Row, mm_best: float, also: str | None = None) -> list[str]:
+def _row_cells(r: Row, also: str | None = None) -> list[str]:
     head = [r.config, r.label]
     extra = [] if also is None else [""]
     if r.status != "ok":
@@ -100,11 +100,11 @@ def _row_cells(r: Row, mm_best: float, also: str | None = None) -> list[str]:
         extra = ["(itself)" if r.kernel == also else fmt_ratio(*r.vs.get(also, (None, None, None)))]
     note = r.note if r.kernel == "torch:flex" or r.note.startswith("auto") else ""
     spread = f"{r.spread_pct:5.1f}%" if len(r.times_s) > 1 else "1 call"
-    return head + [f"{r.median_ms:10.3f}", spread, f"{r.gflops:8.1f}",
-                   f"{100 * r.gflops / mm_best:4.0f}%", mem, vs, *extra, r.probe_cell(), note]
+    pct = "" if r.pct_of_matmul is None else f"{r.pct_of_matmul:4.0f}%"  # filled by sweep.fill_pct_of_matmul
+    return head + [f"{r.median_ms:10.3f}", spread, f"{r.gflops:8.1f}", pct, mem, vs, *extra, r.probe_cell(), note]
 
 
-def sweep_table(rows: list[Row], mm_best: float, also: str | None = None) -> str:
+def sweep_table(rows: list[Row], also: str | None = None) -> str:
     """One line per (configuration, contender), a blank line between lengths; a row whose ratio is against
     another peer than the usual one (the usual one did not run there) names it in the note. ``also``: a
     second peer (e.g. "torch:flex") whose ratios get a column of their own."""
@@ -120,7 +120,7 @@ def sweep_table(rows: list[Row], mm_best: float, also: str | None = None) -> str
             if same[0] is r:  # every contender skipped for one reason: one line
                 body.append([r.config, "(all)"] + [""] * (7 if also is None else 8) + [f"{r.status}: {r.note}"])
             continue
-        cells = _row_cells(r, mm_best, also)
+        cells = _row_cells(r, also)
         if r.status == "ok" and r.peer_kernel not in ("", usual, r.kernel):
             cells[-1] = (cells[-1] + "; " if cells[-1] else "") + f"vs {r.peer}"
         body.append(cells)
@@ -156,7 +156,7 @@ def flex_lines(flex_setups: dict) -> list[str]:
 def sweep_report(res: SweepResult) -> str:
     """The table, its legend, the probe's summary, FlexAttention's set-up times and the wall time."""
     p = res.probe
-    lines = [sweep_table(res.rows, p["best_gflops"]), "", *LEGEND,
+    lines = [sweep_table(res.rows), "", *LEGEND,
              (f"matmul probe: best {p['best_gflops']:.0f} GFLOP/s, median {p['median_gflops']:.0f}, min "
               f"{p['min_gflops']:.0f} over {len(p['all_gflops'])} probes; waited {p['waited_s']:.0f} s; rounds "
               f"below the gate {p['below_gate_rounds']}, redone {p['redone_rounds']}")]

@@ -86,10 +86,7 @@ def run_config(n: int, mask: str, mode: str, kernels: Sequence[str], probe: Prob
     case_name = case_name or mask
     rows = {k: Row(n, mask, mode, k, label(k, case_name), case=case_name) for k in kernels}
     flex_setups = {} if flex_setups is None else flex_setups
-    try:
-        case = mask_case(case_name, n)
-    except Skip as e:
-        return skipped(list(rows.values()), str(e))
+    case = mask_case(case_name, n)
     inp = make_inputs(case, mode, need_dense_mask="torch:sdpa" in kernels)
     visible = visible_entries(case.mask, n)
     calls = {}
@@ -144,6 +141,20 @@ def _figures(rows: list[Row], peers: Sequence[str], flop: float) -> None:
         if ran and ran[0].kernel in r.vs:
             r.peer, r.peer_kernel = ran[0].label, ran[0].kernel
             r.ratio, r.ratio_min, r.ratio_max = r.vs[ran[0].kernel]
+
+
+def fill_pct_of_matmul(rows: list[Row], best_gflops: float) -> None:
+    """Each timed row's GFLOP/s as a share of the run's best matmul probe, once the run's probes are in:
+    the one place ``pct_of_matmul`` is derived (tables and files read it from the row)."""
+    for r in rows:
+        if r.gflops is not None:
+            r.pct_of_matmul = 100 * r.gflops / best_gflops
+
+
+def vet_dense_max_n(row: Row, dense_max_n: int | None) -> None:
+    """Skip the reference kernel above ``dense_max_n`` (--quick's rule; None: no limit)."""
+    if row.kernel == "attnkit:dense" and dense_max_n and row.n > dense_max_n:
+        raise Skip(f"--quick: the reference kernel runs at N <= {dense_max_n} only")
 
 
 def measure_memory(rows: list[Row], log: Callable[[str], None] = _quiet,
@@ -295,9 +306,7 @@ class Sweep:
         return Progress(sum(self._work()), len(self.configs()), stream=stream)
 
     def _vet(self, row: Row, rows: dict) -> None:
-        o = self.options
-        if row.kernel == "attnkit:dense" and o.dense_max_n and row.n > o.dense_max_n:
-            raise Skip(f"--quick: the reference kernel runs at N <= {o.dense_max_n} only")
+        vet_dense_max_n(row, self.options.dense_max_n)
 
     def _config(self, n: int, mask: str, mode: str, flex_setups: dict, log: Callable[[str], None],
                 deadline: float | None) -> list[Row]:
@@ -336,9 +345,7 @@ class Sweep:
             progress = mem_progress
         progress.close()
         summary = self.probe.summary()
-        for r in rows:
-            if r.gflops is not None:
-                r.pct_of_matmul = 100 * r.gflops / summary["best_gflops"]
+        fill_pct_of_matmul(rows, summary["best_gflops"])
         return SweepResult(o, self.context, summary, rows, flex_setups, time.perf_counter() - wall0, timing_s)
 
 
