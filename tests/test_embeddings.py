@@ -36,6 +36,19 @@ def test_packed_rows_equal_padded_batches(kernel):
     torch.testing.assert_close(packed, padded, atol=1e-10, rtol=1e-10)
 
 
+def test_packed_rows_apply_no_key_padding():
+    """A packed row holds no padding: every layer gets the document mask alone, with no dense all-True key
+    padding ANDed into it."""
+    model = BERT(BERTConfig.preset("tiny", vocab_size=50)).eval()
+    seen = []
+    for layer in model.layers:
+        layer.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["key_padding"]),
+                                        with_kwargs=True)
+    with torch.no_grad():
+        _embed_packed(model, [torch.randint(1, 50, (n,)) for n in (5, 3)])
+    assert seen == [None] * len(model.layers)
+
+
 def test_minilm_matches_sentence_transformers():
     st = pytest.importorskip("sentence_transformers")
     from attnkit import hub

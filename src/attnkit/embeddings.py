@@ -48,8 +48,9 @@ def _embed_packed(model: BERT, batch: list[Tensor]) -> Tensor:
     doc = torch.repeat_interleave(torch.arange(len(batch)), lengths)  # (T,) sentence of each token
     starts = torch.cumsum(lengths, 0) - lengths
     positions = (torch.arange(ids.shape[1]) - starts[doc])[None]  # (1, T) from 0 in each sentence
-    hidden = model(ids, torch.ones_like(ids), position_ids=positions,
-                   mask=masks.document(doc[None])).last_hidden_state[0]  # (T, dim)
+    # no attention_mask: with position_ids BERT applies no key padding (the row holds none), so each layer
+    # uses the document mask as it is instead of ANDing a dense all-True padding into it
+    hidden = model(ids, position_ids=positions, mask=masks.document(doc[None])).last_hidden_state[0]  # (T, dim)
     sums = hidden.new_zeros(len(batch), hidden.shape[1]).index_add_(0, doc, hidden)
     return sums / lengths[:, None].to(hidden.dtype)
 

@@ -108,7 +108,8 @@ def read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
 def write_checkpoint(directory: Path, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
     """Write ``model.safetensors`` (one file; contiguous copies, no shared storage), then ``config.json``;
     each whole or not at all, so a failed save never leaves a config beside missing or partial weights."""
-    flat = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    # one copy each, contiguous whatever the source's strides, owning its storage (safetensors refuses shared)
+    flat = {name: t.detach().to("cpu").clone(memory_format=torch.contiguous_format) for name, t in tensors.items()}
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(flat, str(tmp), metadata={"format": "pt"})
     write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")

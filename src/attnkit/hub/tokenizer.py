@@ -18,7 +18,7 @@ to), else ``model_max_length`` from ``tokenizer_config.json``; ``encode`` trunca
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,10 @@ _BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
 _GPT2_SPECIALS = {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
 _ROBERTA_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
                      "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+# Every file load_tokenizer reads (resolve fetches these from the Hub): the model itself (tokenizer.json, or
+# vocab.txt, or vocab.json + merges.txt), its settings, and sentence-transformers' truncation limit.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "sentence_bert_config.json")
 # the special tokens a checkpoint's tokenizer has when its tokenizer_config.json does not name them
 _DEFAULT_SPECIALS = {"bert": _BERT_SPECIALS, "gpt2": _GPT2_SPECIALS, "roberta": _ROBERTA_SPECIALS,
                      "xlm-roberta": _ROBERTA_SPECIALS}
@@ -189,7 +193,7 @@ class Tokenizer:
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
         limit = self._limit(max_length)
-        rows = self.ids(texts, max_length=limit, truncation=truncation, add_special_tokens=add_special_tokens)
+        rows = self._ids(texts, limit, truncation, add_special_tokens)
         width = max(map(len, rows), default=0)
         if padding == "max_length":
             if limit is None:
@@ -206,7 +210,12 @@ class Tokenizer:
     def ids(self, texts: Sequence[str], *, max_length: int | None = None, truncation: bool = True,
             add_special_tokens: bool = True) -> list[list[int]]:
         """Each text's token ids, unpadded (options as in ``encode``)."""
-        return [e.ids for e in self._encodings(texts, self._limit(max_length), truncation, add_special_tokens)]
+        return self._ids(texts, self._limit(max_length), truncation, add_special_tokens)
+
+    def _ids(self, texts: Sequence[str], limit: int | None, truncation: bool,
+             add_special_tokens: bool) -> list[list[int]]:
+        """``ids`` with the limit already resolved and checked by ``_limit``."""
+        return [e.ids for e in self._encodings(texts, limit, truncation, add_special_tokens)]
 
     def encoding(self, text: str, *, max_length: int | None = None, truncation: bool = True,
                  add_special_tokens: bool = True) -> tokenizers.Encoding:
@@ -251,11 +260,13 @@ class Tokenizer:
                 f"padding_side={self.padding_side!r}, special_tokens={self.special_tokens})")
 
 
-def _special_tokens(config: dict[str, Any], model_type: str | None, vocab: Any) -> dict[str, str]:
+def _special_tokens(config: dict[str, Any], model_type: str | None,
+                    has_token: Callable[[str], bool]) -> dict[str, str]:
     """The special tokens tokenizer_config.json names, completed with the defaults of the model family
-    (config.json's model_type, or else guessed from the vocabulary)."""
+    (config.json's model_type, or else guessed from the vocabulary: ``has_token`` says whether it holds one)."""
     kind = model_type if model_type in _DEFAULT_SPECIALS else next(
-        (k for k, probe in (("bert", "[CLS]"), ("gpt2", "<|endoftext|>"), ("roberta", "<s>")) if probe in vocab), None)
+        (k for k, probe in (("bert", "[CLS]"), ("gpt2", "<|endoftext|>"), ("roberta", "<s>")) if has_token(probe)),
+        None)
     defaults = _DEFAULT_SPECIALS.get(kind, {}) if kind else {}
     named = {k: _token(config.get(k)) for k in _SPECIAL_NAMES}
     return {k: named[k] or defaults[k] for k in _SPECIAL_NAMES if named[k] or k in defaults}
@@ -267,25 +278,24 @@ def load_tokenizer(directory: str | Path, *, model_type: str | None = None) -> T
     ``model_type`` (config.json's) picks the default special tokens when tokenizer_config.json does not name
     them: BERT's [CLS]/[SEP]/[PAD]..., GPT-2's <|endoftext|>, RoBERTa's <s>/</s>/<pad>...
     """
-    directory = Path(directory)
-    config = {**read_json(directory / "special_tokens_map.json"), **read_json(directory / "tokenizer_config.json")}
-    json_file, vocab_txt = directory / "tokenizer.json", directory / "vocab.txt"
-    vocab_json, merges = directory / "vocab.json", directory / "merges.txt"
-    if json_file.is_file():
-        backend = _from_json(json_file, config)
-        special = _special_tokens(config, model_type, backend.get_vocab(with_added_tokens=True))
-    elif vocab_txt.is_file():
-        special = _special_tokens(config, model_type or "bert", {})
-        backend = _wordpiece(vocab_txt, config, special)
-    elif vocab_json.is_file() and merges.is_file():
-        special = _special_tokens(config, model_type, read_json(vocab_json))
-        backend = _byte_level_bpe(vocab_json, merges, config, special)
+    # a file missing from TOKENIZER_FILES would be a KeyError here, so resolve fetches every file read below
+    file = {name: Path(directory) / name for name in TOKENIZER_FILES}
+    config = {**read_json(file["special_tokens_map.json"]), **read_json(file["tokenizer_config.json"])}
+    if file["tokenizer.json"].is_file():
+        backend = _from_json(file["tokenizer.json"], config)
+        special = _special_tokens(config, model_type, lambda token: backend.token_to_id(token) is not None)
+    elif file["vocab.txt"].is_file():
+        special = _special_tokens(config, model_type or "bert", lambda token: False)
+        backend = _wordpiece(file["vocab.txt"], config, special)
+    elif file["vocab.json"].is_file() and file["merges.txt"].is_file():
+        special = _special_tokens(config, model_type, read_json(file["vocab.json"]).__contains__)
+        backend = _byte_level_bpe(file["vocab.json"], file["merges.txt"], config, special)
     else:
         return None
     model_max_length = _stored_limit(config.get("model_max_length"))
-    max_length = _stored_limit(read_json(directory / "sentence_bert_config.json").get("max_seq_length"))
+    max_length = _stored_limit(read_json(file["sentence_bert_config.json"]).get("max_seq_length"))
     return Tokenizer(backend, special_tokens=special, config=config, max_length=max_length,
                      model_max_length=model_max_length)
 
 
-__all__ = ["Tokenizer", "load_tokenizer"]
+__all__ = ["Tokenizer", "load_tokenizer", "TOKENIZER_FILES"]

@@ -56,7 +56,7 @@ class BERTConfig(Config):
     hidden: int = 3072  # feed-forward inner width (HF intermediate_size)
     dropout: float = 0.1  # on embeddings, sub-layer outputs and attention probabilities (HF's two dropouts)
     norm_eps: float = 1e-12
-    pad_id: int = 0  # its embedding row starts at zero; the default attention mask is input_ids != pad_id
+    pad_id: int = 0  # its embedding row starts at zero; the default padding (see BERT) is input_ids == pad_id
     mlm_head: bool = False  # build the masked-LM head (HF BertForMaskedLM's cls.predictions); else no mlm_logits
     kernel: str = "auto"  # handed to every attention layer unchanged
 
@@ -108,8 +108,11 @@ class BERT(Model):
     ``forward(input_ids, attention_mask=None, token_type_ids=None)``:
 
     - input_ids (B, N) long, N <= ``max_seq_len``;
-    - attention_mask (B, N), 1 = token, 0 = padding (Hugging Face's meaning); default ``input_ids != pad_id``.
-      Positions count from 0 at the first column, as in ``BertModel``: pad on the right;
+    - attention_mask (B, N), 1 = token, 0 = padding (Hugging Face's meaning). Default: ``input_ids != pad_id``
+      for a plain padded batch; no padding at all when ``position_ids`` is given (packed rows, see
+      :meth:`forward`: the caller who lays out the row says where padding is, and a key padding that hides
+      nothing would still cost a dense mask in every layer). Positions count from 0 at the first column,
+      as in ``BertModel``: pad on the right;
     - token_type_ids (B, N) in [0, type_vocab_size); default all 0.
 
     Returns :class:`BERTOutput`; ``mlm_logits`` only when built with ``BERTConfig(mlm_head=True)``.
@@ -135,7 +138,8 @@ class BERT(Model):
             self.word_embeddings.weight[c.pad_id].zero_()
 
     def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
-                      packed: bool) -> tuple[Tensor, Tensor]:
+                      packed: bool) -> tuple[Tensor | None, Tensor]:
+        """(key padding (B, N) bool or None for none, token types (B, N) long); see the class docstring."""
         c = self.config
         b, n = check_ids(input_ids, c.vocab_size)
         if n < 1 or (n > c.max_seq_len and not packed):  # packed rows: the position ids are checked instead
@@ -145,7 +149,10 @@ class BERT(Model):
                 raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
             if value is not None and tuple(value.shape) != (b, n):
                 raise ValueError(f"{name} must have input_ids' shape {(b, n)}, got {tuple(value.shape)}")
-        mask = input_ids != c.pad_id if attention_mask is None else attention_mask != 0
+        if attention_mask is not None:
+            mask = attention_mask != 0
+        else:  # packed rows (position_ids given) hold no padding unless an attention_mask says so
+            mask = None if packed else input_ids != c.pad_id
         if token_type_ids is None:
             return mask, torch.zeros_like(input_ids)
         check_range(token_type_ids, c.type_vocab_size, "token_type_ids", "type_vocab_size")
@@ -156,7 +163,9 @@ class BERT(Model):
                 mask: Mask | Tensor | None = None) -> BERTOutput:
         """``position_ids`` (B, N) and ``mask`` (an ``attnkit.masks`` mask or bool tensor, True = may attend,
         ANDed with the padding) serve packed rows: several sequences in one row, each with positions from
-        0 and ``masks.document(ids)`` keeping their attention apart."""
+        0 and ``masks.document(ids)`` keeping their attention apart. With ``position_ids`` the padding comes
+        from ``attention_mask`` alone (none when it is None): a packed row's tokens are all real, even one
+        equal to ``pad_id``."""
         key_padding, token_type_ids = self._check_inputs(input_ids, attention_mask, token_type_ids,
                                                          packed=position_ids is not None)
         b, n = input_ids.shape
