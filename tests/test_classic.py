@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attnkit.functional import additive_attention, additive_scores, hard_attention, luong_attention, luong_scores
+from attnkit.functional.classic import project_keys
 from helpers import assert_close, randn
 
 TOL = 1e-12  # float64 throughout
@@ -90,6 +91,54 @@ def test_masked_rows_are_zero_and_unseen_values_cannot_leak(mechanism):
     assert_close(weights[mask.any(-1)].sum(-1), torch.ones(5, dtype=torch.float64), atol=TOL, what="row sums")
 
 
+def _attend(mechanism, q, k, v, mask):
+    """One of the classic mechanisms with fixed weights (additive-projected: keys through project_keys)."""
+    D, A = q.shape[-1], 6
+    if mechanism.startswith("additive"):
+        w_q, w_k, w_score = randn(A, D, seed=4), randn(A, D, seed=5), randn(A, seed=6)
+        if mechanism == "additive-projected":
+            return additive_attention(q, project_keys(k, w_k, mask), v, w_q, None, w_score, mask)
+        return additive_attention(q, k, v, w_q, w_k, w_score, mask)
+    if mechanism == "luong-general":
+        return luong_attention(q, k, v, "general", randn(D, D, seed=7), mask)
+    return luong_attention(q, k, v, mask=mask)
+
+
+@pytest.mark.parametrize("mechanism", ["additive", "additive-projected", "luong-dot", "luong-general"])
+def test_nan_at_masked_keys_and_values_leaves_outputs_and_gradients_as_the_clean_run(mechanism):
+    B, Nq, Nk, D = 2, 3, 5, 4
+    mask = torch.ones(B, Nq, Nk, dtype=torch.bool)
+    mask[0, 1] = False  # a row that sees nothing
+    mask[:, :, 3] = False  # a key nobody sees
+    mask[1, :, 0] = False  # and one nobody in batch 1 sees
+    runs = []
+    for poison in (False, True):
+        q = randn(B, Nq, D, seed=1).requires_grad_()
+        k, v = randn(B, Nk, D, seed=2), randn(B, Nk, D, seed=3)
+        if poison:
+            unseen = ~mask.any(dim=-2)  # (B, Nk)
+            k, v = k.masked_fill(unseen[..., None], float("nan")), v.masked_fill(unseen[..., None], float("inf"))
+        k.requires_grad_(), v.requires_grad_()
+        out, weights = _attend(mechanism, q, k, v, mask)
+        (out * randn(*out.shape, seed=8)).sum().backward()
+        runs.append((out, weights, q.grad, k.grad, v.grad))
+    for name, clean, poisoned in zip(["out", "weights", "q.grad", "k.grad", "v.grad"], *runs):
+        assert torch.isfinite(poisoned).all(), f"{name} is not finite"
+        assert_close(poisoned, clean, atol=TOL, what=name)
+
+
+def test_projected_keys_give_the_same_additive_attention():
+    q, k, v = randn(2, 3, 4, seed=1), randn(2, 5, 6, seed=2), randn(2, 5, 3, seed=3)
+    w_q, w_k, w_score = randn(7, 4, seed=4), randn(7, 6, seed=5), randn(7, seed=6)
+    mask = torch.rand(2, 3, 5, generator=torch.Generator().manual_seed(7)) < 0.6
+    projected = project_keys(k, w_k)
+    assert_close(additive_scores(q, projected, w_q, None, w_score), additive_scores(q, k, w_q, w_k, w_score),
+                 atol=TOL, what="scores")
+    for got, expected in zip(additive_attention(q, projected, v, w_q, None, w_score, mask),
+                             additive_attention(q, k, v, w_q, w_k, w_score, mask)):
+        assert_close(got, expected, atol=TOL)
+
+
 @pytest.mark.parametrize("call,pattern", [
     (lambda: luong_scores(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4)), "equal dims"),
     (lambda: luong_scores(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), "general"), "weight of shape"),
@@ -98,12 +147,15 @@ def test_masked_rows_are_zero_and_unseen_values_cannot_leak(mechanism):
                              torch.zeros(5)), "attention sizes differ"),
     (lambda: additive_scores(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(5, 2), torch.zeros(5, 4),
                              torch.zeros(5)), "w_q"),
+    (lambda: additive_scores(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(5, 3), None, torch.zeros(5)),
+     "projected keys A=4"),
+    (lambda: project_keys(torch.zeros(2, 4), torch.zeros(5, 3)), r"w_k must be \(A, Dk=4\)"),
     (lambda: luong_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3),
                              mask=torch.ones(2, 2)), "bool"),
     (lambda: luong_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3),
                              mask=torch.ones(5, 2, dtype=torch.bool)), "does not broadcast"),
-], ids=["dot-dims", "general-no-weight", "unknown-method", "attention-sizes", "w_q-dims", "float-mask",
-        "mask-shape"])
+], ids=["dot-dims", "general-no-weight", "unknown-method", "attention-sizes", "w_q-dims", "projected-sizes",
+        "project-keys-dims", "float-mask", "mask-shape"])
 def test_classic_errors_are_named(call, pattern):
     with pytest.raises((ValueError, TypeError), match=pattern):
         call()

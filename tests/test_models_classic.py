@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from attnkit.models.han import HAN, HANConfig
+import attnkit.nn.classic
 from attnkit.models.rnn import RNNSeq2Seq, RNNSeq2SeqConfig
-from helpers import fit
+from attnkit.nn.classic import packed_rnn
+from helpers import assert_close, fit
 
 OVERFIT_LOSS = 0.1  # cross-entropy a few dozen Adam steps must reach on a tiny batch, from ~log(classes)
 
@@ -137,6 +139,44 @@ def test_rnn_seq2seq_attention_and_source_padding():
     again = model(scrambled, tgt, src_mask=mask)
     assert torch.allclose(again.logits, out.logits, atol=1e-6)
     assert torch.allclose(again.attention, out.attention, atol=1e-6)
+
+
+def test_rnn_seq2seq_projects_the_keys_once_and_decodes_as_the_paper(monkeypatch):
+    """The decoder attends through keys projected once per source; the logits and attention are those of the
+    paper's step written out, attending over the raw annotations at every step."""
+    torch.manual_seed(0)
+    model = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny", num_layers=2)).double()
+    src, tgt = seq2seq_batch()
+    projections, key_weights = [], []
+    project_keys, additive_attention = model.attention.project_keys, attnkit.nn.classic.additive_attention
+    def counted_projection(*args, **kwargs):
+        projections.append(1)
+        return project_keys(*args, **kwargs)
+
+    def recorded_attention(q, k, v, w_q, w_k, *args):
+        key_weights.append(w_k)  # None: the keys came projected
+        return additive_attention(q, k, v, w_q, w_k, *args)
+
+    monkeypatch.setattr(model.attention, "project_keys", counted_projection)
+    monkeypatch.setattr(attnkit.nn.classic, "additive_attention", recorded_attention)
+    out = model(src, tgt)
+    assert len(projections) == 1 and len(key_weights) == tgt.shape[1] and all(w is None for w in key_weights)
+    monkeypatch.undo()
+
+    c, (B, T) = model.config, tgt.shape
+    mask = src != PAD
+    annotations, h_n = packed_rnn(model.encoder, model.src_embed(src), mask)
+    state = torch.tanh(model.init_state(h_n[-1])).reshape(B, c.num_layers, c.hidden).transpose(0, 1).contiguous()
+    inputs = torch.cat([torch.full((B, 1), c.bos_id), tgt[:, :-1]], dim=1)
+    logits, attention = [], []
+    for t in range(T):
+        embedded = model.tgt_embed(inputs[:, t])
+        context, weights = model.attention(state[-1], annotations, mask=mask)  # keys projected here, every step
+        h, state = model.decoder(torch.cat([embedded, context], dim=-1).unsqueeze(1), state)
+        logits.append(model.output(torch.cat([h.squeeze(1), context, embedded], dim=-1)))
+        attention.append(weights)
+    assert_close(out.logits, torch.stack(logits, dim=1), atol=1e-12, what="logits")
+    assert_close(out.attention, torch.stack(attention, dim=1), atol=1e-12, what="attention")
 
 
 @pytest.mark.parametrize("layers", [1, 2])

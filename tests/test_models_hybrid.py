@@ -23,21 +23,35 @@ def test_layers_follow_the_pattern():
 
 
 @pytest.mark.parametrize("prefill, chunk_size", [(4, None), (9, 4)], ids=["one-chunk", "across-chunks"])
-def test_decoding_state_equals_full_forward(prefill, chunk_size):
+def test_decoding_state_equals_full_forward(prefill, chunk_size, monkeypatch):
     """Prefill, then one token at a time, equals the full forward; with chunk_size 4 the 9-token prefill
-    spans three scan chunks, so the state is carried across chunks."""
+    spans three scan chunks, so the state is carried across chunks. The prompt goes through each SSM
+    layer's chunked scan (``prefill``) once, every later token through its recurrence (``step``)."""
     model = tiny().double()
+    mixers = [layer.mixer for layer in model.layers if isinstance(layer, SSMLayer)]
     if chunk_size is not None:
-        for layer in model.layers:
-            if isinstance(layer, SSMLayer):
-                layer.mixer.chunk_size = chunk_size
+        for mixer in mixers:
+            mixer.chunk_size = chunk_size
     ids = torch.randint(0, 50, (2, 13))
     full = model(ids).logits
+    calls = []
+
+    def spy(layer, name, original):
+        def recorded(*args, **kwargs):
+            calls.append((layer, name))
+            return original(*args, **kwargs)
+        return recorded
+
+    for i, mixer in enumerate(mixers):
+        for name in ("prefill", "step"):
+            monkeypatch.setattr(mixer, name, spy(i, name, getattr(mixer, name)))
     state = model.new_state(13)
     with torch.no_grad():
         parts = [model(ids[:, :prefill], state=state).logits]
         parts += [model(ids[:, i:i + 1], state=state).logits for i in range(prefill, 13)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)
+    for i in range(len(mixers)):
+        assert [name for layer, name in calls if layer == i] == ["prefill"] + ["step"] * (13 - prefill)
 
 
 def test_generate_equals_greedy_recomputation():

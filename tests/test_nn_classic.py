@@ -110,6 +110,39 @@ def test_nan_at_masked_keys_and_values_changes_nothing(name):
     assert torch.isfinite(k_bad.grad).all() and torch.isfinite(v_bad.grad).all()
 
 
+@pytest.mark.parametrize("mask_kind", ["key", "full"])
+def test_additive_projected_keys_match_forward(mask_kind):
+    module = MODULES["additive"]()
+    q, k, v = randn(2, 3, 5, seed=1), randn(2, 11, 7, seed=2), randn(2, 11, 4, seed=3)
+    mask = rand_mask(2, 11, seed=5) if mask_kind == "key" else rand_mask(2, 3, 11, seed=4)
+    projected = module.project_keys(k, mask=mask)
+    assert projected.shape == (2, 11, 9)
+    out, w = module(q, k, v, mask=mask, projected_keys=projected)
+    ref_out, ref_w = module(q, k, v, mask=mask)
+    assert_close(out, ref_out, atol=TOL)
+    assert_close(w, ref_w, atol=TOL)
+    single, single_w = module(q[:, 0], k, mask=mask[:, 0] if mask_kind == "full" else mask,
+                              projected_keys=module.project_keys(k))
+    ref_single, ref_single_w = module(q[:, 0], k, mask=mask[:, 0] if mask_kind == "full" else mask)
+    assert_close(single, ref_single, atol=TOL)
+    assert_close(single_w, ref_single_w, atol=TOL)
+
+
+def test_additive_projected_keys_keep_nan_at_masked_keys_out_of_gradients():
+    module = MODULES["additive"]()
+    q, k, v = randn(2, 3, 5, seed=1), randn(2, 6, 7, seed=2), randn(2, 6, 4, seed=3)
+    key_mask = rand_mask(2, 6, seed=4)
+    key_mask[:, 0] = True
+    clean_out, clean_w = module(q, k, v, mask=key_mask)
+    k_bad = k.masked_fill(~key_mask[..., None], float("nan")).requires_grad_()
+    out, w = module(q, k_bad, v, mask=key_mask, projected_keys=module.project_keys(k_bad, mask=key_mask))
+    assert_close(out, clean_out, atol=TOL)
+    assert_close(w, clean_w, atol=TOL)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters())
+    assert torch.isfinite(k_bad.grad).all()
+
+
 # ---- AttentionPooling -----------------------------------------------------------------------------------
 
 def test_attention_pooling_is_yang_et_al():
@@ -249,6 +282,12 @@ def test_forward_validation():
         attn(q, k, mask=torch.ones(2, 4, 6, dtype=torch.bool))
     with pytest.raises(TypeError, match="query must be a torch.Tensor"):
         attn([1.0] * 5, k)
+    with pytest.raises(ValueError, match=r"projected_keys must have shape .*\(2, 6, 3\)"):
+        attn(q, k, projected_keys=randn(2, 6, 7, seed=3))
+    with pytest.raises(ValueError, match=r"keys must have shape .*key_dim=7"):
+        attn.project_keys(randn(2, 6, 8, seed=2))
+    with pytest.raises(ValueError, match=r"mask must be a key mask"):
+        attn.project_keys(k, mask=torch.ones(2, 5, dtype=torch.bool))
     pool = make(AttentionPooling, 6, 4)
     with pytest.raises(ValueError, match=r"items must have shape"):
         pool(randn(2, 5, 7, seed=1))

@@ -66,12 +66,17 @@ class SSMLayer(nn.Module):
         self.ffn = FeedForward(dim, hidden, activation=activation, bias=False)
 
     def forward(self, x: Tensor, state: SSMState | None = None) -> tuple[Tensor, SSMState | None]:
-        """x (B, N, dim); with a ``state`` (decoding) the block continues from it and returns the new one."""
+        """x (B, N, dim); with a ``state`` (decoding) the block continues from it and returns the new one:
+        one token takes the mixer's plain recurrence (``step``), a prompt its chunked scan (``prefill``)."""
+        h = self.mixer_norm(x)  # (B, N, dim)
         if state is None:
-            x = x + self.mixer(self.mixer_norm(x))
+            y = self.mixer(h)
+        elif x.shape[1] == 1:
+            y, state = self.mixer.step(h[:, 0], state)  # (B, dim)
+            y = y[:, None]  # (B, 1, dim)
         else:
-            y, state = self.mixer.prefill(self.mixer_norm(x), state)
-            x = x + y
+            y, state = self.mixer.prefill(h, state)
+        x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
 
 

@@ -67,6 +67,15 @@ class Seq2SeqOutput:
     attention: Tensor  # (B, T, S) each row sums to 1 over the real source tokens
 
 
+@dataclass
+class EncodedSource:
+    """What every decoder step attends to, computed once per source by :meth:`RNNSeq2Seq.encode`."""
+
+    annotations: Tensor  # (B, S, 2H) the encoder's states, zero at padding: the attention's keys and values
+    keys: Tensor  # (B, S, A) W_k annotations, the query-independent half of the additive score
+    mask: Tensor  # (B, S) bool, True = real source token
+
+
 class RNNSeq2Seq(Model):
     """The RNN encoder-decoder with additive attention (Bahdanau et al. 2014).
 
@@ -105,19 +114,21 @@ class RNNSeq2Seq(Model):
                              f"{tuple(src_mask.shape)}")
         return src_mask
 
-    def encode(self, src_ids: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns annotations (B, S, 2H), zero at padding, and the decoder's first state (L, B, H)."""
+    def encode(self, src_ids: Tensor, src_mask: Tensor) -> tuple[EncodedSource, Tensor]:
+        """Returns the source as every decoder step reads it and the decoder's first state (L, B, H)."""
         B, L, H = src_ids.shape[0], self.config.num_layers, self.config.hidden
         annotations, h_n = packed_rnn(self.encoder, self.drop(self.src_embed(src_ids)), src_mask)
         backward_first = h_n[-1]  # (B, H): top layer, backward direction, having read the whole source
         state = torch.tanh(self.init_state(backward_first))  # (B, L * H)
-        return annotations, state.reshape(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
+        keys = self.attention.project_keys(annotations, mask=src_mask)  # (B, S, A): once, not at every step
+        source = EncodedSource(annotations, keys, src_mask)
+        return source, state.reshape(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
 
-    def _step(self, prev: Tensor, state: Tensor, annotations: Tensor,
-              src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _step(self, prev: Tensor, state: Tensor, source: EncodedSource) -> tuple[Tensor, Tensor, Tensor]:
         """One decoder step: prev (B,) tokens, state (L, B, H) -> logits (B, V), state (L, B, H), weights (B, S)."""
         embedded = self.drop(self.tgt_embed(prev))  # (B, E)
-        context, weights = self.attention(state[-1], annotations, mask=src_mask)  # (B, 2H), (B, S)
+        context, weights = self.attention(state[-1], source.annotations, mask=source.mask,
+                                          projected_keys=source.keys)  # (B, 2H), (B, S)
         out, state = self.decoder(torch.cat([embedded, context], dim=-1).unsqueeze(1), state)  # (B, 1, H)
         features = torch.cat([out.squeeze(1), context, embedded], dim=-1)  # (B, 3H + E)
         return self.output(self.drop(features)), state, weights
@@ -127,17 +138,17 @@ class RNNSeq2Seq(Model):
         check_ids(tgt_ids, self.config.tgt_vocab_size, "tgt_ids")
         if tgt_ids.shape[0] != src_ids.shape[0]:
             raise ValueError(f"tgt_ids must have src_ids' batch size {src_ids.shape[0]}, got {tgt_ids.shape[0]}")
-        annotations, state = self.encode(src_ids, src_mask)
+        source, state = self.encode(src_ids, src_mask)
         bos = torch.full_like(tgt_ids[:, :1], self.config.bos_id)
         inputs = torch.cat([bos, tgt_ids[:, :-1]], dim=1)  # (B, T): shifted right
         logits, attention = [], []
         for t in range(inputs.shape[1]):
-            step_logits, state, weights = self._step(inputs[:, t], state, annotations, src_mask)
+            step_logits, state, weights = self._step(inputs[:, t], state, source)
             logits.append(step_logits)
             attention.append(weights)
         B, T, S, V = src_ids.shape[0], tgt_ids.shape[1], src_ids.shape[1], self.config.tgt_vocab_size
         if T == 0:
-            return Seq2SeqOutput(annotations.new_zeros(B, 0, V), annotations.new_zeros(B, 0, S))
+            return Seq2SeqOutput(source.annotations.new_zeros(B, 0, V), source.annotations.new_zeros(B, 0, S))
         return Seq2SeqOutput(torch.stack(logits, dim=1), torch.stack(attention, dim=1))  # (B, T, V), (B, T, S)
 
     @torch.no_grad()
@@ -152,14 +163,14 @@ class RNNSeq2Seq(Model):
         """
         check_int("max_len", max_len, minimum=0)
         src_mask = self._source_mask(src_ids, src_mask)
-        annotations, state = self.encode(src_ids, src_mask)
+        source, state = self.encode(src_ids, src_mask)
         B, S = src_ids.shape
         prev = torch.full((B,), self.config.bos_id, dtype=torch.long, device=src_ids.device)
         done = torch.zeros(B, dtype=torch.bool, device=src_ids.device)
         tokens = [prev.new_zeros(B, 0)]
-        attention = [annotations.new_zeros(B, 0, S)]
+        attention = [source.annotations.new_zeros(B, 0, S)]
         for _ in range(max_len):
-            logits, state, weights = self._step(prev, state, annotations, src_mask)
+            logits, state, weights = self._step(prev, state, source)
             prev = torch.where(done, self.config.pad_id, logits.argmax(dim=-1))  # (B,)
             tokens.append(prev[:, None])
             attention.append(torch.where(done[:, None], 0.0, weights)[:, None])  # (B, 1, S)
@@ -169,4 +180,4 @@ class RNNSeq2Seq(Model):
         return torch.cat(tokens, dim=1), torch.cat(attention, dim=1)
 
 
-__all__ = ["RNNSeq2SeqConfig", "RNNSeq2Seq", "Seq2SeqOutput"]
+__all__ = ["RNNSeq2SeqConfig", "RNNSeq2Seq", "Seq2SeqOutput", "EncodedSource"]

@@ -213,7 +213,7 @@ class MultiHeadAttention(nn.Module):
         if view.ordered:
             mask = _with_key_padding(mask, key_padding, view.k.shape[2])
         else:
-            mask = _ring_mask(cache, mask, causal, window, view.positions, q_pos, key_padding)
+            mask = _ring_mask(mask, causal, window, view.positions, q_pos, key_padding)
             causal, window = False, None
         bias = None if self.positions is None else \
             self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
@@ -295,7 +295,7 @@ def _check_ring_window(cache: RingCache, window: Window | None) -> None:
                          f"at most {cache.size}; this call has window={window}")
 
 
-def _ring_mask(cache: RingCache, mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
+def _ring_mask(mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
                key_padding: Tensor | None) -> Tensor:
     """A ring buffer's keys are out of order: mask by each key's stream position instead."""
     left = window[0]

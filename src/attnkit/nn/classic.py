@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..functional.checks import check_int
-from ..functional.classic import additive_attention, luong_attention
-from ..functional.kernels.common import zero_unseen_keys
+from ..functional.classic import additive_attention, luong_attention, project_keys
+from ..functional.kernels.common import finite
 
 
 def _require_tensor(name: str, t: object) -> None:
@@ -70,7 +70,6 @@ def _prepare(query: Tensor, keys: Tensor, values: Tensor | None, mask: Tensor | 
                          f"{tuple(values.shape)} do not broadcast") from None
     if mask is not None:
         mask = _key_or_full_mask(mask, (*lead, q.shape[-2], keys.shape[-2]), keys.dim())
-        keys = zero_unseen_keys(keys, mask)  # NaN in a key nobody sees must not reach gradients via tanh
     return q, keys, values, mask, single
 
 
@@ -106,6 +105,8 @@ class AdditiveAttention(nn.Module):
         query: (..., Nq, Dq), or (..., Dq) for one query per row (outputs then drop the Nq dim).
         keys: (..., Nk, Dk); values: (..., Nk, Dv), default ``keys``.
         mask: bool, a key mask (..., Nk) or one broadcastable to (..., Nq, Nk); True = may attend.
+        projected_keys: (..., Nk, A), ``project_keys(keys, mask=mask)`` computed once for keys that many
+            calls attend to (a decoder's every step); the result is the same as without it.
         Returns output (..., [Nq,] Dv) and weights (..., [Nq,] Nk).
 
         >>> attn = AdditiveAttention(4, 6, 5)
@@ -124,11 +125,30 @@ class AdditiveAttention(nn.Module):
         bound = 1.0 / math.sqrt(attn_dim)
         self.score = nn.Parameter(torch.empty(attn_dim).uniform_(-bound, bound))  # w (A,)
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor | None = None, *,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def project_keys(self, keys: Tensor, *, mask: Tensor | None = None) -> Tensor:
+        """W_k keys, (..., Nk, Dk) -> (..., Nk, A): the half of the score that does not depend on the query,
+        for ``forward(..., projected_keys=)``. Pass the ``mask`` those calls use (a key mask (..., Nk) or
+        (..., Nq|1, Nk)) so that non-finite keys no query may see cannot reach ``key_proj``'s gradient."""
+        _require_tensor("keys", keys)
+        if keys.dim() < 2 or keys.shape[-1] != self.key_dim:
+            raise ValueError(f"keys must have shape (..., Nk, key_dim={self.key_dim}), got {tuple(keys.shape)}")
+        if mask is not None:
+            mask = _key_or_full_mask(mask, (*keys.shape[:-2], 1, keys.shape[-2]), keys.dim())  # (..., Nq|1, Nk)
+        return project_keys(keys, self.key_proj.weight, mask)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor | None = None, *, mask: Tensor | None = None,
+                projected_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         q, k, v, mask, single = _prepare(query, keys, values, mask, self.query_dim, self.key_dim)
-        output, weights = additive_attention(q, k, v, self.query_proj.weight, self.key_proj.weight,
-                                             self.score, mask)  # (..., Nq, Dv), (..., Nq, Nk)
+        w_k = self.key_proj.weight
+        if projected_keys is not None:
+            _require_tensor("projected_keys", projected_keys)
+            if projected_keys.shape != (*keys.shape[:-1], self.attn_dim):
+                raise ValueError(f"projected_keys must have shape (..., Nk, attn_dim) = "
+                                 f"{(*keys.shape[:-1], self.attn_dim)} from project_keys(keys), got "
+                                 f"{tuple(projected_keys.shape)}")
+            k, w_k = projected_keys, None
+        output, weights = additive_attention(q, k, v, self.query_proj.weight, w_k, self.score,
+                                             mask)  # (..., Nq, Dv), (..., Nq, Nk)
         return _finish(output, weights, single)
 
     def extra_repr(self) -> str:
@@ -203,7 +223,8 @@ class AttentionPooling(nn.Module):
         key_mask = None
         if mask is not None:
             _check_mask(mask, tuple(items.shape[:-1]), "(..., N)")
-            items = torch.where(mask[..., None], items, 0)  # padded items (even NaN) reach nothing
+            if not finite(items):  # NaN at padding would reach proj's gradient through tanh(proj(items))
+                items = torch.where(mask[..., None], items, 0)
             key_mask = mask[..., None, :]  # (..., 1, N)
         u = torch.tanh(self.proj(items))  # (..., N, A)
         query = self.context.expand(*u.shape[:-2], 1, self.attn_dim)  # (..., 1, A)

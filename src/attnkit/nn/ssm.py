@@ -247,23 +247,37 @@ class SelectiveSSM(nn.Module):
         dtype = _scan_dtype(x.dtype)
         return delta.to(dtype), B.to(dtype), C.to(dtype), -torch.exp(self.A_log.to(dtype))
 
-    def prefill(self, x: Tensor, state: SSMState | None = None) -> tuple[Tensor, SSMState]:
-        """Run x (B, N, dim) on from ``state`` (None = start of sequence): (output (B, N, dim), final state)."""
-        _check_input(x, "x", "(B, N, dim)", 3, self.dim)
-        batch, length, _ = x.shape
-        state = self.initial_state(batch, dtype=x.dtype, device=x.device) if state is None else state
-        self._check_state(state, batch)
-        if length == 0:
-            return x.new_zeros(batch, 0, self.dim), state
+    def _start(self, x: Tensor, state: SSMState | None) -> SSMState:
+        """The state to continue from: zeros for None (the start of a sequence), else ``state`` checked."""
+        state = self.initial_state(x.shape[0], dtype=x.dtype, device=x.device) if state is None else state
+        self._check_state(state, x.shape[0])
+        return state
+
+    def _conv_in(self, x: Tensor, state: SSMState) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj, then the causal depthwise conv continued from ``state.conv``: x (B, N, dim) -> the scan's
+        input silu(conv(x)) (B, N, inner), the gate z (B, N, inner) and the next conv state (B, inner, K - 1)."""
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, N, inner) each
         window = torch.cat([state.conv.to(xs.dtype), xs.transpose(1, 2)], dim=-1)  # (B, inner, K - 1 + N)
         xs = F.silu(F.conv1d(window, self.conv.weight, self.conv.bias, groups=self.inner)).transpose(1, 2)
-        delta, B, C, A = self._selective_params(xs)  # xs: (B, N, inner) again
+        return xs, z, window[..., window.shape[-1] - (self.conv_kernel - 1):]
+
+    def _gate_out(self, y: Tensor, u: Tensor, z: Tensor, dtype: torch.dtype) -> Tensor:
+        """The D-skip around the scan, the silu(z) gate and out_proj: y, u (..., inner) in the scan dtype,
+        z (..., inner) -> (..., dim) in ``dtype``."""
+        y = (y + self.D.to(y.dtype) * u).to(dtype) * F.silu(z)  # (..., inner)
+        return self.out_proj(y)
+
+    def prefill(self, x: Tensor, state: SSMState | None = None) -> tuple[Tensor, SSMState]:
+        """Run x (B, N, dim) on from ``state`` (None = start of sequence): (output (B, N, dim), final state)."""
+        _check_input(x, "x", "(B, N, dim)", 3, self.dim)
+        state = self._start(x, state)
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape[0], 0, self.dim), state
+        xs, z, conv_state = self._conv_in(x, state)  # (B, N, inner), (B, N, inner), (B, inner, K - 1)
+        delta, B, C, A = self._selective_params(xs)
         u = xs.to(delta.dtype)
         y, h = selective_scan_chunked(u, delta, A, B, C, state.ssm.to(delta.dtype), chunk_size=self.chunk_size)
-        y = (y + self.D.to(y.dtype) * u).to(x.dtype) * F.silu(z)  # (B, N, inner)
-        conv_state = window[..., window.shape[-1] - (self.conv_kernel - 1):]  # (B, inner, K - 1)
-        return self.out_proj(y), SSMState(conv=conv_state, ssm=h)
+        return self._gate_out(y, u, z, x.dtype), SSMState(conv=conv_state, ssm=h)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, N, dim) -> (B, N, dim), each sequence from a zero state."""
@@ -272,18 +286,12 @@ class SelectiveSSM(nn.Module):
     def step(self, x_t: Tensor, state: SSMState | None = None) -> tuple[Tensor, SSMState]:
         """One decoding step by the plain recurrence: x_t (B, dim) -> (y_t (B, dim), next state)."""
         _check_input(x_t, "x_t", "(B, dim)", 2, self.dim)
-        batch = x_t.shape[0]
-        state = self.initial_state(batch, dtype=x_t.dtype, device=x_t.device) if state is None else state
-        self._check_state(state, batch)
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, inner) each
-        window = torch.cat([state.conv.to(xs.dtype), xs[..., None]], dim=-1)  # (B, inner, K)
-        xs = F.silu((window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias)  # (B, inner)
-        delta, B, C, A = self._selective_params(xs)
-        u = xs.to(delta.dtype)
-        h, y = scan_step(state.ssm.to(delta.dtype), delta, u, A, B, C)
-        y = y + self.D.to(delta.dtype) * u  # (B, inner)
-        y = y.to(x_t.dtype) * F.silu(z)
-        return self.out_proj(y), SSMState(conv=window[..., 1:], ssm=h)
+        state = self._start(x_t, state)
+        xs, z, conv_state = self._conv_in(x_t[:, None], state)  # (B, 1, inner), (B, 1, inner), (B, inner, K - 1)
+        delta, B, C, A = self._selective_params(xs[:, 0])  # (B, inner), (B, S), (B, S), (inner, S)
+        u = xs[:, 0].to(delta.dtype)
+        h, y = scan_step(state.ssm.to(delta.dtype), delta, u, A, B, C)  # (B, inner, S), (B, inner)
+        return self._gate_out(y, u, z[:, 0], x_t.dtype), SSMState(conv=conv_state, ssm=h)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, state_dim={self.state_dim}, inner={self.inner}, conv_kernel={self.conv_kernel}, "
