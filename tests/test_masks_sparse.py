@@ -122,6 +122,20 @@ def test_bigbird_sees_whole_blocks():
     assert grid == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 0, 1, 1, 1], [1, 0, 0, 1, 1]]
 
 
+@pytest.mark.parametrize("name,q_len,k_len", [p for p in _params() if p.values[0].startswith("bigbird")])
+def test_bigbird_cells_expand_to_the_materialization(name, q_len, k_len):
+    """The cell grid the native forward expands in C: row i sees key j iff grid[(i + q_offset) // cell, j // cell]."""
+    mask, _ = CASES[name]
+    cell, q_offset, grid = mask.cells(q_len, k_len)
+    i, j = torch.arange(q_len)[:, None], torch.arange(k_len)[None, :]
+    assert torch.equal(grid[..., (i + q_offset) // cell, j // cell], mask.materialize(q_len, k_len))
+
+
+def test_bigbird_has_no_cells_when_the_grid_would_be_too_large():
+    assert masks.bigbird(1, 1, 1, 1).cells(5000, 5000) is None  # 25M cells
+    assert masks.bigbird(1, 1, 1, 2).cells(5000, 5000) is not None
+
+
 @pytest.mark.parametrize("name,q_len,k_len", list(_params(sizes={"offset": (23, 61), "square": (37, 37)})))
 def test_tile_is_the_slice_of_the_materialization(name, q_len, k_len):
     mask, _ = CASES[name]

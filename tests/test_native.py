@@ -111,6 +111,71 @@ def test_native_with_chunks_off_16_key_boundaries(tiles, spy):
     assert len(spy) == 3
 
 
+class _Cells(masks.Mask):
+    """A mask constant on cell x cell squares, per batch and query head, with a query offset: the native
+    forward expands its tiles from the grid in C (chunk index -2) and never asks for element tiles."""
+
+    def __init__(self, grid: torch.Tensor, cell: int, q_offset: int):
+        self.grid, self.cell, self.q_offset, self.tiles_asked = grid, cell, q_offset, 0
+
+    def cells(self, q_len, k_len):
+        return self.cell, self.q_offset, self.grid
+
+    def _tile(self, qs, qe, ks, ke):
+        i, j = torch.arange(qs, qe)[:, None], torch.arange(ks, ke)[None, :]
+        return self.grid[..., (i + self.q_offset) // self.cell, j // self.cell]
+
+    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+        self.tiles_asked += 1
+        return self._tile(qs, qe, ks, ke)
+
+    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+        return torch.ones(1, 1, -(-q_len // block_q), -(-k_len // block_k), dtype=torch.int8)  # PARTIAL: allowed
+
+
+def _cell_mask(b, h, Nq, Nk, cell, q_offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.rand(b, h, (Nq - 1 + q_offset) // cell + 1, -(-Nk // cell), generator=g) < 0.4
+    grid[..., 1, :] = False  # the rows of query cell 1 see nothing
+    return _Cells(grid, cell, q_offset)
+
+
+@pytest.mark.parametrize("grid_shape", [(2, 4), (1, 4), (2, 1), (1, 1)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("cell,q_offset,tiles", [(7, 3, None), (20, 0, (7, 9, 27)), (64, 37, None), (16, 5, (24, 40, 80))])
+def test_cell_grid_masks_are_expanded_in_c(grid_shape, cell, q_offset, tiles, spy):
+    """Masks that declare a cell grid (BigBird) hand C the grid, which it expands per chunk: batch- and
+    head-dependent grids over grouped heads, cells that are not multiples of 16, a query offset, rows
+    that see nothing, chunks off 16-key boundaries."""
+    q, k, v = _qkv(2, 4, 2, 141, 203, 32, 24, seed=cell)
+    mask = _cell_mask(*grid_shape, 141, 203, cell, q_offset, seed=cell + q_offset)
+    want, want_lse = attnkit.attention(q, k, v, kernel="dense", mask=mask, return_lse=True)
+    base = attnkit.attention(q.float(), k.float(), v.float(), kernel="dense", mask=mask)
+    mask.tiles_asked = 0
+    with small_tiles(*(tiles or (128, 128, 1024))):
+        out, lse = attnkit.attention(q.float(), k.float(), v.float(), kernel="tiled", mask=mask, return_lse=True)
+    assert len(spy) == 1 and mask.tiles_asked == 0, "the native forward asked for element tiles"
+    atol = baseline_atol(base, want, torch.float32)
+    assert_close(out, want, atol=atol, what="out")
+    assert_close(lse, want_lse, atol=atol, what="lse")
+    first_rows = slice(max(cell - q_offset, 0), 2 * cell - q_offset)  # query cell 1
+    assert (out[..., first_rows, :] == 0).all() and torch.isneginf(lse[..., first_rows]).all()
+
+
+def test_unseen_nan_stays_out_of_cell_grid_masks(spy):
+    q, k, v = (t.float() for t in _qkv(1, 2, 1, 90, 130, 16, 16, seed=12))
+    mask = _cell_mask(1, 2, 90, 130, 10, 0, seed=4)
+    mask.grid[..., [3, 7]] = False  # keys 30..39 and 70..79: no query of any head sees them
+    unseen = ~mask._tile(0, 90, 0, 130).any(dim=-2).any(dim=0).any(dim=0)
+    assert unseen.sum() == 20
+    dirty_k, dirty_v = k.clone(), v.clone()
+    dirty_k[..., unseen, :], dirty_v[..., unseen, :] = float("nan"), float("inf")
+    with small_tiles(16, 16, 48):
+        got = attnkit.attention(q, dirty_k, dirty_v, kernel="tiled", mask=mask)
+        want = attnkit.attention(q, k, v, kernel="tiled", mask=mask)
+    assert len(spy) == 2 and mask.tiles_asked == 0
+    assert torch.equal(got, want)
+
+
 def test_rows_that_see_nothing_give_zeros_and_minus_inf(spy):
     q, k, v = (t.float() for t in _qkv(1, 2, 2, 64, 80, 64, 64, seed=5))
     visible = torch.ones(1, 2, 64, 80, dtype=torch.bool)

@@ -3,7 +3,8 @@
  *
  * It runs the same schedule as the PyTorch path (attnkit/functional/kernels/tiled.py): for each query
  * block, the key chunks of the mask's block layout, with a bool "visible" tile for chunks that hold a
- * partial tile. Work items are (query block, batch, k/v head); each processes the G query heads that
+ * partial tile; for a mask constant on cell x cell squares (BigBird) C expands those tiles itself from
+ * the mask's small cell grid. Work items are (query block, batch, k/v head); each processes the G query heads that
  * share the k/v head in panels of up to R = 6 query rows:
  *
  *   for each chunk: keep the runs of 16-key vectors some row of the panel may see, S = q kᵀ · scale·log2 e
@@ -20,6 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
+#include <string.h>
 
 struct attnkit_fwd_args {
     const float *q;  /* (B, H, Nq, D), strides below, unit stride over D */
@@ -35,14 +37,17 @@ struct attnkit_fwd_args {
     int64_t nrows;
     const int64_t *rows;       /* (nrows, 2): qs, qe of each query block */
     const int64_t *row_chunks; /* (nrows + 1): first chunk of each row */
-    const int64_t *chunks;     /* (nchunks, 3): ks, ke, mask index or -1 when fully visible */
+    const int64_t *chunks;     /* (nchunks, 3): ks, ke, mask index, -1 when fully visible, -2 from the cell grid */
     const int64_t *masks;      /* (nmasks, 5): address of a uint8 visibility tile (1 = may attend), strides b, h, g, row;
                                   its columns (unit stride) start at the chunk's ks */
     int64_t max_chunk;         /* widest chunk, keys */
     int64_t guard;             /* 1: k or v may hold NaN or inf where no query looks; skip keys whose p is 0 */
+    const uint8_t *cells;      /* or NULL: visibility constant on cell x cell squares: row i sees key j iff
+                                  cells[b, h, (i + cell_qoff) / cell, j / cell] (h over the H query heads) */
+    int64_t cell_sb, cell_sh, cell_sq, cell, cell_qoff;
 };
 
-int attnkit_native_abi(void) { return 3; } /* bumped whenever struct attnkit_fwd_args changes */
+int attnkit_native_abi(void) { return 4; } /* bumped whenever struct attnkit_fwd_args changes */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -277,7 +282,32 @@ struct scratch {
     float *S, *kp, *m, *l;
     int64_t *runs;
     int64_t s_stride;
+    uint8_t *vis;  /* a visibility tile expanded from the cell grid: rows of s_stride bytes */
 };
+
+/* Writes the visibility of query rows [qs, qe) x keys [ks, ke) of batch b, query head h from the cell
+ * grid into dst (rows ds bytes apart): one memset per cell a row crosses, a copy for the next rows of
+ * the same cell. */
+static void expand_cells(const struct attnkit_fwd_args *a, int64_t b, int64_t h, int64_t qs, int64_t qe,
+                         int64_t ks, int64_t ke, uint8_t *dst, int64_t ds) {
+    const uint8_t *grid = a->cells + b * a->cell_sb + h * a->cell_sh, *same = NULL;
+    const int64_t c = a->cell;
+    int64_t cell_row = -1;
+    for (int64_t i = qs; i < qe; i++, dst += ds) {
+        const int64_t qc = (i + a->cell_qoff) / c;
+        if (qc == cell_row) {
+            memcpy(dst, same, (size_t)(ke - ks));
+            continue;
+        }
+        const uint8_t *g = grid + qc * a->cell_sq;
+        for (int64_t j = ks; j < ke;) {
+            const int64_t end = (j / c + 1) * c < ke ? (j / c + 1) * c : ke;
+            memset(dst + (j - ks), g[j / c] != 0, (size_t)(end - j));
+            j = end;
+        }
+        cell_row = qc, same = dst;
+    }
+}
 
 /* One work item: query block `row` of batch b against k/v head hkv, for the G query heads sharing it. */
 static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w, int64_t row, int64_t b, int64_t hkv) {
@@ -292,25 +322,34 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
     for (int64_t c = a->row_chunks[row]; c < a->row_chunks[row + 1]; c++) {
         const int64_t ks = a->chunks[3 * c], ke = a->chunks[3 * c + 1], mi = a->chunks[3 * c + 2];
         pack_keys(k, a->k_sn, a->Nk, a->D, ks & ~(int64_t)15, ke, w->kp);
-        const int64_t *mk = mi >= 0 ? a->masks + 5 * mi : NULL;
+        /* the chunk's visibility rows: vis + g * vis_sg + (row - qs) * vis_sr */
+        const uint8_t *vis = NULL;
+        int64_t vis_sg = 0, vis_sr = w->s_stride;
+        if (mi >= 0) {
+            const int64_t *mk = a->masks + 5 * mi;
+            vis = (const uint8_t *)(intptr_t)mk[0] + b * mk[1] + hkv * mk[2], vis_sg = mk[3], vis_sr = mk[4];
+        } else if (mi == -2) {
+            vis = w->vis;
+        }
         for (int64_t g = 0; g < G; g++) {
             const float *q = a->q + b * a->q_sb + (hkv * G + g) * a->q_sh;
+            if (mi == -2 && (g == 0 || a->cell_sh)) /* the grid's rows for this head */
+                expand_cells(a, b, hkv * G + g, qs, qe, ks, ke, w->vis, w->s_stride);
             for (int64_t r0 = qs; r0 < qe; r0 += R_MAX) {
                 const int R = qe - r0 >= R_MAX ? R_MAX : (int)(qe - r0);
                 for (int r = 0; r < R; r++) {
                     p.q[r] = q + (r0 + r) * a->q_sn;
-                    if (mk)
-                        p.vis[r] = (const uint8_t *)(intptr_t)mk[0] + b * mk[1] + hkv * mk[2] + g * mk[3] + (r0 + r - qs) * mk[4];
+                    if (vis) p.vis[r] = vis + g * vis_sg + (r0 + r - qs) * vis_sr;
                 }
                 p.m = w->m + g * bq + (r0 - qs), p.l = w->l + g * bq + (r0 - qs);
                 p.O = out + (g * a->Nq + r0 - qs) * a->Dv;
                 switch (R) {
-                case 6: panel_chunk(6, &p, a, v, ks, ke, mk != NULL); break;
-                case 5: panel_chunk(5, &p, a, v, ks, ke, mk != NULL); break;
-                case 4: panel_chunk(4, &p, a, v, ks, ke, mk != NULL); break;
-                case 3: panel_chunk(3, &p, a, v, ks, ke, mk != NULL); break;
-                case 2: panel_chunk(2, &p, a, v, ks, ke, mk != NULL); break;
-                default: panel_chunk(1, &p, a, v, ks, ke, mk != NULL); break;
+                case 6: panel_chunk(6, &p, a, v, ks, ke, vis != NULL); break;
+                case 5: panel_chunk(5, &p, a, v, ks, ke, vis != NULL); break;
+                case 4: panel_chunk(4, &p, a, v, ks, ke, vis != NULL); break;
+                case 3: panel_chunk(3, &p, a, v, ks, ke, vis != NULL); break;
+                case 2: panel_chunk(2, &p, a, v, ks, ke, vis != NULL); break;
+                default: panel_chunk(1, &p, a, v, ks, ke, vis != NULL); break;
                 }
             }
         }
@@ -334,17 +373,19 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
         if (a->rows[2 * i + 1] - a->rows[2 * i] > bq_max) bq_max = a->rows[2 * i + 1] - a->rows[2 * i];
     const int64_t G = a->H / a->Hkv, blocks = (a->max_chunk + 30) / 16 + 1, items = a->nrows * a->B * a->Hkv;
     const int64_t s_stride = (a->max_chunk + 47) / 16 * 16 + 16; /* room for the 16-aligned start; not a power of two */
-    const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 2 * 2 * (s_stride / 16));
+    const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 2 * 2 * (s_stride / 16)),
+                 vis_bytes = a->cells ? (size_t)(bq_max * s_stride) : 0;
     int working = 0;
 #pragma omp parallel num_threads(threads)
     {
         struct scratch w;
         w.s_stride = s_stride;
-        w.S = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        w.S = aligned_alloc(64, (floats * sizeof(float) + vis_bytes + 63) / 64 * 64);
         if (w.S) { /* a thread without scratch leaves the items to the others */
             __atomic_add_fetch(&working, 1, __ATOMIC_RELAXED);
             w.kp = w.S + R_MAX * w.s_stride, w.m = w.kp + blocks * a->D * 16, w.l = w.m + G * bq_max;
             w.runs = (int64_t *)(w.l + G * bq_max); /* 2 x (s_stride / 16) int64, in 4 x (s_stride / 16) floats */
+            w.vis = (uint8_t *)(w.S + floats);
             for (;;) {
                 const int64_t item = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
                 if (item >= items) break;

@@ -160,6 +160,7 @@ class BigBird(Mask):
     PARTIAL for other mixes."""
 
     _MEMO_ROWS = 1 << 16  # drawn rows kept before the memo is cleared
+    _MAX_CELLS = 1 << 24  # largest grid ``cells`` returns (bytes)
 
     def __init__(self, window: int, num_global: int, num_random_blocks: int, block: int, seed: int = 0):
         self.window = check_int("bigbird window", window, 0)
@@ -168,6 +169,7 @@ class BigBird(Mask):
         self.block = check_int("bigbird block", block, 1)
         self.seed = check_int("bigbird seed", seed, 0, 2**31 - 1)
         self._memo: dict[tuple[int, int], Tensor] = {}  # (n_key_blocks, query block) -> (r,) key blocks
+        self._cells: tuple[tuple[int, int], tuple[int, int, Tensor]] | None = None  # the last cells() answer
 
     def check(self, batch, heads, q_len, k_len):
         if q_len > k_len:
@@ -228,6 +230,17 @@ class BigBird(Mask):
         grid = self._grid(q_first, (qe - 1 + offset) // bl, k_first, (ke - 1) // bl, -(-k_len // bl))
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
         return grid.to(device)[p[:, 0] // bl - q_first][:, j[0] // bl - k_first]
+
+    def cells(self, q_len, k_len):
+        bl, offset = self.block, k_len - q_len
+        n_kb = -(-k_len // bl)
+        if q_len <= 0 or k_len <= 0 or n_kb * n_kb > self._MAX_CELLS:
+            return None
+        if self._cells is None or self._cells[0] != (q_len, k_len):
+            first = offset // bl  # the query cells of rows 0 .. q_len - 1 are first .. n_kb - 1
+            grid = self._grid(first, n_kb - 1, 0, n_kb - 1, n_kb)[None, None]
+            self._cells = ((q_len, k_len), (bl, offset - first * bl, grid))
+        return self._cells[1]
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
         b = _Blocks.make(q_len, k_len, block_q, block_k, device)

@@ -2,7 +2,8 @@
 
 The C file is compiled when attnkit is installed (an optional extension: a machine without a compiler
 installs fine and keeps the PyTorch path). It runs the tiled kernel's own plan — the same query blocks,
-key chunks and mask tiles — with fused register-tiled q·kᵀ, online softmax and P·v, on PyTorch's own
+key chunks and mask tiles (expanded in C from the mask's cell grid when it has one, see
+``Mask.cells``) — with fused register-tiled q·kᵀ, online softmax and P·v, on PyTorch's own
 OpenMP threads, so nothing changes for the caller but speed. Backward stays in PyTorch, from the saved
 log-sum-exp.
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 _i64 = ctypes.c_int64
-_ABI = 3  # attnkit_native_abi() of a build whose argument layout matches _Args
+_ABI = 4  # attnkit_native_abi() of a build whose argument layout matches _Args
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -34,6 +35,8 @@ class _Args(ctypes.Structure):
         ("scale", ctypes.c_float),
         ("nrows", _i64), ("rows", ctypes.c_void_p), ("row_chunks", ctypes.c_void_p),
         ("chunks", ctypes.c_void_p), ("masks", ctypes.c_void_p), ("max_chunk", _i64), ("guard", _i64),
+        ("cells", ctypes.c_void_p), ("cell_sb", _i64), ("cell_sh", _i64), ("cell_sq", _i64), ("cell", _i64),
+        ("cell_qoff", _i64),
     ]
 
 
@@ -88,13 +91,24 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32)
     lse = torch.empty(B, H, Nq, dtype=torch.float32)
 
+    # a mask constant on cells hands C its grid (chunk index -2), which C expands itself: no element tiles
+    cells = tiles.req.mask.cells(Nq, Nk) if tiles.req.mask is not None else None
+    grid, cell_args = None, [None, 0, 0, 0, 1, 0]
+    if cells is not None:
+        cell, q_offset, grid = cells
+        grid = grid.contiguous()
+        cell_args = [grid.data_ptr()] + [0 if grid.shape[i] == 1 else grid.stride(i) for i in range(2)]
+        cell_args += [grid.stride(2), cell, q_offset]
+
     rows, row_chunks, chunks, masks, keep = [], [0], [], [], []
     max_chunk, entries = 1, 0
     for row in plan:
         rows += [row.qs, row.qe]
         for ks, ke, needs_mask in row.chunks:
             index = -1
-            if needs_mask:
+            if needs_mask and grid is not None:
+                index = -2
+            elif needs_mask:
                 visible = tiles.visible(row, ks, ke)  # (b|1, Hkv|1, G|1, bq, ke - ks) bool
                 if visible.stride(-1) != 1:
                     visible = visible.contiguous()
@@ -120,8 +134,9 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         scale_log2,
         len(plan), rows_t.data_ptr(), row_chunks_t.data_ptr(), chunks_t.data_ptr(), masks_t.data_ptr(), max_chunk,
         int(not (tiles.finite_kv and tiles.finite_q)),
+        *cell_args,
     )
     if lib.attnkit_tiled_fwd(ctypes.byref(args), workers):
         raise MemoryError("the native tiled forward could not allocate its scratch memory")
-    del keep  # the mask tiles stayed alive for the call
+    del keep, grid  # the mask tiles and the grid stayed alive for the call
     return out.reshape(B, Hkv, G, Nq, Dv), lse.reshape(B, Hkv, G, Nq)
