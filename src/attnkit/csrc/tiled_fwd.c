@@ -45,9 +45,10 @@ struct attnkit_fwd_args {
     const uint8_t *cells;      /* or NULL: visibility constant on cell x cell squares: row i sees key j iff
                                   cells[b, h, (i + cell_qoff) / cell, j / cell] (h over the H query heads) */
     int64_t cell_sb, cell_sh, cell_sq, cell, cell_qoff;
+    const int64_t *order;      /* (nrows): the query blocks, most work first */
 };
 
-int attnkit_native_abi(void) { return 4; } /* bumped whenever struct attnkit_fwd_args changes */
+int attnkit_native_abi(void) { return 5; } /* bumped whenever struct attnkit_fwd_args changes */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -389,8 +390,8 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
             for (;;) {
                 const int64_t item = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
                 if (item >= items) break;
-                /* later query blocks first: causal ones are the longest */
-                run_item(a, &w, a->nrows - 1 - item / (a->B * a->Hkv), item % (a->B * a->Hkv) / a->Hkv, item % a->Hkv);
+                /* the longest items first, so that no thread is left with a long one at the end */
+                run_item(a, &w, a->order[item / (a->B * a->Hkv)], item % (a->B * a->Hkv) / a->Hkv, item % a->Hkv);
             }
             free(w.S);
         }

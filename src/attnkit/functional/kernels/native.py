@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 _i64 = ctypes.c_int64
-_ABI = 4  # attnkit_native_abi() of a build whose argument layout matches _Args
+_ABI = 5  # attnkit_native_abi() of a build whose argument layout matches _Args
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -36,7 +36,7 @@ class _Args(ctypes.Structure):
         ("nrows", _i64), ("rows", ctypes.c_void_p), ("row_chunks", ctypes.c_void_p),
         ("chunks", ctypes.c_void_p), ("masks", ctypes.c_void_p), ("max_chunk", _i64), ("guard", _i64),
         ("cells", ctypes.c_void_p), ("cell_sb", _i64), ("cell_sh", _i64), ("cell_sq", _i64), ("cell", _i64),
-        ("cell_qoff", _i64),
+        ("cell_qoff", _i64), ("order", ctypes.c_void_p),
     ]
 
 
@@ -101,9 +101,10 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         cell_args += [grid.stride(2), cell, q_offset]
 
     rows, row_chunks, chunks, masks, keep = [], [0], [], [], []
-    max_chunk, entries = 1, 0
+    max_chunk, entries, work = 1, 0, []
     for row in plan:
         rows += [row.qs, row.qe]
+        work.append(-entries)
         for ks, ke, needs_mask in row.chunks:
             index = -1
             if needs_mask and grid is not None:
@@ -119,8 +120,10 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
             chunks.append([ks, ke, index])
             max_chunk, entries = max(max_chunk, ke - ks), entries + (ke - ks) * (row.qe - row.qs)
         row_chunks.append(len(chunks))
+        work[-1] += entries
     as_i64 = lambda x: torch.tensor(x, dtype=torch.int64).reshape(-1)  # noqa: E731
     rows_t, row_chunks_t = as_i64(rows), as_i64(row_chunks)
+    order_t = as_i64(sorted(range(len(plan)), key=lambda i: (-work[i], -i)))  # most work first; ties: later first
     chunks_t, masks_t = as_i64(chunks or [0]), as_i64(masks or [0])
 
     flops = 2.0 * B * H * entries * (D + Dv)
@@ -134,7 +137,7 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         scale_log2,
         len(plan), rows_t.data_ptr(), row_chunks_t.data_ptr(), chunks_t.data_ptr(), masks_t.data_ptr(), max_chunk,
         int(not (tiles.finite_kv and tiles.finite_q)),
-        *cell_args,
+        *cell_args, order_t.data_ptr(),
     )
     if lib.attnkit_tiled_fwd(ctypes.byref(args), workers):
         raise MemoryError("the native tiled forward could not allocate its scratch memory")
