@@ -236,7 +236,8 @@ def _causal_chunks(x: _Inputs, state: LinearState, chunk: int, first_row: int, f
     G = x.group
     above = torch.ones(chunk, chunk, dtype=torch.bool, device=x.q.device).triu(1)
     above = above.repeat_interleave(G, dim=0)  # (C·G, C): row (t, g) must not see keys after t
-    outs = []
+    B, Hs, _, Dv = x.v.shape
+    outs = x.v.new_empty(B, Hs, length * G, Dv)  # filled chunk by chunk: no concatenation at the end
     for s in range(0, length, chunk):
         c = min(chunk, length - s)
         qc = x.queries((first_row + s) * G, (first_row + s + c) * G)  # (B, Hs, c·G, M)
@@ -247,10 +248,9 @@ def _causal_chunks(x: _Inputs, state: LinearState, chunk: int, first_row: int, f
         out = scores @ vc
         if state.length:
             out = out.add_(qc @ kv)
-        outs.append(_normalize(out))
+        outs[:, :, s * G:(s + c) * G] = _normalize(out)
         state = LinearState(kv + kc.mT @ vc, scale, state.length + c, state.kernel)
-    out = torch.cat(outs, dim=2) if outs else x.v.new_zeros(*x.v.shape[:2], 0, x.v.shape[-1])
-    return out, state
+    return outs, state
 
 
 def _causal(x: _Inputs, state: LinearState, chunk: int) -> Tensor:
