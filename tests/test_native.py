@@ -161,6 +161,23 @@ def test_cell_grid_masks_are_expanded_in_c(grid_shape, cell, q_offset, tiles, sp
     assert (out[..., first_rows, :] == 0).all() and torch.isneginf(lse[..., first_rows]).all()
 
 
+@pytest.mark.parametrize("bad", [
+    lambda m: (m.cell, m.q_offset, m.grid.long()),  # not bool
+    lambda m: (m.cell, m.q_offset, m.grid[0, 0]),  # 2-D
+    lambda m: (m.cell, m.q_offset, m.grid[..., :-1]),  # too few key cells
+    lambda m: (m.cell, m.q_offset, m.grid[..., :-1, :]),  # too few query cells
+    lambda m: (m.cell, -1, m.grid),  # negative offset
+    lambda m: (0, m.q_offset, m.grid),  # empty cells
+    lambda m: (m.cell, m.q_offset, m.grid.expand(2, 3, -1, -1)),  # 3 heads for 4
+], ids=["int64", "2-d", "few-key-cells", "few-query-cells", "negative-offset", "cell-0", "wrong-heads"])
+def test_a_wrong_cell_grid_is_refused_before_c_reads_it(bad):
+    q, k, v = (t.float() for t in _qkv(2, 4, 2, 50, 70, 16, 16, seed=2))
+    mask = _cell_mask(1, 1, 50, 70, 10, 0, seed=1)
+    mask.cells = lambda q_len, k_len: bad(mask)
+    with pytest.raises(ValueError, match=r"cells\(50, 70\) returned .*expected cell >= 1"):
+        attnkit.attention(q, k, v, kernel="tiled", mask=mask)
+
+
 def test_unseen_nan_stays_out_of_cell_grid_masks(spy):
     q, k, v = (t.float() for t in _qkv(1, 2, 1, 90, 130, 16, 16, seed=12))
     mask = _cell_mask(1, 2, 90, 130, 10, 0, seed=4)

@@ -160,7 +160,8 @@ class BigBird(Mask):
     PARTIAL for other mixes."""
 
     _MEMO_ROWS = 1 << 16  # drawn rows kept before the memo is cleared
-    _MAX_CELLS = 1 << 24  # largest grid ``cells`` returns (bytes)
+    _MAX_CELLS = 1 << 24  # largest grid ``cells`` returns (one byte per cell; building it takes int64
+    # temporaries 8x that): 16 MiB, a 4096-block square, e.g. N = 262144 in blocks of 64
 
     def __init__(self, window: int, num_global: int, num_random_blocks: int, block: int, seed: int = 0):
         self.window = check_int("bigbird window", window, 0)

@@ -237,7 +237,10 @@ def _causal_chunks(x: _Inputs, state: LinearState, chunk: int, first_row: int, f
     above = torch.ones(chunk, chunk, dtype=torch.bool, device=x.q.device).triu(1)
     above = above.repeat_interleave(G, dim=0)  # (C·G, C): row (t, g) must not see keys after t
     B, Hs, _, Dv = x.v.shape
-    outs = x.v.new_empty(B, Hs, length * G, Dv)  # filled chunk by chunk: no concatenation at the end
+    # without autograd, chunks fill one output (no concatenation at the end); with it, a slice assignment
+    # per chunk would copy the whole output's gradient once per chunk in backward, so they are concatenated
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (x.q, x.k, x.v, state.kv))
+    outs = [] if recording else x.v.new_empty(B, Hs, length * G, Dv)
     for s in range(0, length, chunk):
         c = min(chunk, length - s)
         qc = x.queries((first_row + s) * G, (first_row + s + c) * G)  # (B, Hs, c·G, M)
@@ -248,8 +251,13 @@ def _causal_chunks(x: _Inputs, state: LinearState, chunk: int, first_row: int, f
         out = scores @ vc
         if state.length:
             out = out.add_(qc @ kv)
-        outs[:, :, s * G:(s + c) * G] = _normalize(out)
+        if recording:
+            outs.append(_normalize(out))
+        else:
+            outs[:, :, s * G:(s + c) * G] = _normalize(out)
         state = LinearState(kv + kc.mT @ vc, scale, state.length + c, state.kernel)
+    if recording:
+        outs = torch.cat(outs, dim=2) if outs else x.v.new_zeros(B, Hs, 0, Dv)
     return outs, state
 
 

@@ -80,6 +80,21 @@ def serves(tiles) -> bool:
     )
 
 
+def _check_cells(mask, cells, B: int, H: int, Nq: int, Nk: int) -> tuple[int, int, Tensor]:
+    """``mask.cells(Nq, Nk)`` checked before C indexes the grid with it: (cell, q_offset, contiguous grid)."""
+    cell, q_offset, grid = cells
+    shape = ((Nq - 1 + q_offset) // max(cell, 1) + 1, -(-Nk // max(cell, 1)))  # query and key cells
+    ok = (isinstance(grid, Tensor) and grid.dtype == torch.bool and grid.device.type == "cpu" and grid.dim() == 4
+          and cell >= 1 and q_offset >= 0 and grid.shape[0] in (1, B) and grid.shape[1] in (1, H)
+          and grid.shape[2] >= shape[0] and grid.shape[3] >= shape[1])
+    if not ok:
+        got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+        raise ValueError(f"{mask!r}.cells({Nq}, {Nk}) returned cell={cell}, q_offset={q_offset} and a grid "
+                         f"{got} ({getattr(grid, 'dtype', '?')} on {getattr(grid, 'device', '?')}); expected cell >= 1, "
+                         f"q_offset >= 0 and a bool CPU grid of shape (1|{B}, 1|{H}, >= {shape[0]}, >= {shape[1]})")
+    return int(cell), int(q_offset), grid.contiguous()
+
+
 def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
     """(out (B, Hkv, G, Nq, Dv), lse (B, Hkv, G, Nq) in log2 units), as the PyTorch path returns them."""
     lib, _ = _library()
@@ -95,8 +110,7 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
     cells = tiles.req.mask.cells(Nq, Nk) if tiles.req.mask is not None else None
     grid, cell_args = None, [None, 0, 0, 0, 1, 0]
     if cells is not None:
-        cell, q_offset, grid = cells
-        grid = grid.contiguous()
+        cell, q_offset, grid = _check_cells(tiles.req.mask, cells, B, H, Nq, Nk)
         cell_args = [grid.data_ptr()] + [0 if grid.shape[i] == 1 else grid.stride(i) for i in range(2)]
         cell_args += [grid.stride(2), cell, q_offset]
 
