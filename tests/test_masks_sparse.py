@@ -134,6 +134,7 @@ def test_bigbird_cells_expand_to_the_materialization(name, q_len, k_len):
 def test_bigbird_has_no_cells_when_the_grid_would_be_too_large():
     assert masks.bigbird(1, 1, 1, 1).cells(5000, 5000) is None  # 25M cells
     assert masks.bigbird(1, 1, 1, 2).cells(5000, 5000) is not None
+    assert masks.bigbird(1, 1, 1, 1).cells(1, 100_000)[2].shape == (1, 1, 1, 100_000)  # decoding: one row of cells
 
 
 @pytest.mark.parametrize("name,q_len,k_len", list(_params(sizes={"offset": (23, 61), "square": (37, 37)})))

@@ -141,7 +141,8 @@ def _cell_mask(b, h, Nq, Nk, cell, q_offset, seed):
 
 
 @pytest.mark.parametrize("grid_shape", [(2, 4), (1, 4), (2, 1), (1, 1)], ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("cell,q_offset,tiles", [(7, 3, None), (20, 0, (7, 9, 27)), (64, 37, None), (16, 5, (24, 40, 80))])
+@pytest.mark.parametrize("cell,q_offset,tiles",
+                         [(7, 3, None), (20, 0, (7, 9, 27)), (64, 37, None), (16, 5, (24, 40, 80))])
 def test_cell_grid_masks_are_expanded_in_c(grid_shape, cell, q_offset, tiles, spy):
     """Masks that declare a cell grid (BigBird) hand C the grid, which it expands per chunk: batch- and
     head-dependent grids over grouped heads, cells that are not multiples of 16, a query offset, rows

@@ -4,8 +4,8 @@
  * It runs the same schedule as the PyTorch path (attnkit/functional/kernels/tiled.py): for each query
  * block, the key chunks of the mask's block layout, with a bool "visible" tile for chunks that hold a
  * partial tile; for a mask constant on cell x cell squares (BigBird) C expands those tiles itself from
- * the mask's small cell grid. Work items are (query block, batch, k/v head); each processes the G query heads that
- * share the k/v head in panels of up to R = 6 query rows:
+ * the mask's small cell grid. Work items are (query block, batch, k/v head), the longest first; each
+ * processes the G query heads that share the k/v head in panels of up to R = 6 query rows:
  *
  *   for each chunk: keep the runs of 16-key vectors some row of the panel may see, S = q kᵀ · scale·log2 e
  *   (6 x 64 register tiles), hide masked entries (-inf), online softmax in base 2 (running max m and
@@ -37,7 +37,7 @@ struct attnkit_fwd_args {
     int64_t nrows;
     const int64_t *rows;       /* (nrows, 2): qs, qe of each query block */
     const int64_t *row_chunks; /* (nrows + 1): first chunk of each row */
-    const int64_t *chunks;     /* (nchunks, 3): ks, ke, mask index, -1 when fully visible, -2 from the cell grid */
+    const int64_t *chunks;     /* (nchunks, 3): ks, ke, mask index (-1: all visible, -2: cell grid) */
     const int64_t *masks;      /* (nmasks, 5): address of a uint8 visibility tile (1 = may attend), strides b, h, g, row;
                                   its columns (unit stride) start at the chunk's ks */
     int64_t max_chunk;         /* widest chunk, keys */

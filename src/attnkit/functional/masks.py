@@ -93,9 +93,9 @@ class Mask:
     def cells(self, q_len: int, k_len: int) -> tuple[int, int, Tensor] | None:
         """For a mask that is constant on squares of ``cell`` x ``cell`` positions: ``(cell, q_offset, grid)``
         such that query row i may see key j iff ``grid[..., (i + q_offset) // cell, j // cell]``, with
-        ``q_offset >= 0`` and grid a bool CPU tensor (b|1, h|1, n_query_cells, ceil(k_len / cell)). None (the default) when the mask
-        has no such grid or it would be too large. The native tiled forward expands the tiles it needs
-        from the grid in C instead of asking ``tile`` for each one."""
+        ``q_offset >= 0`` and grid a bool CPU tensor (b|1, h|1, n_query_cells, ceil(k_len / cell)).
+        None (the default) when the mask has no such grid or it would be too large. The native tiled
+        forward expands the tiles it needs from the grid in C instead of asking ``tile`` for each one."""
         return None
 
     def length(self) -> int | None:

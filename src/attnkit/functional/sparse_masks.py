@@ -161,7 +161,7 @@ class BigBird(Mask):
 
     _MEMO_ROWS = 1 << 16  # drawn rows kept before the memo is cleared
     _MAX_CELLS = 1 << 24  # largest grid ``cells`` returns (one byte per cell; building it takes int64
-    # temporaries 8x that): 16 MiB, a 4096-block square, e.g. N = 262144 in blocks of 64
+    # temporaries 8x that): 16 MiB, e.g. N = 262144 in blocks of 64
 
     def __init__(self, window: int, num_global: int, num_random_blocks: int, block: int, seed: int = 0):
         self.window = check_int("bigbird window", window, 0)
@@ -234,11 +234,10 @@ class BigBird(Mask):
 
     def cells(self, q_len, k_len):
         bl, offset = self.block, k_len - q_len
-        n_kb = -(-k_len // bl)
-        if q_len <= 0 or k_len <= 0 or n_kb * n_kb > self._MAX_CELLS:
+        n_kb, first = -(-k_len // bl), offset // bl  # rows 0 .. q_len - 1 lie in query cells first .. n_kb - 1
+        if q_len <= 0 or k_len <= 0 or (n_kb - first) * n_kb > self._MAX_CELLS:
             return None
         if self._cells is None or self._cells[0] != (q_len, k_len):
-            first = offset // bl  # the query cells of rows 0 .. q_len - 1 are first .. n_kb - 1
             grid = self._grid(first, n_kb - 1, 0, n_kb - 1, n_kb)[None, None]
             self._cells = ((q_len, k_len), (bl, offset - first * bl, grid))
         return self._cells[1]

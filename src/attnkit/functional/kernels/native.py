@@ -89,8 +89,8 @@ def _check_cells(mask, cells, B: int, H: int, Nq: int, Nk: int) -> tuple[int, in
           and grid.shape[2] >= shape[0] and grid.shape[3] >= shape[1])
     if not ok:
         got = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
-        raise ValueError(f"{mask!r}.cells({Nq}, {Nk}) returned cell={cell}, q_offset={q_offset} and a grid "
-                         f"{got} ({getattr(grid, 'dtype', '?')} on {getattr(grid, 'device', '?')}); expected cell >= 1, "
+        raise ValueError(f"{mask!r}.cells({Nq}, {Nk}) returned cell={cell}, q_offset={q_offset} and a grid {got} "
+                         f"({getattr(grid, 'dtype', '?')} on {getattr(grid, 'device', '?')}); expected cell >= 1, "
                          f"q_offset >= 0 and a bool CPU grid of shape (1|{B}, 1|{H}, >= {shape[0]}, >= {shape[1]})")
     return int(cell), int(q_offset), grid.contiguous()
 
