@@ -378,7 +378,7 @@ def test_tiled_kernel_skips_the_empty_tiles():
 
 
 def test_auto_picks_the_tiled_kernel_for_a_long_bigbird_mask():
-    q = torch.zeros(1, 1, 4096, 8)
+    q = torch.zeros(1, 1, 4096, 8, dtype=torch.float64)  # float64: the rule for sparse masks alone (no native forward)
     sparse = attnkit.AttentionRequest.build(q, q, q, mask=masks.bigbird(1, 2, 3, 64))
     assert attnkit.auto_order(sparse)[0] == "tiled"
     wide = attnkit.AttentionRequest.build(q, q, q, mask=masks.bigbird(40, 2, 3, 64))  # mostly visible

@@ -3,6 +3,8 @@ kernels, and the error when nothing fits."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,7 +12,8 @@ import attnkit
 from attnkit import AttentionRequest, Capabilities, masks
 from attnkit.functional import registry
 from attnkit.functional.kernels import dense as dense_module
-from helpers import assert_close, randn
+from attnkit.functional.kernels import native
+from helpers import assert_close, native_off, randn
 
 
 @pytest.fixture
@@ -41,13 +44,13 @@ def test_builtin_kernels_are_listed_with_capabilities():
     assert row["softcap"] == "no" and row["dropout"] == "yes"
 
 
-def _order(N, **options):
-    q = torch.zeros(1, 1, N, 8)
+def _order(N, **options):  # float64: the native forward (rule 2, tested below) does not serve it
+    q = torch.zeros(1, 1, N, 8, dtype=torch.float64)
     return attnkit.auto_order(AttentionRequest.build(q, q, q, **options))
 
 
 def _selected(N, **options):
-    q = torch.zeros(1, 1, N, 8)
+    q = torch.zeros(1, 1, N, 8, dtype=torch.float64)
     return registry.select_kernel(AttentionRequest.build(q, q, q, **options), "auto").name
 
 
@@ -64,6 +67,42 @@ def test_auto_order(N, options, first):
     assert order[0] == first
     assert sorted(order[:3]) == ["dense", "sdpa", "tiled"]
     assert _selected(N, **options) == first
+
+
+needs_native = pytest.mark.skipif(bool(native.status()) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
+                                  reason=f"native forward unavailable: {native.status()}")
+
+
+def _first(B, H, Nq, Nk, D=64, dtype=torch.float32, grad=False, **options):
+    q, k, v = (torch.zeros(B, H, n, D, dtype=dtype, requires_grad=grad) for n in (Nq, Nk, Nk))
+    return attnkit.auto_order(AttentionRequest.build(q, k, v, **options))[0]
+
+
+@needs_native
+@pytest.mark.parametrize("shape,options,first", [
+    ((1, 8, 512, 512), {}, "tiled"),  # 2M entries: 1.8x SDPA measured
+    ((1, 8, 512, 512), {"causal": True}, "tiled"),
+    ((32, 12, 40, 40, 32), {"mask": masks.padding([40, 30] * 16)}, "tiled"),  # a batch of short sentences
+    ((1, 8, 128, 128), {}, "tiled"),  # 2^17 entries
+    ((1, 8, 128, 128), {"causal": True}, "sdpa"),  # 2^17 entries, about half of them visible
+    ((1, 8, 64, 64), {}, "sdpa"),  # too little work to pay for the plan
+    ((1, 12, 1, 1024), {"causal": True}, "sdpa"),  # decoding: one row per head
+    ((1, 12, 16, 1024), {"causal": True}, "sdpa"),  # too few rows per head
+], ids=["512", "512-causal", "sentences", "128", "128-causal", "64", "decode", "16-rows"])
+def test_auto_runs_float32_inference_through_the_native_forward(shape, options, first):
+    assert _first(*shape, **options) == first
+
+
+@needs_native
+def test_auto_keeps_sdpa_where_the_native_forward_does_not_serve_or_gradients_are_recorded():
+    assert _first(1, 8, 512, 512) == "tiled"
+    assert _first(1, 8, 512, 512, grad=True) == "sdpa"  # its backward is PyTorch's, slower than SDPA's
+    with torch.no_grad():
+        assert _first(1, 8, 512, 512, grad=True) == "tiled"
+    assert _first(1, 8, 512, 512, dtype=torch.float64) == "sdpa"
+    assert _first(1, 8, 512, 512, dropout=0.1) == "sdpa"
+    with native_off():
+        assert _first(1, 8, 512, 512) == "sdpa"
 
 
 def test_auto_falls_through_to_a_kernel_that_can_serve():

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from .masks import EMPTY, Dense
@@ -145,27 +146,47 @@ def kernel(name: str, **options) -> Kernel:
 # and the score matrix is large, skipping tiles beats SDPA computing (and masking) all of them.
 AUTO_TILED_MIN_EMPTY = 0.5
 AUTO_TILED_MIN_ELEMENTS = 1 << 20
+# Inference the tiled kernel's native forward serves (float32, CPU, AVX-512, no gradient) goes to it first
+# when there are enough query rows and visible entries: measured 1.2-3x SDPA from here up (B·H·Nq·Nk of
+# 2^17, 32 rows), slower below (decoding: 0.2-0.3x; 128 causal rows: 0.84x). benchmarks/RESULTS.md.
+AUTO_NATIVE_MIN_ROWS = 32
+AUTO_NATIVE_MIN_WORK = 1 << 17
 
 
 def auto_order(req: AttentionRequest) -> list[str]:
     """The order in which ``kernel="auto"`` tries kernels for this request.
 
     1. ``tiled`` first when a structured mask leaves >= 50% of its 128x128 tiles empty and
-       Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part.
-    2. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
+       Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part;
+    2. ``tiled`` first for inference its native forward serves (float32 on an AVX-512 CPU, no gradient
+       recorded, no bias, softcap or dropout) with Nq >= 32 and about 2^17 visible entries or more;
+    3. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
     then any user-registered exact kernels in registration order. Approximate kernels are never listed.
     """
-    order = ["sdpa", "tiled", "dense"]
-    _, _, _, Nq, Nk, _, _ = req.shape
-    if req.mask is not None and Nq * Nk >= AUTO_TILED_MIN_ELEMENTS and not isinstance(req.mask, Dense):
-        from .kernels.tiled import BLOCK_K, BLOCK_Q
-
-        layout = req.layout(BLOCK_Q, BLOCK_K)
-        empty = (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item()
-        if empty >= AUTO_TILED_MIN_EMPTY:
-            order = ["tiled", "sdpa", "dense"]
+    order = ["tiled", "sdpa", "dense"] if _tiled_first(req) else ["sdpa", "tiled", "dense"]
     order += [name for name in _REGISTRY if name not in order]
     return [name for name in order if name in _REGISTRY and _is_exact(_REGISTRY[name])]
+
+
+def _tiled_first(req: AttentionRequest) -> bool:
+    """Rules 1 and 2 of ``auto_order``."""
+    from .kernels import native
+    from .kernels.tiled import BLOCK_K, BLOCK_Q
+
+    B, H, _, Nq, Nk, _, _ = req.shape
+    structured = req.mask is not None and not isinstance(req.mask, Dense)
+    layout = None
+    if structured and Nq * Nk >= AUTO_TILED_MIN_ELEMENTS:
+        layout = req.layout(BLOCK_Q, BLOCK_K)
+        if (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item() >= AUTO_TILED_MIN_EMPTY:
+            return True
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (req.q, req.k, req.v))
+    if recording or Nq < AUTO_NATIVE_MIN_ROWS or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req):
+        return False
+    if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2
+        layout = req.layout(BLOCK_Q, BLOCK_K) if layout is None else layout
+        return B * H * Nq * Nk * layout.float().mean().item() / 2 >= AUTO_NATIVE_MIN_WORK
+    return True
 
 
 def _is_exact(k: Kernel) -> bool:

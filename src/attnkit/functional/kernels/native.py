@@ -66,17 +66,17 @@ def status() -> str:
     return _library()[1]
 
 
-def serves(tiles) -> bool:
-    """Whether the native forward can run this call: float32 on the CPU, no bias, softcap or dropout,
-    unit stride over D."""
-    req = tiles.req
+def serves(req) -> bool:
+    """Whether the native forward can run this request (an AttentionRequest): float32 on the CPU, no bias,
+    softcap or dropout, unit stride over D."""
+    q, k, v = req.q, req.k, req.v
     return (
         not status()
-        and tiles.q5.device.type == "cpu"
-        and tiles.q5.dtype == tiles.k.dtype == tiles.v.dtype == torch.float32
+        and q.device.type == "cpu"
+        and q.dtype == k.dtype == v.dtype == torch.float32
         and req.bias is None and req.softcap is None and req.dropout == 0
-        and tiles.q5.stride(-1) == tiles.k.stride(-1) == tiles.v.stride(-1) == 1
-        and tiles.Nq > 0 and tiles.Nk > 0
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        and q.shape[-2] > 0 and k.shape[-2] > 0
     )
 
 

@@ -236,7 +236,7 @@ def _fold(t: Tensor) -> Tensor:
 
 
 def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
-    if native.serves(tiles):
+    if native.serves(tiles.req):
         return native.forward(tiles, plan, tiles.req.scale * LOG2E)
     B, Hkv, G, stats = tiles.B, tiles.Hkv, tiles.G, tiles.stats
     Dv = tiles.v.shape[-1]
