@@ -184,6 +184,8 @@ def _tiled_first(req: AttentionRequest) -> bool:
     if recording or Nq < AUTO_NATIVE_MIN_ROWS or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req):
         return False
     if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2
+        if layout is None and B * H * Nq * Nk < 2 * AUTO_NATIVE_MIN_WORK:
+            return False  # too little work unless nearly all of it is visible: not worth computing the layout
         layout = req.layout(BLOCK_Q, BLOCK_K) if layout is None else layout
         return B * H * Nq * Nk * layout.float().mean().item() / 2 >= AUTO_NATIVE_MIN_WORK
     return True
