@@ -147,8 +147,8 @@ def kernel(name: str, **options) -> Kernel:
 AUTO_TILED_MIN_EMPTY = 0.5
 AUTO_TILED_MIN_ELEMENTS = 1 << 20
 # Inference the tiled kernel's native forward serves (float32, CPU, AVX-512, no gradient) goes to it first
-# when there are enough query rows and visible entries: measured 1.2-3x SDPA from here up (B·H·Nq·Nk of
-# 2^17, 32 rows), slower below (decoding: 0.2-0.3x; 128 causal rows: 0.84x). benchmarks/RESULTS.md.
+# when there are enough query rows and visible entries: 1.1-2.8x SDPA from here up (B·H·Nq·Nk of 2^17,
+# 32 rows), slower below (decoding 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
 AUTO_NATIVE_MIN_ROWS = 32
 AUTO_NATIVE_MIN_WORK = 1 << 17
 
