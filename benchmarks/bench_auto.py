@@ -2,7 +2,7 @@
 
 For each request shape: the kernel ``auto`` chooses (``attnkit.auto_order``), then SDPA, ``tiled`` and
 ``auto`` timed round-robin in one process under ``torch.no_grad`` (each timed unit is enough back-to-back
-calls to take about 50 ms; rounds gated on the matmul probe), and the speed-ups over SDPA as medians of
+calls to take about 50 ms; rounds gated on the matmul probe; the order rotates each round), and the speed-ups over SDPA as medians of
 the per-round ratios [min-max]. The rule being checked: ``auto`` should pick ``tiled`` exactly where
 ``tiled`` (its native forward) is the faster of the two.
 
@@ -19,6 +19,7 @@ import torch
 import attnkit
 from attnkit import AttentionRequest, masks
 from attnkit.bench.measure import Probe, interleaved, warm_up
+from attnkit.functional import registry
 from attnkit.functional.kernels import native
 from harness import git  # this folder
 
@@ -65,7 +66,8 @@ def _unit(call, n: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case (default 5)")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="timed rounds per case (default 6: each of the 3 contenders runs first as often)")
     args = parser.parse_args()
     print(f"attnkit {attnkit.__version__} ({git('rev-parse', '--short', 'HEAD')}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; float32 forward under no_grad; {args.rounds} round-robin rounds")
@@ -80,7 +82,7 @@ def main() -> None:
         for label, B, H, Hkv, Nq, Nk, D, options in CASES:
             q, k, v = torch.randn(B, H, Nq, D), torch.randn(B, Hkv, Nk, D), torch.randn(B, Hkv, Nk, D)
             opts = _options(B, Nq, Nk, options)
-            chosen = attnkit.auto_order(AttentionRequest.build(q, k, v, **opts))[0]
+            chosen = registry.select_kernel(AttentionRequest.build(q, k, v, **opts), "auto").name
             calls = {name: (lambda name=name: attnkit.attention(q, k, v, kernel=name, **opts))
                      for name in ("sdpa", "tiled", "auto")}
             slowest = max(min(warm_up(call, 5)) for call in calls.values())

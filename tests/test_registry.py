@@ -85,10 +85,13 @@ def _first(B, H, Nq, Nk, D=64, dtype=torch.float32, grad=False, **options):
     ((32, 12, 40, 40, 32), {"mask": masks.padding([40, 30] * 16)}, "tiled"),  # a batch of short sentences
     ((1, 8, 128, 128), {}, "tiled"),  # 2^17 entries
     ((1, 8, 128, 128), {"causal": True}, "sdpa"),  # 2^17 entries, about half of them visible
+    ((1, 1, 512, 512), {"window": (15, 0)}, "sdpa"),  # 2^18 entries, 7 of 16 tiles partial, the rest empty
+    ((1, 2, 512, 512), {"window": (300, 0)}, "tiled"),  # 2^19 entries, 40% of them visible
     ((1, 8, 64, 64), {}, "sdpa"),  # too little work to pay for the plan
     ((1, 12, 1, 1024), {"causal": True}, "sdpa"),  # decoding: one row per head
     ((1, 12, 16, 1024), {"causal": True}, "sdpa"),  # too few rows per head
-], ids=["512", "512-causal", "sentences", "128", "128-causal", "64", "decode", "16-rows"])
+], ids=["512", "512-causal", "sentences", "128", "128-causal", "narrow-window", "wide-window", "64", "decode",
+        "16-rows"])
 def test_auto_runs_float32_inference_through_the_native_forward(shape, options, first):
     assert _first(*shape, **options) == first
 

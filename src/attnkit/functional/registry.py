@@ -147,8 +147,8 @@ def kernel(name: str, **options) -> Kernel:
 AUTO_TILED_MIN_EMPTY = 0.5
 AUTO_TILED_MIN_ELEMENTS = 1 << 20
 # Inference the tiled kernel's native forward serves (float32, CPU, AVX-512, no gradient) goes to it first
-# when there are enough query rows and visible entries: 1.1-2.8x SDPA from here up (B·H·Nq·Nk of 2^17,
-# 32 rows), slower below (decoding 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
+# when there are enough query rows and visible entries: about 1.0-2.5x SDPA from here up (B·H·Nq·Nk of
+# 2^17, 32 rows), slower below (decoding 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
 AUTO_NATIVE_MIN_ROWS = 32
 AUTO_NATIVE_MIN_WORK = 1 << 17
 
@@ -183,7 +183,8 @@ def _tiled_first(req: AttentionRequest) -> bool:
     recording = torch.is_grad_enabled() and any(t.requires_grad for t in (req.q, req.k, req.v))
     if recording or Nq < AUTO_NATIVE_MIN_ROWS or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req):
         return False
-    if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2
+    if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2, averaged over batch and
+        # heads (the plan visits their union, so this errs towards SDPA)
         if layout is None and B * H * Nq * Nk < 2 * AUTO_NATIVE_MIN_WORK:
             return False  # too little work unless nearly all of it is visible: not worth computing the layout
         layout = req.layout(BLOCK_Q, BLOCK_K) if layout is None else layout
@@ -210,7 +211,7 @@ def select_kernel(req: AttentionRequest, kernel) -> Kernel:
             refusals.append(f"  (approximate kernels are never chosen by 'auto', only by name: {names})")
         raise ValueError("no attention kernel supports this request:\n" + "\n".join(refusals))
     chosen = get_kernel(kernel) if isinstance(kernel, str) else kernel
-    if not isinstance(chosen, Kernel):
+    if not isinstance(kernel, str) and not isinstance(chosen, Kernel):  # registered ones were checked at registration
         raise TypeError(f"kernel must be a name, 'auto' or a kernel object, got {type(kernel).__name__}")
     reasons = chosen.not_supported_reasons(req)
     if reasons:
