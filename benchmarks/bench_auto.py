@@ -38,6 +38,7 @@ CASES = [
     ("32 sentences of 40 tokens, padding", 32, 12, 12, 40, 40, 32, {"mask": "padding"}),
     ("dense bool mask", 1, 8, 8, 1024, 1024, 64, {"mask": "bool"}),
     ("32 rows against 2048 keys", 1, 8, 8, 32, 2048, 64, {"causal": True}),
+    ("64 rows against 2048 keys", 1, 8, 8, 64, 2048, 64, {"causal": True}),
     ("16 rows against 1024 keys", 1, 12, 12, 16, 1024, 64, {"causal": True}),
     ("decoding: 1 row against 1024 keys", 1, 12, 12, 1, 1024, 64, {"causal": True}),
     ("decoding, batch 8", 8, 12, 12, 1, 512, 64, {"causal": True}),

@@ -90,8 +90,10 @@ def _first(B, H, Nq, Nk, D=64, dtype=torch.float32, grad=False, **options):
     ((1, 8, 64, 64), {}, "sdpa"),  # too little work to pay for the plan
     ((1, 12, 1, 1024), {"causal": True}, "sdpa"),  # decoding: one row per head
     ((1, 12, 16, 1024), {"causal": True}, "sdpa"),  # too few rows per head
+    ((1, 8, 32, 2048), {"causal": True}, "sdpa"),  # 64 keys a row: packing them is not paid for
+    ((1, 8, 64, 2048), {"causal": True}, "tiled"),
 ], ids=["512", "512-causal", "sentences", "128", "128-causal", "narrow-window", "wide-window", "64", "decode",
-        "16-rows"])
+        "16-rows", "32-rows-2048-keys", "64-rows-2048-keys"])
 def test_auto_runs_float32_inference_through_the_native_forward(shape, options, first):
     assert _first(*shape, **options) == first
 

@@ -151,6 +151,7 @@ AUTO_TILED_MIN_ELEMENTS = 1 << 20
 # 2^17, 32 rows), slower below (decoding 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
 AUTO_NATIVE_MIN_ROWS = 32
 AUTO_NATIVE_MIN_WORK = 1 << 17
+AUTO_NATIVE_MAX_KEYS_PER_ROW = 32  # each work item packs all its keys once: too few rows do not pay for it
 
 
 def auto_order(req: AttentionRequest) -> list[str]:
@@ -159,7 +160,8 @@ def auto_order(req: AttentionRequest) -> list[str]:
     1. ``tiled`` first when a structured mask leaves >= 50% of its 128x128 tiles empty and
        Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part;
     2. ``tiled`` first for inference its native forward serves (float32 on an AVX-512 CPU, no gradient
-       recorded, no bias, softcap or dropout) with Nq >= 32 and about 2^17 visible entries or more;
+       recorded, no bias, softcap or dropout) with Nq >= 32, Nk <= 32·Nq and about 2^17 visible entries
+       or more;
     3. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
     then any user-registered exact kernels in registration order. Approximate kernels are never listed.
     """
@@ -181,7 +183,8 @@ def _tiled_first(req: AttentionRequest) -> bool:
         if (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item() >= AUTO_TILED_MIN_EMPTY:
             return True
     recording = torch.is_grad_enabled() and any(t.requires_grad for t in (req.q, req.k, req.v))
-    if recording or Nq < AUTO_NATIVE_MIN_ROWS or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req):
+    if (recording or Nq < AUTO_NATIVE_MIN_ROWS or Nk > AUTO_NATIVE_MAX_KEYS_PER_ROW * Nq
+            or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req)):
         return False
     if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2, averaged over batch and
         # heads (the plan visits their union, so this errs towards SDPA)
