@@ -1,4 +1,4 @@
-"""What ``kernel="auto"`` picks for float32 inference, and what SDPA and the tiled kernel take there.
+"""What ``kernel="auto"`` picks for inference, and what SDPA and the tiled kernel take there.
 
 For each request shape: the kernel ``auto`` chooses (``attnkit.auto_order``), then SDPA, ``tiled`` and
 ``auto`` timed round-robin in one process under ``torch.no_grad`` (each timed unit is enough back-to-back
@@ -25,7 +25,7 @@ from harness import git  # this folder
 
 UNIT_S = 0.05  # seconds of back-to-back calls per timed unit
 
-# (label, B, H, Hkv, Nq, Nk, D, options)
+# (label, B, H, Hkv, Nq, Nk, D, options); "dtype" in options: the inputs' dtype (default float32)
 CASES = [
     ("64 rows", 1, 8, 8, 64, 64, 64, {}),
     ("128 rows", 1, 8, 8, 128, 128, 64, {}),
@@ -42,6 +42,11 @@ CASES = [
     ("16 rows against 1024 keys", 1, 12, 12, 16, 1024, 64, {"causal": True}),
     ("decoding: 1 row against 1024 keys", 1, 12, 12, 1, 1024, 64, {"causal": True}),
     ("decoding, batch 8", 8, 12, 12, 1, 512, 64, {"causal": True}),
+    ("bfloat16: 128 rows", 1, 8, 8, 128, 128, 64, {"dtype": torch.bfloat16}),
+    ("bfloat16: 1024 rows causal", 1, 8, 8, 1024, 1024, 64, {"causal": True, "dtype": torch.bfloat16}),
+    ("bfloat16: 32 sentences, padding", 32, 12, 12, 40, 40, 32, {"mask": "padding", "dtype": torch.bfloat16}),
+    ("float16: 1024 rows causal", 1, 8, 8, 1024, 1024, 64, {"causal": True, "dtype": torch.float16}),
+    ("bfloat16 decoding", 1, 12, 12, 1, 1024, 64, {"causal": True, "dtype": torch.bfloat16}),
 ]
 
 
@@ -51,6 +56,7 @@ def log(msg: str) -> None:
 
 def _options(B: int, Nq: int, Nk: int, options: dict) -> dict:
     g = torch.Generator().manual_seed(0)
+    options = {key: value for key, value in options.items() if key != "dtype"}
     if options.get("mask") == "padding":
         return {"mask": masks.padding(torch.randint(Nk // 2, Nk + 1, (B,), generator=g))}
     if options.get("mask") == "bool":
@@ -71,7 +77,8 @@ def main() -> None:
                         help="timed rounds per case (default 6: each of the 3 contenders runs first as often)")
     args = parser.parse_args()
     print(f"attnkit {attnkit.__version__} ({git('rev-parse', '--short', 'HEAD')}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; float32 forward under no_grad; {args.rounds} round-robin rounds")
+          f"{torch.get_num_threads()} threads; forward under no_grad, float32 unless named; "
+          f"{args.rounds} round-robin rounds")
     print(f"tiled's native forward: {native.status() or 'in use'}")
     probe = Probe(0.25, 60.0, 300.0)
     header = f"{'case':<36} {'B H/Hkv Nq Nk D':<22} {'auto':<6} {'sdpa ms':>9} {'tiled ms':>9}  " \
@@ -81,7 +88,8 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         for label, B, H, Hkv, Nq, Nk, D, options in CASES:
-            q, k, v = torch.randn(B, H, Nq, D), torch.randn(B, Hkv, Nk, D), torch.randn(B, Hkv, Nk, D)
+            dtype = options.get("dtype", torch.float32)
+            q, k, v = (torch.randn(B, h, n, D).to(dtype) for h, n in ((H, Nq), (Hkv, Nk), (Hkv, Nk)))
             opts = _options(B, Nq, Nk, options)
             chosen = registry.select_kernel(AttentionRequest.build(q, k, v, **opts), "auto").name
             calls = {name: (lambda name=name: attnkit.attention(q, k, v, kernel=name, **opts))

@@ -1,4 +1,5 @@
-"""The tiled kernel's native float32 forward (attnkit/csrc/tiled_fwd.c, via kernels/native.py).
+"""The tiled kernel's native forward (attnkit/csrc/tiled_fwd.c, via kernels/native.py): float32, and
+bfloat16 / float16 widened as read.
 
 Every case checks three things: the native path really ran (a spy counts its calls), its output and
 log-sum-exp match the float64 dense reference within the tolerance rule of helpers.py, and they match
@@ -19,7 +20,7 @@ import torch
 import attnkit
 from attnkit import masks
 from attnkit.functional.kernels import native
-from helpers import assert_close, baseline_atol, native_off, randn, small_tiles
+from helpers import assert_close, baseline_atol, magnitude, native_off, randn, small_tiles
 
 pytestmark = pytest.mark.skipif(bool(native.status()) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
                                 reason=f"native forward unavailable: {native.status()}")
@@ -95,6 +96,55 @@ def test_native_matches_reference_and_pytorch_path(case, spy):
         assert len(spy) == calls, "ATTNKIT_NATIVE=0 did not turn the native forward off"
     assert_close(out, torch_out, atol=atol, what="out against the PyTorch path")
     assert_close(lse, torch_lse, atol=atol, what="lse against the PyTorch path")
+
+
+HALF_CASES = [c for c in CASES if c[0] in ("causal-odd", "head-dependent", "bigbird", "value-tail-past-64", "decode")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", HALF_CASES, ids=[c[0] for c in HALF_CASES])
+def test_half_precision_inputs_are_converted_as_c_reads_them(case, dtype, spy):
+    """bfloat16 and float16 q, k, v (inference) are read and widened to float32 by the C code: the result
+    is the float64 reference on the same rounded inputs, up to the output's own rounding."""
+    _, B, H, Hkv, Nq, Nk, D, Dv, options = case
+    q, k, v = (t.to(dtype) for t in _qkv(B, H, Hkv, Nq, Nk, D, Dv, seed=len(case[0])))
+    want, want_lse = attnkit.attention(q.double(), k.double(), v.double(), kernel="dense", return_lse=True, **options)
+    base = attnkit.attention(q, k, v, kernel="dense", **options)
+    out, lse = attnkit.attention(q, k, v, kernel="tiled", return_lse=True, **options)
+    assert len(spy) == 1, "the native forward did not run"
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    atol = baseline_atol(base, want, dtype)
+    assert_close(out, want, atol=atol, what="out")
+    assert_close(lse, want_lse, atol=1e-4 * magnitude(want_lse), what="lse")  # computed in float32
+    with native_off():
+        torch_out = attnkit.attention(q, k, v, kernel="tiled", **options)
+    assert len(spy) == 1
+    assert_close(out, torch_out, atol=atol, what="out against the PyTorch path")
+
+
+def test_half_precision_with_a_backward_takes_the_pytorch_forward(spy):
+    """The backward recomputes scores in bfloat16, so its probabilities match only a log-sum-exp from the
+    same arithmetic: with gradients, half-precision forwards stay in PyTorch; float32 ones do not."""
+    for dtype, native_calls in ((torch.bfloat16, 0), (torch.float16, 0), (torch.float32, 1)):
+        q, k, v = (t.to(dtype).requires_grad_() for t in _qkv(1, 2, 2, 40, 40, 16, 16, seed=1))
+        spy.clear()
+        attnkit.attention(q, k, v, kernel="tiled", causal=True).sum().backward()
+        assert len(spy) == native_calls, dtype
+        with torch.no_grad():
+            attnkit.attention(q, k, v, kernel="tiled", causal=True)
+        assert len(spy) == native_calls + 1, dtype
+
+
+def test_unseen_nan_stays_out_of_half_precision_inputs(spy):
+    q, k, v = (t.to(torch.bfloat16) for t in _qkv(1, 2, 2, 50, 60, 32, 32, seed=8))
+    visible = torch.ones(50, 60, dtype=torch.bool)
+    visible[:, 20:30] = False  # keys no query sees
+    dirty_k, dirty_v = k.clone(), v.clone()
+    dirty_k[..., 20:30, :], dirty_v[..., 20:30, :] = float("nan"), float("inf")
+    got = attnkit.attention(q, dirty_k, dirty_v, kernel="tiled", mask=visible)
+    want = attnkit.attention(q, k, v, kernel="tiled", mask=visible)
+    assert len(spy) == 2 and torch.isfinite(got).all()
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("tiles", [(24, 40, 80), (16, 16, 48), (7, 9, 27)], ids=lambda t: "x".join(map(str, t)))

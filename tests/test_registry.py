@@ -110,6 +110,14 @@ def test_auto_keeps_sdpa_where_the_native_forward_does_not_serve_or_gradients_ar
         assert _first(1, 8, 512, 512) == "sdpa"
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_auto_runs_half_precision_inference_through_the_native_forward(dtype):
+    assert _first(1, 8, 512, 512, dtype=dtype) == "tiled"
+    assert _first(1, 8, 512, 512, dtype=dtype, grad=True) == "sdpa"
+    assert _first(1, 8, 64, 64, dtype=dtype) == "sdpa"
+
+
 def test_auto_falls_through_to_a_kernel_that_can_serve():
     assert _selected(64, softcap=2.0) == "tiled"  # sdpa refuses softcap
     assert _selected(64, return_lse=True) == "tiled"

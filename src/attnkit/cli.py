@@ -30,10 +30,10 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     for k in ks:
         print(f"{k.name:>{width}}: {k.description}")
     print("\nauto: tiled first for structured masks that leave >= 50% of tiles empty on large inputs, and for "
-          "float32 inference its native forward serves (>= 32 query rows, <= 32 keys a row, ~2^17 visible entries); "
+          "inference its native forward serves (>= 32 query rows, <= 32 keys a row, ~2^17 visible entries); "
           "otherwise sdpa, tiled, dense (first that supports the request); never an approximate kernel.")
     reason = native.status()
-    print(f"tiled's native float32 CPU forward: {'in use' if not reason else 'off: ' + reason}")
+    print(f"tiled's native CPU forward: {'in use' if not reason else 'off: ' + reason}")
     return 0
 
 

@@ -1,5 +1,6 @@
-/* The tiled kernel's float32 forward pass on x86-64 CPUs with AVX-512, in plain C with OpenMP (no Python
- * or PyTorch headers; called through ctypes).
+/* The tiled kernel's forward pass on x86-64 CPUs with AVX-512, in plain C with OpenMP (no Python or PyTorch
+ * headers; called through ctypes). It computes in float32; bfloat16 and float16 inputs are widened as they
+ * are read (keys when packed, values per chunk, queries once per work item).
  *
  * It runs the same schedule as the PyTorch path (attnkit/functional/kernels/tiled.py): for each query
  * block, the key chunks of the mask's block layout, with a bool "visible" tile for chunks that hold a
@@ -24,11 +25,11 @@
 #include <string.h>
 
 struct attnkit_fwd_args {
-    const float *q;  /* (B, H, Nq, D), strides below, unit stride over D */
+    const void *q;   /* (B, H, Nq, D), strides below (in elements), unit stride over D; element type: dtype */
     int64_t q_sb, q_sh, q_sn;
-    const float *k;  /* (B, Hkv, Nk, D), strides below, unit stride over D */
+    const void *k;   /* (B, Hkv, Nk, D), strides below, unit stride over D */
     int64_t k_sb, k_sh, k_sn;
-    const float *v;  /* (B, Hkv, Nk, Dv), strides below, unit stride over Dv */
+    const void *v;   /* (B, Hkv, Nk, Dv), strides below, unit stride over Dv */
     int64_t v_sb, v_sh, v_sn;
     float *out;      /* (B, H, Nq, Dv) contiguous */
     float *lse;      /* (B, H, Nq) contiguous, log2 units */
@@ -46,9 +47,10 @@ struct attnkit_fwd_args {
                                   cells[b, h, (i + cell_qoff) / cell, j / cell] (h over the H query heads) */
     int64_t cell_sb, cell_sh, cell_sq, cell, cell_qoff;
     const int64_t *order;      /* (nrows): the query blocks, most work first */
+    int64_t dtype;             /* of q, k and v: 0 float32, 1 bfloat16, 2 float16 (converted to float32 as read) */
 };
 
-int attnkit_native_abi(void) { return 5; } /* bumped whenever struct attnkit_fwd_args changes */
+int attnkit_native_abi(void) { return 6; } /* bumped whenever struct attnkit_fwd_args changes */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -83,6 +85,23 @@ INLINE TARGET __m512 exp2_ps(__m512 x) {
 
 INLINE __mmask16 lanes_below(int64_t n) { /* the first n of 16 lanes */
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+/* The lanes m of 16 consecutive elements of type dtype at element i of base, as float32 (0 elsewhere). */
+INLINE TARGET __m512 load16(const void *base, int64_t i, __mmask16 m, int64_t dtype) {
+    if (dtype == 0) return _mm512_maskz_loadu_ps(m, (const float *)base + i);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
+    if (dtype == 1) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* Rows [r0, r1) of a (rows, n) matrix of type dtype (row stride sn elements) as float32, n apart, in dst. */
+static TARGET void to_float(const void *src, int64_t sn, int64_t r0, int64_t r1, int64_t n, int64_t dtype, float *dst) {
+    for (int64_t r = r0; r < r1; r++, dst += n)
+        for (int64_t d = 0; d < n; d += 16) {
+            const __mmask16 m = lanes_below(n - d);
+            _mm512_mask_storeu_ps(dst + d, m, load16(src, r * sn + d, m, dtype));
+        }
 }
 
 /* S[r, 0:16 nv] = scale · q_r · k over nv (<= NV) packed 16-key blocks starting at kp. */
@@ -156,15 +175,17 @@ INLINE TARGET void transpose16(__m512 r[16]) {
     }
 }
 
-/* Packs keys [k0, ke) (k0 a multiple of 16) as 16-key blocks (block, D, 16) for qk_tile; keys past Nk are 0. */
-static TARGET void pack_keys(const float *k, int64_t k_sn, int64_t Nk, int64_t D, int64_t k0, int64_t ke, float *kp) {
+/* Packs keys [k0, ke) (k0 a multiple of 16) as 16-key blocks (block, D, 16) of float32 for qk_tile; keys past
+ * Nk are 0. */
+static TARGET void pack_keys(const void *k, int64_t k_sn, int64_t Nk, int64_t D, int64_t k0, int64_t ke,
+                             int64_t dtype, float *kp) {
     for (int64_t first = k0; first < ke; first += 16, kp += D * 16) {
         const int64_t keys = Nk - first < 16 ? Nk - first : 16;
         for (int64_t d0 = 0; d0 < D; d0 += 16) {
             const __mmask16 dm = lanes_below(D - d0);
             __m512 r[16];
             for (int t = 0; t < 16; t++)
-                r[t] = t < keys ? _mm512_maskz_loadu_ps(dm, k + (first + t) * k_sn + d0) : _mm512_setzero_ps();
+                r[t] = t < keys ? load16(k, (first + t) * k_sn + d0, dm, dtype) : _mm512_setzero_ps();
             transpose16(r);
             for (int64_t d = d0; d < D && d < d0 + 16; d++) _mm512_storeu_ps(kp + d * 16, r[d - d0]);
         }
@@ -195,11 +216,12 @@ INLINE TARGET __mmask16 lanes_seen(const uint8_t *vis, int64_t col, int64_t ks, 
     return (__mmask16)(_mm_mask_test_epi8_mask(load, vb, vb) << shift);
 }
 
-/* One panel of R rows against one key chunk [ks, ke); vis rows (or NULL) index columns from ks.
+/* One panel of R rows against one key chunk [ks, ke); vis rows (or NULL) index columns from ks; v points at
+ * key ks's value row, the next rows v_sn floats apart.
  * Only the 16-key vectors some row of the panel may see are computed: they form runs, and the scores,
  * the softmax and P v all go over the runs. */
 INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnkit_fwd_args *a, const float *v,
-                               int64_t ks, int64_t ke, int masked) {
+                               int64_t v_sn, int64_t ks, int64_t ke, int masked) {
     const int64_t a0 = ks & ~(int64_t)15; /* absolute key of S column 0, on a packed block */
     const int64_t nvec = (ke - a0 + 15) / 16;
     int64_t *runs = p->runs, nruns = 0; /* [start, end) vectors */
@@ -263,17 +285,17 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
     for (int64_t u = 0; u < nruns; u++) {
         const int64_t first = a0 + 16 * runs[2 * u] > ks ? a0 + 16 * runs[2 * u] : ks;
         const int64_t end = a0 + 16 * runs[2 * u + 1] < ke ? a0 + 16 * runs[2 * u + 1] : ke;
-        const float *vb = v + first * a->v_sn, *P = S + (first - a0), *corr = u == 0 ? p->corr : ones;
+        const float *vb = v + (first - ks) * v_sn, *P = S + (first - a0), *corr = u == 0 ? p->corr : ones;
         const int64_t nk = end - first;
         for (int64_t d = 0; d < a->Dv; d += 16 * NV) {
             const int64_t left = a->Dv - d, lv = (left + 15) / 16;
             const int nv = lv >= NV ? NV : (int)lv;
             const __mmask16 tail = lanes_below(left - 16 * (nv - 1));
             switch (nv) {
-            case 4: pv_tile(R, 4, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
-            case 3: pv_tile(R, 3, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
-            case 2: pv_tile(R, 2, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
-            default: pv_tile(R, 1, tail, P, ss, nk, vb + d, a->v_sn, p->O + d, p->o_stride, corr, guard); break;
+            case 4: pv_tile(R, 4, tail, P, ss, nk, vb + d, v_sn, p->O + d, p->o_stride, corr, guard); break;
+            case 3: pv_tile(R, 3, tail, P, ss, nk, vb + d, v_sn, p->O + d, p->o_stride, corr, guard); break;
+            case 2: pv_tile(R, 2, tail, P, ss, nk, vb + d, v_sn, p->O + d, p->o_stride, corr, guard); break;
+            default: pv_tile(R, 1, tail, P, ss, nk, vb + d, v_sn, p->O + d, p->o_stride, corr, guard); break;
             }
         }
     }
@@ -281,6 +303,7 @@ INLINE TARGET void panel_chunk(const int R, struct panel *p, const struct attnki
 
 struct scratch {
     float *S, *kp, *m, *l;
+    float *qf, *vf;  /* bfloat16 / float16 inputs as float32: the item's query rows (G, bq, D), a chunk's values */
     int64_t *runs;
     int64_t s_stride;
     uint8_t *vis;  /* a visibility tile expanded from the cell grid: rows of s_stride bytes */
@@ -313,7 +336,13 @@ static void expand_cells(const struct attnkit_fwd_args *a, int64_t b, int64_t h,
 /* One work item: query block `row` of batch b against k/v head hkv, for the G query heads sharing it. */
 static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w, int64_t row, int64_t b, int64_t hkv) {
     const int64_t G = a->H / a->Hkv, qs = a->rows[2 * row], qe = a->rows[2 * row + 1], bq = qe - qs;
-    const float *k = a->k + b * a->k_sb + hkv * a->k_sh, *v = a->v + b * a->v_sb + hkv * a->v_sh;
+    const int64_t es = a->dtype ? 2 : 4; /* bytes per element */
+    const void *k = (const char *)a->k + (b * a->k_sb + hkv * a->k_sh) * es;
+    const void *v = (const char *)a->v + (b * a->v_sb + hkv * a->v_sh) * es;
+    if (a->dtype) /* the query rows of the G heads, converted once for every chunk */
+        for (int64_t g = 0; g < G; g++)
+            to_float((const char *)a->q + (b * a->q_sb + (hkv * G + g) * a->q_sh) * es, a->q_sn, qs, qe, a->D,
+                     a->dtype, w->qf + g * bq * a->D);
     float *out = a->out + ((b * a->H + hkv * G) * a->Nq + qs) * a->Dv; /* head g's rows: g * Nq * Dv further */
     for (int64_t i = 0; i < G * bq; i++) w->m[i] = -INFINITY, w->l[i] = 0.0f;
     for (int64_t g = 0; g < G; g++)
@@ -322,7 +351,13 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
     p.S = w->S, p.s_stride = w->s_stride, p.kp = w->kp, p.o_stride = a->Dv, p.runs = w->runs;
     for (int64_t c = a->row_chunks[row]; c < a->row_chunks[row + 1]; c++) {
         const int64_t ks = a->chunks[3 * c], ke = a->chunks[3 * c + 1], mi = a->chunks[3 * c + 2];
-        pack_keys(k, a->k_sn, a->Nk, a->D, ks & ~(int64_t)15, ke, w->kp);
+        pack_keys(k, a->k_sn, a->Nk, a->D, ks & ~(int64_t)15, ke, a->dtype, w->kp);
+        const float *v_ks = (const float *)v + ks * a->v_sn; /* value row ks; the next v_sn floats further */
+        int64_t v_sn = a->v_sn;
+        if (a->dtype) {
+            to_float(v, a->v_sn, ks, ke, a->Dv, a->dtype, w->vf);
+            v_ks = w->vf, v_sn = a->Dv;
+        }
         /* the chunk's visibility rows: vis + g * vis_sg + (row - qs) * vis_sr */
         const uint8_t *vis = NULL;
         int64_t vis_sg = 0, vis_sr = w->s_stride;
@@ -333,24 +368,27 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
             vis = w->vis;
         }
         for (int64_t g = 0; g < G; g++) {
-            const float *q = a->q + b * a->q_sb + (hkv * G + g) * a->q_sh;
+            /* query row i (qs <= i < qe) of head g at q + (i - q_first) * q_sn */
+            const float *q = (const float *)a->q + b * a->q_sb + (hkv * G + g) * a->q_sh;
+            int64_t q_sn = a->q_sn, q_first = 0;
+            if (a->dtype) q = w->qf + g * bq * a->D, q_sn = a->D, q_first = qs;
             if (mi == -2 && (g == 0 || a->cell_sh)) /* the grid's rows for this head */
                 expand_cells(a, b, hkv * G + g, qs, qe, ks, ke, w->vis, w->s_stride);
             for (int64_t r0 = qs; r0 < qe; r0 += R_MAX) {
                 const int R = qe - r0 >= R_MAX ? R_MAX : (int)(qe - r0);
                 for (int r = 0; r < R; r++) {
-                    p.q[r] = q + (r0 + r) * a->q_sn;
+                    p.q[r] = q + (r0 + r - q_first) * q_sn;
                     if (vis) p.vis[r] = vis + g * vis_sg + (r0 + r - qs) * vis_sr;
                 }
                 p.m = w->m + g * bq + (r0 - qs), p.l = w->l + g * bq + (r0 - qs);
                 p.O = out + (g * a->Nq + r0 - qs) * a->Dv;
                 switch (R) {
-                case 6: panel_chunk(6, &p, a, v, ks, ke, vis != NULL); break;
-                case 5: panel_chunk(5, &p, a, v, ks, ke, vis != NULL); break;
-                case 4: panel_chunk(4, &p, a, v, ks, ke, vis != NULL); break;
-                case 3: panel_chunk(3, &p, a, v, ks, ke, vis != NULL); break;
-                case 2: panel_chunk(2, &p, a, v, ks, ke, vis != NULL); break;
-                default: panel_chunk(1, &p, a, v, ks, ke, vis != NULL); break;
+                case 6: panel_chunk(6, &p, a, v_ks, v_sn, ks, ke, vis != NULL); break;
+                case 5: panel_chunk(5, &p, a, v_ks, v_sn, ks, ke, vis != NULL); break;
+                case 4: panel_chunk(4, &p, a, v_ks, v_sn, ks, ke, vis != NULL); break;
+                case 3: panel_chunk(3, &p, a, v_ks, v_sn, ks, ke, vis != NULL); break;
+                case 2: panel_chunk(2, &p, a, v_ks, v_sn, ks, ke, vis != NULL); break;
+                default: panel_chunk(1, &p, a, v_ks, v_sn, ks, ke, vis != NULL); break;
                 }
             }
         }
@@ -374,7 +412,8 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
         if (a->rows[2 * i + 1] - a->rows[2 * i] > bq_max) bq_max = a->rows[2 * i + 1] - a->rows[2 * i];
     const int64_t G = a->H / a->Hkv, blocks = (a->max_chunk + 30) / 16 + 1, items = a->nrows * a->B * a->Hkv;
     const int64_t s_stride = (a->max_chunk + 47) / 16 * 16 + 16; /* room for the 16-aligned start; not a power of two */
-    const size_t floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 2 * 2 * (s_stride / 16)),
+    const size_t converted = a->dtype ? (size_t)(G * bq_max * a->D + a->max_chunk * a->Dv) : 0,
+                 floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 4 * (s_stride / 16)) + converted,
                  vis_bytes = a->cells ? (size_t)(bq_max * s_stride) : 0;
     int working = 0;
 #pragma omp parallel num_threads(threads)
@@ -386,6 +425,7 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
             __atomic_add_fetch(&working, 1, __ATOMIC_RELAXED);
             w.kp = w.S + R_MAX * w.s_stride, w.m = w.kp + blocks * a->D * 16, w.l = w.m + G * bq_max;
             w.runs = (int64_t *)(w.l + G * bq_max); /* 2 x (s_stride / 16) int64, in 4 x (s_stride / 16) floats */
+            w.qf = (float *)(w.runs + 2 * (s_stride / 16)), w.vf = w.qf + G * bq_max * a->D;
             w.vis = (uint8_t *)(w.S + floats);
             for (;;) {
                 const int64_t item = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 from .masks import EMPTY, Dense
@@ -146,9 +145,10 @@ def kernel(name: str, **options) -> Kernel:
 # and the score matrix is large, skipping tiles beats SDPA computing (and masking) all of them.
 AUTO_TILED_MIN_EMPTY = 0.5
 AUTO_TILED_MIN_ELEMENTS = 1 << 20
-# Inference the tiled kernel's native forward serves (float32, CPU, AVX-512, no gradient) goes to it first
-# when there are enough query rows and visible entries: about 1.0-2.5x SDPA from here up (B·H·Nq·Nk of
-# 2^17, 32 rows), slower below (decoding 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
+# Inference the tiled kernel's native forward serves (float32, bfloat16 or float16, CPU, AVX-512, no
+# gradient) goes to it first when there are enough query rows and visible entries: about 1.0-2.5x SDPA
+# from here up in float32 (B·H·Nq·Nk of 2^17, 32 rows), more in half precision, slower below (decoding
+# 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
 AUTO_NATIVE_MIN_ROWS = 32
 AUTO_NATIVE_MIN_WORK = 1 << 17
 AUTO_NATIVE_MAX_KEYS_PER_ROW = 32  # each work item packs all its keys once: too few rows do not pay for it
@@ -159,9 +159,9 @@ def auto_order(req: AttentionRequest) -> list[str]:
 
     1. ``tiled`` first when a structured mask leaves >= 50% of its 128x128 tiles empty and
        Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part;
-    2. ``tiled`` first for inference its native forward serves (float32 on an AVX-512 CPU, no gradient
-       recorded, no bias, softcap or dropout) with Nq >= 32, Nk <= 32·Nq and about 2^17 visible entries
-       or more;
+    2. ``tiled`` first for inference its native forward serves (float32, bfloat16 or float16 on an AVX-512
+       CPU, no gradient recorded, no bias, softcap or dropout) with Nq >= 32, Nk <= 32·Nq and about 2^17
+       visible entries or more;
     3. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
     then any user-registered exact kernels in registration order. Approximate kernels are never listed.
     """
@@ -182,8 +182,7 @@ def _tiled_first(req: AttentionRequest) -> bool:
         layout = req.layout(BLOCK_Q, BLOCK_K)
         if (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item() >= AUTO_TILED_MIN_EMPTY:
             return True
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (req.q, req.k, req.v))
-    if (recording or Nq < AUTO_NATIVE_MIN_ROWS or Nk > AUTO_NATIVE_MAX_KEYS_PER_ROW * Nq
+    if (req.needs_grad or Nq < AUTO_NATIVE_MIN_ROWS or Nk > AUTO_NATIVE_MAX_KEYS_PER_ROW * Nq
             or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req)):
         return False
     if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2, averaged over batch and

@@ -1,4 +1,5 @@
-"""The tiled kernel's native float32 forward on CPUs with AVX-512 (``attnkit/csrc/tiled_fwd.c``).
+"""The tiled kernel's native forward on CPUs with AVX-512 (``attnkit/csrc/tiled_fwd.c``): float32, and
+bfloat16 / float16 inputs widened to float32 as they are read.
 
 The C file is compiled when attnkit is installed (an optional extension: a machine without a compiler
 installs fine and keeps the PyTorch path). It runs the tiled kernel's own plan — the same query blocks,
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 _i64 = ctypes.c_int64
-_ABI = 5  # attnkit_native_abi() of a build whose argument layout matches _Args
+_ABI = 6  # attnkit_native_abi() of a build whose argument layout matches _Args
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -36,8 +37,11 @@ class _Args(ctypes.Structure):
         ("nrows", _i64), ("rows", ctypes.c_void_p), ("row_chunks", ctypes.c_void_p),
         ("chunks", ctypes.c_void_p), ("masks", ctypes.c_void_p), ("max_chunk", _i64), ("guard", _i64),
         ("cells", ctypes.c_void_p), ("cell_sb", _i64), ("cell_sh", _i64), ("cell_sq", _i64), ("cell", _i64),
-        ("cell_qoff", _i64), ("order", ctypes.c_void_p),
+        ("cell_qoff", _i64), ("order", ctypes.c_void_p), ("dtype", _i64),
     ]
+
+
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # what the C code reads (it computes in float32)
 
 
 @lru_cache(maxsize=1)
@@ -60,20 +64,23 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
 
 
 def status() -> str:
-    """"" when the native forward serves float32 CPU requests, else the reason it does not."""
+    """"" when the native forward serves CPU requests, else the reason it does not."""
     if os.environ.get("ATTNKIT_NATIVE", "1") == "0":
         return "turned off by ATTNKIT_NATIVE=0"
     return _library()[1]
 
 
-def serves(req) -> bool:
-    """Whether the native forward can run this request (an AttentionRequest): float32 on the CPU, no bias,
-    softcap or dropout, unit stride over D."""
+def serves(req, backward: bool = False) -> bool:
+    """Whether the native forward can run this request (an AttentionRequest): float32, bfloat16 or float16
+    on the CPU (computed in float32), no bias, softcap or dropout, unit stride over D. Half-precision inputs
+    only without a ``backward`` to follow: it recomputes the scores in their precision, and its
+    probabilities must match the log-sum-exp the forward saved."""
     q, k, v = req.q, req.k, req.v
     return (
         not status()
         and q.device.type == "cpu"
-        and q.dtype == k.dtype == v.dtype == torch.float32
+        and q.dtype == k.dtype == v.dtype and q.dtype in _DTYPES
+        and (q.dtype == torch.float32 or not backward)
         and req.bias is None and req.softcap is None and req.dropout == 0
         and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         and q.shape[-2] > 0 and k.shape[-2] > 0
@@ -151,7 +158,7 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         scale_log2,
         len(plan), rows_t.data_ptr(), row_chunks_t.data_ptr(), chunks_t.data_ptr(), masks_t.data_ptr(), max_chunk,
         int(not (tiles.finite_kv and tiles.finite_q)),
-        *cell_args, order_t.data_ptr(),
+        *cell_args, order_t.data_ptr(), _DTYPES[q.dtype],
     )
     if lib.attnkit_tiled_fwd(ctypes.byref(args), workers):
         raise MemoryError("the native tiled forward could not allocate its scratch memory")

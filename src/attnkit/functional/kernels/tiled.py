@@ -10,10 +10,11 @@ Forward keeps a running max ``m``, normalizer ``l`` and accumulator per query ro
 log-sum-exp; backward recomputes each chunk's probabilities from q, k and the LSE (FlashAttention-2),
 so neither pass holds more than one (B, H, BLOCK_Q, MAX_CHUNK) score tile.
 
-On CPUs with AVX-512, float32 forward passes without bias, softcap or dropout run the same plan in C
-(``native.py``, ``attnkit/csrc/tiled_fwd.c``): register-tiled q·kᵀ and P·v fused with the online softmax,
-on PyTorch's own threads, about twice this file's speed; ``ATTNKIT_NATIVE=0`` turns it off. Backward is
-always this file's, from the log-sum-exp either forward saved.
+On CPUs with AVX-512, forward passes without bias, softcap or dropout run the same plan in C (``native.py``,
+``attnkit/csrc/tiled_fwd.c``): register-tiled q·kᵀ and P·v fused with the online softmax, in float32, on
+PyTorch's own threads, about twice this file's speed; float32 always, bfloat16 and float16 when no backward
+follows (it recomputes scores in their precision, which must match the saved log-sum-exp).
+``ATTNKIT_NATIVE=0`` turns it off. Backward is always this file's, from the log-sum-exp either forward saved.
 
 Grouped-query attention folds the G query heads that share a k/v head into the rows of one matmul:
 q block (B, Hkv, G * bq, D) against k chunk (B, Hkv, bk, D), so k and v are never repeated.
@@ -235,8 +236,8 @@ def _fold(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], t.shape[2] * t.shape[3], t.shape[4])
 
 
-def _forward(tiles: _Tiles, plan: list[Row]) -> tuple[Tensor, Tensor]:
-    if native.serves(tiles.req):
+def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Tensor]:
+    if native.serves(tiles.req, backward):
         return native.forward(tiles, plan, tiles.req.scale * LOG2E)
     B, Hkv, G, stats = tiles.B, tiles.Hkv, tiles.G, tiles.stats
     Dv = tiles.v.shape[-1]
@@ -325,12 +326,12 @@ def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: 
 
 class _TiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias_tensor, req, plan):
+    def forward(ctx, q, k, v, bias_tensor, req, plan, backward):
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout > 0 else 0
         q5 = q.reshape(B, Hkv, H // Hkv, Nq, D)
         tiles = _Tiles(req, q5, k, v, seed)
-        out5, lse5 = _forward(tiles, plan)  # lse5 in log2 units
+        out5, lse5 = _forward(tiles, plan, backward)  # lse5 in log2 units
         ctx.save_for_backward(q, k, v, out5, lse5)
         ctx.req, ctx.plan, ctx.seed = req, plan, seed
         ctx.finite_inputs = (tiles.finite_kv, tiles.finite_q)
@@ -354,12 +355,13 @@ class _TiledFunction(torch.autograd.Function):
         dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias)
         if need_bias:
             grad_bias = grad_bias.reshape(req.bias.tensor.shape).to(req.bias.tensor.dtype)
-        return dq.reshape(q.shape).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grad_bias, None, None
+        return dq.reshape(q.shape).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grad_bias, None, None, None
 
 
 def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
     bias_tensor = getattr(req.bias, "tensor", None)
-    out, lse = _TiledFunction.apply(req.q, req.k, req.v, bias_tensor, req, make_plan(req))
+    # req.needs_grad: whether a backward may follow (asked here: inside Function.forward autograd is off)
+    out, lse = _TiledFunction.apply(req.q, req.k, req.v, bias_tensor, req, make_plan(req), req.needs_grad)
     if req.return_lse:
         return out, lse.float() if lse.dtype != torch.float64 else lse
     return out
@@ -368,7 +370,7 @@ def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
 class TiledKernel:
     name = "tiled"
     description = ("exact online-softmax tiles (FlashAttention algorithm); skips empty tiles; "
-                   "native AVX-512 forward for float32 on CPU")
+                   "native AVX-512 forward on CPU")
     capabilities = Capabilities(tile_skipping=True, memory="O(N) + one tile")
 
     def not_supported_reasons(self, req: AttentionRequest) -> list[str]:
