@@ -405,8 +405,10 @@ static TARGET void run_item(const struct attnkit_fwd_args *a, struct scratch *w,
 /* Runs every work item on `threads` OpenMP threads, which share them through an atomic counter. The
  * OpenMP runtime is the one PyTorch loaded (the same libgomp.so.1), so these are PyTorch's own
  * intra-op threads: none is left spinning beside them (with a PyTorch built on another OpenMP runtime
- * the results are the same, the threads are not shared). 0 on success, 1 when no thread got scratch. */
+ * the results are the same, the threads are not shared). 0 on success, 1 when no thread got scratch, 3 for an
+ * unknown dtype. */
 TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
+    if (a->dtype < 0 || a->dtype > 2) return 3; /* an element type this code does not read */
     int64_t bq_max = 1, next = 0;
     for (int64_t i = 0; i < a->nrows; i++)
         if (a->rows[2 * i + 1] - a->rows[2 * i] > bq_max) bq_max = a->rows[2 * i + 1] - a->rows[2 * i];

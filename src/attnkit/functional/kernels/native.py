@@ -160,7 +160,10 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         int(not (tiles.finite_kv and tiles.finite_q)),
         *cell_args, order_t.data_ptr(), _DTYPES[q.dtype],
     )
-    if lib.attnkit_tiled_fwd(ctypes.byref(args), workers):
+    status = lib.attnkit_tiled_fwd(ctypes.byref(args), workers)
+    if status == 1:
         raise MemoryError("the native tiled forward could not allocate its scratch memory")
+    if status:
+        raise RuntimeError(f"the native tiled forward refused the call (status {status})")
     del keep, grid  # the mask tiles and the grid stayed alive for the call
     return out.reshape(B, Hkv, G, Nq, Dv), lse.reshape(B, Hkv, G, Nq)
