@@ -1,9 +1,9 @@
 """What ``kernel="auto"`` picks for inference, and what SDPA and the tiled kernel take there.
 
-For each request shape: the kernel ``auto`` chooses (``attnkit.auto_order``), then SDPA, ``tiled`` and
-``auto`` timed round-robin in one process under ``torch.no_grad`` (each timed unit is enough back-to-back
-calls to take about 50 ms; rounds gated on the matmul probe; the order rotates each round), and the speed-ups over SDPA as medians of
-the per-round ratios [min-max]. The rule being checked: ``auto`` should pick ``tiled`` exactly where
+For each request shape: the kernel ``auto`` chooses, then SDPA, ``tiled`` and ``auto`` timed round-robin
+in one process under ``torch.no_grad`` (each timed unit is enough back-to-back calls to take about 50 ms;
+rounds gated on the matmul probe; the order rotates each round), and the speed-ups over SDPA as medians
+of the per-round ratios [min-max]. The rule being checked: ``auto`` should pick ``tiled`` exactly where
 ``tiled`` (its native forward) is the faster of the two.
 
     .venv/bin/python benchmarks/bench_auto.py [--rounds 5]
@@ -100,7 +100,8 @@ def main() -> None:
             tiled = t["tiled"].ratio_to(t["sdpa"])
             auto = t["auto"].ratio_to(t["sdpa"])
             ms = {name: t[name].median_ms / n for name in t}
-            print(f"{label:<36} {f'{B} {H}/{Hkv} {Nq} {Nk} {D}':<22} {chosen:<6} {ms['sdpa']:>9.3f} {ms['tiled']:>9.3f}  "
+            shape = f"{B} {H}/{Hkv} {Nq} {Nk} {D}"
+            print(f"{label:<36} {shape:<22} {chosen:<6} {ms['sdpa']:>9.3f} {ms['tiled']:>9.3f}  "
                   f"{f'{tiled[0]:.2f}x [{tiled[1]:.2f}-{tiled[2]:.2f}]':<20} "
                   f"{f'{auto[0]:.2f}x [{auto[1]:.2f}-{auto[2]:.2f}]':<20} {t['sdpa'].probe_cell()}")
     print(f"matmul probe: best {probe.best:.0f} GFLOP/s; x > 1: faster than SDPA; a timed unit is "

@@ -415,7 +415,8 @@ TARGET int attnkit_tiled_fwd(const struct attnkit_fwd_args *a, int threads) {
     const int64_t G = a->H / a->Hkv, blocks = (a->max_chunk + 30) / 16 + 1, items = a->nrows * a->B * a->Hkv;
     const int64_t s_stride = (a->max_chunk + 47) / 16 * 16 + 16; /* room for the 16-aligned start; not a power of two */
     const size_t converted = a->dtype ? (size_t)(G * bq_max * a->D + a->max_chunk * a->Dv) : 0,
-                 floats = (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 4 * (s_stride / 16)) + converted,
+                 floats = converted +
+                          (size_t)(R_MAX * s_stride + blocks * a->D * 16 + 2 * G * bq_max + 4 * (s_stride / 16)),
                  vis_bytes = a->cells ? (size_t)(bq_max * s_stride) : 0;
     int working = 0;
 #pragma omp parallel num_threads(threads)
