@@ -12,18 +12,15 @@ and again with it turned off ("tiled-torch").
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import attnkit
 from attnkit import masks
 from attnkit.functional.kernels import native
-from helpers import assert_close, baseline_atol, magnitude, native_off, randn, small_tiles
+from helpers import assert_close, baseline_atol, magnitude, native_off, needs_native, randn, small_tiles
 
-pytestmark = pytest.mark.skipif(bool(native.status()) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
-                                reason=f"native forward unavailable: {native.status()}")
+pytestmark = needs_native
 
 
 def test_native_forward_is_available_where_required():

@@ -3,8 +3,6 @@ kernels, and the error when nothing fits."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -12,8 +10,7 @@ import attnkit
 from attnkit import AttentionRequest, Capabilities, masks
 from attnkit.functional import registry
 from attnkit.functional.kernels import dense as dense_module
-from attnkit.functional.kernels import native
-from helpers import assert_close, native_off, randn
+from helpers import assert_close, native_off, needs_native, randn
 
 
 @pytest.fixture
@@ -67,10 +64,6 @@ def test_auto_order(N, options, first):
     assert order[0] == first
     assert sorted(order[:3]) == ["dense", "sdpa", "tiled"]
     assert _selected(N, **options) == first
-
-
-needs_native = pytest.mark.skipif(bool(native.status()) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
-                                  reason=f"native forward unavailable: {native.status()}")
 
 
 def _first(B, H, Nq, Nk, D=64, dtype=torch.float32, grad=False, **options):

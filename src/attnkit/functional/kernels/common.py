@@ -11,15 +11,6 @@ def repeat_kv(t: Tensor, groups: int) -> Tensor:
     return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
 
-def heads5(t: Tensor, Hkv: int, G: int) -> Tensor:
-    """A (b, h, x, y) tile with h in {1, Hkv * G} -> (b, Hkv | 1, G | 1, x, y): the grouped-query layout
-    the tiled kernel folds q into (the G query heads that share a k/v head)."""
-    t = t if t.dim() == 4 else t[None, None]
-    if t.shape[1] == 1:
-        return t.unsqueeze(2)
-    return t.reshape(t.shape[0], Hkv, G, t.shape[-2], t.shape[-1])
-
-
 def zero_unseen_keys(t: Tensor, mask: Tensor | None) -> Tensor:
     """Zero k or v rows (B, H, Nk, D) that no query may see (mask (b, h, Nq, Nk)), so NaN or inf stored
     there cannot leak into outputs or gradients through 0 * NaN in a matmul."""

@@ -105,11 +105,9 @@ def _check_cells(mask, cells, B: int, H: int, Nq: int, Nk: int) -> tuple[int, in
 def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
     """(out (B, Hkv, G, Nq, Dv), lse (B, Hkv, G, Nq) in log2 units), as the PyTorch path returns them."""
     lib, _ = _library()
-    q5, k, v = tiles.q5, tiles.k, tiles.v
-    B, Hkv, G, Nq, D = q5.shape
-    Nk, Dv = k.shape[-2], v.shape[-1]
-    H = Hkv * G
-    q = q5.reshape(B, H, Nq, D)
+    q, k, v = tiles.req.q, tiles.k, tiles.v  # q (B, H, Nq, D): the C code groups the heads itself
+    B, H, Nq, D = q.shape
+    Hkv, G, Nk, Dv = tiles.Hkv, tiles.G, k.shape[-2], v.shape[-1]
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32)
     lse = torch.empty(B, H, Nq, dtype=torch.float32)
 
@@ -121,11 +119,11 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         cell_args = [grid.data_ptr()] + [0 if grid.shape[i] == 1 else grid.stride(i) for i in range(2)]
         cell_args += [grid.stride(2), cell, q_offset]
 
-    rows, row_chunks, chunks, masks, keep = [], [0], [], [], []
-    max_chunk, entries, work = 1, 0, []
+    rows, row_chunks, chunks, masks, keep = [], [0], [], [], []  # keep: the mask tiles C reads, alive
+    max_chunk, work = 1, []  # work: entries per row
     for row in plan:
         rows += [row.qs, row.qe]
-        work.append(-entries)
+        work.append(0)
         for ks, ke, needs_mask in row.chunks:
             index = -1
             if needs_mask and grid is not None:
@@ -139,15 +137,14 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
                 index = len(masks)
                 masks.append([visible.data_ptr()] + strides)
             chunks.append([ks, ke, index])
-            max_chunk, entries = max(max_chunk, ke - ks), entries + (ke - ks) * (row.qe - row.qs)
+            max_chunk, work[-1] = max(max_chunk, ke - ks), work[-1] + (ke - ks) * (row.qe - row.qs)
         row_chunks.append(len(chunks))
-        work[-1] += entries
     as_i64 = lambda x: torch.tensor(x, dtype=torch.int64).reshape(-1)  # noqa: E731
     rows_t, row_chunks_t = as_i64(rows), as_i64(row_chunks)
     order_t = as_i64(sorted(range(len(plan)), key=lambda i: (-work[i], -i)))  # most work first; ties: later first
     chunks_t, masks_t = as_i64(chunks or [0]), as_i64(masks or [0])
 
-    flops = 2.0 * B * H * entries * (D + Dv)
+    flops = 2.0 * B * H * sum(work) * (D + Dv)
     workers = min(torch.get_num_threads(), len(plan) * B * Hkv) if flops >= _SERIAL_FLOPS else 1
     args = _Args(
         q.data_ptr(), q.stride(0), q.stride(1), q.stride(2),
@@ -157,7 +154,7 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         B, H, Hkv, Nq, Nk, D, Dv,
         scale_log2,
         len(plan), rows_t.data_ptr(), row_chunks_t.data_ptr(), chunks_t.data_ptr(), masks_t.data_ptr(), max_chunk,
-        int(not (tiles.finite_kv and tiles.finite_q)),
+        int(not tiles.finite_kv),  # q needs no guard: a masked score is replaced, whatever q held
         *cell_args, order_t.data_ptr(), _DTYPES[q.dtype],
     )
     status = lib.attnkit_tiled_fwd(ctypes.byref(args), workers)
@@ -165,5 +162,4 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         raise MemoryError("the native tiled forward could not allocate its scratch memory")
     if status:
         raise RuntimeError(f"the native tiled forward refused the call (status {status})")
-    del keep, grid  # the mask tiles and the grid stayed alive for the call
     return out.reshape(B, Hkv, G, Nq, Dv), lse.reshape(B, Hkv, G, Nq)

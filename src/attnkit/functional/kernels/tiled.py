@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from ..masks import EMPTY, FULL
 from ..registry import Capabilities
 from ..request import AttentionRequest, softmax_dtype
 from . import native
-from .common import finite, heads5
+from .common import finite
 
 BLOCK_Q = 128  # query rows per block
 BLOCK_K = 128  # key granularity of the block layout (tile skipping)
@@ -101,15 +102,22 @@ class _Tiles:
         self.B, self.Hkv, self.G, self.Nq, self.Nk = B, Hkv, H // Hkv, Nq, Nk
         self.stats = softmax_dtype(q5.dtype)
         self._cache: dict = {}  # masking data (see _mask_tile) by tile_key
-        self._visible: dict = {}  # visibility tiles by tile_key
+        self._visible: dict = {}  # visibility tiles by tile_key (the native forward's)
         self._zero = torch.zeros((), dtype=q5.dtype, device=q5.device)
         self._buffer: Tensor | None = None
-        # NaN hygiene (zeroing masked k/v/q rows) costs a copy per chunk; it is needed only when the
-        # inputs hold a non-finite value somewhere (see common.hide_unseen). The backward pass hands
-        # over what the forward found instead of summing the inputs again.
-        if finite_inputs is None:
-            finite_inputs = (req.mask is None or finite(k, v), req.mask is None or finite(q5))
-        self.finite_kv, self.finite_q = finite_inputs
+        if finite_inputs is not None:  # the backward pass hands over what the forward found
+            self.finite_kv, self.finite_q = finite_inputs
+
+    # NaN hygiene (zeroing masked k/v/q rows) costs a copy per chunk; it is needed only when the inputs
+    # hold a non-finite value somewhere (see common.hide_unseen). Each check is a pass over its inputs,
+    # made when first needed.
+    @cached_property
+    def finite_kv(self) -> bool:
+        return self.req.mask is None or finite(self.k, self.v)
+
+    @cached_property
+    def finite_q(self) -> bool:
+        return self.req.mask is None or finite(self.q5)
 
     def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D)
         return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, self.G * (row.qe - row.qs), self.q5.shape[-1])
@@ -137,10 +145,11 @@ class _Tiles:
         (lo, hi, additive 0/-inf segments (see _hidden_segments), bool hidden tile,
          keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1) or None if all).
         Cached for masks with a tile_key."""
-        key = self.req.mask.tile_key(row.qs, row.qe, ks, ke, self.Nq, self.Nk)
+        args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
+        key = self.req.mask.tile_key(*args)
         if key is not None and key in self._cache:
             return self._cache[key]
-        vis = self.visible(row, ks, ke)
+        vis = self._tile(args)
         keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
         cols = keys_seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
         entry = None
@@ -165,10 +174,13 @@ class _Tiles:
         key = self.req.mask.tile_key(*args)
         if key is not None and key in self._visible:
             return self._visible[key]
-        vis = heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
+        vis = self._tile(args)
         if key is not None:
             self._visible[key] = vis
         return vis
+
+    def _tile(self, args: tuple) -> Tensor:  # (b, Hkv|1, G|1, bq, bk) bool, uncached
+        return _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
 
     def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None]:
         """(B, Hkv, G, bq, bk) logits in log2 units (scaled by scale·log2 e, so softmax runs on exp2,
@@ -189,7 +201,7 @@ class _Tiles:
             s = tanh * cap
         if self.req.bias is not None:
             b = self.req.bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
-            s = torch.add(s, heads5(b, self.Hkv, self.G), alpha=LOG2E)
+            s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
             if c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
                 s = s.masked_fill_(c.hidden_bool, float("-inf"))
         elif c.hidden is not None:
@@ -206,6 +218,15 @@ class _Tiles:
         gen.manual_seed(hash((self.seed, row.qs, ks)) & ((1 << 63) - 1))
         keep = torch.rand(shape, generator=gen, device=self.q5.device, dtype=self.stats) >= p
         return keep.to(self.stats) / (1 - p)
+
+
+def _heads5(t: Tensor, Hkv: int, G: int) -> Tensor:
+    """A (b, h, x, y) tile with h in {1, Hkv * G} -> (b, Hkv | 1, G | 1, x, y): the grouped-query layout
+    the kernel folds q into (the G query heads that share a k/v head)."""
+    t = t if t.dim() == 4 else t[None, None]
+    if t.shape[1] == 1:
+        return t.unsqueeze(2)
+    return t.reshape(t.shape[0], Hkv, G, t.shape[-2], t.shape[-1])
 
 
 def _hidden_segments(hidden: Tensor, dtype: torch.dtype, max_segments: int = 4) -> tuple:
@@ -334,7 +355,7 @@ class _TiledFunction(torch.autograd.Function):
         out5, lse5 = _forward(tiles, plan, backward)  # lse5 in log2 units
         ctx.save_for_backward(q, k, v, out5, lse5)
         ctx.req, ctx.plan, ctx.seed = req, plan, seed
-        ctx.finite_inputs = (tiles.finite_kv, tiles.finite_q)
+        ctx.finite_inputs = (tiles.finite_kv, tiles.finite_q) if backward else None
         out = out5.reshape(B, H, Nq, Dv).to(q.dtype)
         lse = lse5.reshape(B, H, Nq) * LN2
         ctx.mark_non_differentiable(lse)
