@@ -78,6 +78,7 @@ CASES = {
     "longformer-6": (masks.longformer(6, [0, 17]), lambda n: longformer_def(6, [0, 17])),
     "longformer-5-no-globals": (masks.longformer(5, []), lambda n: longformer_def(5, [])),
     "longformer-0": (masks.longformer(0, [3]), lambda n: longformer_def(0, [3])),
+    "global_tokens": (masks.global_tokens([2, 30]), lambda n: lambda p, j: p in (2, 30) or j in (2, 30)),
 }
 BIGBIRD = {  # name -> (window, num_global, num_random_blocks, block, seed)
     "bigbird-1-1-2-b4": (1, 1, 2, 4, 0),

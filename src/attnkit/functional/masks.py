@@ -25,6 +25,7 @@ Transformer), ``longformer`` and ``bigbird``, each with its picture in its docst
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -426,11 +427,22 @@ class GlobalTokens(Mask):
         if (t < 0).any():
             raise ValueError(f"global_tokens indices must be non-negative positions, got {t.tolist()}")
         self.indices = t.long().unique()  # sorted, unique
+        self._sorted = self.indices.tolist()
+
+    def _any(self, first: int, end: int) -> bool:  # a global position in [first, end)
+        i = bisect.bisect_left(self._sorted, first)
+        return i < len(self._sorted) and self._sorted[i] < end
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
         p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
         g = self.indices.to(device)
         return torch.isin(p, g) | torch.isin(j, g)
+
+    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+        offset = k_len - q_len
+        if self._any(qs + offset, qe + offset) or self._any(ks, ke):
+            return None  # global rows and columns sit at absolute positions
+        return ("no global token", qe - qs, ke - ks)  # all hidden
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
         b = _Blocks.make(q_len, k_len, block_q, block_k, device)

@@ -8,8 +8,6 @@ the factories' docstrings hold a picture of each pattern.
 
 from __future__ import annotations
 
-import bisect
-
 import torch
 from torch import Tensor
 
@@ -126,20 +124,10 @@ class Longformer(Or):
         except (TypeError, ValueError) as error:
             raise type(error)(f"longformer global_indices: {error}") from None
         super().__init__(SlidingWindow(self.window // 2, self.window // 2), tokens)
-        self._globals = tokens.indices.tolist()
-
-    def _any_global(self, first: int, end: int) -> bool:  # a global position in [first, end)
-        i = bisect.bisect_left(self._globals, first)
-        return i < len(self._globals) and self._globals[i] < end
-
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
-        offset = k_len - q_len
-        if self._any_global(qs + offset, qe + offset) or self._any_global(ks, ke):
-            return None  # global rows and columns sit at absolute positions
-        return ("longformer", self.a.tile_key(qs, qe, ks, ke, q_len, k_len))
 
     def __repr__(self):
-        shown = ", ".join(map(str, self._globals[:8])) + (", ..." if len(self._globals) > 8 else "")
+        indices = self.b.indices.tolist()
+        shown = ", ".join(map(str, indices[:8])) + (", ..." if len(indices) > 8 else "")
         return f"longformer(window={self.window}, global_indices=[{shown}])"
 
 
