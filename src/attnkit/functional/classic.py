@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels.common import finite, hide_unseen, safe_softmax, zero_unseen_keys
+from .kernels.common import hide_unseen, safe_softmax, zero_unseen_keys
 
 
 def _check_mask(mask: Tensor, scores_shape: tuple[int, ...]) -> None:
@@ -62,9 +62,7 @@ def project_keys(k: Tensor, w_k: Tensor, mask: Tensor | None = None) -> Tensor:
     gradient."""
     if w_k.dim() != 2 or k.shape[-1] != w_k.shape[1]:
         raise ValueError(f"w_k must be (A, Dk={k.shape[-1]}), got {tuple(w_k.shape)}")
-    if mask is not None and not finite(k):
-        k = zero_unseen_keys(k, mask)
-    return k @ w_k.T  # (..., Nk, A)
+    return zero_unseen_keys(k, mask) @ w_k.T  # (..., Nk, A)
 
 
 def additive_scores(q: Tensor, k: Tensor, w_q: Tensor, w_k: Tensor | None, w_score: Tensor) -> Tensor:
@@ -165,8 +163,7 @@ def hard_attention(scores: Tensor, v: Tensor, *, mode: HardMode = "argmax", mask
         log_p = torch.log(soft.gather(-1, index[..., None]).squeeze(-1).clamp_min(torch.finfo(soft.dtype).tiny))
         log_prob = torch.where(valid, log_p, torch.zeros_like(log_p))
     index = torch.where(valid, index, torch.full_like(index, -1))
-    if mask is not None and not finite(v):
-        v = zero_unseen_keys(v, mask)  # weight 0 there, but 0 * NaN is NaN
+    v = zero_unseen_keys(v, mask)  # weight 0 there, but 0 * NaN is NaN
     return HardAttention(weights @ v, index, weights, log_prob)
 
 

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..functional.checks import check_int
 from ..functional.classic import additive_attention, luong_attention, project_keys
-from ..functional.kernels.common import finite
+from ..functional.kernels.common import zero_hidden
 
 
 def _require_tensor(name: str, t: object) -> None:
@@ -223,8 +223,7 @@ class AttentionPooling(nn.Module):
         key_mask = None
         if mask is not None:
             _check_mask(mask, tuple(items.shape[:-1]), "(..., N)")
-            if not finite(items):  # NaN at padding would reach proj's gradient through tanh(proj(items))
-                items = torch.where(mask[..., None], items, 0)
+            items = zero_hidden(items, mask[..., None])  # NaN at padding would reach proj's gradient
             key_mask = mask[..., None, :]  # (..., 1, N)
         u = torch.tanh(self.proj(items))  # (..., N, A)
         query = self.context.expand(*u.shape[:-2], 1, self.attn_dim)  # (..., 1, A)

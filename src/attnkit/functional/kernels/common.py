@@ -11,10 +11,16 @@ def repeat_kv(t: Tensor, groups: int) -> Tensor:
     return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
 
+def zero_hidden(t: Tensor, keep: Tensor) -> Tensor:
+    """``t`` with the entries where ``keep`` (broadcastable) is False zeroed, when ``t`` holds a NaN or inf
+    somewhere: it would leak into outputs or gradients through 0 * NaN in a matmul, while finite values
+    there get weight exactly 0 and change nothing, so a finite ``t`` is returned as it is (no copy)."""
+    return t if finite(t) else torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
 def zero_unseen_keys(t: Tensor, mask: Tensor | None) -> Tensor:
-    """Zero k or v rows (B, H, Nk, D) that no query may see (mask (b, h, Nq, Nk)), so NaN or inf stored
-    there cannot leak into outputs or gradients through 0 * NaN in a matmul."""
-    return t if mask is None else _zero_where_not(mask.any(dim=-2)[..., None], t)
+    """k or v (B, H, Nk, D) with the rows no query may see (mask (b, h, Nq, Nk)) zeroed, as ``zero_hidden``."""
+    return t if mask is None or finite(t) else zero_hidden(t, mask.any(dim=-2)[..., None])
 
 
 def finite(*tensors: Tensor) -> bool:
@@ -27,22 +33,13 @@ def finite(*tensors: Tensor) -> bool:
 def hide_unseen(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Masked-position hygiene for kernels that take a dense mask (b, h, Nq, Nk).
 
-    Returns q, k, v — with the k/v rows no query may see and the q rows that may see nothing zeroed, but
-    only when those tensors hold a NaN or inf somewhere: it would leak through 0 * NaN in a matmul, while
-    finite values at masked positions get weight exactly 0 and change nothing, so finite inputs are not
-    copied — and the rows that may see something (b, h, Nq, 1), or None without a mask."""
+    Returns q, k, v — with the k/v rows no query may see and the q rows that may see nothing zeroed, each
+    only when it holds a NaN or inf (``zero_hidden``) — and the rows that may see something (b, h, Nq, 1),
+    or None without a mask."""
     if mask is None:
         return q, k, v, None
     rows_seen = mask.any(dim=-1, keepdim=True)  # (b, h, Nq, 1)
-    if not finite(k, v):
-        k, v = zero_unseen_keys(k, mask), zero_unseen_keys(v, mask)
-    if not finite(q):
-        q = _zero_where_not(rows_seen, q)
-    return q, k, v, rows_seen
-
-
-def _zero_where_not(keep: Tensor, t: Tensor) -> Tensor:
-    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    return zero_hidden(q, rows_seen), zero_unseen_keys(k, mask), zero_unseen_keys(v, mask), rows_seen
 
 
 def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,7 @@ from ..checks import check_bool, check_int
 from ..masks import And, Dense, Mask, Padding, SlidingWindow, shape4
 from ..registry import Capabilities, get_kernel
 from ..request import AttentionRequest, softmax_dtype
-from .common import finite, repeat_kv
+from .common import repeat_kv, zero_hidden
 
 FeatureFn = Callable[[Tensor], Tensor]
 DEFAULT_CHUNK = 64  # fastest (32 within noise) of 32..512 on the CPU, causal, N = 4k..64k, D = 64
@@ -328,8 +328,8 @@ class _Kernelized:
         q, k, v = (t.to(dtype) for t in (req.q, req.k, req.v))
         if valid is not None and valid.shape[1] != 1 and H != Hkv:  # per-query-head padding: one state per head
             k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
-        if valid is not None and not finite(k, v):  # NaN/inf in padded keys must not reach 0·NaN in a matmul
-            k, v = (torch.where(valid[..., None], t, torch.zeros((), dtype=dtype, device=t.device)) for t in (k, v))
+        if valid is not None:  # NaN/inf in padded keys must not reach 0·NaN in a matmul
+            k, v = zero_hidden(k, valid[..., None]), zero_hidden(v, valid[..., None])
         x = self._inputs(q, k, v, req.scale, valid)
         state = x.empty_state(repr(self))
         out = _causal(x, state, self.chunk) if causal else _all_keys(x, state, self.chunk)
