@@ -188,6 +188,21 @@ def test_step_equals_the_chunked_causal_result(name, pieces):
     assert_close(torch.cat(outs, dim=2), full, atol=1e-12 * magnitude(full))
 
 
+def test_a_state_continues_under_another_chunk_size():
+    """``chunk`` changes speed only: a state made with one chunk size continues with another; other options
+    (the features) must match."""
+    q, k, v = inputs(1, 2, 2, 12, 12, 6, 5, seed=4)
+    full = attnkit.attention(q, k, v, causal=True, kernel="linear")
+    first, state = attnkit.linear_attention_step(q[:, :, :5], k[:, :, :5], v[:, :, :5],
+                                                  kernel=attnkit.kernel("linear", chunk=2))
+    rest, _ = attnkit.linear_attention_step(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], state,
+                                            kernel=attnkit.kernel("linear", chunk=64))
+    assert_close(torch.cat([first, rest], dim=2), full, atol=1e-12 * magnitude(full))
+    _, state = attnkit.linear_attention_step(q, k, v, kernel=attnkit.kernel("performer", features=8, chunk=2))
+    assert_raises_naming(ValueError, ["features=8", "features=16"], attnkit.linear_attention_step, q, k, v, state,
+                         kernel=attnkit.kernel("performer", features=16, chunk=2))
+
+
 def kernel_features(kernel, d):
     return kernel.features if kernel.name == "performer" else d
 
@@ -197,7 +212,7 @@ def test_step_errors():
     _, state = attnkit.linear_attention_step(q, q, q)
     assert_raises_naming(ValueError, ["as many new queries as new keys"], attnkit.linear_attention_step,
                          q, torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4), state)
-    assert_raises_naming(ValueError, ["kernel('linear', chunk=64)", "performer"], attnkit.linear_attention_step,
+    assert_raises_naming(ValueError, ["kernel('linear')", "performer"], attnkit.linear_attention_step,
                          q, q, q, state, kernel="performer")
     assert_raises_naming(ValueError, ["(B, Hkv, M, Dv + 1)"], attnkit.linear_attention_step,
                          torch.randn(1, 2, 3, 5), torch.randn(1, 2, 3, 5), torch.randn(1, 2, 3, 5), state)

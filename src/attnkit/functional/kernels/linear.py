@@ -150,7 +150,7 @@ class LinearState:
     kv: Tensor  # (B, Hkv, M, Dv + 1), float32 (float64 for float64 inputs)
     log_scale: Tensor | None  # (B, Hkv, 1, 1) or None
     length: int
-    kernel: str  # repr of the kernel that made it: a state only continues with the same features
+    kernel: str  # the kernel that made it, without chunk: a state only continues with the same features
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ class _Kernelized:
         if valid is not None:  # NaN/inf in padded keys must not reach 0·NaN in a matmul
             k, v = zero_hidden(k, valid[..., None]), zero_hidden(v, valid[..., None])
         x = self._inputs(q, k, v, req.scale, valid)
-        state = x.empty_state(repr(self))
+        state = x.empty_state(self._features_key())
         out = _causal(x, state, self.chunk) if causal else _all_keys(x, state, self.chunk)
         return _unrows(out, H).to(req.q.dtype)  # (B, H, Nq, Dv)
 
@@ -352,21 +352,28 @@ class _Kernelized:
         dtype = softmax_dtype(q.dtype)
         x = self._inputs(q.to(dtype), k.to(dtype), v.to(dtype), req.scale, None)
         if state is None:
-            state = x.empty_state(repr(self))
+            state = x.empty_state(self._features_key())
         _check_state(state, self, (B, Hkv, x.features, Dv + 1), dtype)
         out, state = _causal_chunks(x, state, self.chunk, 0, 0, Nq)
         return _unrows(out, H).to(q.dtype), state
 
     def __repr__(self) -> str:
-        options = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.init)
-        return f"kernel({self.name!r}, {options})"
+        return self._describe(set())
+
+    def _features_key(self) -> str:
+        """What a LinearState continues with: the kernel and its feature options, not ``chunk`` (speed only)."""
+        return self._describe({"chunk"})
+
+    def _describe(self, leave_out: set) -> str:
+        options = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.init and f.name not in leave_out]
+        return f"kernel({', '.join([repr(self.name)] + options)})"
 
 
 def _check_state(state: LinearState, kernel: _Kernelized, shape: tuple[int, ...], dtype: torch.dtype) -> None:
     if not isinstance(state, LinearState):
         raise TypeError(f"state must be a LinearState or None, got {type(state).__name__}")
-    if state.kernel != repr(kernel):
-        raise ValueError(f"state was made by {state.kernel} but this step uses {kernel!r}")
+    if state.kernel != kernel._features_key():
+        raise ValueError(f"state was made by {state.kernel} but this step uses {kernel._features_key()}")
     if tuple(state.kv.shape) != shape or state.kv.dtype != dtype:
         raise ValueError(f"state holds kv {tuple(state.kv.shape)} {state.kv.dtype}, but these inputs need "
                          f"(B, Hkv, M, Dv + 1) = {shape} {dtype}")
