@@ -24,7 +24,8 @@ import sys
 import torch
 
 import attnkit
-from attnkit.bench.counting import attention_flops
+from attnkit import masks
+from attnkit.bench.counting import attention_flops, visible_entries
 from attnkit.bench.measure import call_peak, timed
 from attnkit.bench.progress import Progress
 from attnkit.functional.registry import select_kernel
@@ -73,8 +74,7 @@ def causal_attention(n: int, heads: int = 8, dim: int = 64, kernel: str = "tiled
     seconds, peak = seconds_and_peak(run)
     rows = sorted({0, 1, n // 3, n // 2, n - 2, n - 1})
     error = (out[:, :, rows].double() - reference_rows(q, k, v, rows)).abs().max().item()
-    # causal: n(n+1)/2 pairs in closed form (counting.visible_entries, tile by tile, takes minutes at 131072)
-    visible = n * (n + 1) // 2
+    visible = visible_entries(masks.causal(), n)
     return dict(n=n, seconds=seconds, peak_mib=peak, inputs_mib=4 * q.numel() * 4 / MIB, rows=rows, error=error,
                 gflops=attention_flops(visible, "fwd", 1, heads, dim) / seconds / 1e9,
                 dense_gib=heads * n * n * 4 / 2**30)

@@ -120,10 +120,10 @@ def test_visible_entries_match_a_count_from_the_materialized_mask(sweep):
 
 
 @pytest.mark.parametrize("mask", MASKS)
-def test_visible_entries_counted_in_row_chunks_equal_the_dense_count(monkeypatch, mask):
+def test_visible_entries_counted_by_tiles_equal_the_dense_count(monkeypatch, mask):
     from attnkit.bench.contenders import mask_case
 
-    monkeypatch.setattr(counting, "_CHUNK", 500)  # several row blocks, the last one short
+    monkeypatch.setattr(counting, "_BLOCK", 64)  # full, partial and empty tiles, the last ones short
     n = 601
     assert counting.visible_entries(mask_case(mask, n).mask, n) == independent_visible(mask, n)
 

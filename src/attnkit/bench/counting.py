@@ -3,26 +3,32 @@
 
 from __future__ import annotations
 
-from ..functional.masks import Mask
+import torch
+
+from ..functional.masks import FULL, PARTIAL, Mask
 
 FWDBWD_FACTOR = 3.5  # forward+backward FLOPs per forward FLOP
-_CHUNK = 1 << 24  # mask entries built at once while counting (16 MiB of bools)
+_BLOCK = 128  # tile size of the block layout the count goes by
 
 
 def visible_entries(mask: Mask | None, q_len: int, k_len: int | None = None) -> int:
-    """(query, key) pairs that may attend in the first batch and head, counted block of rows by block of
-    rows from the mask's tiles (never the whole N×N tensor); ``None`` = no mask, every pair."""
+    """(query, key) pairs that may attend in the first batch and head; ``None`` = no mask, every pair.
+    Counted from the mask's block layout: FULL tiles by their area, PARTIAL ones from their mask tile,
+    EMPTY ones not at all, so a causal or sparse N×N mask costs its diagonal or visible tiles only."""
     k_len = q_len if k_len is None else k_len
     if mask is None:
         return q_len * k_len
-    rows = max(1, _CHUNK // max(k_len, 1))
-    total = 0
-    for qs in range(0, q_len, rows):
-        qe = min(qs + rows, q_len)
-        t = mask.tile(qs, qe, 0, k_len, q_len, k_len)  # broadcastable to (B, H, qe - qs, k_len)
+    layout = mask.block_layout(q_len, k_len, _BLOCK)[0, 0]  # (n_q_blocks, n_k_blocks)
+    starts_q, starts_k = range(0, q_len, _BLOCK), range(0, k_len, _BLOCK)
+    rows = torch.tensor([min(_BLOCK, q_len - s) for s in starts_q])
+    cols = torch.tensor([min(_BLOCK, k_len - s) for s in starts_k])
+    total = int((rows[:, None] * cols[None, :])[layout == FULL].sum())
+    for i, j in (layout == PARTIAL).nonzero().tolist():
+        qs, ks = starts_q[i], starts_k[j]
+        t = mask.tile(qs, qs + int(rows[i]), ks, ks + int(cols[j]), q_len, k_len)  # broadcastable to (B, H, ...)
         while t.dim() > 2:
             t = t[0]
-        total += int(t.expand(qe - qs, k_len).sum())
+        total += int(t.expand(int(rows[i]), int(cols[j])).sum())
     return total
 
 
