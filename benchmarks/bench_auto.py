@@ -12,16 +12,17 @@ of the per-round ratios [min-max]. The rule being checked: ``auto`` should pick 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 import attnkit
 from attnkit import AttentionRequest, masks
+from attnkit.bench.context import machine
 from attnkit.bench.measure import Probe, interleaved, warm_up
+from attnkit.bench.report import context_line
 from attnkit.functional import registry
 from attnkit.functional.kernels import native
-from harness import git  # this folder
+from harness import git, log  # this folder
 
 UNIT_S = 0.05  # seconds of back-to-back calls per timed unit
 
@@ -50,10 +51,6 @@ CASES = [
 ]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _options(B: int, Nq: int, Nk: int, options: dict) -> dict:
     g = torch.Generator().manual_seed(0)
     options = {key: value for key, value in options.items() if key != "dtype"}
@@ -76,9 +73,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6,
                         help="timed rounds per case (default 6: each of the 3 contenders runs first as often)")
     args = parser.parse_args()
-    print(f"attnkit {attnkit.__version__} ({git('rev-parse', '--short', 'HEAD')}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; forward under no_grad, float32 unless named; "
-          f"{args.rounds} round-robin rounds")
+    print(f"{context_line(machine())}, commit {git('rev-parse', '--short', 'HEAD')}; forward under no_grad, "
+          f"float32 unless named; {args.rounds} round-robin rounds")
     print(f"tiled's native forward: {native.status() or 'in use'}")
     probe = Probe(0.25, 60.0, 300.0)
     header = f"{'case':<36} {'B H/Hkv Nq Nk D':<22} {'auto':<6} {'sdpa ms':>9} {'tiled ms':>9}  " \

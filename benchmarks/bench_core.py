@@ -34,7 +34,7 @@ from attnkit.bench.report import LEGEND, ROW_COLUMNS, flex_lines, sweep_table, t
 from attnkit.bench.sweep import Row, Timing, fill_pct_of_matmul, measure_memory, run_config, vet_dense_max_n
 from attnkit.functional.kernels.tiled import make_plan
 from attnkit.functional.request import AttentionRequest
-from harness import REPO, git  # this folder
+from harness import REPO, git, log  # this folder
 
 # FlexAttention's first call compiles with inductor: into a fresh cache, so "compile time" means a cold
 # compile in every run, unless the caller names one with TORCHINDUCTOR_CACHE_DIR.
@@ -51,10 +51,6 @@ RETIME_MAX_S = 5.0  # above this per call, a kernel that makes the same torch ca
 # Configurations that carry a target run first, while the probe's waiting budget is untouched.
 FIRST = ((16384, "window512", "fwd"), (4096, "exact", "fwd"))
 DENSE_FWDBWD_MAX_N = 2048  # the reference kernel's fwd+bwd beyond this: ~6 s and ~3 GiB per call at 4096
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def machine_context() -> dict:

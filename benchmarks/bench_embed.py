@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 
 import torch
 
 import attnkit
 from attnkit import hub
 from attnkit.bench.measure import Probe, interleaved
-from harness import git  # this folder
+from harness import git, log  # this folder
 
 WORDS = ("the of and to in is was for on that with as by at from his her an which are this be had not but "
          "attention model language network sequence token layer weight learning training data translation "
@@ -39,10 +38,6 @@ def matmul_gflop(config, lengths: list[int]) -> float:
     d, h, layers = config.dim, config.hidden, config.num_layers
     attention = sum(2 * n * n * d for n in lengths)
     return 2 * layers * (sum(lengths) * (4 * d * d + 2 * d * h) + attention) / 1e9
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ so memory bandwidth bounds a step from below; ``--bandwidth`` is the machine's (
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import attnkit
 from attnkit import hub
 from attnkit.bench.measure import Probe, interleaved
-from harness import git  # this folder
+from harness import git, log  # this folder
 
 PROMPT = 32
 
@@ -46,10 +45,6 @@ def profile(ours, prompt: torch.Tensor, new_tokens: int) -> None:
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         ours.generate(prompt, new_tokens)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> None:

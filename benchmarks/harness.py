@@ -8,6 +8,7 @@ processes, round-robin timing, /proc readings for peak memory) lives in ``attnki
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,3 +21,8 @@ def git(*args: str) -> str:
                               timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def log(msg: str) -> None:
+    """Progress and diagnostics go to stderr, so stdout holds only the results."""
+    print(msg, file=sys.stderr, flush=True)
