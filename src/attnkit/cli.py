@@ -174,14 +174,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .bench import Sweep, SweepOptions
-    from .bench.contenders import fresh_inductor_cache
 
     opts = SweepOptions.build(kernels=args.kernels, lengths=args.lengths, masks=args.masks, modes=args.modes,
                               peers=args.peers, rounds=args.rounds, memory=args.memory, quick=args.quick)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if opts.flex and "flex" in opts.peers:
-        fresh_inductor_cache()  # the process's compiles go to a fresh cache: "compile time" means cold
     sweep = Sweep(opts)
     print(sweep.header(), flush=True)
     try:

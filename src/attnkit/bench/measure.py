@@ -220,13 +220,18 @@ class Timed:
         ratios = [peer_t[rd] / t for rd, t in zip(self.rounds, self.times_s) if rd in peer_t]
         return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None
 
+    def probe_median(self) -> float | None:
+        """Median probe GFLOP/s of the rounds (a negative entry marks a round below the gate)."""
+        p = [abs(x) for x in self.probes_gflops]
+        return statistics.median(p) if p else None
+
     def probe_cell(self) -> str:
         """Median probe GFLOP/s of the rounds; '*' when a round ran below the gate, '!' when one was kept
         although other processes (or steal) took CPU during it."""
-        p = [abs(x) for x in self.probes_gflops]
-        if not p:
+        p = self.probe_median()
+        if p is None:
             return ""
-        return (f"{statistics.median(p):.0f}" + ("*" if any(x < 0 for x in self.probes_gflops) else "")
+        return (f"{p:.0f}" + ("*" if any(x < 0 for x in self.probes_gflops) else "")
                 + ("!" if self.contended_rounds else ""))
 
 

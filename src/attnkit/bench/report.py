@@ -40,8 +40,7 @@ def fmt_ratio(x: float | None, lo: float | None, hi: float | None) -> str:
 
 def timing_record(r: Timed) -> dict:
     """The per-row summaries of the probe and the rounds, for CSV."""
-    p = [abs(x) for x in r.probes_gflops]
-    return {"n_timed": len(r.times_s), "probe_gflops_median": statistics.median(p) if p else None,
+    return {"n_timed": len(r.times_s), "probe_gflops_median": r.probe_median(),
             "rounds_below_gate": sum(1 for x in r.probes_gflops if x < 0),
             "foreign_cores_max": max(r.foreign_cores) if r.foreign_cores else None}
 

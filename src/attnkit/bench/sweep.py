@@ -20,7 +20,8 @@ import torch
 from .. import functional as AF
 from . import report
 from .contenders import (BIGBIRD, DOCUMENTS, MASKS, MODES, WINDOW, B, D, FlexSetup, H, Skip,
-                         inductor_cache_note, label, make_call, make_fn, make_inputs, mask_case, memory_of)
+                         fresh_inductor_cache, inductor_cache_note, label, make_call, make_fn, make_inputs, mask_case,
+                         memory_of)
 from .context import machine
 from .counting import attention_flops, visible_entries
 from .measure import MemoryServer, Probe, Timed, repeats, round_robin, warm_up
@@ -212,6 +213,11 @@ class SweepOptions:
     budget_s: float | None = None  # timing stops here: each configuration gets a share by its cost, fewer rounds
     probe: tuple[float, float, float, int, float] = (0.5, 20.0, 120.0, 3, 300.0)  # Probe(...) arguments
 
+    @property
+    def compiles_flex(self) -> bool:
+        """Whether FlexAttention runs (and is compiled) in this sweep."""
+        return self.flex and "flex" in self.peers
+
     @classmethod
     def build(cls, *, kernels: Sequence[str] | None = None, lengths: Sequence[int] | None = None,
               masks: Sequence[str] | None = None, modes: Sequence[str] | None = None,
@@ -282,6 +288,8 @@ class Sweep:
 
     def __init__(self, options: SweepOptions):
         self.options = options
+        if options.compiles_flex:
+            fresh_inductor_cache()  # the process's compiles go to a fresh cache: "compile time" means cold
         self.context = {**machine(), "inductor_cache": inductor_cache_note()}
         self.probe = Probe(*options.probe)
         self.first_probe = self.probe.measure()[0]
@@ -297,7 +305,7 @@ class Sweep:
         """Expected cost of each configuration, for the progress bar and the time budget: N^2 (x3.5 with
         backward) plus a fixed part for the probes and the set-up, worth two forwards at N = 1024, plus,
         where FlexAttention is compiled (forward only), its ~10 s compile, worth ~8192^2 on this scale."""
-        flex = "flex" in self.options.peers and self.options.flex
+        flex = self.options.compiles_flex
         return [n * n * (3.5 if mode == "fwdbwd" else 1.0) + 2 * 1024 * 1024
                 + (8192 * 8192 if flex and mode == "fwd" else 0) for n, _, mode in self.configs()]
 
