@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from attnkit.models.hybrid import HybridConfig, HybridLM, SSMLayer
+from attnkit.nn import ssm as ssm_module
 from helpers import fit, parameters_without_gradient
 
 
@@ -26,7 +27,7 @@ def test_layers_follow_the_pattern():
 def test_decoding_state_equals_full_forward(prefill, chunk_size, monkeypatch):
     """Prefill, then one token at a time, equals the full forward; with chunk_size 4 the 9-token prefill
     spans three scan chunks, so the state is carried across chunks. The prompt goes through each SSM
-    layer's chunked scan (``prefill``) once, every later token through its recurrence (``step``)."""
+    layer's chunked scan once, every later token through its recurrence (``step``)."""
     model = tiny().double()
     mixers = [layer.mixer for layer in model.layers if isinstance(layer, SSMLayer)]
     if chunk_size is not None:
@@ -43,15 +44,17 @@ def test_decoding_state_equals_full_forward(prefill, chunk_size, monkeypatch):
         return recorded
 
     for i, mixer in enumerate(mixers):
-        for name in ("prefill", "step"):
-            monkeypatch.setattr(mixer, name, spy(i, name, getattr(mixer, name)))
+        monkeypatch.setattr(mixer, "step", spy(i, "step", mixer.step))
+    monkeypatch.setattr(ssm_module, "selective_scan_chunked", spy(None, "scan", ssm_module.selective_scan_chunked))
     state = model.new_state(13)
     with torch.no_grad():
         parts = [model(ids[:, :prefill], state=state).logits]
         parts += [model(ids[:, i:i + 1], state=state).logits for i in range(prefill, 13)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-10, rtol=1e-10)
+    assert [name for _, name in calls[:len(mixers)]] == ["scan"] * len(mixers)  # the prompt, in every layer
     for i in range(len(mixers)):
-        assert [name for layer, name in calls if layer == i] == ["prefill"] + ["step"] * (13 - prefill)
+        assert [name for layer, name in calls[len(mixers):] if layer == i] == ["step"] * (13 - prefill)
+    assert len(calls) == len(mixers) * (1 + 13 - prefill)
 
 
 def test_generate_equals_greedy_recomputation():

@@ -109,7 +109,7 @@ def write_checkpoint(directory: Path, config: dict[str, Any], tensors: dict[str,
     """Write ``model.safetensors`` (one file; contiguous copies, no shared storage), then ``config.json``;
     each whole or not at all, so a failed save never leaves a config beside missing or partial weights."""
     # one copy each, contiguous whatever the source's strides, owning its storage (safetensors refuses shared)
-    flat = {name: t.detach().to("cpu").clone(memory_format=torch.contiguous_format) for name, t in tensors.items()}
+    flat = {name: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for name, t in tensors.items()}
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(flat, str(tmp), metadata={"format": "pt"})
     write_text(directory / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -193,7 +193,7 @@ class Tokenizer:
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
         limit = self._limit(max_length)
-        rows = self._ids(texts, limit, truncation, add_special_tokens)
+        rows = [e.ids for e in self._encodings(texts, limit, truncation, add_special_tokens)]
         width = max(map(len, rows), default=0)
         if padding == "max_length":
             if limit is None:
@@ -210,12 +210,7 @@ class Tokenizer:
     def ids(self, texts: Sequence[str], *, max_length: int | None = None, truncation: bool = True,
             add_special_tokens: bool = True) -> list[list[int]]:
         """Each text's token ids, unpadded (options as in ``encode``)."""
-        return self._ids(texts, self._limit(max_length), truncation, add_special_tokens)
-
-    def _ids(self, texts: Sequence[str], limit: int | None, truncation: bool,
-             add_special_tokens: bool) -> list[list[int]]:
-        """``ids`` with the limit already resolved and checked by ``_limit``."""
-        return [e.ids for e in self._encodings(texts, limit, truncation, add_special_tokens)]
+        return [e.ids for e in self._encodings(texts, self._limit(max_length), truncation, add_special_tokens)]
 
     def encoding(self, text: str, *, max_length: int | None = None, truncation: bool = True,
                  add_special_tokens: bool = True) -> tokenizers.Encoding:

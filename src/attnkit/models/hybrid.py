@@ -66,14 +66,10 @@ class SSMLayer(nn.Module):
         self.ffn = FeedForward(dim, hidden, activation=activation, bias=False)
 
     def forward(self, x: Tensor, state: SSMState | None = None) -> tuple[Tensor, SSMState | None]:
-        """x (B, N, dim); with a ``state`` (decoding) the block continues from it and returns the new one:
-        one token takes the mixer's plain recurrence (``step``), a prompt its chunked scan (``prefill``)."""
+        """x (B, N, dim); with a ``state`` (decoding) the block continues from it and returns the new one."""
         h = self.mixer_norm(x)  # (B, N, dim)
         if state is None:
             y = self.mixer(h)
-        elif x.shape[1] == 1:
-            y, state = self.mixer.step(h[:, 0], state)  # (B, dim)
-            y = y[:, None]  # (B, 1, dim)
         else:
             y, state = self.mixer.prefill(h, state)
         x = x + y

@@ -268,8 +268,12 @@ class SelectiveSSM(nn.Module):
         return self.out_proj(y)
 
     def prefill(self, x: Tensor, state: SSMState | None = None) -> tuple[Tensor, SSMState]:
-        """Run x (B, N, dim) on from ``state`` (None = start of sequence): (output (B, N, dim), final state)."""
+        """Run x (B, N, dim) on from ``state`` (None = start of sequence): (output (B, N, dim), final state).
+        One token takes the plain recurrence (``step``), longer inputs the chunked scan."""
         _check_input(x, "x", "(B, N, dim)", 3, self.dim)
+        if x.shape[1] == 1:
+            y, state = self.step(x[:, 0], state)
+            return y[:, None], state
         state = self._start(x, state)
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.dim), state
