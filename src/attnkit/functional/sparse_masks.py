@@ -87,15 +87,16 @@ class Fixed(Mask):
                 return x // bl * s + (x % bl - (bl - s)).clamp(min=0)
             return (before(last + 1) - before(first)).clamp(min=0)
 
+        in_tile = summaries(k0, k1)  # summary keys among the tile's columns
         if self.causal:  # the first query that may see a key of the tile must share a block with one
             first = torch.maximum(p0, k0)
             same_block = (first <= p1) & (first // bl <= k1 // bl)
             summary_seen = summaries(k0, torch.minimum(k1, p1)) > 0
         else:
             same_block = (p0 // bl <= k1 // bl) & (k0 // bl <= p1 // bl)
-            summary_seen = summaries(k0, k1) > 0
+            summary_seen = in_tile > 0
         one_block = (p0 // bl == k1 // bl) & (k0 // bl == p1 // bl)
-        full = (summaries(k0, k1) == k1 - k0 + 1) | one_block  # exact EMPTY; FULL may be conservative
+        full = (in_tile == k1 - k0 + 1) | one_block  # exact EMPTY; FULL may be conservative
         if self.causal:
             full &= k1 <= p0
         return _states(full, ~(same_block | summary_seen))
