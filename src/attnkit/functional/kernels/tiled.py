@@ -145,39 +145,41 @@ class _Tiles:
         (lo, hi, additive 0/-inf segments (see _hidden_segments), bool hidden tile,
          keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1) or None if all).
         Cached for masks with a tile_key."""
-        args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
-        key = self.req.mask.tile_key(*args)
-        if key is not None and key in self._cache:
-            return self._cache[key]
-        vis = self._tile(args)
-        keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
-        cols = keys_seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
-        entry = None
-        if cols:  # clip to the seen columns, widened to multiples of 64: reductions over rows of
-            # other widths run up to 3x slower on CPU
-            lo, hi = cols[0] // ALIGN * ALIGN, min(-(-(cols[-1] + 1) // ALIGN) * ALIGN, ke - ks)
-            vis = vis[..., lo:hi]
-            keys_seen = keys_seen[..., lo:hi, None]
-            rows_seen = vis.any(dim=-1).expand(-1, self.Hkv, self.G, -1)  # (b, Hkv, G, bq)
-            rows_seen = rows_seen.reshape(rows_seen.shape[0], self.Hkv, -1, 1)
-            hidden = ~vis
-            entry = (lo, hi, _hidden_segments(hidden, self.stats), hidden,
-                     None if bool(keys_seen.all()) else keys_seen, None if bool(rows_seen.all()) else rows_seen)
-        if key is not None:
-            self._cache[key] = entry
-        return entry
+        return self._cached(self._cache, row, ks, ke, self._masking)
 
     def visible(self, row: Row, ks: int, ke: int) -> Tensor:
         """The mask's visibility tile for queries row.qs:row.qe and keys ks:ke, (b, Hkv|1, G|1, bq, bk) bool;
         cached for masks with a tile_key."""
+        return self._cached(self._visible, row, ks, ke, self._tile)
+
+    def _cached(self, cache: dict, row: Row, ks: int, ke: int, make):
+        """make(tile arguments), memoized in ``cache`` by the mask's tile_key when it has one."""
         args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
         key = self.req.mask.tile_key(*args)
-        if key is not None and key in self._visible:
-            return self._visible[key]
-        vis = self._tile(args)
+        if key is not None and key in cache:
+            return cache[key]
+        value = make(args)
         if key is not None:
-            self._visible[key] = vis
-        return vis
+            cache[key] = value
+        return value
+
+    def _masking(self, args: tuple):  # _mask_tile's entry, uncached
+        vis = self._tile(args)
+        width = args[3] - args[2]
+        keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
+        cols = keys_seen.flatten(0, -2).any(0).nonzero().flatten().tolist()
+        if not cols:
+            return None
+        # clip to the seen columns, widened to multiples of 64: reductions over rows of other widths run up
+        # to 3x slower on CPU
+        lo, hi = cols[0] // ALIGN * ALIGN, min(-(-(cols[-1] + 1) // ALIGN) * ALIGN, width)
+        vis = vis[..., lo:hi]
+        keys_seen = keys_seen[..., lo:hi, None]
+        rows_seen = vis.any(dim=-1).expand(-1, self.Hkv, self.G, -1)  # (b, Hkv, G, bq)
+        rows_seen = rows_seen.reshape(rows_seen.shape[0], self.Hkv, -1, 1)
+        hidden = ~vis
+        return (lo, hi, _hidden_segments(hidden, self.stats), hidden,
+                None if bool(keys_seen.all()) else keys_seen, None if bool(rows_seen.all()) else rows_seen)
 
     def _tile(self, args: tuple) -> Tensor:  # (b, Hkv|1, G|1, bq, bk) bool, uncached
         return _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
