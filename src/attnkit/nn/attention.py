@@ -235,8 +235,10 @@ class MultiHeadAttention(nn.Module):
         if module.kdim != module.vdim:
             raise ValueError(f"from_torch needs kdim == vdim, got {module.kdim} and {module.vdim}")
         has_bias = module.in_proj_bias is not None
+        weight = module.out_proj.weight
+        # in the source's dtype before copying: a float64 weight must not pass through float32
         new = cls(module.embed_dim, module.num_heads, bias=has_bias, dropout=module.dropout, kernel=kernel,
-                  context_dim=module.kdim)
+                  context_dim=module.kdim).to(device=weight.device, dtype=weight.dtype)
         if module._qkv_same_embed_dim:
             weights = module.in_proj_weight.chunk(3)
         else:
@@ -250,8 +252,7 @@ class MultiHeadAttention(nn.Module):
             new.out_proj.weight.copy_(module.out_proj.weight)
             if has_bias:
                 new.out_proj.bias.copy_(module.out_proj.bias)
-        weight = module.out_proj.weight
-        return new.to(device=weight.device, dtype=weight.dtype).train(module.training)
+        return new.train(module.training)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
