@@ -81,7 +81,7 @@ def independent_visible(mask: str, n: int) -> int:
 
 
 def bigbird_visible(n: int) -> torch.Tensor:
-    """(n, n) bool from BigBird's block rules (sparse_masks.bigbird): query block qb sees key block kb if
+    """(n, n) bool from BigBird's block rules (masks.sparse.bigbird): query block qb sees key block kb if
     |qb - kb| <= window, either is one of the first num_global blocks, or kb is one of qb's random blocks.
     Only the random draw is the mask's (``random_blocks``); which entries it covers is worked out here."""
     bl, window, g = BIGBIRD["block"], BIGBIRD["window"], BIGBIRD["num_global"]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .checks import check_bool, check_int
-from .masks import GlobalTokens, Mask, Or, SlidingWindow, _Blocks, _positions, _states
+from ..checks import check_bool, check_int
+from .base import Blocks, Mask, Or, positions, states
+from .basic import GlobalTokens, SlidingWindow
 
 
 def _rectangles(shape: tuple[int, int], r1: Tensor, r2: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
@@ -32,7 +33,7 @@ class Strided(Mask):
         self.causal = check_bool("strided causal", causal)
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
-        p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
+        p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         d, s = p - j, self.stride
         if self.causal:
             return (d >= 0) & ((d < s) | (d % s == 0))
@@ -40,7 +41,7 @@ class Strided(Mask):
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
         # A tile holds every distance from its smallest to its largest, so these states are exact.
-        b = _Blocks.make(q_len, k_len, block_q, block_k, device)
+        b = Blocks.make(q_len, k_len, block_q, block_k, device)
         lo, hi, s = b.p_first - (b.ke - 1), b.p_last - b.ks, self.stride  # (nqb, nkb) distance range
         lone_multiple = (lo == hi) & (lo % s == 0)
         if self.causal:
@@ -50,7 +51,7 @@ class Strided(Mask):
         else:  # the local band |d| < s, or a multiple of s in [lo, hi]
             seen = ((lo < s) & (hi > -s)) | (hi // s * s >= lo)
             full = ((lo >= -s) & (hi <= s)) | lone_multiple | (s == 1)
-        return _states(full, ~seen)
+        return states(full, ~seen)
 
     def tile_key(self, qs, qe, ks, ke, q_len, k_len):
         d0 = qs + k_len - q_len - ks  # distance at the tile's first row and first key
@@ -72,13 +73,13 @@ class Fixed(Mask):
         self.causal = check_bool("fixed causal", causal)
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
-        p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
+        p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         bl = self.block
         visible = (p // bl == j // bl) | (j % bl >= bl - self.summary)
         return visible & (j <= p) if self.causal else visible
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
-        b = _Blocks.make(q_len, k_len, block_q, block_k, device)
+        b = Blocks.make(q_len, k_len, block_q, block_k, device)
         bl, s = self.block, self.summary
         p0, p1, k0, k1 = b.p_first, b.p_last, b.ks, b.ke - 1
 
@@ -99,7 +100,7 @@ class Fixed(Mask):
         full = (in_tile == k1 - k0 + 1) | one_block  # exact EMPTY; FULL may be conservative
         if self.causal:
             full &= k1 <= p0
-        return _states(full, ~(same_block | summary_seen))
+        return states(full, ~(same_block | summary_seen))
 
     def tile_key(self, qs, qe, ks, ke, q_len, k_len):
         bl, p0 = self.block, qs + k_len - q_len
@@ -218,7 +219,7 @@ class BigBird(Mask):
         bl, offset = self.block, k_len - q_len
         q_first, k_first = (qs + offset) // bl, ks // bl
         grid = self._grid(q_first, (qe - 1 + offset) // bl, k_first, (ke - 1) // bl, -(-k_len // bl))
-        p, j = _positions(qs, qe, ks, ke, q_len, k_len, device)
+        p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         return grid.to(device)[p[:, 0] // bl - q_first][:, j[0] // bl - k_first]
 
     def cells(self, q_len, k_len):
@@ -232,7 +233,7 @@ class BigBird(Mask):
         return self._cells[1]
 
     def block_states(self, q_len, k_len, block_q, block_k, device=None):
-        b = _Blocks.make(q_len, k_len, block_q, block_k, device)
+        b = Blocks.make(q_len, k_len, block_q, block_k, device)
         bl, g, w = self.block, self.num_global, self.window
         q1, q2 = b.p_first // bl, b.p_last // bl  # (nqt, 1) query blocks of each row
         k1, k2 = b.ks // bl, (b.ke - 1) // bl  # (1, nkt) key blocks of each column of tiles
@@ -241,7 +242,7 @@ class BigBird(Mask):
         if self.num_random and q_len and k_len:
             seen = seen | self._random_tiles(q_len, k_len, block_q, block_k).to(seen.device)
         full = full | (seen & (q1 == q2) & (k1 == k2))  # a tile inside one cell is all of it
-        return _states(full, ~seen)
+        return states(full, ~seen)
 
     def _random_tiles(self, q_len: int, k_len: int, block_q: int, block_k: int) -> Tensor:
         """(nqt, nkt) bool: the tiles that touch a (query block, random key block) cell."""
