@@ -66,3 +66,62 @@ def test_from_torch_float64_weights_bitwise_and_outputs_identical(kdim):
     got = ours(x) if kdim is None else ours(x, ctx)
     assert max_abs_error(got, expected) <= 1e-12
 
+
+# --- 6: eps and RoPE bases -------------------------------------------------------------------------
+
+
+BAD_FLOATS = [0.0, -1e-5, math.nan, math.inf]
+
+
+@pytest.mark.parametrize("value", BAD_FLOATS, ids=str)
+@pytest.mark.parametrize("field", ["norm_eps", "rope_base"])
+@pytest.mark.parametrize("config", ["GPTConfig", "HybridConfig"])
+def test_config_refuses_non_positive_eps_and_rope_base(config, field, value):
+    cls = getattr(models, config)
+    with pytest.raises(ValueError, match=rf"{config}\.{field} must be > 0"):
+        cls.preset("tiny" if config == "HybridConfig" else "nano", **{field: value})
+
+
+def test_rotary_embedding_refuses_a_bad_base():
+    for base in (0.0, -2.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="base"):
+            RotaryEmbedding(8, base)
+
+# --- 6: attention_mask holds 0/1 only ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [2, -1, 0.5], ids=["2", "-1", "0.5"])
+def test_gpt_and_bert_refuse_attention_mask_values_other_than_0_and_1(bad):
+    ids = torch.randint(1, 41, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.float64 if isinstance(bad, float) else torch.long)
+    mask[1, 2] = bad
+    for model in (tiny_gpt(), tiny_bert()):
+        with pytest.raises(ValueError, match=rf"attention_mask.*0 .*1.*{bad}"):
+            model(ids, mask)
+    with pytest.raises(ValueError, match=rf"attention_mask.*{bad}"):
+        tiny_gpt().generate(ids, 2, attention_mask=mask)
+
+
+def test_transformer_refuses_src_and_tgt_mask_values_other_than_0_and_1():
+    model = tiny_transformer()
+    src, tgt = torch.randint(3, 41, (2, 5)), torch.randint(3, 41, (2, 4))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[0, 0] = 3
+    with pytest.raises(ValueError, match=r"src_mask.*3"):
+        model(src, tgt, src_mask=mask)
+    with pytest.raises(ValueError, match=r"tgt_mask.*3"):
+        model(src, tgt, tgt_mask=mask[:, :4])
+
+
+def test_attention_masks_of_0_and_1_in_any_dtype_agree():
+    ids = torch.randint(1, 41, (2, 6))
+    as_bool = torch.ones(2, 6, dtype=torch.bool)
+    as_bool[0, :2] = False  # GPT: left padding
+    gpt = tiny_gpt()
+    expected = gpt(ids, as_bool).logits
+    for dtype in (torch.long, torch.int32, torch.float32):
+        torch.testing.assert_close(gpt(ids, as_bool.to(dtype)).logits, expected, atol=0, rtol=0)
+    bert = tiny_bert()
+    right = as_bool.flip(-1)  # BERT: right padding
+    expected = bert(ids, right).last_hidden_state
+    torch.testing.assert_close(bert(ids, right.long()).last_hidden_state, expected, atol=0, rtol=0)

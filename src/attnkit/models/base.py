@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -62,11 +63,11 @@ def require_heads(config: object, dim: int, num_heads: int, num_kv_heads: int | 
 
 
 def require_positive_float(config: object, *names: str) -> None:
-    """Raise a ValueError naming the first field of ``config`` that is not a number > 0."""
+    """Raise a ValueError naming the first field of ``config`` that is not a finite number > 0."""
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{type(config).__name__}.{name} must be > 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"{type(config).__name__}.{name} must be > 0 and finite, got {value!r}")
 
 
 def require_dropout(config: object, *names: str) -> None:
@@ -122,6 +123,24 @@ def check_range(ids: Tensor, limit: int, name: str = "input_ids", limit_name: st
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= limit:
             raise ValueError(f"{name} must lie in [0, {limit_name}={limit}), got values in [{low}, {high}]")
+
+
+def check_attention_mask(mask: Tensor, name: str = "attention_mask") -> Tensor:
+    """``mask`` (1 = token, 0 = padding; bool or any number dtype) as a bool tensor, True = token.
+
+    Any other value (2, -1, 0.5, NaN) is a ValueError naming the values found: read as "not 0" it would count
+    as a token, and summed into positions it would shift them. A bool mask is returned as it is, unread.
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a tensor (1 = token, 0 = padding), got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return mask
+    token = mask != 0
+    if not torch.equal(token.to(mask.dtype), mask):  # one pass; the values are gathered only to report them
+        found = torch.unique(mask[(mask != 0) & (mask != 1)]).tolist()
+        shown = ", ".join(map(str, found[:8])) + (", ..." if len(found) > 8 else "")
+        raise ValueError(f"{name} must hold only 0 (padding) and 1 (token), found {shown}")
+    return token
 
 
 def init_weights(module: nn.Module) -> None:

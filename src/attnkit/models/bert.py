@@ -39,8 +39,8 @@ from ..functional.masks import Mask
 from ..nn.layers import EncoderLayer
 from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import (Config, Model, check_ids, check_range, init_weights, require_dropout, require_heads,
-                   require_positive, require_positive_float, require_token_ids)
+from .base import (Config, Model, check_attention_mask, check_ids, check_range, init_weights, require_dropout,
+                   require_heads, require_positive, require_positive_float, require_token_ids)
 
 
 @dataclass
@@ -150,7 +150,7 @@ class BERT(Model):
             if value is not None and tuple(value.shape) != (b, n):
                 raise ValueError(f"{name} must have input_ids' shape {(b, n)}, got {tuple(value.shape)}")
         if attention_mask is not None:
-            mask = attention_mask != 0
+            mask = check_attention_mask(attention_mask)
         else:  # packed rows (position_ids given) hold no padding unless an attention_mask says so
             mask = None if packed else input_ids != c.pad_id
         if token_type_ids is None:

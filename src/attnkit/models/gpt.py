@@ -25,7 +25,8 @@ from ..nn.positions import (
     default_position_ids,
     position_ids_from_mask,
 )
-from .base import Config, Model, check_ids, init_weights, require_dropout, require_heads, require_positive
+from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_heads,
+                   require_positive, require_positive_float)
 from .sampling import check_sampling, extend, next_token
 
 
@@ -71,6 +72,7 @@ class GPTConfig(Config):
         require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads")
         require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=self.positions == "rope")
         require_dropout(self, "dropout")
+        require_positive_float(self, "norm_eps", "rope_base")  # <= 0 gives NaN logits
         self.moe_layers = tuple(self.moe_layers)
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
         if bad:
@@ -135,9 +137,12 @@ class GPT(Model):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 cache: list[KVCache] | None = None, position_ids: Tensor | None = None) -> GPTOutput:
         """input_ids (B, N) long; ``attention_mask`` (B, N_total) with 1 = token, 0 = padding (left padding
-        for generation), covering the cached tokens too when ``cache`` is given."""
+        for generation; bool or numbers, any other value is refused), covering the cached tokens too when
+        ``cache`` is given."""
         b, n = check_ids(input_ids, self.config.vocab_size)
         past = cache[0].length if cache else 0
+        if attention_mask is not None:
+            attention_mask = check_attention_mask(attention_mask)  # (B, N_total) bool
         if attention_mask is not None and tuple(attention_mask.shape) != (b, past + n):
             raise ValueError(f"attention_mask must be (B, cached + new tokens) = {(b, past + n)} (1 = token, "
                              f"0 = padding), got {tuple(attention_mask.shape)}")
@@ -151,12 +156,11 @@ class GPT(Model):
         if self.position_embedding is not None:
             x = x + self.position_embedding(position_ids)
         x = self.dropout(x)
-        key_padding = None if attention_mask is None else attention_mask.bool()
         window = None if self.config.window is None else (self.config.window, 0)
         aux: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             x = layer(x, causal=True, window=window, cache=None if cache is None else cache[i],
-                      position_ids=position_ids, key_padding=key_padding, aux_losses=aux)
+                      position_ids=position_ids, key_padding=attention_mask, aux_losses=aux)
         x = self.final_norm(x)
         return GPTOutput(self.head(x), x, torch.stack(aux).sum() if aux else None)
 
@@ -174,7 +178,8 @@ class GPT(Model):
         if self.config.positions == "learned" and total > self.config.max_seq_len:
             raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the learned "
                              f"position table's max_seq_len={self.config.max_seq_len}")
-        mask = attention_mask  # None without padding: no mask tensor is built or grown per step
+        # None without padding: no mask tensor is built or grown per step; bool, so checked once here
+        mask = None if attention_mask is None else check_attention_mask(attention_mask)
         cache = None
         if use_cache:
             kind = cache_kind or ("ring" if self.config.window is not None else "static")
@@ -190,7 +195,7 @@ class GPT(Model):
             # with a cache the next forward takes only the new token; without, the whole sequence again
             ids = token[:, None] if use_cache else torch.cat((ids, token[:, None]), dim=1)
             if mask is not None:
-                mask = torch.cat((mask, torch.ones_like(token[:, None])), dim=1)
+                mask = torch.cat((mask, mask.new_ones(b, 1)), dim=1)
             if eos_token_id is not None and bool(done.all()):
                 return
 

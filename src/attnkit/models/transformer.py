@@ -35,7 +35,8 @@ from ..nn.cache import ContextCache, StaticCache
 from ..nn.linear import Linear
 from ..nn.layers import DecoderLayer, EncoderLayer
 from ..nn.positions import SinusoidalPositions, default_position_ids
-from .base import Config, Model, check_ids, require_dropout, require_heads, require_positive, require_token_ids
+from .base import (Config, Model, check_attention_mask, check_ids, require_dropout, require_heads, require_positive,
+                   require_token_ids)
 
 
 @dataclass
@@ -144,7 +145,7 @@ def _bool_mask(name: str, mask: Tensor, shape: tuple[int, ...]) -> Tensor:
         raise TypeError(f"{name} must be a tensor (1 = token, 0 = padding), got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (1 = token, 0 = padding), got {tuple(mask.shape)}")
-    return mask if mask.dtype == torch.bool else mask != 0
+    return check_attention_mask(mask, name)
 
 
 @dataclass

@@ -116,6 +116,8 @@ class RotaryEmbedding(RelativePositions):
         check_int("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"head_dim must be a positive even int for RoPE, got {head_dim}")
+        if isinstance(base, bool) or not isinstance(base, (int, float)) or not 0 < base < math.inf:
+            raise ValueError(f"base must be a finite number > 0, got {base!r}")
         if scaling not in (None, "linear", "ntk"):
             raise ValueError(f"scaling must be None, 'linear' or 'ntk', got {scaling!r}")
         if not factor >= 1.0:
