@@ -125,3 +125,33 @@ def test_attention_masks_of_0_and_1_in_any_dtype_agree():
     right = as_bool.flip(-1)  # BERT: right padding
     expected = bert(ids, right).last_hidden_state
     torch.testing.assert_close(bert(ids, right.long()).last_hidden_state, expected, atol=0, rtol=0)
+
+
+# --- 6: MoE options -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [dict(capacity_factor=math.inf), dict(capacity_factor=math.nan),
+                                    dict(capacity_factor=-math.inf), dict(capacity_factor="1.25")],
+                         ids=["inf", "nan", "-inf", "str"])
+def test_moe_refuses_a_non_finite_capacity_factor_at_construction(kwargs):
+    with pytest.raises(ValueError, match="capacity_factor"):
+        MoE(8, 16, 4, 2, **kwargs)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(capacity_factor=math.inf), "GPTConfig.capacity_factor"),
+    (dict(capacity_factor=0.0), "GPTConfig.capacity_factor"),
+    (dict(num_experts=0), "GPTConfig.num_experts"),
+    (dict(moe_top_k=0), "GPTConfig.moe_top_k"),
+    (dict(num_experts=4, moe_top_k=5), "GPTConfig.moe_top_k"),
+], ids=["cf-inf", "cf-zero", "experts-0", "top_k-0", "top_k-over"])
+def test_gpt_config_refuses_bad_moe_options(overrides, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        models.GPTConfig.preset("nano", moe_layers=(0,), **overrides)
+
+
+def test_moe_capacity_none_and_finite_still_build():
+    MoE(8, 16, 4, 2, capacity_factor=None)
+    MoE(8, 16, 4, 2, capacity_factor=2)
+    models.GPTConfig.preset("nano", moe_layers=(0,), capacity_factor=None)
+

@@ -16,7 +16,7 @@ from ..functional.checks import check_int
 from ..nn.cache import CacheKind, KVCache, make_cache
 from ..nn.layers import Activation, EncoderLayer
 from ..nn.linear import Linear
-from ..nn.moe import MoE
+from ..nn.moe import MoE, check_routing
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import (
     ALiBiPositions,
@@ -77,6 +77,8 @@ class GPTConfig(Config):
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
         if bad:
             raise ValueError(f"GPTConfig.moe_layers {bad} are not layer indices 0..{self.num_layers - 1}")
+        check_routing(self.num_experts, self.moe_top_k, self.capacity_factor,
+                      names=("GPTConfig.num_experts", "GPTConfig.moe_top_k", "GPTConfig.capacity_factor"))
         if self.positions not in ("learned", "rope", "alibi"):
             raise ValueError(f"GPTConfig.positions must be 'learned', 'rope' or 'alibi', got {self.positions!r}")
         if self.window is not None:

@@ -32,6 +32,21 @@ def expert_capacity(tokens: int, top_k: int, num_experts: int, capacity_factor: 
     return math.ceil(capacity_factor * tokens * top_k / num_experts)
 
 
+def check_routing(num_experts: int, top_k: int, capacity_factor: float | None, *,
+                  names: tuple[str, str, str] = ("num_experts", "top_k", "capacity_factor")) -> None:
+    """Raise unless 1 <= top_k <= num_experts (ints) and capacity_factor is None or a finite number > 0;
+    the messages use ``names`` (e.g. a config's field names). An infinite factor would only fail in forward."""
+    experts_name, top_k_name, capacity_name = names
+    check_int(experts_name, num_experts)
+    check_int(top_k_name, top_k)
+    if top_k > num_experts:
+        raise ValueError(f"{top_k_name} must be between 1 and {experts_name}={num_experts}, got {top_k}")
+    if capacity_factor is not None and (isinstance(capacity_factor, bool)
+                                        or not isinstance(capacity_factor, (int, float))
+                                        or not 0 < capacity_factor < math.inf):
+        raise ValueError(f"{capacity_name} must be None (no limit) or a finite number > 0, got {capacity_factor!r}")
+
+
 @dataclass
 class Routing:
     """Where each token goes: ``experts``, ``gates`` and ``keep`` are all (T, top_k), choice 0 = most probable."""
@@ -127,14 +142,9 @@ class MoE(nn.Module):
     def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int = 2, *,
                  capacity_factor: float | None = 1.25, activation: Activation = "swiglu", bias: bool = False):
         super().__init__()
-        for name, value in (("dim", dim), ("hidden", hidden), ("num_experts", num_experts), ("top_k", top_k)):
+        for name, value in (("dim", dim), ("hidden", hidden)):
             check_int(name, value)
-        if top_k > num_experts:
-            raise ValueError(f"top_k must be between 1 and num_experts={num_experts}, got {top_k}")
-        if capacity_factor is not None and (isinstance(capacity_factor, bool)
-                                            or not isinstance(capacity_factor, (int, float))
-                                            or not capacity_factor > 0):
-            raise ValueError(f"capacity_factor must be None (no limit) or a number > 0, got {capacity_factor!r}")
+        check_routing(num_experts, top_k, capacity_factor)
         check_activation(activation)
         self.dim, self.hidden, self.num_experts, self.top_k = dim, hidden, num_experts, top_k
         self.capacity_factor, self.activation = capacity_factor, activation
