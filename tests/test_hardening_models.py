@@ -155,3 +155,38 @@ def test_moe_capacity_none_and_finite_still_build():
     MoE(8, 16, 4, 2, capacity_factor=2)
     models.GPTConfig.preset("nano", moe_layers=(0,), capacity_factor=None)
 
+
+# --- 6: kernel names are checked where they are given ---------------------------------------------------
+
+
+CONFIGS = {
+    "GPTConfig": lambda **kw: models.GPTConfig.preset("nano", **kw),
+    "BERTConfig": lambda **kw: models.BERTConfig.preset("tiny", **kw),
+    "ViTConfig": lambda **kw: models.ViTConfig.preset("tiny", **kw),
+    "TransformerConfig": lambda **kw: models.TransformerConfig.preset("tiny", **kw),
+    "HybridConfig": lambda **kw: models.HybridConfig.preset("tiny", **kw),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_refuses_an_unknown_kernel_listing_the_registered_ones(config):
+    with pytest.raises(ValueError, match=rf"{config}\.kernel.*'nope'.*dense.*sdpa.*tiled"):
+        CONFIGS[config](kernel="nope")
+    for good in ("auto", "dense", attnkit.kernel("sdpa")):
+        assert CONFIGS[config](kernel=good).kernel is good
+
+
+def test_multi_head_attention_and_set_kernel_refuse_unknown_kernels_before_any_forward():
+    with pytest.raises(ValueError, match=r"kernel.*'bogus'.*registered: .*dense"):
+        MultiHeadAttention(8, 2, kernel="bogus")
+    with pytest.raises(TypeError, match="kernel"):
+        MultiHeadAttention(8, 2, kernel=3)
+    model = tiny_gpt(kernel="dense")
+    with pytest.raises(ValueError, match=r"'bogus'.*registered: .*dense"):
+        model.set_kernel("bogus")
+    with pytest.raises(ValueError, match=r"'bogus'.*registered: .*dense"):
+        set_kernel(model, "bogus")
+    assert {layer.attn.kernel for layer in model.layers} == {"dense"}  # a refused kernel changes nothing
+    tiled = attnkit.kernel("tiled")
+    assert {layer.attn.kernel for layer in model.set_kernel(tiled).layers} == {tiled}
+

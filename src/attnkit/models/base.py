@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..functional.checks import check_int
 from ..functional.registry import Kernel
-from ..nn.attention import set_kernel
+from ..nn.attention import check_kernel, set_kernel
 
 C = TypeVar("C", bound="Config")
 
@@ -68,6 +68,12 @@ def require_positive_float(config: object, *names: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise ValueError(f"{type(config).__name__}.{name} must be > 0 and finite, got {value!r}")
+
+
+def require_kernel(config: object) -> None:
+    """``config.kernel`` must be "auto", a registered kernel's name or a kernel object (ValueError listing the
+    registered names otherwise)."""
+    check_kernel(config.kernel, f"{type(config).__name__}.kernel")
 
 
 def require_dropout(config: object, *names: str) -> None:

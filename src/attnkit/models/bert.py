@@ -40,7 +40,7 @@ from ..nn.layers import EncoderLayer
 from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
 from .base import (Config, Model, check_attention_mask, check_ids, check_range, init_weights, require_dropout,
-                   require_heads, require_positive, require_positive_float, require_token_ids)
+                   require_heads, require_kernel, require_positive, require_positive_float, require_token_ids)
 
 
 @dataclass
@@ -75,6 +75,7 @@ class BERTConfig(Config):
         require_dropout(self, "dropout")
         require_positive_float(self, "norm_eps")
         require_token_ids(self, {"pad_id": self.vocab_size})
+        require_kernel(self)
 
 
 @dataclass

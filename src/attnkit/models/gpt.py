@@ -26,7 +26,7 @@ from ..nn.positions import (
     position_ids_from_mask,
 )
 from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_heads,
-                   require_positive, require_positive_float)
+                   require_kernel, require_positive, require_positive_float)
 from .sampling import check_sampling, extend, next_token
 
 
@@ -73,6 +73,7 @@ class GPTConfig(Config):
         require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=self.positions == "rope")
         require_dropout(self, "dropout")
         require_positive_float(self, "norm_eps", "rope_base")  # <= 0 gives NaN logits
+        require_kernel(self)
         self.moe_layers = tuple(self.moe_layers)
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
         if bad:

@@ -19,7 +19,8 @@ from ..nn.linear import Linear
 from ..nn.norms import NormKind, make_norm
 from ..nn.positions import RotaryEmbedding, default_position_ids
 from ..nn.ssm import SelectiveSSM, SSMState
-from .base import Config, Model, check_ids, init_weights, require_heads, require_positive, require_positive_float
+from .base import (Config, Model, check_ids, init_weights, require_heads, require_kernel, require_positive,
+                   require_positive_float)
 from .sampling import check_sampling, extend, next_token
 
 
@@ -51,6 +52,7 @@ class HybridConfig(Config):
         require_positive(self, "vocab_size", "dim", "num_heads", "state_dim", "expand")
         require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=True)
         require_positive_float(self, "norm_eps", "rope_base")
+        require_kernel(self)
         if not self.pattern or set(self.pattern) - {"A", "M"}:
             raise ValueError(f"HybridConfig.pattern must be a non-empty string of 'A' (attention) and "
                              f"'M' (SSM) layers, got {self.pattern!r}")

@@ -35,8 +35,8 @@ from ..nn.cache import ContextCache, StaticCache
 from ..nn.linear import Linear
 from ..nn.layers import DecoderLayer, EncoderLayer
 from ..nn.positions import SinusoidalPositions, default_position_ids
-from .base import (Config, Model, check_attention_mask, check_ids, require_dropout, require_heads, require_positive,
-                   require_token_ids)
+from .base import (Config, Model, check_attention_mask, check_ids, require_dropout, require_heads, require_kernel,
+                   require_positive, require_token_ids)
 
 
 @dataclass
@@ -78,6 +78,7 @@ class TransformerConfig(Config):
         if self.dim % 2:
             raise ValueError(f"TransformerConfig.dim must be even for sinusoidal positions, got {self.dim}")
         require_dropout(self, "dropout")
+        require_kernel(self)
         if self.max_len is not None:
             require_positive(self, "max_len")
         require_token_ids(self, {"pad_id": min(self.src_vocab_size, self.tgt_vocab_size),

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..nn.layers import EncoderLayer
 from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
-from .base import (Config, Model, init_weights, require_dropout, require_heads, require_positive,
+from .base import (Config, Model, init_weights, require_dropout, require_heads, require_kernel, require_positive,
                    require_positive_float)
 
 Pool = Literal["cls", "mean"]
@@ -58,6 +58,7 @@ class ViTConfig(Config):
         require_heads(self, self.dim, self.num_heads)
         require_dropout(self, "dropout")
         require_positive_float(self, "norm_eps")
+        require_kernel(self)
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
 

@@ -21,7 +21,7 @@ from ..functional import masks as structured_masks
 from ..functional.bias import ALiBi, Bias
 from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
-from ..functional.registry import Kernel
+from ..functional.registry import Kernel, get_kernel
 from .cache import CacheView, ContextCache, KVCache, RingCache
 from .linear import Linear
 from .norms import RMSNorm
@@ -104,6 +104,7 @@ class MultiHeadAttention(nn.Module):
                  context_dim: int | None = None, cross_attention: bool = False, scale: float | None = None,
                  softcap: float | None = None):
         super().__init__()
+        check_kernel(kernel)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         head_dim = _check_sizes(dim, num_heads, num_kv_heads, head_dim)
         if not 0.0 <= dropout < 1.0:
@@ -317,12 +318,29 @@ def _ring_mask(mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: 
     return visible
 
 
+def check_kernel(kernel: str | Kernel, name: str = "kernel") -> str | Kernel:
+    """``kernel`` unchanged when it is "auto", a registered kernel's name or a kernel object: a bad choice is
+    refused where it is made, with the registered names, not at the first forward."""
+    if isinstance(kernel, str):
+        if kernel != "auto":
+            try:
+                get_kernel(kernel)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return kernel
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"{name} must be 'auto', a registered kernel's name or a kernel object, got "
+                        f"{type(kernel).__name__}")
+    return kernel
+
+
 def set_kernel(module: nn.Module, kernel: str | Kernel) -> nn.Module:
     """Make every MultiHeadAttention inside ``module`` use ``kernel``; returns ``module``."""
+    check_kernel(kernel)
     for sub in module.modules():
         if isinstance(sub, MultiHeadAttention):
             sub.kernel = kernel
     return module
 
 
-__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel"]
+__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "check_kernel", "set_kernel"]
