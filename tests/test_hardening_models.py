@@ -190,3 +190,56 @@ def test_multi_head_attention_and_set_kernel_refuse_unknown_kernels_before_any_f
     tiled = attnkit.kernel("tiled")
     assert {layer.attn.kernel for layer in model.set_kernel(tiled).layers} == {tiled}
 
+
+# --- 11: generate -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [tiny_gpt, tiny_hybrid], ids=["gpt", "hybrid"])
+def test_generate_refuses_an_empty_prompt(make):
+    with pytest.raises(ValueError, match=r"input_ids.*prompt.*at least one token.*\(1, 0\)"):
+        make().generate(torch.zeros(1, 0, dtype=torch.long), 3)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-300, 5e-324])
+@pytest.mark.parametrize("make", [tiny_gpt, tiny_hybrid], ids=["gpt", "hybrid"])
+def test_tiny_temperature_samples_the_argmax(make, temperature):
+    model = make()
+    ids = torch.randint(0, 41, (2, 5))
+    greedy = model.generate(ids, 4)
+    sampled = model.generate(ids, 4, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, greedy)
+
+
+def test_next_token_tiny_temperature_with_large_and_masked_logits():
+    logits = torch.tensor([[3e38, -3e38, float("-inf"), 1e38], [-5.0, 7.0, 6.9999, float("-inf")]])
+    for temperature in (1e-45, 1e-30, 5e-324):
+        for options in (dict(), dict(top_k=2), dict(top_p=0.5)):
+            token = next_token(logits, temperature=temperature, **options)
+            assert token.tolist() == [0, 1], (temperature, options)
+
+
+def test_next_token_tiny_temperature_samples_among_exact_ties():
+    logits = torch.tensor([[1.0, 5.0, 5.0, -2.0]])
+    gen = torch.Generator().manual_seed(0)
+    seen = {int(next_token(logits, temperature=1e-40, generator=gen)) for _ in range(40)}
+    assert seen == {1, 2}
+
+
+@pytest.mark.parametrize("options,exc,match", [
+    (dict(temperature=-1.0), ValueError, "temperature.*-1.0"),
+    (dict(temperature=math.inf), ValueError, "temperature.*inf"),
+    (dict(temperature=math.nan), ValueError, "temperature.*nan"),
+    (dict(temperature="1"), TypeError, "temperature"),
+    (dict(temperature=1.0, top_k=0), ValueError, "top_k"),
+    (dict(temperature=1.0, top_k=2.5), TypeError, "top_k"),
+    (dict(temperature=1.0, top_k=True), TypeError, "top_k"),
+    (dict(temperature=1.0, top_p=0.0), ValueError, "top_p"),
+    (dict(temperature=1.0, top_p=math.nan), ValueError, "top_p"),
+    (dict(temperature=1.0, top_p=1.5), ValueError, "top_p"),
+    (dict(temperature=1.0, top_p="0.5"), TypeError, "top_p"),
+], ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize("make", [tiny_gpt, tiny_hybrid], ids=["gpt", "hybrid"])
+def test_generate_refuses_bad_sampling_options(make, options, exc, match):
+    with pytest.raises(exc, match=match):
+        make().generate(torch.randint(0, 41, (1, 3)), 2, **options)
+

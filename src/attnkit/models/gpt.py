@@ -27,7 +27,7 @@ from ..nn.positions import (
 )
 from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_heads,
                    require_kernel, require_positive, require_positive_float)
-from .sampling import check_sampling, extend, next_token
+from .sampling import check_prompt, check_sampling, extend, next_token
 
 
 @dataclass
@@ -176,7 +176,7 @@ class GPT(Model):
         ``eos_token_id`` keep yielding it. Options as in ``generate``."""
         check_sampling(temperature, top_k, top_p)
         check_int("max_new_tokens", max_new_tokens, minimum=0)
-        b, n = check_ids(input_ids, self.config.vocab_size)
+        b, n = check_prompt(input_ids, self.config.vocab_size)
         total = n + max_new_tokens
         if self.config.positions == "learned" and total > self.config.max_seq_len:
             raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the learned "
@@ -206,10 +206,10 @@ class GPT(Model):
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  eos_token_id: int | None = None, use_cache: bool = True, cache_kind: CacheKind | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
-        """Extend ``input_ids`` (B, N) by up to ``max_new_tokens``: greedy for temperature 0 (default),
-        otherwise sampled (``top_k``, ``top_p``; seeded by ``generator``). Stops early once every sequence
-        has produced ``eos_token_id``; finished sequences are padded with it. Left-pad batched prompts and
-        pass ``attention_mask`` (1 = token). ``cache_kind``: "static" (default; preallocated for prompt +
+        """Extend ``input_ids`` (B, N >= 1) by up to ``max_new_tokens``: greedy for temperature 0 (default),
+        otherwise sampled (``top_k``, ``top_p``; seeded by ``generator``; any finite temperature > 0, however
+        small: see ``next_token``). Stops early once every sequence has produced ``eos_token_id``; finished
+        sequences are padded with it. Left-pad batched prompts and pass ``attention_mask`` (1 = token). ``cache_kind``: "static" (default; preallocated for prompt +
         max_new_tokens), "growing", or "ring" (default for sliding-window models). Returns (B, N + generated)."""
         return extend(input_ids, self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
                                              temperature=temperature, top_k=top_k, top_p=top_p,

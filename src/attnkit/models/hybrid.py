@@ -21,7 +21,7 @@ from ..nn.positions import RotaryEmbedding, default_position_ids
 from ..nn.ssm import SelectiveSSM, SSMState
 from .base import (Config, Model, check_ids, init_weights, require_heads, require_kernel, require_positive,
                    require_positive_float)
-from .sampling import check_sampling, extend, next_token
+from .sampling import check_prompt, check_sampling, extend, next_token
 
 
 @dataclass
@@ -148,7 +148,7 @@ class HybridLM(Model):
         padding mask)."""
         check_sampling(temperature, top_k, top_p)
         check_int("max_new_tokens", max_new_tokens, minimum=0)
-        check_ids(input_ids, self.config.vocab_size)
+        check_prompt(input_ids, self.config.vocab_size)
         state = self.new_state(input_ids.shape[1] + max_new_tokens)
         step = input_ids
         for _ in range(max_new_tokens):
