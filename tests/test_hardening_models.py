@@ -243,3 +243,69 @@ def test_generate_refuses_bad_sampling_options(make, options, exc, match):
     with pytest.raises(exc, match=match):
         make().generate(torch.randint(0, 41, (1, 3)), 2, **options)
 
+
+# --- 13: MultiHeadAttention(bias=...) ---------------------------------------------------------------
+
+
+def functional_mha(m: MultiHeadAttention, x, **options):
+    """The module's projections around attnkit.attention, written out."""
+    b, n, _ = x.shape
+    q = m.q_proj(x).view(b, n, m.num_heads, m.head_dim).transpose(1, 2)  # (B, H, N, D)
+    k = m.k_proj(x).view(b, n, m.num_kv_heads, m.head_dim).transpose(1, 2)  # (B, Hkv, N, D)
+    v = m.v_proj(x).view(b, n, m.num_kv_heads, m.head_dim).transpose(1, 2)
+    out = attnkit.attention(q, k, v, kernel="dense", **options)  # (B, H, N, D)
+    return m.out_proj(out.transpose(1, 2).reshape(b, n, m.num_heads * m.head_dim))
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sdpa", "tiled"])
+@pytest.mark.parametrize("kind", ["tensor-4d", "tensor-2d", "alibi-object"])
+def test_bias_keyword_equals_functional_attention(kernel, kind):
+    torch.manual_seed(3)
+    m = MultiHeadAttention(24, 6, num_kv_heads=2, kernel=kernel).double()
+    x = torch.randn(2, 9, 24, dtype=torch.float64)
+    bias = {"tensor-4d": torch.randn(2, 6, 9, 9, dtype=torch.float64),
+            "tensor-2d": torch.randn(9, 9, dtype=torch.float64),
+            "alibi-object": attnkit.bias.alibi(6)}[kind]
+    got = m(x, bias=bias, causal=True)
+    assert max_abs_error(got, functional_mha(m, x, bias=bias, causal=True)) <= 1e-12
+    assert max_abs_error(got, m(x, causal=True)) > 1e-3  # the bias did change the output
+
+
+def test_bias_adds_to_the_positions_bias_and_reaches_recorders():
+    torch.manual_seed(4)
+    m = MultiHeadAttention(16, 4, positions=ALiBiPositions(4)).double()
+    x = torch.randn(1, 7, 16, dtype=torch.float64)
+    bias = torch.randn(1, 4, 7, 7, dtype=torch.float64)
+    alibi = attnkit.bias.alibi(4, m.positions.slopes)
+    both = alibi.materialize(7, 7, dtype=torch.float64) + bias
+    calls = []
+    m.attach(lambda module, call: calls.append(call))
+    got = m(x, bias=bias, causal=True)
+    assert max_abs_error(got, functional_mha(m, x, bias=both, causal=True)) <= 1e-12
+    expected = attnkit.attention_weights(calls[0].q, calls[0].k, bias=both, causal=True)
+    assert max_abs_error(calls[0].weights(), expected) <= 1e-12
+
+
+def test_bias_with_a_cache_covers_every_key_and_a_ring_cache_refuses_it():
+    torch.manual_seed(5)
+    m = MultiHeadAttention(16, 4).double()
+    x = torch.randn(1, 6, 16, dtype=torch.float64)
+    bias = torch.randn(1, 4, 6, 6, dtype=torch.float64)
+    full = m(x, bias=bias, causal=True)
+    cache = attnkit.nn.cache.make_cache("static", max_len=6)
+    parts = [m(x[:, :4], bias=bias[..., :4, :4], causal=True, cache=cache),
+             m(x[:, 4:], bias=bias[..., 4:, :], causal=True, cache=cache)]
+    assert max_abs_error(torch.cat(parts, dim=1), full) <= 1e-12
+    ring = attnkit.nn.cache.make_cache("ring", size=3)
+    with pytest.raises(ValueError, match="RingCache.*bias"):
+        m(x, bias=bias, causal=True, window=(3, 0), cache=ring)
+
+
+def test_float_mask_error_points_to_the_bias_keyword_that_exists():
+    m = MultiHeadAttention(8, 2)
+    x = torch.randn(1, 4, 8)
+    additive = torch.zeros(4, 4)
+    for extra in (dict(), dict(key_padding=torch.ones(1, 4, dtype=torch.bool))):
+        with pytest.raises(TypeError, match=r"mask must be a bool tensor.*got dtype torch.float32.*bias="):
+            m(x, mask=additive, **extra)
+    assert max_abs_error(m(x, bias=additive), m(x)) == 0.0  # ... and bias= takes it

@@ -18,7 +18,7 @@ from torch.utils.hooks import RemovableHandle
 from ..functional import attention as attention_fn
 from ..functional import attention_weights
 from ..functional import masks as structured_masks
-from ..functional.bias import ALiBi, Bias
+from ..functional.bias import ALiBi, Bias, as_bias
 from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel, get_kernel
@@ -144,7 +144,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | Mask | None = None,
                 causal: bool = False, window: Window | None = None,
                 cache: KVCache | ContextCache | None = None, position_ids: Tensor | None = None,
-                key_padding: Tensor | None = None) -> Tensor:
+                key_padding: Tensor | None = None, bias: Tensor | Bias | None = None) -> Tensor:
         """Attend from ``x`` (B, N, dim) to itself, or to ``context`` (B, M, context_dim).
 
         Args:
@@ -157,12 +157,18 @@ class MultiHeadAttention(nn.Module):
             key_padding: (B, Nk_total) bool, True = real token, over every key so far (with a cache: the
                 cached tokens and the new ones), e.g. the Hugging Face ``attention_mask`` of left-padded
                 prompts.
+            bias: an additive float tensor broadcastable to (B, H, N, Nk) over the same keys as ``mask``, or an
+                ``attnkit.bias`` object, added to the logits by ``attnkit.attention`` (and to the bias of
+                ``positions``, if any). Not with a RingCache, whose keys are in slot order.
 
         Returns:
             (B, N, dim).
         """
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (B, N, dim={self.dim}), got {tuple(x.shape)}")
+        if isinstance(mask, Tensor) and mask.dtype != torch.bool:  # before key_padding is ANDed into it
+            raise TypeError(f"mask must be a bool tensor (True = may attend) or an attnkit mask, got dtype "
+                            f"{mask.dtype}; pass an additive float mask as bias=")
         if self.cross_attention and context is None and not (isinstance(cache, ContextCache) and cache.filled):
             raise ValueError("this is a cross-attention layer: pass context (B, M, context_dim)")
         q = self._heads(x, self.q_proj, self.num_heads)  # (B, H, N, Dh)
@@ -171,10 +177,10 @@ class MultiHeadAttention(nn.Module):
         if context is not None or self.cross_attention:
             k, v = self._context_kv(context, cache)
             mask = _with_key_padding(mask, key_padding, k.shape[2])
-            call = AttentionCall(q, k, mask, causal, window, None, self.scale, self.softcap,
+            call = AttentionCall(q, k, mask, causal, window, bias, self.scale, self.softcap,
                                  torch.arange(k.shape[2], device=k.device))
         else:
-            call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding)
+            call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias)
         for recorder in list(self._recorders.values()):
             recorder(self, call)
         out = attention_fn(call.q, call.k, v, mask=call.mask, causal=call.causal, window=call.window,
@@ -196,14 +202,17 @@ class MultiHeadAttention(nn.Module):
             cache.store(k, v)
         return k, v
 
-    def _self_call(self, x, q, mask, causal, window, cache, position_ids, key_padding):
+    def _self_call(self, x, q, mask, causal, window, cache, position_ids, key_padding, bias):
         if isinstance(cache, ContextCache):
             raise TypeError("a ContextCache serves cross-attention; self-attention takes a "
                             "StaticCache, GrowingCache or RingCache")
         k, v = self._keys_values(x)  # (B, Hkv, N, Dh)
         b, n = x.shape[:2]
-        if isinstance(cache, RingCache):
+        if isinstance(cache, RingCache):  # checked before the cache takes the new keys
             _check_ring_window(cache, window)
+            if bias is not None:
+                raise ValueError("with a RingCache, a bias cannot follow the ring's slot order: pass bias= "
+                                 "with a StaticCache or GrowingCache")
         if self.positions is not None:
             if position_ids is None:
                 position_ids = default_position_ids(b, n, cache.length if cache is not None else 0, x.device)
@@ -216,8 +225,9 @@ class MultiHeadAttention(nn.Module):
         else:
             mask = _ring_mask(mask, causal, window, view.positions, q_pos, key_padding)
             causal, window = False, None
-        bias = None if self.positions is None else \
-            self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
+        if self.positions is not None:
+            scheme = self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
+            bias = _sum_biases(bias, scheme, (b, self.num_heads, n, view.k.shape[2]), q)
         call = AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap, view.positions)
         return call, view.v
 
@@ -271,6 +281,20 @@ def _check_sizes(dim: int, num_heads: int, num_kv_heads: int, head_dim: int | No
         return dim // num_heads
     check_int("head_dim", head_dim)
     return head_dim
+
+
+def _sum_biases(bias, scheme, shape: tuple[int, int, int, int], like: Tensor):
+    """The caller's ``bias`` plus the position scheme's, as one bias for ``attnkit.attention``; with both
+    present each is materialized to (b, h, Nq, Nk) (b, h possibly 1), checked against ``shape`` first."""
+    if bias is None or scheme is None:
+        return scheme if bias is None else bias
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    dense = []
+    for one in (bias, scheme):
+        one = as_bias(one)  # a TypeError for a bool or non-tensor, as attnkit.attention gives
+        one.check(*shape)
+        dense.append(one.materialize(shape[2], shape[3], device=like.device, dtype=dtype))
+    return dense[0] + dense[1]
 
 
 def _with_key_padding(mask, key_padding: Tensor | None, num_keys: int):
