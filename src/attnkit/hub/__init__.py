@@ -8,12 +8,13 @@ attnkit's own implementations, and save attnkit models so that ``transformers`` 
     >>> gpt, tok = hub.load("/path/to/gpt2")                              # any local HF directory
     >>> hub.save(gpt, "/tmp/copy", tok)                                   # config.json + model.safetensors
 
-Files: ``resolve`` (name -> directory), ``files`` (config.json and weight files), ``rules`` (tensor mapping
-machinery), ``architectures`` (BERT / RoBERTa / GPT-2 specifics), ``tokenizer``, ``checkpoint`` (load/save).
+Files: ``resolve`` (name -> directory), ``errors`` (CheckpointError), ``files`` (config.json and weight files),
+``rules`` (tensor mapping machinery), ``architectures`` (BERT / RoBERTa / GPT-2 specifics), ``tokenizer``,
+``checkpoint`` (load/save).
 """
 
 from .checkpoint import load, load_model, save
-from .files import CheckpointError
+from .errors import CheckpointError
 from .resolve import BUNDLED_NAMES, bundled_minilm, resolve
 from .tokenizer import Tokenizer, load_tokenizer
 

@@ -23,7 +23,7 @@ padding_idx + 1 rows (so inputs must be right-padded, as for BERT), and it is sa
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 from ..models.base import Config, Model
 from ..models.bert import BERT, BERTConfig
 from ..models.gpt import GPT, GPTConfig
-from .files import CheckpointError
+from .errors import CheckpointError
 from .rules import Layout, Rule, fused, offset_rows, rename, transposed
 
 # --------------------------------------------------------------------------------------------------
@@ -52,6 +52,7 @@ _MLM_HEADS = {
 }
 _MLM_PREFIX = {"bert": "cls.predictions.", "roberta": "lm_head."}
 _EXACT_GELU = ("gelu", "gelu_python")  # both are erf-based GELU in transformers
+_BERT_LAYER_INDEX = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
 
 def _position_offset(family: str, pad_id: int) -> int:
@@ -215,19 +216,28 @@ class Architecture:
     config_from_hf: Callable[[dict[str, Any], set[str], str, str], Config]
     layout: Callable[[Any], Layout]  # attnkit config -> tensor layout
     config_to_hf: Callable[[Any], dict[str, Any]]
+    # a layer's tensors in the checkpoint (group 1: the layer index), and config.json's field for their count
+    layer_index: re.Pattern[str]
+    layers_key: str
     normalize: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda state: state)
+
+    def layers_held(self, names: Iterable[str]) -> int:
+        """How many distinct layers the checkpoint tensor ``names`` hold tensors of (at most one per name)."""
+        return len({int(m.group(1)) for n in names if (m := self.layer_index.search(n))})
 
 
 def _bert_family(name: str, model_types: tuple[str, ...], family: str) -> Architecture:
     """BERT and RoBERTa differ only in ``family``: head names, default pad id, position offset."""
     return Architecture(name, model_types, BERT, partial(_bert_config, family=family),
-                        partial(_bert_layout, family=family), _bert_to_hf, partial(_legacy_bert_names, family=family))
+                        partial(_bert_layout, family=family), _bert_to_hf, _BERT_LAYER_INDEX, "num_hidden_layers",
+                        partial(_legacy_bert_names, family=family))
 
 
 ARCHITECTURES = (
     _bert_family("BERT", ("bert",), "bert"),
     _bert_family("RoBERTa", ("roberta", "xlm-roberta"), "roberta"),
-    Architecture("GPT-2", ("gpt2",), GPT, _gpt2_config, _gpt2_layout, _gpt2_to_hf),
+    Architecture("GPT-2", ("gpt2",), GPT, _gpt2_config, _gpt2_layout, _gpt2_to_hf, re.compile(r"(?:^|\.)h\.(\d+)\."),
+                 "n_layer"),
 )
 
 

@@ -2,8 +2,10 @@
 
 A directory holds ``config.json`` (transformers' field names and ``model_type``), the weights
 (``model.safetensors`` or ``pytorch_model.bin``, under transformers' tensor names) and, optionally, the
-tokenizer files. ``load`` checks every tensor before it copies any: one :class:`CheckpointError` lists all
-that are missing, unexpected or of the wrong shape.
+tokenizer files. ``load`` checks every tensor's name and shape against config.json — from the files' headers,
+on a model built on the meta device — before it reads or allocates anything of the model's size: one
+:class:`CheckpointError` lists all that are missing, unexpected or of the wrong shape. ``save`` replaces the
+directory as a whole, or leaves it as it was.
 
     >>> model, tokenizer = load("sentence-transformers/all-MiniLM-L6-v2")   # the bundled copy, offline
     >>> ids, mask = tokenizer.encode(["A sentence.", "Another, longer sentence."])
@@ -14,6 +16,7 @@ that are missing, unexpected or of the wrong shape.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections import Counter
@@ -23,12 +26,13 @@ import torch
 from torch import Tensor
 
 from ..functional.registry import Kernel
-from ..models.base import Model
+from ..models.base import Config, Model
 from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, architecture_for, architecture_of
-from .files import CheckpointError, read_config, read_weights, write_checkpoint
+from .errors import CheckpointError
+from .files import read_config, read_shapes, read_tensors, weight_files, write_checkpoint
 from .resolve import resolve
-from .rules import to_checkpoint, to_ours
+from .rules import check_shapes, to_checkpoint, to_ours
 from .tokenizer import Tokenizer, load_tokenizer
 
 
@@ -45,16 +49,32 @@ def _check_dtype(dtype: torch.dtype | None) -> None:
                         f"got {dtype!r}")
 
 
-def _build(arch: Architecture, hf_config: dict, names: set[str], kernel: str | Kernel, source: str) -> Model:
+def _config(arch: Architecture, hf_config: dict, names: set[str], kernel: str | Kernel, source: str) -> Config:
+    """The attnkit config that config.json describes (``names``: the checkpoint's tensors, e.g. for heads)."""
     try:
-        config = arch.config_from_hf(hf_config, names, kernel if isinstance(kernel, str) else "auto", source)
+        return arch.config_from_hf(hf_config, names, kernel if isinstance(kernel, str) else "auto", source)
     except CheckpointError:
         raise
     except (TypeError, ValueError) as error:
-        raise CheckpointError(source, problems=[f"config.json does not describe a valid {arch.name}: {error}"]) \
-            from error
-    model = arch.model_class(config)
-    return model if isinstance(kernel, str) else model.set_kernel(kernel)
+        raise CheckpointError(source, problems=[f"does not describe a valid {arch.name}: {error}"]) from error
+
+
+def _check_fits(arch: Architecture, config: Config, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Compare the checkpoint's tensor shapes with those ``config`` implies before anything of the model's size
+    is allocated: the model is built on the meta device (shapes, no storage). A config.json asking for more
+    layers than the checkpoint has tensors (10**6, say) is built with the layers the checkpoint holds, so it
+    costs what the file's header does, not an hour of building modules. One CheckpointError lists every
+    mismatch."""
+    problems = []
+    held = arch.layers_held(shapes)
+    if config.num_layers > held:
+        problems.append(f"config.json has {arch.layers_key}={config.num_layers}, but the weights hold tensors of "
+                        f"{held} layer(s)")
+    if config.num_layers > len(shapes):  # every layer has tensors of its own: they cannot all be there
+        config = dataclasses.replace(config, num_layers=max(held, 1))
+    with torch.device("meta"):
+        shaped = arch.model_class(config)
+    check_shapes(shapes, arch.layout(config), shaped.state_dict(), source, problems)
 
 
 def _fill(model: Model, ours: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -69,11 +89,18 @@ def _fill(model: Model, ours: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _load_model(directory: Path, hf_config: dict, dtype: torch.dtype | None, kernel: str | Kernel) -> Model:
     """``load_model`` given config.json's contents; called straight from both public functions, so the
-    warning's stacklevel=3 names their caller."""
-    arch = architecture_for(hf_config, str(directory / "config.json"))
-    state, path = read_weights(directory)
-    state = arch.normalize(state)
-    model = _build(arch, hf_config, set(state), kernel, str(directory / "config.json"))
+    warning's stacklevel=3 names their caller. Names and shapes are checked from the files' headers first;
+    the weights are read and the model built only when they fit."""
+    config_file = str(directory / "config.json")
+    arch = architecture_for(hf_config, config_file)
+    files, path = weight_files(directory)
+    shapes = arch.normalize(read_shapes(files))
+    config = _config(arch, hf_config, set(shapes), kernel, config_file)
+    _check_fits(arch, config, shapes, str(path))
+    state = arch.normalize(read_tensors(files))
+    model = arch.model_class(config)
+    if not isinstance(kernel, str):
+        model.set_kernel(kernel)
     ours, absent = to_ours(state, arch.layout(model.config), model.state_dict(), str(path))
     if absent:
         warnings.warn(f"{path}: no {', '.join(absent)} in the checkpoint; those parameters keep their random "
@@ -83,11 +110,18 @@ def _load_model(directory: Path, hf_config: dict, dtype: torch.dtype | None, ker
     return model.to(dtype or _stored_dtype(state)).eval()
 
 
+def _local(directory: str | os.PathLike[str], argument: str) -> Path:
+    """``directory`` as a Path; an empty string (which Path reads as the current directory) is refused."""
+    if isinstance(directory, str) and not directory.strip():
+        raise ValueError(f"{argument} is an empty string; pass '.' to mean the current directory")
+    return Path(directory)
+
+
 def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
                kernel: str | Kernel = "auto") -> Model:
     """The model of a local checkpoint directory, in eval mode (see :func:`load`)."""
     _check_dtype(dtype)
-    directory = Path(directory)
+    directory = _local(directory, "directory")
     return _load_model(directory, read_config(directory), dtype, kernel)
 
 
@@ -110,9 +144,11 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
 
     Raises:
         CheckpointError: unknown model_type, unsupported config values, or tensors missing, unexpected or
-            of the wrong shape (all listed in one message).
+            of the wrong shape (all listed in one message); a file that cannot be read (not JSON, not
+            safetensors, not a pickle of tensors, a shard outside the directory), named in the message.
         FileNotFoundError: no such directory, no config.json or weights in it, or a remote name that cannot be
             fetched (the message says how to pass a local path).
+        ValueError: an empty name (pass "." for the current directory).
 
     Example:
         >>> model, tok = load("all-MiniLM-L6-v2")

@@ -77,6 +77,8 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     """The local directory that ``name_or_path`` names (see the module docstring for the order)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    if isinstance(name_or_path, str) and not name_or_path.strip():  # Path("") would be the current directory
+        raise ValueError("name_or_path is an empty string; pass '.' to mean the current directory")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path

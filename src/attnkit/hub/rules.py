@@ -16,13 +16,13 @@ position table starts at padding_idx + 1).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .files import CheckpointError
+from .errors import CheckpointError
 
 Split = Callable[[Tensor], tuple[Tensor, ...]]
 Join = Callable[[tuple[Tensor, ...]], Tensor]
@@ -104,22 +104,36 @@ def expected_shapes(layout: Layout, params: dict[str, Tensor], prefix: str) -> d
     return shapes
 
 
-def to_ours(state: dict[str, Tensor], layout: Layout, params: dict[str, Tensor],
-            source: str) -> tuple[dict[str, Tensor], list[str]]:
-    """Checkpoint ``state`` -> attnkit tensors by parameter name, after checking every name and shape.
+def _prefix(layout: Layout, names: Iterable[str]) -> str:
+    """The base prefix when the checkpoint uses it (a task checkpoint: "bert.embeddings..."), else ""."""
+    return layout.base_prefix if any(n.startswith(layout.base_prefix) for n in names) else ""
 
-    Raises one :class:`CheckpointError` listing all missing, unexpected and wrong-shaped tensors. Returns
-    the converted tensors and the checkpoint names of optional tensors that were absent.
-    """
-    prefix = layout.base_prefix if any(k.startswith(layout.base_prefix) for k in state) else ""
+
+def check_shapes(shapes: Mapping[str, Sequence[int]], layout: Layout, params: dict[str, Tensor], source: str,
+                 problems: Sequence[str] = ()) -> None:
+    """Compare a checkpoint's tensor ``shapes`` with those the model ``params`` imply (meta tensors will do:
+    only shapes are read). Raises one :class:`CheckpointError` listing every missing, unexpected and
+    wrong-shaped tensor, with ``problems`` found before; returns when there is nothing to list."""
+    prefix = _prefix(layout, shapes)
     expected = expected_shapes(layout, params, prefix)
     optional = {_checkpoint_name(r, prefix) for r in layout.rules if r.optional}
-    missing = [n for n in expected if n not in state and n not in optional]
-    unexpected = [n for n in state if n not in expected and not layout.ignore.search(n)]
-    wrong = [(n, shape, tuple(state[n].shape)) for n, shape in expected.items()
-             if n in state and tuple(state[n].shape) != shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(source, missing=missing, unexpected=unexpected, wrong_shapes=wrong)
+    missing = [n for n in expected if n not in shapes and n not in optional]
+    unexpected = [n for n in shapes if n not in expected and not layout.ignore.search(n)]
+    wrong = [(n, shape, tuple(shapes[n])) for n, shape in expected.items()
+             if n in shapes and tuple(shapes[n]) != shape]
+    if problems or missing or unexpected or wrong:
+        raise CheckpointError(source, missing=missing, unexpected=unexpected, wrong_shapes=wrong,
+                              problems=list(problems))
+
+
+def to_ours(state: dict[str, Tensor], layout: Layout, params: dict[str, Tensor],
+            source: str) -> tuple[dict[str, Tensor], list[str]]:
+    """Checkpoint ``state`` -> attnkit tensors by parameter name, after checking every name and shape
+    (:func:`check_shapes`). Returns the converted tensors and the checkpoint names of optional tensors that
+    were absent.
+    """
+    check_shapes({n: t.shape for n, t in state.items()}, layout, params, source)
+    prefix = _prefix(layout, state)
     ours: dict[str, Tensor] = {}
     absent = []
     for rule in layout.rules:
@@ -138,5 +152,5 @@ def to_checkpoint(layout: Layout, params: dict[str, Tensor]) -> dict[str, Tensor
                 for rule in layout.rules}
 
 
-__all__ = ["Rule", "Layout", "rename", "transposed", "fused", "offset_rows", "expected_shapes", "to_ours",
-           "to_checkpoint"]
+__all__ = ["Rule", "Layout", "rename", "transposed", "fused", "offset_rows", "expected_shapes", "check_shapes",
+           "to_ours", "to_checkpoint"]

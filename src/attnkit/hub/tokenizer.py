@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..functional.checks import check_int
 from ..files import atomic_path, write_text
+from .errors import CheckpointError
 from .files import read_json
 
 Side = Literal["right", "left"]
@@ -58,7 +59,7 @@ def _token(value: Any) -> str | None:
 def _from_json(path: Path, config: dict[str, Any]) -> tokenizers.Tokenizer:
     """tokenizer.json, without its baked-in truncation and padding (``encode`` decides those per call), with
     the lower-casing / accent / prefix-space options of tokenizer_config.json applied as transformers does."""
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = read_json(path, required=True)
     spec["truncation"], spec["padding"] = None, None
     normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
     if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
@@ -105,6 +106,18 @@ def _byte_level_bpe(vocab: Path, merges: Path, config: dict[str, Any], special: 
     else:
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
     return backend
+
+
+def _built(source: Path, what: str, build: Callable[[], tokenizers.Tokenizer]) -> tokenizers.Tokenizer:
+    """``build()``, with the bare exceptions of the ``tokenizers`` library (which name no file) re-raised as a
+    CheckpointError naming ``source``."""
+    try:
+        return build()
+    except CheckpointError:
+        raise
+    except Exception as error:  # tokenizers raises plain Exception ("expected `,` at line 1 column 5")
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(str(source), problems=[f"{what} ({reason})"]) from error
 
 
 def _stored_limit(value: Any) -> int | None:
@@ -277,14 +290,17 @@ def load_tokenizer(directory: str | Path, *, model_type: str | None = None) -> T
     file = {name: Path(directory) / name for name in TOKENIZER_FILES}
     config = {**read_json(file["special_tokens_map.json"]), **read_json(file["tokenizer_config.json"])}
     if file["tokenizer.json"].is_file():
-        backend = _from_json(file["tokenizer.json"], config)
+        backend = _built(file["tokenizer.json"], "not a tokenizer the tokenizers library can read",
+                         lambda: _from_json(file["tokenizer.json"], config))
         special = _special_tokens(config, model_type, lambda token: backend.token_to_id(token) is not None)
     elif file["vocab.txt"].is_file():
         special = _special_tokens(config, model_type or "bert", lambda token: False)
-        backend = _wordpiece(file["vocab.txt"], config, special)
+        backend = _built(file["vocab.txt"], "not a WordPiece vocabulary with the special tokens of "
+                         "tokenizer_config.json", lambda: _wordpiece(file["vocab.txt"], config, special))
     elif file["vocab.json"].is_file() and file["merges.txt"].is_file():
         special = _special_tokens(config, model_type, read_json(file["vocab.json"]).__contains__)
-        backend = _byte_level_bpe(file["vocab.json"], file["merges.txt"], config, special)
+        backend = _built(file["merges.txt"], "with vocab.json, not a byte-level BPE tokenizer",
+                         lambda: _byte_level_bpe(file["vocab.json"], file["merges.txt"], config, special))
     else:
         return None
     model_max_length = _stored_limit(config.get("model_max_length"))
