@@ -1,5 +1,5 @@
-"""attnkit.hub against hostile or broken checkpoints (issue 18): configs that ask for gigabytes, shard paths
-leading out of the directory, files that are not what their name says.
+"""attnkit.hub against hostile or broken checkpoints (issue 18): saves that fail half-way, stale files, configs
+that ask for gigabytes, shard paths leading out of the directory, files that are not what their name says.
 
 Every checkpoint here is a tiny random attnkit model written by ``hub.save`` (kilobytes); the only real files
 are the bundled all-MiniLM-L6-v2 tokenizer's. Nothing is downloaded and nothing large is allocated: the test
@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import attnkit.files
 from attnkit import hub
 from attnkit.hub import CheckpointError
 from attnkit.models import BERT, GPT, BERTConfig, GPTConfig
@@ -60,6 +61,128 @@ def bert_checkpoint(tmp_path, minilm_tokenizer):
     """A tiny BERT saved with the MiniLM tokenizer in tmp_path/ckpt: (model, directory)."""
     model = tiny_bert()
     return model, hub.save(model, tmp_path / "ckpt", minilm_tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. save replaces the checkpoint as a whole, or not at all
+
+
+def _disk_full(*args):
+    raise OSError("disk full")
+
+
+def _fail_tokenizer(monkeypatch):
+    monkeypatch.setattr(hub.Tokenizer, "save", _disk_full)
+
+
+def _fail_config(monkeypatch):
+    monkeypatch.setattr("attnkit.hub.files.write_text", _disk_full)
+
+
+def _fail_swap(monkeypatch):
+    """The rename that moves the new directory in fails (after the old one was moved aside)."""
+    rename = os.rename
+
+    def failing(src, dst):
+        if str(src).endswith(".new"):
+            raise OSError("rename failed")
+        rename(src, dst)
+    monkeypatch.setattr(os, "rename", failing)
+
+
+def _fail_fsync(monkeypatch):
+    monkeypatch.setattr(os, "fsync", _disk_full)
+
+
+@pytest.mark.parametrize("fail", [_fail_tokenizer, _fail_config, _fail_swap, _fail_fsync],
+                         ids=["tokenizer", "config", "swap", "fsync"])
+def test_a_failure_mid_save_leaves_the_old_checkpoint_loadable_and_no_temporary_directory(
+        bert_checkpoint, minilm_tokenizer, monkeypatch, fail):
+    model, directory = bert_checkpoint
+    before, expected = contents(directory), hidden(model)
+    fail(monkeypatch)
+    with pytest.raises(OSError):
+        hub.save(tiny_gpt(vocab_size=minilm_tokenizer.vocab_size), directory, minilm_tokenizer)
+    monkeypatch.undo()
+    assert contents(directory) == before
+    assert [p.name for p in directory.parent.iterdir()] == ["ckpt"]  # no .ckpt.*.new / .ckpt.*.old left
+    again, tokenizer = hub.load(directory)
+    assert isinstance(again, BERT) and torch.equal(hidden(again), expected) and tokenizer.max_length == 256
+
+
+def test_every_file_of_a_save_is_fsynced(tmp_path, minilm_tokenizer, monkeypatch):
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file descriptors")
+    synced, fsync = [], os.fsync
+
+    def recording(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", recording)
+    directory = hub.save(tiny_bert(), tmp_path / "ckpt", minilm_tokenizer)
+    assert {p.name for p in directory.iterdir()} <= set(synced)
+
+
+def test_nothing_of_an_earlier_save_survives_a_new_one(bert_checkpoint, minilm_tokenizer):
+    model, directory = bert_checkpoint
+    torch.save({"stale": torch.zeros(2)}, directory / "pytorch_model.bin")  # e.g. from an older transformers save
+    assert (directory / "sentence_bert_config.json").is_file()
+    unlimited = hub.load_tokenizer(hub.bundled_minilm())
+    unlimited.max_length = unlimited.model_max_length  # so no sentence_bert_config.json is written
+    hub.save(model, directory, unlimited)
+    assert not (directory / "sentence_bert_config.json").exists() and not (directory / "pytorch_model.bin").exists()
+    assert hub.load(directory)[1].max_length == 512  # a stale max_seq_length 256 would be read back
+    gpt = tiny_gpt()
+    hub.save(gpt, directory)  # no tokenizer: the BERT's tokenizer files must not be read back with the GPT
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
+    again, tokenizer = hub.load(directory)
+    assert isinstance(again, GPT) and tokenizer is None and torch.equal(hidden(again), hidden(gpt))
+
+
+def test_tokenizer_save_removes_a_stale_truncation_limit(tmp_path, minilm_tokenizer):
+    minilm_tokenizer.save(tmp_path)
+    unlimited = hub.load_tokenizer(hub.bundled_minilm())
+    unlimited.max_length = unlimited.model_max_length
+    unlimited.save(tmp_path)
+    assert hub.load_tokenizer(tmp_path).max_length == 512
+
+
+def test_save_refuses_a_directory_holding_other_files(bert_checkpoint):
+    directory = bert_checkpoint[1]
+    (directory / "notes.txt").write_text("mine")
+    (directory / "runs").mkdir()
+    before = contents(directory)
+    with pytest.raises(FileExistsError, match=r"holds files that are not part of a checkpoint \(notes\.txt, runs/\)"):
+        hub.save(tiny_gpt(), directory)
+    assert contents(directory) == before
+
+
+def test_save_targets(tmp_path, monkeypatch):
+    model = tiny_gpt()
+    nested = hub.save(model, tmp_path / "a" / "b")  # parents are created
+    assert torch.equal(hidden(hub.load(nested)[0]), hidden(model))
+    (tmp_path / "empty").mkdir()
+    hub.save(model, tmp_path / "empty")  # an empty directory is a fine target
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b", target_is_directory=True)
+    hub.save(tiny_bert(), tmp_path / "link")  # replaced where the link points; the link stays a link
+    assert (tmp_path / "link").is_symlink() and isinstance(hub.load(tmp_path / "a" / "b")[0], BERT)
+    with pytest.raises(ValueError, match="directory is an empty string; pass '.'"):
+        hub.save(model, "")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        hub.save(model, nested / "config.json")
+    monkeypatch.chdir(nested)
+    with pytest.raises(ValueError, match="is the current working directory"):
+        hub.save(model, ".")
+
+
+def test_atomic_directory_restores_the_old_directory_when_the_swap_fails(tmp_path, monkeypatch):
+    target = tmp_path / "d"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    _fail_swap(monkeypatch)
+    with pytest.raises(OSError, match="rename failed"), attnkit.files.atomic_directory(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and contents(target) == {"old.txt": b"old"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,15 +26,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..files import atomic_directory
 from ..functional.registry import Kernel
 from ..models.base import Config, Model
 from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, architecture_for, architecture_of
 from .errors import CheckpointError
-from .files import read_config, read_shapes, read_tensors, weight_files, write_checkpoint
+from .files import WEIGHT_FILES, read_config, read_shapes, read_tensors, weight_files, write_checkpoint
 from .resolve import resolve
 from .rules import check_shapes, to_checkpoint, to_ours
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import TOKENIZER_FILES, Tokenizer, load_tokenizer
 
 
 def _stored_dtype(state: dict[str, Tensor]) -> torch.dtype:
@@ -162,6 +164,48 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
     return model, load_tokenizer(directory, model_type=hf_config.get("model_type"))
 
 
+# What a directory may hold for ``save`` to replace it: the files of a Hugging Face checkpoint (transformers'
+# own generation_config.json / added_tokens.json included: stale once a new model is written over them).
+_CHECKPOINT_FILES = frozenset({"config.json", "generation_config.json", "added_tokens.json", *WEIGHT_FILES,
+                               *TOKENIZER_FILES})
+_SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
+
+
+def _save_target(directory: str | os.PathLike[str]) -> Path:
+    """The directory ``save`` replaces: ``directory`` (the directory a link points to, for a link), checked to
+    hold nothing but an earlier checkpoint's files."""
+    path = _local(directory, "directory")
+    path = path.resolve() if path.is_symlink() else path
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise NotADirectoryError(f"directory={str(directory)!r} is a file; expected a directory to save into")
+    if path.resolve() == Path.cwd().resolve():
+        raise ValueError(f"directory={str(directory)!r} is the current working directory, which hub.save would "
+                         f"replace as a whole; pass a subdirectory")
+    others = sorted(f"{p.name}/" if p.is_dir() else p.name for p in path.iterdir()
+                    if not (p.is_file() and (p.name in _CHECKPOINT_FILES or _SHARD.fullmatch(p.name))))
+    if others:
+        raise FileExistsError(f"directory={str(directory)!r} holds files that are not part of a checkpoint "
+                              f"({', '.join(others[:8])}{', ...' if len(others) > 8 else ''}); hub.save replaces the "
+                              f"whole directory, so it only writes into a new or empty directory or over an earlier "
+                              f"checkpoint: move those files or choose another directory")
+    return path
+
+
+def _check_saveable(model: Model, tokenizer: Tokenizer | None) -> Architecture:
+    arch = architecture_of(model)
+    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)}
+                    - {model.config.num_heads})
+    if pruned:
+        raise ValueError(f"this model has pruned attention heads (layers with {pruned} heads, config says "
+                         f"{model.config.num_heads}), which the Hugging Face layout cannot express here; "
+                         f"save it with torch.save(model, path)")
+    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
+        raise TypeError(f"tokenizer must be an attnkit.hub.Tokenizer or None, got {type(tokenizer).__name__}")
+    return arch
+
+
 def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` (a BERT or a GPT-2-shaped GPT) as a Hugging Face-style checkpoint.
 
@@ -172,31 +216,36 @@ def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer |
     written as ``BertForMaskedLM`` (its pooler included), otherwise as ``BertModel``; a GPT as
     ``GPT2LMHeadModel``. A GPT whose options GPT-2 lacks (RoPE, RMSNorm, GQA, ...) raises a ValueError listing them.
 
+    The checkpoint is written whole or not at all: every file goes into a new directory beside ``directory``
+    (same filesystem, so its parent must be writable), is fsynced, and the new directory replaces the old one
+    in two renames. If anything fails, ``directory`` keeps its previous checkpoint, loadable as before, and no
+    temporary directory is left. Nothing of an earlier save survives a new one (a stale
+    sentence_bert_config.json or tokenizer would otherwise be read back with the new model).
+
+    Since the directory is replaced as a whole, ``save`` refuses (FileExistsError, listing them) a directory
+    holding anything but a checkpoint's files — config.json, generation_config.json, the weights and their
+    shards, the tokenizer files — rather than delete a user's other files; a directory given as a link is
+    replaced where the link points; the current working directory is refused.
+
     Returns:
         the directory, as a Path.
 
     Example:
         >>> save(attnkit.models.BERT(attnkit.models.BERTConfig.preset("tiny")), "/tmp/tiny-bert")
     """
-    arch = architecture_of(model)
-    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)}
-                    - {model.config.num_heads})
-    if pruned:
-        raise ValueError(f"this model has pruned attention heads (layers with {pruned} heads, config says "
-                         f"{model.config.num_heads}), which the Hugging Face layout cannot express here; "
-                         f"save it with torch.save(model, path)")
-    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
-        raise TypeError(f"tokenizer must be an attnkit.hub.Tokenizer or None, got {type(tokenizer).__name__}")
+    arch = _check_saveable(model, tokenizer)
+    target = _save_target(directory)
     hf_config = arch.config_to_hf(model.config)
     params = model.state_dict()
     hf_config["dtype"] = str(_stored_dtype(params)).removeprefix("torch.")
     if tokenizer is not None and "eos_token_id" in hf_config and tokenizer.eos_id is not None:
         hf_config["bos_token_id"] = hf_config["eos_token_id"] = tokenizer.eos_id
-    directory = Path(directory)
-    write_checkpoint(directory, hf_config, to_checkpoint(arch.layout(model.config), params))
-    if tokenizer is not None:
-        tokenizer.save(directory)
-    return directory
+    tensors = to_checkpoint(arch.layout(model.config), params)
+    with atomic_directory(target) as tmp:
+        write_checkpoint(tmp, hf_config, tensors)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return Path(directory)
 
 
 __all__ = ["load", "load_model", "save"]

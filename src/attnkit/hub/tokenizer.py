@@ -251,7 +251,7 @@ class Tokenizer:
 
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json and tokenizer_config.json (and sentence_bert_config.json when the truncation
-        limit differs from ``model_max_length``) into ``directory``."""
+        limit differs from ``model_max_length``; an earlier one is removed otherwise) into ``directory``."""
         directory = Path(directory)
         self.backend.no_truncation()
         with atomic_path(directory / "tokenizer.json") as tmp:
@@ -259,9 +259,11 @@ class Tokenizer:
         config = {**self.config, **self.special_tokens, "padding_side": self.padding_side}
         config["model_max_length"] = self.model_max_length if self.model_max_length is not None else int(1e30)
         write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        limit = directory / "sentence_bert_config.json"
         if self.max_length is not None and self.max_length != self.model_max_length:
-            write_text(directory / "sentence_bert_config.json",
-                       json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
+            write_text(limit, json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2) + "\n")
+        elif limit.is_file():  # an earlier save's limit would be read back in place of model_max_length
+            limit.unlink()
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, max_length={self.max_length}, "
