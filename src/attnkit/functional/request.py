@@ -101,8 +101,9 @@ class AttentionRequest:
             raise TypeError(f"scale must be a float or None (1/sqrt(D)), got {scale!r}")
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale!r}")
-        if softcap is not None and (not isinstance(softcap, (int, float)) or not softcap > 0):
-            raise ValueError(f"softcap must be a positive float or None (off), got {softcap!r}")
+        if softcap is not None and (not isinstance(softcap, (int, float)) or not 0 < softcap < math.inf):
+            # inf would make every logit inf * tanh(x / inf) = inf * 0 = NaN
+            raise ValueError(f"softcap must be a positive finite float or None (off), got {softcap!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         return cls(q, k, v, combined, bias_obj, float(scale), None if softcap is None else float(softcap),
