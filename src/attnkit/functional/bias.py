@@ -15,7 +15,8 @@ from .masks import check_broadcast, shape4
 
 
 class Bias:
-    """Base class: ``tile`` returns float logits offsets broadcastable to (B, H, qe - qs, ke - ks)."""
+    """Base class: ``tile`` returns float logits offsets broadcastable to (B, H, qe - qs, ke - ks) in ``dtype``,
+    computed in float32 or better whatever ``dtype`` is (kernels ask for half precision tiles)."""
 
     requires_grad = False
 
@@ -90,10 +91,14 @@ class ALiBi(Bias):
             raise ValueError(f"alibi bias was built for {self.slopes.numel()} heads but q has {heads} heads")
 
     def tile(self, qs, qe, ks, ke, q_len, k_len, device=None, dtype=torch.float32):
-        p = torch.arange(qs, qe, device=device, dtype=dtype)[:, None] + (k_len - q_len)
-        j = torch.arange(ks, ke, device=device, dtype=dtype)[None, :]
-        slopes = self.slopes.to(device=device, dtype=dtype)[None, :, None, None]
-        return -slopes * (p - j).abs()  # (1, H, nq, nk)
+        # positions counted and scaled in float32 (exact to 2^24; float64 for float64), rounded to ``dtype``
+        # once at the end: bfloat16 holds integers exactly only up to 256 (float16: 2048), so positions
+        # counted in it put keys at the wrong distance
+        exact = torch.float64 if dtype == torch.float64 else torch.float32
+        p = torch.arange(qs, qe, device=device, dtype=exact)[:, None] + (k_len - q_len)  # (nq, 1)
+        j = torch.arange(ks, ke, device=device, dtype=exact)[None, :]  # (1, nk)
+        slopes = self.slopes.to(device=device, dtype=exact)[None, :, None, None]
+        return (-slopes * (p - j).abs()).to(dtype)  # (1, H, nq, nk)
 
     def __repr__(self):
         return f"alibi(num_heads={self.slopes.numel()})"
