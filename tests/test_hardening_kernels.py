@@ -1,6 +1,8 @@
 """Regressions from issue 18 (an independent conformance run): each test failed before its fix.
 
 - ALiBi counted positions in the kernel's input dtype (bfloat16 is exact only up to 256, float16 to 2048);
+- NaN in masked bias entries reached sdpa's outputs (causal) and gradients (rows that see nothing);
+- causal attention with a bias and Dv != D crashed under sdpa;
 - softcap=inf was accepted (every output NaN);
 """
 
@@ -10,7 +12,10 @@ import pytest
 import torch
 
 import attnkit
+from attnkit import masks
 from helpers import Inputs, assert_close, assert_raises_naming, baseline_atol, randn, reference, run
+
+EXACT_KERNELS = ("dense", "sdpa", "tiled", "tiled-16", "auto")
 
 
 def qkv(B: int, H: int, Nq: int, Nk: int, D: int, Dv: int | None = None, *, seed: int) -> tuple:
@@ -44,6 +49,69 @@ def test_alibi_in_half_precision_past_exact_positions(variant, dtype, k_len):
     base = run("dense", inputs)
     got = run(variant, inputs)
     assert_close(got.out, ref.out, atol=baseline_atol(base.out, ref.out, dtype), what=f"{variant} out")
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. NaN in bias entries the mask hides changes no output and no gradient
+
+
+def _poisoned_bias_cases() -> dict:
+    """name -> (inputs with a finite (B, H, Nq, Nk) bias, bool (B, H, Nq, Nk) hidden entries)."""
+    B, H, N = 2, 3, 24
+    q, k, v = qkv(B, H, N, N, 8, seed=7)
+    bias = randn(B, H, N, N, seed=11)
+    above_diagonal = torch.ones(N, N, dtype=torch.bool).triu(1).expand(B, H, N, N)
+    pad = masks.padding([24, 17], [24, 13])  # batch 1: keys >= 17 hidden, query rows >= 13 see nothing
+    padded = ~pad.materialize(N, N).expand(B, H, N, N)
+    return {
+        "causal": (Inputs(q, k, v, bias, {"causal": True}), above_diagonal),
+        "padding-empty-rows": (Inputs(q, k, v, bias, {"mask": pad}), padded),
+        "causal-and-padding": (Inputs(q, k, v, bias, {"mask": pad, "causal": True}), above_diagonal | padded),
+    }
+
+
+POISONED = _poisoned_bias_cases()
+NAN_PARAMS = [pytest.param(case, variant, dtype, bias_grad,
+                           id=f"{case}-{variant}-{name}-{'bias-grad' if bias_grad else 'qkv-grad'}")
+              for case in POISONED for variant in EXACT_KERNELS
+              for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16"))
+              for bias_grad in (False, True) if not (bias_grad and variant == "sdpa")]
+
+
+@pytest.mark.parametrize("case,variant,dtype,bias_grad", NAN_PARAMS)
+def test_nan_in_masked_bias_entries_changes_nothing(case, variant, dtype, bias_grad):
+    """Outputs and gradients (q, k, v, and the bias's, which must be 0 where hidden) are those of the same
+    bias holding finite values there. sdpa refuses a bias that requires grad; "auto" then runs tiled."""
+    clean, hidden = POISONED[case]
+    clean = clean.to(dtype)
+    dirty = Inputs(clean.q, clean.k, clean.v, torch.where(hidden, float("nan"), clean.bias), clean.options)
+    grad_out = randn(*clean.q.shape[:3], clean.v.shape[-1], seed=5).to(dtype)
+    want = run(variant, clean, grad_out=grad_out, bias_grad=bias_grad)
+    got = run(variant, dirty, grad_out=grad_out, bias_grad=bias_grad)
+    assert torch.isfinite(got.out).all(), f"{int(got.out.isnan().sum())} of {got.out.numel()} outputs NaN"
+    assert_close(got.out, want.out, atol=0.0, what="out")
+    assert set(got.grads) == {"q", "k", "v"} | ({"bias"} if bias_grad else set())
+    for name, g in got.grads.items():
+        assert torch.isfinite(g).all(), f"grad {name} has {int((~torch.isfinite(g)).sum())} non-finite entries"
+        assert_close(g, want.grads[name], atol=0.0, what=f"grad {name}")
+    if bias_grad:
+        assert (got.grads["bias"][hidden] == 0).all(), "a hidden bias entry must get gradient 0"
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. causal + bias with a value head dim other than q's
+
+
+@pytest.mark.parametrize("variant", ["sdpa", "auto"])
+@pytest.mark.parametrize("bias", ["tensor", "alibi"])
+def test_causal_bias_with_another_value_head_dim(variant, bias):
+    q, k, v = qkv(2, 4, 20, 20, 16, Dv=8, seed=3)
+    b = randn(1, 4, 20, 20, seed=4) if bias == "tensor" else attnkit.bias.alibi(4)
+    inputs = Inputs(q, k, v, b, {"causal": True}).to(torch.float32)
+    got = run(variant, inputs)
+    ref, base = reference(inputs), run("dense", inputs)
+    assert got.out.shape == (2, 4, 20, 8)
+    assert_close(got.out, ref.out, atol=baseline_atol(base.out, ref.out, torch.float32), what="out")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Structured masks and biases are materialized into SDPA's ``attn_mask``. The adapter keeps attnkit's
 guarantees on every PyTorch version in the supported range: rows that may attend to nothing output
 zeros with zero gradients (older math backends return NaN there), and NaN stored in keys or values
-that no query sees never reaches the output.
+that no query sees, or in bias entries the mask hides, never reaches an output or a gradient.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def sdpa_attention(req: AttentionRequest) -> Tensor:
             kwargs["enable_gqa"] = True
         else:
             k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
-    is_causal = _is_plain_causal(req)
+    # with a bias the causal mask is materialized: the bias must be hidden where the mask hides a key, and
+    # SDPA refuses is_causal beside an attn_mask on some backends ("Explicit attn_mask should not be set")
+    is_causal = req.bias is None and _is_plain_causal(req)
     mask = None if is_causal else req.dense_mask()  # (b, h, Nq, Nk) bool
     row_ok = None
     if mask is not None:
@@ -46,17 +48,30 @@ def sdpa_attention(req: AttentionRequest) -> Tensor:
             k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
             kwargs.pop("enable_gqa", None)
         q, k, v, row_ok = hide_unseen(q, k, v, mask)
-        mask = mask | ~row_ok  # empty rows attend to (zeroed) keys, then are zeroed: finite gradients
-    attn_mask = mask
-    if req.bias is not None:
-        attn_mask = req.dense_bias(q.dtype)
-        if mask is not None:
-            attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=req.dropout,
-                                         is_causal=is_causal, scale=req.scale, **kwargs)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attn_mask(req, mask, row_ok, q.dtype),
+                                         dropout_p=req.dropout, is_causal=is_causal, scale=req.scale, **kwargs)
     if row_ok is not None:
         out = torch.where(row_ok, out, torch.zeros((), dtype=out.dtype, device=out.device))
     return out
+
+
+def _attn_mask(req: AttentionRequest, mask: Tensor | None, row_ok: Tensor | None, dtype: torch.dtype
+               ) -> Tensor | None:
+    """SDPA's attn_mask, broadcastable to (B, H, Nq, Nk): the bool mask, or the bias in ``dtype`` (SDPA takes
+    no other float dtype; its values are computed in float32, see ``Bias.tile``) with -inf where the mask
+    hides a key — replaced, not added: NaN + -inf is NaN.
+
+    Rows that may see nothing (row_ok (b, h, Nq, 1) False) attend to every (zeroed) key, with bias 0, and are
+    zeroed afterwards: SDPA's math backend gives NaN for a row of -inf, and a bias value read there (NaN,
+    inf) would reach the gradients of q, k and v."""
+    if req.bias is None:
+        return None if mask is None else mask | ~row_ok
+    bias = req.dense_bias(dtype)
+    if mask is None:
+        return bias
+    hidden = torch.where(row_ok, torch.tensor(float("-inf"), dtype=dtype, device=bias.device),
+                         torch.zeros((), dtype=dtype, device=bias.device))  # (b, h, Nq, 1)
+    return torch.where(mask, bias, hidden)
 
 
 def _is_plain_causal(req: AttentionRequest) -> bool:
