@@ -3,6 +3,7 @@
 - ALiBi counted positions in the kernel's input dtype (bfloat16 is exact only up to 256, float16 to 2048);
 - NaN in masked bias entries reached sdpa's outputs (causal) and gradients (rows that see nothing);
 - causal attention with a bias and Dv != D crashed under sdpa;
+- the tiled backward in half precision gave dq, dk off zero where a row sees exactly one key;
 - softcap=inf was accepted (every output NaN);
 """
 
@@ -15,6 +16,7 @@ import attnkit
 from attnkit import masks
 from helpers import Inputs, assert_close, assert_raises_naming, baseline_atol, randn, reference, run
 
+HALF = {torch.bfloat16: "bf16", torch.float16: "f16"}
 EXACT_KERNELS = ("dense", "sdpa", "tiled", "tiled-16", "auto")
 
 
@@ -112,6 +114,44 @@ def test_causal_bias_with_another_value_head_dim(variant, bias):
     ref, base = reference(inputs), run("dense", inputs)
     assert got.out.shape == (2, 4, 20, 8)
     assert_close(got.out, ref.out, atol=baseline_atol(base.out, ref.out, torch.float32), what="out")
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. The tiled backward in half precision: rows that see exactly one key get gradient 0
+
+
+def _one_key_rows_mask(B: int, H: int, N: int, n_single: int) -> torch.Tensor:
+    """(B, H, N, N): query rows < n_single see only key i (and key i < n_single is seen by no other row);
+    the other rows see a random half of the keys >= n_single (at least one)."""
+    gen = torch.Generator().manual_seed(2)
+    m = torch.rand(B, H, N, N, generator=gen) < 0.5
+    m[..., :n_single, :] = False
+    m[..., :, :n_single] = False
+    m[..., n_single:, -1] = True
+    idx = torch.arange(n_single)
+    m[..., idx, idx] = True
+    return m
+
+
+@pytest.mark.parametrize("tiles", ["tiled", "tiled-16"])
+@pytest.mark.parametrize("dtype", list(HALF), ids=list(HALF.values()))
+def test_tiled_backward_is_exactly_zero_for_rows_with_one_visible_key(tiles, dtype):
+    """softmax over one key is constant: dq of such a row and dk of a key only such rows see are exactly 0
+    (the dense kernel's too); elsewhere the gradients are within the dense kernel's error in ``dtype``."""
+    B, H, N, single = 2, 3, 40, 6
+    q, k, v = qkv(B, H, N, N, 16, seed=9)
+    inputs = Inputs(q, k, v, None, {"mask": _one_key_rows_mask(B, H, N, single)}).to(dtype)
+    grad_out = randn(B, H, N, 16, seed=10).to(dtype)
+    got = run(tiles, inputs, grad_out=grad_out)
+    base = run("dense", inputs, grad_out=grad_out)
+    ref = reference(inputs, grad_out=grad_out)
+    for name in ("q", "k"):
+        off = got.grads[name][..., :single, :]
+        assert (off == 0).all(), f"grad {name}: max {off.abs().max().item():.3e} where the exact gradient is 0"
+        assert (base.grads[name][..., :single, :] == 0).all()
+    for name in ("q", "k", "v"):
+        assert_close(got.grads[name], ref.grads[name], atol=baseline_atol(base.grads[name], ref.grads[name], dtype),
+                     what=f"grad {name}")
 
 
 # --------------------------------------------------------------------------------------------------

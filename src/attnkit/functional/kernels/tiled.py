@@ -302,7 +302,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
               grad_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     stats, req = tiles.stats, tiles.req
     dtype = tiles.q5.dtype
-    delta = (grad_out.to(stats) * out).sum(dim=-1, keepdim=True)  # (B, Hkv, G, Nq, 1)
+    delta = _delta(grad_out, out, stats)  # (B, Hkv, G, Nq, 1)
     lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)[..., None]
     dq = torch.zeros(tiles.q5.shape, dtype=stats, device=out.device)
     dk = torch.zeros(tiles.k.shape, dtype=stats, device=out.device)
@@ -311,6 +311,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
         qb = tiles.q_block(row)
         rows = slice(row.qs, row.qe)
         do = _fold(grad_out[..., rows, :]).to(dtype)  # (B, Hkv, G * bq, Dv)
+        do_stats = do.to(stats)
         for ks, ke, needs_mask in row.chunks:
             c = tiles.chunk(row, qb, ks, ke, needs_mask)
             if c is None:
@@ -321,7 +322,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
             keep = tiles.keep(row, ks, p.shape)
             p_kept = p if keep is None else p * keep
             dv[..., ks:ke, :] += (_fold(p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
-            dp = (do @ c.v.transpose(-2, -1)).to(stats).view_as(p)
+            dp = (do_stats @ c.v.to(stats).transpose(-2, -1)).view_as(p)  # in the statistics dtype: see _delta
             if keep is not None:
                 dp = dp * keep
             ds = p * (dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
@@ -333,6 +334,19 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
             dq[..., rows, :] += (ds_f @ c.k).view(p.shape[:-1] + (c.k.shape[-1],)).to(stats)
             dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ c.q).to(stats)
     return dq * req.scale, dk * req.scale, dv
+
+
+def _delta(grad_out: Tensor, out: Tensor, stats: torch.dtype) -> Tensor:
+    """Delta = rowsum(dO * O) (B, Hkv, G, Nq, 1) in the statistics dtype, for dS = P (dP - Delta), dP = dO·vᵀ.
+
+    A row with one visible key has O = v_j exactly, and its exact gradient is 0: dP - Delta must cancel
+    exactly. For half-precision inputs both are float32 matmuls of half-precision values, whose products
+    are exact in float32, so both sum the same terms in the same order and do cancel (dP rounded to half
+    precision left dq and dk ~1e-2 off zero, a .sum(-1) reducing in another order ~1e-7). Float32 products
+    round (a GEMM fuses multiply and add, a small matmul may not): there the more accurate .sum(-1) is kept."""
+    if grad_out.dtype == stats:
+        return (grad_out * out).sum(dim=-1, keepdim=True)
+    return (grad_out.to(stats)[..., None, :] @ out[..., :, None])[..., 0]
 
 
 def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: int) -> None:
