@@ -5,6 +5,7 @@
 - causal attention with a bias and Dv != D crashed under sdpa;
 - the tiled backward in half precision gave dq, dk off zero where a row sees exactly one key;
 - softcap=inf was accepted (every output NaN);
+- kernels that materialize (Nq, Nk) tensors counted only part of them against the memory budget.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import torch
 
 import attnkit
 from attnkit import masks
+from attnkit.functional.kernels import common
+from attnkit.functional.kernels import dense as dense_module
+from attnkit.functional.kernels.dense import DenseKernel
+from attnkit.functional.kernels.sdpa import SdpaKernel, sdpa_bytes
+from attnkit.functional.registry import select_kernel
+from attnkit.functional.request import AttentionRequest
 from helpers import Inputs, assert_close, assert_raises_naming, baseline_atol, randn, reference, run
 
 HALF = {torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -165,3 +172,88 @@ def test_non_finite_softcap_is_refused(softcap):
                          softcap=softcap)
 
 
+# --------------------------------------------------------------------------------------------------
+# 10. Memory budgets count what a kernel really materializes
+
+
+def _request(mask=None, causal=False, bias=None, grad=False, N=64, B=1, H=2, dtype=torch.float32):
+    q, k, v = (t.to(dtype).requires_grad_(grad) for t in qkv(B, H, N, N, 8, seed=2))
+    return AttentionRequest.build(q, k, v, mask=mask, causal=causal, bias=bias)
+
+
+def _refusal(kernel, req) -> str:
+    reasons = kernel.not_supported_reasons(req)
+    assert len(reasons) == 1, reasons
+    return reasons[0]
+
+
+def test_sdpa_refuses_a_materialized_mask_over_budget_and_names_tiled(monkeypatch):
+    req = _request(mask=masks.causal() | masks.global_tokens([0]), grad=True)
+    need = sdpa_bytes(req)  # one (64, 64) plane: the bool mask, its copy, SDPA's float32 copy
+    assert need == 64 * 64 * (1 + 1 + 4)
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", need)
+    assert SdpaKernel().not_supported_reasons(req) == []
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", need - 1)
+    reason = _refusal(SdpaKernel(), req)
+    for words in ("(1, 2, 64, 64)", f"{need / 2**30:.3g} GiB", f"budget {(need - 1) / 2**30:.3g} GiB",
+                  "kernel='tiled'"):
+        assert words in reason, f"{words!r} not in {reason!r}"
+
+
+def test_sdpa_counts_the_planes_of_the_mask_and_the_bias():
+    """A padding mask holds one plane per batch row, ALiBi one per head, a tensor bias its own; the float
+    attn_mask holds their broadcast."""
+    causal_global = masks.causal() | masks.global_tokens([0])
+    one = sdpa_bytes(_request(mask=causal_global, B=3, H=2))
+    assert sdpa_bytes(_request(mask=masks.padding([64, 30, 9]), B=3, H=2)) == 3 * one
+    alibi = sdpa_bytes(_request(mask=causal_global, bias=attnkit.bias.alibi(2), B=3, H=2))
+    assert alibi == 64 * 64 * (2 * 1 + 4 * (2 + 2))  # mask: bool + where; bias and attn_mask: 2 heads each
+    key_bias = randn(3, 1, 1, 64, seed=0).float()
+    assert sdpa_bytes(_request(bias=key_bias, B=3, H=2)) == 64 * 64 * 4 * (3 + 3)
+
+
+def test_sdpa_without_a_materialized_mask_has_no_budget(monkeypatch):
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", 0)
+    assert SdpaKernel().not_supported_reasons(_request(grad=True)) == []
+    assert SdpaKernel().not_supported_reasons(_request(causal=True, grad=True)) == []  # is_causal: nothing built
+    assert "GiB" in _refusal(SdpaKernel(), _request(causal=True, bias=attnkit.bias.alibi(2)))  # built with a bias
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
+def test_dense_budget_counts_its_peak_not_only_the_weights(monkeypatch, grad):
+    """float32, no mask: 3 float32 tensors of (B, H, Nq, Nk) at once forward, 6 with a backward
+    (measured on CPU: 12.0 and 24.1 bytes per entry). The weights alone (4 bytes) used to be the count."""
+    req = _request(grad=grad)
+    entries = 1 * 2 * 64 * 64
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", 4 * entries)
+    reason = _refusal(DenseKernel(), req)
+    assert "(1, 2, 64, 64) weight matrix" in reason and "kernel='tiled'" in reason and "budget" in reason
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", (24 if grad else 12) * entries)
+    assert DenseKernel().not_supported_reasons(req) == []
+    monkeypatch.setattr(dense_module, "MAX_DENSE_BYTES", 4 * entries)  # the kernel's own budget wins
+    assert DenseKernel().not_supported_reasons(req) != []
+
+
+def test_auto_takes_tiled_when_sdpa_would_materialize_too_much(monkeypatch):
+    """causal | global_tokens([0]) is less than half empty, so auto tries sdpa first with gradients on;
+    over budget it must go on to tiled (which builds no (Nq, Nk) tensor) and give tiled's result."""
+    mask = masks.causal() | masks.global_tokens([0])
+    req = _request(mask=mask, grad=True)
+    assert select_kernel(req, "auto").name == "sdpa"
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", sdpa_bytes(req) - 1)
+    assert select_kernel(req, "auto").name == "tiled"
+    out = attnkit.attention(req.q, req.k, req.v, mask=mask)
+    assert torch.equal(out, attnkit.attention(req.q, req.k, req.v, mask=mask, kernel="tiled"))
+
+
+def test_attention_weights_over_budget_says_what_the_caller_can_do(monkeypatch):
+    """attention_weights takes no kernel: its refusal must not tell the caller to pick one."""
+    q, k, _ = (t.float() for t in qkv(1, 2, 64, 64, 8, seed=4))
+    monkeypatch.setattr(common, "MAX_MATERIALIZED_BYTES", 1024)  # 1 row, 1 head: 64 * 3 float32 = 768 bytes
+    with pytest.raises(ValueError) as info:
+        attnkit.attention_weights(q, k)
+    message = str(info.value)
+    for words in ("attention_weights", "(1, 2, 64, 64) weight matrix", "GiB", "budget", "fewer heads or query rows"):
+        assert words in message, f"{words!r} not in {message!r}"
+    assert "use kernel=" not in message and "cannot serve" not in message
+    assert attnkit.attention_weights(q[:, :1, -1:], k[:, :1]).shape == (1, 1, 1, 64)  # the advice: it fits

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal, overload
 
 from torch import Tensor
 
 from .bias import Bias
-from .kernels.dense import dense_attention
+from .kernels import dense
+from .kernels.common import gib, over_budget
+from .kernels.dense import dense_attention, dense_bytes
 from .masks import Mask
 from .registry import Kernel, select_kernel
 from .request import AttentionRequest
@@ -88,7 +91,13 @@ def attention_weights(q: Tensor, k: Tensor, *, mask: MaskLike = None, causal: bo
     """
     req = AttentionRequest.build(q, k, k[..., :0], mask=mask, causal=causal, window=window, bias=bias,
                                  scale=scale, softcap=softcap)
-    select_kernel(req, "dense")  # raises with the memory budget if too large
+    over = over_budget(partial(dense_bytes, req, weights=True), dense.MAX_DENSE_BYTES)
+    if over is not None:  # no kernel can help: the matrix is what was asked for
+        B, H, _, Nq, Nk, _, _ = req.shape
+        raise ValueError(f"attention_weights would materialize a ({B}, {H}, {Nq}, {Nk}) weight matrix: {gib(over[0])} "
+                         f"at its peak (budget {gib(over[1])}); ask for fewer heads or query rows, e.g. "
+                         "attention_weights(q[:, heads, rows], k[:, heads]) (attention(..., kernel='tiled') computes "
+                         "the output without this matrix)")
     return dense_attention(req, return_weights=True)
 
 

@@ -1,9 +1,18 @@
-"""Pieces shared by the kernels: GQA head grouping, masked-position hygiene, float32 statistics."""
+"""Pieces shared by the kernels: GQA head grouping, masked-position hygiene, float32 statistics, and the
+memory budget of the kernels that materialize (Nq, Nk) tensors."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+# The most a kernel that materializes (Nq, Nk) tensors (masks, biases, logits, weights, what autograd keeps
+# of them) may allocate for them in one call; over it the kernel refuses and names kernel='tiled', which
+# builds none (so kernel="auto" moves on to it). A kernel module may set its own budget (dense.MAX_DENSE_BYTES).
+MAX_MATERIALIZED_BYTES = 4 << 30
 
 
 def repeat_kv(t: Tensor, groups: int) -> Tensor:
@@ -55,3 +64,39 @@ def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     probs = e / torch.where(valid, denom, torch.ones((), dtype=denom.dtype, device=denom.device))
     lse = torch.where(valid, m + torch.log(denom), torch.full((), float("-inf"), dtype=m.dtype, device=m.device))
     return probs, lse.squeeze(dim)
+
+
+def planes(req, part, *, exact: bool = True) -> int:
+    """How many (Nq, Nk) planes the dense form of ``part`` (``req.mask`` or ``req.bias``) holds: b·h of its
+    broadcast shape (b|1, h|1, Nq, Nk), read from a 1x1 tile (nothing N×N is built); 0 for None. With
+    ``exact=False``, the most it may hold, B·H, without asking it (a tile costs ~10-50 us)."""
+    if part is None:
+        return 0
+    B, H, _, Nq, Nk, _, _ = req.shape
+    if not exact or Nq == 0 or Nk == 0:
+        return B * H
+    t = part.tile(0, 1, 0, 1, Nq, Nk)  # (1, 1) or (b|1, h|1, 1, 1)
+    return math.prod(t.shape[:-2])
+
+
+def over_budget(need: Callable[[bool], int], budget: int | None = None) -> tuple[int, int] | None:
+    """(bytes needed, budget) when ``need(exact=True)`` bytes exceed ``budget`` (None: MAX_MATERIALIZED_BYTES,
+    read at call time), else None. ``need(False)``, an upper bound that asks nothing of the mask or bias
+    (see ``planes``), is tried first: most requests are far within."""
+    budget = MAX_MATERIALIZED_BYTES if budget is None else budget
+    if need(False) <= budget or (bytes_ := need(True)) <= budget:
+        return None
+    return bytes_, budget
+
+
+def budget_reasons(what: str, need: Callable[[bool], int], budget: int | None = None) -> list[str]:
+    """A kernel's refusal when it would allocate more than its budget for ``what`` (see ``over_budget``)."""
+    over = over_budget(need, budget)
+    if over is None:
+        return []
+    return [(f"would materialize {what}: {gib(over[0])} at its peak (budget {gib(over[1])}); "
+             "use kernel='tiled', which never builds them")]
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"

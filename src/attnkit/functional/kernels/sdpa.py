@@ -9,6 +9,7 @@ that no query sees, or in bias entries the mask hides, never reaches an output o
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..registry import Capabilities
 from ..request import AttentionRequest
-from .common import hide_unseen, repeat_kv
+from .common import budget_reasons, hide_unseen, planes, repeat_kv
 
 
 def _has_enable_gqa() -> bool:  # torch >= 2.5
@@ -82,6 +83,21 @@ def _is_plain_causal(req: AttentionRequest) -> bool:
     return isinstance(m, SlidingWindow) and m.left is None and m.right == 0 and req.q.shape[2] == req.k.shape[2]
 
 
+def sdpa_bytes(req: AttentionRequest, exact: bool = True) -> int:
+    """What the adapter and SDPA allocate for (Nq, Nk) tensors, in bytes; ``exact`` as in ``common.planes``.
+
+    Nothing without a mask or bias (nor for plain causal attention: is_causal). Per plane of the mask: the
+    bool mask and the copy that unmasks empty rows (or the bias's where). Per plane of the attn_mask, in the
+    input dtype: SDPA's float copy of a bool mask, or the bias with masked entries replaced; and the bias
+    itself. (Backends that run on SDPA's math path also build the weights, which this does not count.)"""
+    if req.bias is None and (req.mask is None or _is_plain_causal(req)):
+        return 0
+    B, H, _, Nq, Nk, _, _ = req.shape
+    mask, bias = planes(req, req.mask, exact=exact), planes(req, req.bias, exact=exact)
+    both = min(B * H, max(mask, 1) * max(bias, 1))  # planes of their broadcast, at most
+    return Nq * Nk * (2 * mask + req.q.element_size() * (both + bias))
+
+
 class SdpaKernel:
     name = "sdpa"
     description = "torch.nn.functional.scaled_dot_product_attention; masks materialized"
@@ -89,7 +105,9 @@ class SdpaKernel:
                                 memory="O(N) without mask, O(Nq*Nk) with one")
 
     def not_supported_reasons(self, req: AttentionRequest) -> list[str]:
-        return self.capabilities.reasons(req)
+        B, H, _, Nq, Nk, _, _ = req.shape
+        what = f"an attn_mask for ({B}, {H}, {Nq}, {Nk}) scores"
+        return self.capabilities.reasons(req) + budget_reasons(what, partial(sdpa_bytes, req))
 
     def __call__(self, req: AttentionRequest) -> Tensor:
         return sdpa_attention(req)
