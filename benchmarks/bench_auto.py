@@ -20,7 +20,7 @@ from attnkit import AttentionRequest, masks
 from attnkit.bench.context import machine
 from attnkit.bench.measure import Probe, interleaved, warm_up
 from attnkit.bench.report import context_line
-from attnkit.functional import registry
+from attnkit.functional import dispatch
 from attnkit.functional.kernels import native
 from harness import git, log  # this folder
 
@@ -87,7 +87,7 @@ def main() -> None:
             dtype = options.get("dtype", torch.float32)
             q, k, v = (torch.randn(B, h, n, D).to(dtype) for h, n in ((H, Nq), (Hkv, Nk), (Hkv, Nk)))
             opts = _options(B, Nq, Nk, options)
-            chosen = registry.select_kernel(AttentionRequest.build(q, k, v, **opts), "auto").name
+            chosen = dispatch.select_kernel(AttentionRequest.build(q, k, v, **opts), "auto").name
             calls = {name: (lambda name=name: attnkit.attention(q, k, v, kernel=name, **opts))
                      for name in ("sdpa", "tiled", "auto")}
             slowest = max(min(warm_up(call, 5)) for call in calls.values())

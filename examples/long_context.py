@@ -28,7 +28,7 @@ from attnkit import masks
 from attnkit.bench.counting import attention_flops, visible_entries
 from attnkit.bench.measure import call_peak, timed
 from attnkit.bench.progress import Progress
-from attnkit.functional.registry import select_kernel
+from attnkit.functional.dispatch import select_kernel
 from attnkit.models.gpt import GPT, GPTConfig
 
 MIB = 1 << 20

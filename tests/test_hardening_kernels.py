@@ -19,7 +19,7 @@ from attnkit.functional.kernels import common
 from attnkit.functional.kernels import dense as dense_module
 from attnkit.functional.kernels.dense import DenseKernel
 from attnkit.functional.kernels.sdpa import SdpaKernel, sdpa_bytes
-from attnkit.functional.registry import select_kernel
+from attnkit.functional.dispatch import select_kernel
 from attnkit.functional.request import AttentionRequest
 from helpers import Inputs, assert_close, assert_raises_naming, baseline_atol, randn, reference, run
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import attnkit
 from attnkit import AttentionRequest, masks, models
-from attnkit.functional import registry
+from attnkit.functional import dispatch, registry
 from attnkit.nn import MultiHeadAttention, set_kernel
 
 from helpers import DTYPE_IDS, assert_close, assert_raises_naming, baseline_atol, magnitude, randn
@@ -370,7 +370,7 @@ def test_auto_never_tries_an_approximate_kernel(options):
     req = AttentionRequest.build(q, q, q, **options)
     order = attnkit.auto_order(req)
     assert "linear" not in order and "performer" not in order and "dense" in order
-    assert registry.select_kernel(req, "auto").capabilities.exact
+    assert dispatch.select_kernel(req, "auto").capabilities.exact
 
 
 def test_auto_with_only_approximate_kernels_says_they_are_chosen_by_name(monkeypatch):

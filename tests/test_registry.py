@@ -8,7 +8,7 @@ import torch
 
 import attnkit
 from attnkit import AttentionRequest, Capabilities, masks
-from attnkit.functional import registry
+from attnkit.functional import dispatch, registry
 from attnkit.functional.kernels import dense as dense_module
 from helpers import assert_close, native_off, needs_native, randn
 
@@ -48,7 +48,7 @@ def _order(N, **options):  # float64: the native forward (rule 2, tested below) 
 
 def _selected(N, **options):
     q = torch.zeros(1, 1, N, 8, dtype=torch.float64)
-    return registry.select_kernel(AttentionRequest.build(q, q, q, **options), "auto").name
+    return dispatch.select_kernel(AttentionRequest.build(q, q, q, **options), "auto").name
 
 
 @pytest.mark.parametrize("N,options,first", [
@@ -116,7 +116,7 @@ def test_auto_falls_through_to_a_kernel_that_can_serve():
     assert _selected(64, return_lse=True) == "tiled"
     q, k, v = (t.requires_grad_() for t in qkv(N=64, dtype=torch.float32))
     req = AttentionRequest.build(q, k, v, bias=torch.zeros(64, 64, requires_grad=True))
-    assert registry.select_kernel(req, "auto").name == "tiled"
+    assert dispatch.select_kernel(req, "auto").name == "tiled"
 
 
 def test_auto_result_matches_the_forced_kernels():
@@ -150,6 +150,35 @@ def test_register_a_custom_kernel(private_registry):
     assert mine.calls == 1
     assert_close(out, attnkit.attention(q, k, v, causal=True, kernel="dense"), atol=0.0)
     assert attnkit.auto_order(AttentionRequest.build(q, k, v))[-1] == "recording"  # after the built-ins
+
+
+class Preferring(Recording):
+    """A user kernel that declares where it wants to run: first for float64 requests with a causal mask."""
+
+    def priority(self, req):
+        return attnkit.Rank.PREFERRED + 1 if req.mask is not None else attnkit.Rank.UNRANKED
+
+
+def test_a_kernel_takes_its_place_in_auto_by_its_priority(private_registry):
+    """No edit of the registry or the dispatch: the kernel's own priority puts it first where it asks."""
+    mine = attnkit.register_kernel(Preferring("preferring"))
+    q, k, v = qkv()
+    assert attnkit.auto_order(AttentionRequest.build(q, k, v, causal=True))[0] == "preferring"
+    attnkit.attention(q, k, v, causal=True)
+    assert mine.calls == 1
+    assert attnkit.auto_order(AttentionRequest.build(q, k, v))[-1] == "preferring"
+    attnkit.attention(q, k, v)
+    assert mine.calls == 1
+    q32, k32, v32 = (t.float() for t in (q, k, v))  # preferred but refuses float32: auto goes on
+    attnkit.attention(q32, k32, v32, causal=True)
+    assert mine.calls == 1
+
+
+def test_built_in_ranks():
+    q, k, v = qkv()
+    req = AttentionRequest.build(q, k, v)
+    ranks = {kern.name: dispatch.priority(kern, req) for kern in attnkit.kernels() if kern.capabilities.exact}
+    assert ranks == {"sdpa": attnkit.Rank.DEFAULT, "tiled": attnkit.Rank.FALLBACK, "dense": attnkit.Rank.REFERENCE}
 
 
 def test_pass_a_kernel_object_without_registering(private_registry):

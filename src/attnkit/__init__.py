@@ -7,7 +7,7 @@
     >>> out = attnkit.attention(q, k, v, mask=m, kernel="tiled")  # skips empty tiles
 """
 
-from .functional import (AttentionRequest, Capabilities, Kernel, LinearState, additive_attention, attention,
+from .functional import (AttentionRequest, Capabilities, Kernel, LinearState, Rank, additive_attention, attention,
                          attention_weights, auto_order, bias, get_kernel, hard_attention, kernel, kernels,
                          linear_attention_step, luong_attention, masks, register_kernel)
 
@@ -21,6 +21,6 @@ __version__ = "0.1.0"
 __all__ = [
     "attention", "attention_weights", "kernel", "kernels", "register_kernel", "get_kernel", "auto_order", "masks",
     "bias", "linear_attention_step", "LinearState",
-    "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
+    "Capabilities", "Kernel", "Rank", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
     "nn", "models", "hub", "embed", "inspect",
 ]

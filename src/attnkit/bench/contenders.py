@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import functional as AF
 from ..functional import masks
 from ..functional.masks import Mask
-from ..functional.registry import select_kernel
+from ..functional.dispatch import select_kernel
 from ..functional.request import AttentionRequest
 from .measure import call_peak, mem_available
 

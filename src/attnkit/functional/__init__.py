@@ -6,7 +6,8 @@ from .classic import (HardAttention, additive_attention, additive_scores, hard_a
                       luong_scores)
 from .kernels import (DenseKernel, LinearKernel, LinearState, PerformerKernel, SdpaKernel, TiledKernel,
                       linear_attention_step)
-from .registry import Capabilities, Kernel, auto_order, get_kernel, kernel, kernels, register_kernel
+from .dispatch import auto_order, select_kernel
+from .registry import Capabilities, Kernel, Rank, get_kernel, kernel, kernels, register_kernel
 from .request import AttentionRequest
 
 for _kernel in (DenseKernel(), SdpaKernel(), TiledKernel(), LinearKernel(), PerformerKernel()):
@@ -16,6 +17,6 @@ for _kernel in (DenseKernel(), SdpaKernel(), TiledKernel(), LinearKernel(), Perf
 __all__ = [
     "attention", "attention_weights", "masks", "bias", "kernel", "kernels", "register_kernel", "get_kernel",
     "linear_attention_step", "LinearState",
-    "auto_order", "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "additive_scores",
+    "auto_order", "select_kernel", "Rank", "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "additive_scores",
     "luong_attention", "luong_scores", "hard_attention", "HardAttention",
 ]

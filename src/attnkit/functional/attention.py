@@ -12,7 +12,8 @@ from .kernels import dense
 from .kernels.common import gib, over_budget
 from .kernels.dense import dense_attention, dense_bytes
 from .masks import Mask
-from .registry import Kernel, select_kernel
+from .dispatch import select_kernel
+from .registry import Kernel
 from .request import AttentionRequest
 
 MaskLike = Tensor | Mask | None

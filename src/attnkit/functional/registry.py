@@ -3,23 +3,37 @@
 A kernel is an object with ``name``, ``capabilities`` and two methods:
 
 - ``not_supported_reasons(request) -> list[str]``: empty when it can serve the request;
-- ``__call__(request) -> out`` or ``(out, lse)`` when ``request.return_lse``.
+- ``__call__(request) -> out`` or ``(out, lse)`` when ``request.return_lse``;
 
-``kernel="auto"`` walks ``auto_order(request)`` and takes the first kernel with no reasons; when none
-fits, the error lists every kernel and its reasons. Approximate kernels (``capabilities.exact`` False, such
-as "linear" and "performer") are never chosen by "auto": only by name or object. Users add their own with
-``register_kernel``; ``kernel(name, **options)`` returns a configured copy of a kernel that takes options.
+and optionally ``priority(request) -> int``: how strongly it wants this request under ``kernel="auto"``
+(a :class:`Rank`; higher is tried first). The registry holds no policy of its own: ``dispatch.py`` orders
+the registered kernels by their priorities, so a new kernel (a GPU kernel, a distributed one) takes its
+place in ``auto`` by declaring its priority, without an edit here. Approximate kernels
+(``capabilities.exact`` False, such as "linear" and "performer") are never chosen by "auto": only by name or
+object. Users add their own with ``register_kernel``; ``kernel(name, **options)`` returns a configured copy
+of a kernel that takes options.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, fields
 from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from .masks import EMPTY, Dense
 from .request import AttentionRequest
+
+
+class Rank(enum.IntEnum):
+    """What a kernel's ``priority(request)`` returns; ``kernel="auto"`` tries higher ranks first, kernels of
+    equal rank in registration order."""
+
+    PREFERRED = 30  # the kernel knows it is the fastest for this request (e.g. tiled on a sparse mask)
+    DEFAULT = 20  # a good general choice (sdpa)
+    FALLBACK = 10  # serves what the default refuses
+    REFERENCE = 0  # the reference kernel: anything, slowly
+    UNRANKED = -10  # a kernel without a priority method: after the built-ins
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,11 @@ def register_kernel(kernel: Kernel, *, replace: bool = False) -> Kernel:
     return kernel
 
 
+def is_exact(k: Kernel) -> bool:
+    """Whether ``k`` computes softmax attention exactly (approximate kernels run only when named)."""
+    return getattr(k.capabilities, "exact", True)
+
+
 def get_kernel(name: str) -> Kernel:
     try:
         return _REGISTRY[name]
@@ -141,85 +160,4 @@ def kernel(name: str, **options) -> Kernel:
     return configure(**options)
 
 
-# Sparse-enough masks go to the tiled kernel first: when at least this share of tiles is empty
-# and the score matrix is large, skipping tiles beats SDPA computing (and masking) all of them.
-AUTO_TILED_MIN_EMPTY = 0.5
-AUTO_TILED_MIN_ELEMENTS = 1 << 20
-# Inference the tiled kernel's native forward serves (float32, bfloat16 or float16, CPU, AVX-512, no
-# gradient) goes to it first when there are enough query rows and visible entries: about 1.0-2.5x SDPA
-# from here up in float32 (B·H·Nq·Nk of 2^17, 32 rows), more in half precision, slower below (decoding
-# 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
-AUTO_NATIVE_MIN_ROWS = 32
-AUTO_NATIVE_MIN_WORK = 1 << 17
-AUTO_NATIVE_MAX_KEYS_PER_ROW = 32  # each work item packs all its keys once: too few rows do not pay for it
-
-
-def auto_order(req: AttentionRequest) -> list[str]:
-    """The order in which ``kernel="auto"`` tries kernels for this request.
-
-    1. ``tiled`` first when a structured mask leaves >= 50% of its 128x128 tiles empty and
-       Nq·Nk >= 2^20 (sliding windows, documents, long causal prefixes): cost follows the visible part;
-    2. ``tiled`` first for inference its native forward serves (float32, bfloat16 or float16 on an AVX-512
-       CPU, no gradient recorded, no bias, softcap or dropout) with Nq >= 32, Nk <= 32·Nq and about 2^17
-       visible entries or more;
-    3. otherwise ``sdpa`` (PyTorch's fused kernels), then ``tiled``, then ``dense``;
-    then any user-registered exact kernels in registration order. Approximate kernels are never listed.
-    """
-    order = ["tiled", "sdpa", "dense"] if _tiled_first(req) else ["sdpa", "tiled", "dense"]
-    order += [name for name in _REGISTRY if name not in order]
-    return [name for name in order if name in _REGISTRY and _is_exact(_REGISTRY[name])]
-
-
-def _tiled_first(req: AttentionRequest) -> bool:
-    """Rules 1 and 2 of ``auto_order``."""
-    from .kernels import native
-    from .kernels.tiled import BLOCK_K, BLOCK_Q
-
-    B, H, _, Nq, Nk, _, _ = req.shape
-    structured = req.mask is not None and not isinstance(req.mask, Dense)
-    layout = None
-    if structured and Nq * Nk >= AUTO_TILED_MIN_ELEMENTS:
-        layout = req.layout(BLOCK_Q, BLOCK_K)
-        if (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item() >= AUTO_TILED_MIN_EMPTY:
-            return True
-    if (req.needs_grad or Nq < AUTO_NATIVE_MIN_ROWS or Nk > AUTO_NATIVE_MAX_KEYS_PER_ROW * Nq
-            or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req)):
-        return False
-    if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2, averaged over batch and
-        # heads (the plan visits their union, so this errs towards SDPA)
-        if layout is None and B * H * Nq * Nk < 2 * AUTO_NATIVE_MIN_WORK:
-            return False  # too little work unless nearly all of it is visible: not worth computing the layout
-        layout = req.layout(BLOCK_Q, BLOCK_K) if layout is None else layout
-        return B * H * Nq * Nk * layout.float().mean().item() / 2 >= AUTO_NATIVE_MIN_WORK
-    return True
-
-
-def _is_exact(k: Kernel) -> bool:
-    return getattr(k.capabilities, "exact", True)
-
-
-def select_kernel(req: AttentionRequest, kernel) -> Kernel:
-    """Resolve ``kernel`` (a name, "auto" or a kernel object) to a kernel that can serve ``req``."""
-    if isinstance(kernel, str) and kernel == "auto":
-        refusals = []
-        for name in auto_order(req):
-            reasons = _REGISTRY[name].not_supported_reasons(req)
-            if not reasons:
-                return _REGISTRY[name]
-            refusals.append(f"  {name}: {'; '.join(reasons)}")
-        approximate = [name for name, k in _REGISTRY.items() if not _is_exact(k)]
-        if approximate:
-            names = ", ".join(approximate)
-            refusals.append(f"  (approximate kernels are never chosen by 'auto', only by name: {names})")
-        raise ValueError("no attention kernel supports this request:\n" + "\n".join(refusals))
-    chosen = get_kernel(kernel) if isinstance(kernel, str) else kernel
-    if not isinstance(kernel, str) and not isinstance(chosen, Kernel):  # registered ones were checked at registration
-        raise TypeError(f"kernel must be a name, 'auto' or a kernel object, got {type(kernel).__name__}")
-    reasons = chosen.not_supported_reasons(req)
-    if reasons:
-        raise ValueError(f"kernel {chosen.name!r} cannot serve this request: {'; '.join(reasons)}")
-    return chosen
-
-
-__all__ = ["Capabilities", "Kernel", "register_kernel", "get_kernel", "kernel", "kernels", "auto_order",
-           "select_kernel"]
+__all__ = ["Capabilities", "Kernel", "Rank", "register_kernel", "get_kernel", "kernel", "kernels", "is_exact"]

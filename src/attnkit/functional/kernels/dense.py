@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import Capabilities
+from ..registry import Capabilities, Rank
 from ..request import AttentionRequest, softmax_dtype
 from .common import budget_reasons, hide_unseen, planes, repeat_kv, safe_softmax
 
@@ -68,6 +68,9 @@ class DenseKernel:
         B, H, _, Nq, Nk, _, _ = req.shape
         what = f"a ({B}, {H}, {Nq}, {Nk}) weight matrix with its logits"
         return self.capabilities.reasons(req) + budget_reasons(what, partial(dense_bytes, req), MAX_DENSE_BYTES)
+
+    def priority(self, req: AttentionRequest) -> Rank:
+        return Rank.REFERENCE  # any request, slowly: last among the built-ins
 
     def __call__(self, req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
         return dense_attention(req)

@@ -16,10 +16,15 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from torch import Tensor
+
+from ..masks import Mask
+from .plan import Row
 
 _i64 = ctypes.c_int64
 _ABI = 6  # attnkit_native_abi() of a build whose argument layout matches _Args
@@ -102,20 +107,36 @@ def _check_cells(mask, cells, B: int, H: int, Nq: int, Nk: int) -> tuple[int, in
     return int(cell), int(q_offset), grid.contiguous()
 
 
-def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class NativeCall:
+    """What the native forward runs: the inputs, the tiled kernel's schedule, and where its mask tiles come from."""
+
+    q: Tensor  # (B, H, Nq, D): the C code groups the query heads that share a k/v head itself
+    k: Tensor  # (B, Hkv, Nk, D)
+    v: Tensor  # (B, Hkv, Nk, Dv)
+    mask: Mask | None
+    plan: Sequence[Row]  # query blocks and the key chunks each visits (plan.make_plan)
+    visible: Callable[[Row, int, int], Tensor]  # the mask's tile for a row's queries and keys ks:ke,
+    # (b|1, Hkv|1, G|1, bq, ke - ks) bool; asked only for chunks that need the mask and have no cell grid
+    guard_kv: bool  # k or v may hold NaN or inf: C zeroes the keys no query of a tile sees
+    scale_log2: float  # the logit scale times log2(e): C's softmax runs on exp2
+
+
+def forward(call: NativeCall) -> tuple[Tensor, Tensor]:
     """(out (B, Hkv, G, Nq, Dv), lse (B, Hkv, G, Nq) in log2 units), as the PyTorch path returns them."""
     lib, _ = _library()
-    q, k, v = tiles.req.q, tiles.k, tiles.v  # q (B, H, Nq, D): the C code groups the heads itself
+    q, k, v, plan = call.q, call.k, call.v, call.plan
     B, H, Nq, D = q.shape
-    Hkv, G, Nk, Dv = tiles.Hkv, tiles.G, k.shape[-2], v.shape[-1]
+    Hkv, Nk, Dv = k.shape[1], k.shape[-2], v.shape[-1]
+    G = H // Hkv
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32)
     lse = torch.empty(B, H, Nq, dtype=torch.float32)
 
     # a mask constant on cells hands C its grid (chunk index -2), which C expands itself: no element tiles
-    cells = tiles.req.mask.cells(Nq, Nk) if tiles.req.mask is not None else None
+    cells = call.mask.cells(Nq, Nk) if call.mask is not None else None
     grid, cell_args = None, [None, 0, 0, 0, 1, 0]
     if cells is not None:
-        cell, q_offset, grid = _check_cells(tiles.req.mask, cells, B, H, Nq, Nk)
+        cell, q_offset, grid = _check_cells(call.mask, cells, B, H, Nq, Nk)
         cell_args = [grid.data_ptr()] + [0 if grid.shape[i] == 1 else grid.stride(i) for i in range(2)]
         cell_args += [grid.stride(2), cell, q_offset]
 
@@ -129,7 +150,7 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
             if needs_mask and grid is not None:
                 index = -2
             elif needs_mask:
-                visible = tiles.visible(row, ks, ke)  # (b|1, Hkv|1, G|1, bq, ke - ks) bool
+                visible = call.visible(row, ks, ke)  # (b|1, Hkv|1, G|1, bq, ke - ks) bool
                 if visible.stride(-1) != 1:
                     visible = visible.contiguous()
                 keep.append(visible)
@@ -152,9 +173,9 @@ def forward(tiles, plan, scale_log2: float) -> tuple[Tensor, Tensor]:
         v.data_ptr(), v.stride(0), v.stride(1), v.stride(2),
         out.data_ptr(), lse.data_ptr(),
         B, H, Hkv, Nq, Nk, D, Dv,
-        scale_log2,
+        call.scale_log2,
         len(plan), rows_t.data_ptr(), row_chunks_t.data_ptr(), chunks_t.data_ptr(), masks_t.data_ptr(), max_chunk,
-        int(not tiles.finite_kv),  # q needs no guard: a masked score is replaced, whatever q held
+        int(call.guard_kv),  # q needs no guard: a masked score is replaced, whatever q held
         *cell_args, order_t.data_ptr(), _DTYPES[q.dtype],
     )
     status = lib.attnkit_tiled_fwd(ctypes.byref(args), workers)

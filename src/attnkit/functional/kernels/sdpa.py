@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import Capabilities
+from ..registry import Capabilities, Rank
 from ..request import AttentionRequest
 from .common import budget_reasons, hide_unseen, planes, repeat_kv
 
@@ -108,6 +108,9 @@ class SdpaKernel:
         B, H, _, Nq, Nk, _, _ = req.shape
         what = f"an attn_mask for ({B}, {H}, {Nq}, {Nk}) scores"
         return self.capabilities.reasons(req) + budget_reasons(what, partial(sdpa_bytes, req))
+
+    def priority(self, req: AttentionRequest) -> Rank:
+        return Rank.DEFAULT  # PyTorch's fused kernels: the general choice
 
     def __call__(self, req: AttentionRequest) -> Tensor:
         return sdpa_attention(req)

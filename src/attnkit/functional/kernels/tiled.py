@@ -29,10 +29,11 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from ..masks import EMPTY, FULL
-from ..registry import Capabilities
+from ..masks import EMPTY, Dense
+from ..registry import Capabilities, Rank
 from ..request import AttentionRequest, softmax_dtype
-from . import native
+from . import native, plan
+from .plan import Row, runs
 from .common import finite
 
 BLOCK_Q = 128  # query rows per block
@@ -41,55 +42,23 @@ MAX_CHUNK = 1024  # most keys multiplied in one step
 ALIGN = 64  # chunk widths are clipped to multiples of this
 LOG2E, LN2 = math.log2(math.e), math.log(2.0)
 
-
-def _runs(flags: list[bool]) -> list[tuple[int, int]]:
-    """The [start, end) ranges of consecutive True entries."""
-    runs, start = [], None
-    for j, flag in enumerate(flags + [False]):
-        if flag and start is None:
-            start = j
-        elif not flag and start is not None:
-            runs.append((start, j))
-            start = None
-    return runs
-
-
-@dataclass(frozen=True)
-class Row:
-    """One query block and the key chunks it visits: (ks, ke, needs_mask)."""
-
-    qs: int
-    qe: int
-    chunks: tuple[tuple[int, int, bool], ...]
+# When kernel="auto" tries this kernel first (TiledKernel.priority):
+# sparse-enough masks: when at least this share of tiles is empty and the score matrix is large, skipping
+# tiles beats SDPA computing (and masking) all of them.
+AUTO_MIN_EMPTY = 0.5
+AUTO_MIN_ELEMENTS = 1 << 20
+# Inference the native forward serves (float32, bfloat16 or float16, CPU, AVX-512, no gradient), with enough
+# query rows and visible entries: about 1.0-2.5x SDPA from here up in float32 (B·H·Nq·Nk of 2^17, 32 rows),
+# more in half precision, slower below (decoding 0.2x, 128 causal rows 0.6x): benchmarks/bench_auto.py.
+AUTO_NATIVE_MIN_ROWS = 32
+AUTO_NATIVE_MIN_WORK = 1 << 17
+AUTO_NATIVE_MAX_KEYS_PER_ROW = 32  # each work item packs all its keys once: too few rows do not pay for it
 
 
 def make_plan(req: AttentionRequest) -> list[Row]:
-    """The visiting schedule: for each query block, chunks of consecutive non-empty key blocks, with the
-    module's tile sizes BLOCK_Q x BLOCK_K and chunks of at most MAX_CHUNK keys (read at call time).
-
-    A tile is skipped only if it is EMPTY for every batch and head, and left unmasked only if FULL for all.
-    """
-    block_q, block_k, max_chunk = BLOCK_Q, BLOCK_K, MAX_CHUNK
-    _, _, _, Nq, Nk, _, _ = req.shape
-    layout = req.layout(block_q, block_k)  # (b, h, nqb, nkb) or None
-    nqb, nkb = -(-Nq // block_q), -(-Nk // block_k)
-    if layout is None:
-        visit = [[True] * nkb] * nqb
-        masked = [[False] * nkb] * nqb
-    else:
-        nonempty = (layout != EMPTY).flatten(0, 1).any(0)  # (nqb, nkb)
-        visit = nonempty.tolist()
-        masked = ((layout != FULL).flatten(0, 1).any(0) & nonempty).tolist()
-    per_chunk = max(1, max_chunk // block_k)
-    rows = []
-    for i in range(nqb):
-        chunks = []
-        for first, end in _runs(visit[i]):  # a run of non-empty key blocks, cut into chunks
-            for s in range(first, end, per_chunk):
-                e = min(s + per_chunk, end)
-                chunks.append((s * block_k, min(e * block_k, Nk), any(masked[i][s:e])))
-        rows.append(Row(i * block_q, min((i + 1) * block_q, Nq), tuple(chunks)))
-    return rows
+    """The visiting schedule (``plan.make_plan``) with this module's BLOCK_Q, BLOCK_K and MAX_CHUNK, read at
+    call time (the tests shrink them)."""
+    return plan.make_plan(req, BLOCK_Q, BLOCK_K, MAX_CHUNK)
 
 
 class _Tiles:
@@ -236,11 +205,11 @@ def _hidden_segments(hidden: Tensor, dtype: torch.dtype, max_segments: int = 4) 
     tiles over their contiguous runs: (c0, c1, tile (b, h, g, bq, c1 - c0)). A sliding window's chunk
     is hidden only near its two edges, so masking touches two narrow strips instead of the whole tile
     (adding is used because add_ is far faster than masked_fill_ on CPU)."""
-    runs = _runs(hidden.flatten(0, -2).any(0).tolist())
-    if len(runs) > max_segments:
-        runs = [(runs[0][0], runs[-1][1])]
+    spans = runs(hidden.flatten(0, -2).any(0).tolist())
+    if len(spans) > max_segments:
+        spans = [(spans[0][0], spans[-1][1])]
     zero = torch.zeros((), dtype=dtype, device=hidden.device)
-    return tuple((c0, c1, torch.where(hidden[..., c0:c1], float("-inf"), zero)) for c0, c1 in runs)
+    return tuple((c0, c1, torch.where(hidden[..., c0:c1], float("-inf"), zero)) for c0, c1 in spans)
 
 
 @dataclass(frozen=True)
@@ -261,7 +230,9 @@ def _fold(t: Tensor) -> Tensor:
 
 def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Tensor]:
     if native.serves(tiles.req, backward):
-        return native.forward(tiles, plan, tiles.req.scale * LOG2E)
+        req = tiles.req
+        return native.forward(native.NativeCall(req.q, tiles.k, tiles.v, req.mask, plan, tiles.visible,
+                                                guard_kv=not tiles.finite_kv, scale_log2=req.scale * LOG2E))
     B, Hkv, G, stats = tiles.B, tiles.Hkv, tiles.G, tiles.stats
     Dv = tiles.v.shape[-1]
     out = torch.empty(B, Hkv, G, tiles.Nq, Dv, dtype=stats, device=tiles.v.device)
@@ -404,6 +375,33 @@ def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
     return out
 
 
+def _fastest(req: AttentionRequest) -> bool:
+    """Whether this kernel beats SDPA on ``req`` (see the AUTO_* constants):
+
+    1. a structured mask leaves >= 50% of its BLOCK_Q x BLOCK_K tiles empty and Nq·Nk >= 2^20 (sliding
+       windows, documents, long causal prefixes): cost follows the visible part;
+    2. inference the native forward serves (float32, bfloat16 or float16 on an AVX-512 CPU, no gradient
+       recorded, no bias, softcap or dropout) with Nq >= 32, Nk <= 32·Nq and about 2^17 visible entries or more.
+    """
+    B, H, _, Nq, Nk, _, _ = req.shape
+    structured = req.mask is not None and not isinstance(req.mask, Dense)
+    layout = None
+    if structured and Nq * Nk >= AUTO_MIN_ELEMENTS:
+        layout = req.layout(BLOCK_Q, BLOCK_K)
+        if (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item() >= AUTO_MIN_EMPTY:
+            return True
+    if (req.needs_grad or Nq < AUTO_NATIVE_MIN_ROWS or Nk > AUTO_NATIVE_MAX_KEYS_PER_ROW * Nq
+            or B * H * Nq * Nk < AUTO_NATIVE_MIN_WORK or not native.serves(req)):
+        return False
+    if req.mask is not None:  # visible share: FULL tiles count 1, PARTIAL ones 1/2, averaged over batch and
+        # heads (the plan visits their union, so this errs towards SDPA)
+        if layout is None and B * H * Nq * Nk < 2 * AUTO_NATIVE_MIN_WORK:
+            return False  # too little work unless nearly all of it is visible: not worth computing the layout
+        layout = req.layout(BLOCK_Q, BLOCK_K) if layout is None else layout
+        return B * H * Nq * Nk * layout.float().mean().item() / 2 >= AUTO_NATIVE_MIN_WORK
+    return True
+
+
 class TiledKernel:
     name = "tiled"
     description = ("exact online-softmax tiles (FlashAttention algorithm); skips empty tiles; "
@@ -412,6 +410,10 @@ class TiledKernel:
 
     def not_supported_reasons(self, req: AttentionRequest) -> list[str]:
         return self.capabilities.reasons(req)
+
+    def priority(self, req: AttentionRequest) -> Rank:
+        """First where it is the fastest (``_fastest``); otherwise after SDPA, for what SDPA refuses."""
+        return Rank.PREFERRED if _fastest(req) else Rank.FALLBACK
 
     def __call__(self, req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
         return tiled_attention(req)
