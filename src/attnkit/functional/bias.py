@@ -1,12 +1,16 @@
-"""Additive attention biases: a dense float tensor, or a structured bias computed per tile.
+"""Attention biases: a dense float tensor, a structured bias computed per tile, or a score function.
 
 A bias is added to the (scaled, soft-capped) logits before masking. Structured biases such as ALiBi
-are computed tile by tile, so the tiled kernel never builds the N×N matrix.
+are computed tile by tile, so the tiled kernel never builds the N×N matrix. A score function
+(``from_function``, FlexAttention's ``score_mod``) maps the logits to new logits, tile by tile too.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -109,10 +113,131 @@ def alibi(num_heads: int, slopes: Tensor | None = None) -> Bias:
     return ALiBi(num_heads, slopes)
 
 
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+class ScoreFunction(Bias):
+    """See :func:`from_function`. Kernels call ``apply`` on a tile of logits, and ``vjp`` in backward."""
+
+    def __init__(self, fn: ScoreMod, tensors, name: str | None):
+        if not callable(fn):
+            raise TypeError(f"score function must be callable as fn(score, b, h, q_idx, kv_idx), "
+                            f"got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "score_mod")
+        found = _captured(fn) if tensors is None else list(tensors)
+        if any(not isinstance(t, Tensor) for t in found):
+            raise TypeError("score function tensors must be a list of tensors")
+        self.tensors = tuple({id(t): t for t in found}.values())  # each once
+
+    @property
+    def requires_grad(self) -> bool:  # type: ignore[override]
+        return any(t.requires_grad for t in self.tensors)
+
+    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None, dtype=torch.float32):
+        raise TypeError(f"{self!r} maps logits to logits: it has no additive tile to materialize; kernels apply "
+                        "it to the logits (use kernel='dense' or 'tiled')")
+
+    def apply(self, scores: Tensor, qs: int, qe: int, ks: int, ke: int) -> Tensor:
+        """fn on logits (B, H, qe - qs, ke - ks) of query rows qs:qe and keys ks:ke, in their dtype."""
+        B, H = scores.shape[:2]
+        device = scores.device
+        b = torch.arange(B, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+        h = torch.arange(H, device=device)[None, :, None, None]  # (1, H, 1, 1)
+        q = torch.arange(qs, qe, device=device)[:, None]  # (nq, 1) query rows
+        kv = torch.arange(ks, ke, device=device)[None, :]  # (1, nk)
+        out = self.fn(scores, b, h, q, kv)
+        if not isinstance(out, Tensor) or not out.is_floating_point():
+            got = out.dtype if isinstance(out, Tensor) else type(out).__name__
+            raise TypeError(f"score function {self.name!r} must return a float tensor of scores, got {got}")
+        try:
+            return torch.broadcast_to(out, scores.shape).to(scores.dtype)
+        except RuntimeError:
+            raise ValueError(f"score function {self.name!r} returned shape {tuple(out.shape)}, which does not "
+                             f"broadcast to the scores' {tuple(scores.shape)}") from None
+
+    def vjp(self, scores: Tensor, grad: Tensor, qs: int, qe: int, ks: int, ke: int) -> tuple[Tensor, list]:
+        """Backward through ``apply`` on one tile: (dL/dscores, [dL/dt for t in self.tensors, None where
+        t does not require grad]), given dL/d(apply's result) ``grad``."""
+        wanted = [t for t in self.tensors if t.requires_grad]
+        with torch.enable_grad():
+            x = scores.detach().requires_grad_()
+            y = self.apply(x, qs, qe, ks, ke)
+            grads = torch.autograd.grad(y, [x, *wanted], grad, allow_unused=True)
+        found = iter(grads[1:])
+        return grads[0], [next(found) if t.requires_grad else None for t in self.tensors]
+
+    def __repr__(self):
+        return f"from_function({self.name})"
+
+
+def _captured(fn, seen: set[int] | None = None) -> list[Tensor]:
+    """The float tensors ``fn`` can read that may need gradients: in its closure, default arguments and the
+    module globals it names (tensors, and the parameters of modules found there), through bound methods,
+    ``functools.partial`` and the functions it calls from there (a score function built from others)."""
+    seen = set() if seen is None else seen
+    if id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    objects: list = []
+    if isinstance(fn, torch.nn.Module):  # a module as the score function: its parameters
+        return list(fn.parameters())
+    if isinstance(fn, functools.partial):
+        objects += [fn.func, *fn.args, *fn.keywords.values()]
+    elif inspect.ismethod(fn):
+        objects += [fn.__self__, fn.__func__]
+    elif inspect.isfunction(fn):
+        objects += [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
+        objects += [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+        objects += [fn.__globals__[n] for n in fn.__code__.co_names if n in fn.__globals__]
+    found = []
+    for obj in objects:
+        if isinstance(obj, Tensor) and obj.is_floating_point():
+            found.append(obj)
+        elif isinstance(obj, torch.nn.Module):
+            found += list(obj.parameters())
+        elif inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, functools.partial):
+            found += _captured(obj, seen)
+    return found
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return False
+    return True
+
+
+def from_function(fn: ScoreMod, *, tensors=None, name: str | None = None) -> Bias:
+    """A score function, FlexAttention's ``score_mod``: ``fn(score, b, h, q_idx, kv_idx) -> score``.
+
+    ``score`` holds logits (after ``scale`` and ``softcap``, before the mask) for some tile of queries and
+    keys, shape (B, H, nq, nk), in the statistics dtype (float32 for half-precision inputs); ``b`` (B, 1, 1, 1),
+    ``h`` (1, H, 1, 1), ``q_idx`` (nq, 1) and ``kv_idx`` (1, nk) are int64 index tensors that broadcast against
+    it (``q_idx`` counts query rows 0 .. Nq - 1, as in FlexAttention). ``fn`` returns new logits that broadcast
+    to ``score``'s shape; the mask is applied after it, so what it returns at masked positions (NaN too) is
+    never used. Write it with tensor operations, as a FlexAttention score_mod.
+
+    Runs in plain PyTorch with no compile step (tested on the CPU), forward and backward, on the ``dense`` and
+    ``tiled`` kernels (``sdpa`` takes only additive biases and refuses it; ``kernel="auto"`` picks one that serves).
+    Gradients flow to q, k, v and to the tensors ``fn`` reads: ``tensors``, or by default the float tensors
+    (and modules' parameters) in its closure, default arguments and module globals.
+
+    Example: a learned relative-position bias per head, trained through attention::
+
+        >>> table = torch.zeros(8, 2 * 1024 - 1, requires_grad=True)          # (H, 2N - 1)
+        >>> rel = attnkit.bias.from_function(lambda s, b, h, q, kv: s + table[h, q - kv + 1023])
+        >>> out = attnkit.attention(q, k, v, bias=rel, causal=True)           # tiled or dense
+        >>> out.sum().backward()                                              # table.grad is filled
+    """
+    return ScoreFunction(fn, tensors, name)
+
+
 def as_bias(bias) -> Bias:
     if isinstance(bias, Bias):
         return bias
     return TensorBias(bias)
 
 
-__all__ = ["Bias", "TensorBias", "alibi", "alibi_slopes", "as_bias"]
+__all__ = ["Bias", "TensorBias", "ScoreFunction", "alibi", "alibi_slopes", "as_bias", "from_function"]

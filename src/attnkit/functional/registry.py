@@ -22,6 +22,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from .bias import ScoreFunction
 from .request import AttentionRequest
 
 
@@ -47,6 +48,7 @@ class Capabilities:
     tile_skipping: bool = False  # cost proportional to the visible part of a structured mask
     bias: bool = True
     bias_grad: bool = True
+    score_functions: bool = True  # bias.from_function: a function of the logits, not an additive tensor
     softcap: bool = True
     dropout: bool = True
     return_lse: bool = True
@@ -67,6 +69,8 @@ class Capabilities:
             out.append("masks not supported")
         if req.bias is not None and not self.bias:
             out.append("bias not supported")
+        if isinstance(req.bias, ScoreFunction) and self.bias and not self.score_functions:
+            out.append("score functions (bias.from_function) not supported: only additive biases")
         if req.bias is not None and req.bias.requires_grad and req.needs_grad and not self.bias_grad:
             out.append("gradient with respect to bias not supported")
         if req.softcap is not None and not self.softcap:

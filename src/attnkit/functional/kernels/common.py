@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..bias import ScoreFunction
+
 # The most a kernel that materializes (Nq, Nk) tensors (masks, biases, logits, weights, what autograd keeps
 # of them) may allocate for them in one call; over it the kernel refuses and names kernel='tiled', which
 # builds none (so kernel="auto" moves on to it). A kernel module may set its own budget (dense.MAX_DENSE_BYTES).
@@ -73,7 +75,7 @@ def planes(req, part, *, exact: bool = True) -> int:
     if part is None:
         return 0
     B, H, _, Nq, Nk, _, _ = req.shape
-    if not exact or Nq == 0 or Nk == 0:
+    if not exact or Nq == 0 or Nk == 0 or isinstance(part, ScoreFunction):  # a function's result: every plane
         return B * H
     t = part.tile(0, 1, 0, 1, Nq, Nk)  # (1, 1) or (b|1, h|1, 1, 1)
     return math.prod(t.shape[:-2])

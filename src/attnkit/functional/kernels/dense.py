@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..bias import ScoreFunction
 from ..registry import Capabilities, Rank
 from ..request import AttentionRequest, softmax_dtype
 from .common import budget_reasons, hide_unseen, planes, repeat_kv, safe_softmax
@@ -28,7 +29,9 @@ def dense_attention(req: AttentionRequest, *, return_weights: bool = False):
     logits = (q @ k.transpose(-2, -1)).to(stats) * req.scale  # (B, H, Nq, Nk)
     if req.softcap is not None:
         logits = req.softcap * torch.tanh(logits / req.softcap)
-    if req.bias is not None:
+    if isinstance(req.bias, ScoreFunction):
+        logits = req.bias.apply(logits, 0, Nq, 0, Nk)
+    elif req.bias is not None:
         logits = logits + req.dense_bias(stats)
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))

@@ -102,6 +102,7 @@ class SdpaKernel:
     name = "sdpa"
     description = "torch.nn.functional.scaled_dot_product_attention; masks materialized"
     capabilities = Capabilities(masks="materialized", softcap=False, return_lse=False, bias_grad=False,
+                                score_functions=False,
                                 memory="O(N) without mask, O(Nq*Nk) with one")
 
     def not_supported_reasons(self, req: AttentionRequest) -> list[str]:

@@ -29,6 +29,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from ..bias import ScoreFunction
 from ..masks import EMPTY, Dense
 from ..registry import Capabilities, Rank
 from ..request import AttentionRequest, softmax_dtype
@@ -153,32 +154,39 @@ class _Tiles:
     def _tile(self, args: tuple) -> Tensor:  # (b, Hkv|1, G|1, bq, bk) bool, uncached
         return _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
 
-    def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None]:
+    def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(B, Hkv, G, bq, bk) logits in log2 units (scaled by scale·log2 e, so softmax runs on exp2,
-        several times faster than exp on CPU) in the statistics dtype, and the softcap's tanh (or None)."""
-        # (B * Hkv, G * bq, bk): alpha applies scale·log2 e inside the GEMM, no pass over q
+        several times faster than exp on CPU) in the statistics dtype; the softcap's tanh (or None); and for a
+        score function, the scores it was given, (B, H, bq, bk) in natural units (or None)."""
+        # (B * Hkv, G * bq, bk): alpha applies scale·log2 e inside the GEMM, no pass over q; a score function
+        # sees natural units, so there the log2 e comes after it
+        bias = self.req.bias
+        log2e = 1.0 if isinstance(bias, ScoreFunction) else LOG2E
         q3, k3 = c.q.flatten(0, 1), c.k.flatten(0, 1)
         n = q3.shape[0] * q3.shape[1] * k3.shape[1]
         if self._buffer is None or self._buffer.numel() < n:  # one reused buffer: no page faults per tile
             self._buffer = torch.empty(max(n, 1 << 16), dtype=q3.dtype, device=q3.device)
         s = self._buffer[:n].view(q3.shape[0], q3.shape[1], k3.shape[1])
-        torch.baddbmm(self._zero, q3, k3.transpose(-2, -1), beta=0.0, alpha=self.req.scale * LOG2E, out=s)
+        torch.baddbmm(self._zero, q3, k3.transpose(-2, -1), beta=0.0, alpha=self.req.scale * log2e, out=s)
         s = s.to(self.stats)
         s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, c.ke - c.ks)
-        tanh = None
+        tanh = scores = None
         if self.req.softcap is not None:
-            cap = self.req.softcap * LOG2E
+            cap = self.req.softcap * log2e
             tanh = torch.tanh(s / cap)
             s = tanh * cap
-        if self.req.bias is not None:
-            b = self.req.bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
+        if isinstance(bias, ScoreFunction):  # (B, H, bq, bk); a view of the reused buffer: read before the next tile
+            scores = s.view(self.B, self.Hkv * self.G, row.qe - row.qs, c.ke - c.ks)
+            s = bias.apply(scores, row.qs, row.qe, c.ks, c.ke).mul(LOG2E).view_as(s)
+        elif bias is not None:
+            b = bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
             s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
-            if c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
-                s = s.masked_fill_(c.hidden_bool, float("-inf"))
+        if bias is not None and c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
+            s = s.masked_fill_(c.hidden_bool, float("-inf"))
         elif c.hidden is not None:
             for c0, c1, segment in c.hidden:
                 s[..., c0:c1].add_(segment)
-        return s, tanh
+        return s, tanh, scores
 
     def keep(self, row: Row, ks: int, shape) -> Tensor | None:
         """Dropout keep-mask scaled by 1/(1-p), reproducible per tile from the call's seed."""
@@ -245,7 +253,7 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
             c = tiles.chunk(row, qb, ks, ke, needs_mask)
             if c is None:
                 continue
-            s, _ = tiles.logits(c, row)  # (B, Hkv, G, bq, bk)
+            s, _, _ = tiles.logits(c, row)  # (B, Hkv, G, bq, bk)
             m_new = s.amax(dim=-1, keepdim=True).clamp_(min=lowest)
             if m is not None:
                 m_new = torch.maximum(m, m_new)
@@ -270,41 +278,79 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
 
 
 def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out: Tensor,
-              grad_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+              grad_bias: Tensor | None, grad_tensors: list) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv; adds the bias tensor's gradient into ``grad_bias``, a score function's tensors' into
+    ``grad_tensors`` (one entry per ``req.bias.tensors``, None until a gradient arrives)."""
     stats, req = tiles.stats, tiles.req
     dtype = tiles.q5.dtype
-    delta = _delta(grad_out, out, stats)  # (B, Hkv, G, Nq, 1)
     lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)[..., None]
+    bias_grads = grad_bias is not None or len(grad_tensors) > 0
+    if dtype != stats and bias_grads:
+        delta = _delta_by_tiles(tiles, plan, lse_safe, grad_out)
+    else:
+        delta = _delta(grad_out, out, stats)  # (B, Hkv, G, Nq, 1)
     dq = torch.zeros(tiles.q5.shape, dtype=stats, device=out.device)
     dk = torch.zeros(tiles.k.shape, dtype=stats, device=out.device)
     dv = torch.zeros(tiles.v.shape, dtype=stats, device=out.device)
+    for row, c, do, t in _backward_tiles(tiles, plan, lse_safe, grad_out):
+        rows, ks, ke = slice(row.qs, row.qe), c.ks, c.ke
+        dv[..., ks:ke, :] += (_fold(t.p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
+        ds = t.p * (t.dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
+        if t.scores is not None:  # through the score function, to its scores and the tensors it reads
+            ds_scores, grads = req.bias.vjp(t.scores, ds.view_as(t.scores), row.qs, row.qe, ks, ke)
+            ds = ds_scores.view_as(ds)
+            _accumulate(grad_tensors, grads)
+        elif grad_bias is not None:
+            _accumulate_bias_grad(grad_bias, ds, row, ks, ke)
+        if t.tanh is not None:
+            ds = ds * (1 - t.tanh * t.tanh)  # through the softcap, to scale·q·k
+        ds_f = _fold(ds).to(dtype)  # (B, Hkv, G * bq, bk)
+        dq[..., rows, :] += (ds_f @ c.k).view(t.p.shape[:-1] + (c.k.shape[-1],)).to(stats)
+        dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ c.q).to(stats)
+    return dq * req.scale, dk * req.scale, dv
+
+
+@dataclass(frozen=True)
+class _BackwardTile:
+    p: Tensor  # (B, Hkv, G, bq, bk) probabilities, recomputed from the log-sum-exp
+    p_kept: Tensor  # p with dropout applied (p itself without dropout)
+    dp: Tensor  # dL/dp = dO·vᵀ (times the dropout keep-mask), in the statistics dtype: see _delta
+    tanh: Tensor | None  # the softcap's tanh
+    scores: Tensor | None  # what a score function was given (see _Tiles.logits)
+
+
+def _backward_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor):
+    """(row, chunk, dO of the row (B, Hkv, G * bq, Dv) in the input dtype, _BackwardTile) for every visited tile."""
+    stats, dtype = tiles.stats, tiles.q5.dtype
     for row in plan:
         qb = tiles.q_block(row)
-        rows = slice(row.qs, row.qe)
-        do = _fold(grad_out[..., rows, :]).to(dtype)  # (B, Hkv, G * bq, Dv)
+        do = _fold(grad_out[..., row.qs:row.qe, :]).to(dtype)  # (B, Hkv, G * bq, Dv)
         do_stats = do.to(stats)
         for ks, ke, needs_mask in row.chunks:
             c = tiles.chunk(row, qb, ks, ke, needs_mask)
             if c is None:
                 continue
-            ks, ke = c.ks, c.ke
-            s, tanh = tiles.logits(c, row)
-            p = s.sub_(lse_safe[..., rows, :]).exp2_()  # (B, Hkv, G, bq, bk)
-            keep = tiles.keep(row, ks, p.shape)
-            p_kept = p if keep is None else p * keep
-            dv[..., ks:ke, :] += (_fold(p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
-            dp = (do_stats @ c.v.to(stats).transpose(-2, -1)).view_as(p)  # in the statistics dtype: see _delta
+            s, tanh, scores = tiles.logits(c, row)
+            p = s.sub_(lse_safe[..., row.qs:row.qe, :]).exp2_()  # (B, Hkv, G, bq, bk)
+            keep = tiles.keep(row, c.ks, p.shape)
+            dp = (do_stats @ c.v.to(stats).transpose(-2, -1)).view_as(p)
             if keep is not None:
                 dp = dp * keep
-            ds = p * (dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
-            if grad_bias is not None:
-                _accumulate_bias_grad(grad_bias, ds, row, ks, ke)
-            if tanh is not None:
-                ds = ds * (1 - tanh * tanh)  # through the softcap, to scale·q·k
-            ds_f = _fold(ds).to(dtype)  # (B, Hkv, G * bq, bk)
-            dq[..., rows, :] += (ds_f @ c.k).view(p.shape[:-1] + (c.k.shape[-1],)).to(stats)
-            dk[..., ks:ke, :] += (ds_f.transpose(-2, -1) @ c.q).to(stats)
-    return dq * req.scale, dk * req.scale, dv
+            yield row, c, do, _BackwardTile(p, p if keep is None else p * keep, dp, tanh, scores)
+
+
+def _delta_by_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor) -> Tensor:
+    """Delta = rowsum(P ∘ dP) (B, Hkv, G, Nq, 1), summed over the tiles themselves (a second pass).
+
+    In half precision the output is a sum of probabilities rounded to the input dtype, so rowsum(dO * O)
+    differs from rowsum(P ∘ dP) by that rounding, and the rows of dS = P (dP - Delta) no longer sum to 0
+    as a softmax's gradient does: harmless for dq and dk, but a bias's gradient (a sum of dS over many
+    entries, e.g. a per-head slope) then carries a systematic error (measured ~25% on a per-batch slope in
+    bfloat16, against ~9% for the dense kernel). Used when a bias or score-function tensor wants a gradient."""
+    delta = torch.zeros(grad_out.shape[:-1] + (1,), dtype=tiles.stats, device=grad_out.device)
+    for row, _, _, t in _backward_tiles(tiles, plan, lse_safe, grad_out):
+        delta[..., row.qs:row.qe, :] += (t.p * t.dp).sum(dim=-1, keepdim=True)
+    return delta
 
 
 def _delta(grad_out: Tensor, out: Tensor, stats: torch.dtype) -> Tensor:
@@ -318,6 +364,15 @@ def _delta(grad_out: Tensor, out: Tensor, stats: torch.dtype) -> Tensor:
     if grad_out.dtype == stats:
         return (grad_out * out).sum(dim=-1, keepdim=True)
     return (grad_out.to(stats)[..., None, :] @ out[..., :, None])[..., 0]
+
+
+def _accumulate(totals: list, grads: list) -> None:
+    """totals[i] += grads[i] where a gradient arrived (None: the tensor got none from this tile), summed in
+    float32 at least: a half-precision tensor's gradient is the sum of many tiles'."""
+    for i, g in enumerate(grads):
+        if g is not None:
+            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+            totals[i] = g if totals[i] is None else totals[i] + g
 
 
 def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: int) -> None:
@@ -334,7 +389,7 @@ def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: 
 
 class _TiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias_tensor, req, plan, backward):
+    def forward(ctx, q, k, v, bias_tensor, req, plan, backward, *function_tensors):
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout > 0 else 0
         q5 = q.reshape(B, Hkv, H // Hkv, Nq, D)
@@ -359,17 +414,23 @@ class _TiledFunction(torch.autograd.Function):
         grad_bias = None
         if need_bias:
             grad_bias = torch.zeros(req.bias.tensor4.shape, dtype=tiles.stats, device=q.device)
+        function_tensors = req.bias.tensors if isinstance(req.bias, ScoreFunction) else ()
+        grad_tensors: list = [None] * len(function_tensors)
         grad_out5 = grad_out.reshape(B, Hkv, H // Hkv, Nq, Dv)
-        dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias)
+        dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias, grad_tensors)
         if need_bias:
             grad_bias = grad_bias.reshape(req.bias.tensor.shape).to(req.bias.tensor.dtype)
-        return dq.reshape(q.shape).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grad_bias, None, None, None
+        grad_tensors = [None if g is None else g.to(t.dtype) for g, t in zip(grad_tensors, function_tensors)]
+        return (dq.reshape(q.shape).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grad_bias, None, None, None,
+                *grad_tensors)
 
 
 def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
     bias_tensor = getattr(req.bias, "tensor", None)
+    function_tensors = req.bias.tensors if isinstance(req.bias, ScoreFunction) else ()
     # req.needs_grad: whether a backward may follow (asked here: inside Function.forward autograd is off)
-    out, lse = _TiledFunction.apply(req.q, req.k, req.v, bias_tensor, req, make_plan(req), req.needs_grad)
+    out, lse = _TiledFunction.apply(req.q, req.k, req.v, bias_tensor, req, make_plan(req), req.needs_grad,
+                                    *function_tensors)
     if req.return_lse:
         return out, lse.float() if lse.dtype != torch.float64 else lse
     return out
