@@ -15,9 +15,10 @@ def check_int(name: str, value: object, minimum: int = 1, maximum: int | None = 
         what = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
+    number = int(value)
+    if number < minimum or (maximum is not None and number > maximum):
         raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
+    return number
 
 
 def check_index(name: str, value: object, limit: int, owner: str, items: str) -> int:
@@ -27,6 +28,7 @@ def check_index(name: str, value: object, limit: int, owner: str, items: str) ->
     try:
         return check_int(name, value, minimum=0, maximum=limit - 1)
     except ValueError:
+        assert isinstance(value, numbers.Integral)  # check_int raises ValueError only for integers
         raise ValueError(f"{name} {int(value)} is out of range: {owner} has {limit} {items} (0..{limit - 1})") from None
 
 

@@ -12,7 +12,7 @@ grid; masks compose with ``& | ~``. Positions are bottom-right aligned when q_le
 A new mask subclasses :class:`Mask` and writes ``tile``; or it is a function given to ``from_function``.
 """
 
-from .base import EMPTY, FULL, PARTIAL, And, Dense, Mask, Not, Or, TileState, as_mask, check_broadcast, shape4
+from .base import EMPTY, FULL, PARTIAL, And, Dense, Device, Mask, Not, Or, TileState, as_mask, check_broadcast, shape4
 from .basic import (Document, GlobalTokens, Padding, PrefixLM, SlidingWindow, causal, dense, document,
                     global_tokens, padding, prefix_lm, sliding_window)
 from .functions import FunctionMask, from_function
@@ -25,4 +25,5 @@ __all__ = [
     # the classes behind the factories, for isinstance checks and subclassing
     "And", "Or", "Not", "Dense", "SlidingWindow", "Padding", "Document", "PrefixLM", "GlobalTokens", "Strided",
     "Fixed", "Longformer", "BigBird", "FunctionMask", "check_broadcast", "shape4",
+    "Device",  # the type of every mask method's device argument
 ]

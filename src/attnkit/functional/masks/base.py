@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,10 @@ class TileState(enum.IntEnum):
 
 
 EMPTY, PARTIAL, FULL = TileState.EMPTY, TileState.PARTIAL, TileState.FULL
-_GRID_CHARS = {EMPTY: "·", PARTIAL: "░", FULL: "█"}
+_GRID_CHARS: dict[int, str] = {EMPTY: "·", PARTIAL: "░", FULL: "█"}  # by the int8 values block_states holds
+
+Device: TypeAlias = torch.device | str | None  # where a mask or bias builds its tensors, as torch's device= takes it
+TileFunction: TypeAlias = Callable[[int, int, int, int, int, int, Device], Tensor]  # Mask.tile's signature
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class Blocks:
     offset: int  # k_len - q_len: absolute position of query row i is i + offset
 
     @classmethod
-    def make(cls, q_len: int, k_len: int, block_q: int, block_k: int, device=None) -> "Blocks":
+    def make(cls, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Blocks:
         qs = torch.arange(0, q_len, block_q, device=device)
         ks = torch.arange(0, k_len, block_k, device=device)
         qe = (qs + block_q).clamp(max=q_len)
@@ -95,14 +100,15 @@ def check_broadcast(name: str, t: Tensor, target: tuple[int, int, int, int]) -> 
         raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to (B, H, Nq, Nk) = {target}")
 
 
-def positions(qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device) -> tuple[Tensor, Tensor]:
+def positions(qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device) -> tuple[Tensor, Tensor]:
     """Absolute query positions (nq, 1) and key positions (1, nk) of a tile."""
     p = torch.arange(qs, qe, device=device)[:, None] + (k_len - q_len)
     j = torch.arange(ks, ke, device=device)[None, :]
     return p, j
 
 
-def tile_states(tile, q_len: int, k_len: int, block_q: int, block_k: int, device=None) -> Tensor:
+def tile_states(tile: TileFunction, q_len: int, k_len: int, block_q: int, block_k: int,
+                device: Device = None) -> Tensor:
     """Exact block states (b, h, nqb, nkb) from ``tile(qs, qe, ks, ke, q_len, k_len, device)``, one band of
     ``block_q`` query rows by every key at a time: memory O(block_q · k_len), time O(q_len · k_len)."""
     n_kb = -(-k_len // block_k)
@@ -129,19 +135,19 @@ class Mask:
     and ``tile_key`` where tiles repeat, so that kernels skip and cache tiles cheaply.
     """
 
-    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device=None) -> Tensor:
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         """The bool tile for queries ``qs:qe`` and keys ``ks:ke``, broadcastable to (B, H, qe - qs, ke - ks)."""
         raise NotImplementedError(f"{type(self).__name__} must implement tile(qs, qe, ks, ke, q_len, k_len, device): "
                                   "every attnkit mask derives the rest from it")
 
-    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device=None) -> Tensor:
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         """Per-tile :class:`TileState` as int8, broadcastable to (B, H, n_q_blocks, n_k_blocks)."""
         return tile_states(self.tile, q_len, k_len, block_q, block_k, device)
 
     def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         """Raise ValueError if this mask cannot apply to the given sizes. Default: any size."""
 
-    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         """A hashable key such that tiles with equal keys are equal (kernels cache them), or None.
         Masks that depend only on the distance p - j (causal, sliding windows) return one."""
         return None
@@ -158,13 +164,13 @@ class Mask:
         """The sequence length the mask carries (e.g. document ids), or None if it has none."""
         return None
 
-    def materialize(self, q_len: int, k_len: int | None = None, device=None) -> Tensor:
+    def materialize(self, q_len: int, k_len: int | None = None, device: Device = None) -> Tensor:
         """The dense bool mask, broadcastable to ``(B, H, q_len, k_len)``; True = may attend."""
         k_len = q_len if k_len is None else k_len
         return as_4d(self.tile(0, q_len, 0, k_len, q_len, k_len, device))
 
     def block_layout(self, q_len: int, k_len: int | None = None, block: int | tuple[int, int] = 128,
-                     device=None) -> Tensor:
+                     device: Device = None) -> Tensor:
         """Per-tile states EMPTY (0) / PARTIAL (1) / FULL (2), shape ``(b, h, n_q_blocks, n_k_blocks)``."""
         k_len = q_len if k_len is None else k_len
         bq, bk = (block, block) if isinstance(block, int) else block
@@ -188,13 +194,13 @@ class Mask:
     def __str__(self) -> str:
         return self.to_string()
 
-    def __and__(self, other: "Mask") -> "Mask":
+    def __and__(self, other: Mask | Tensor) -> Mask:
         return And(self, as_mask(other))
 
-    def __or__(self, other: "Mask") -> "Mask":
+    def __or__(self, other: Mask | Tensor) -> Mask:
         return Or(self, as_mask(other))
 
-    def __invert__(self) -> "Mask":
+    def __invert__(self) -> Mask:
         return Not(self)
 
 
@@ -202,37 +208,37 @@ class And(Mask):
     def __init__(self, a: Mask, b: Mask):
         self.a, self.b = a, b
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         return self.a.tile(qs, qe, ks, ke, q_len, k_len, device) & self.b.tile(qs, qe, ks, ke, q_len, k_len, device)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         return torch.minimum(as_4d(self.a.block_states(q_len, k_len, block_q, block_k, device)),
                              as_4d(self.b.block_states(q_len, k_len, block_q, block_k, device)))
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         self.a.check(batch, heads, q_len, k_len)
         self.b.check(batch, heads, q_len, k_len)
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         a, b = self.a.tile_key(qs, qe, ks, ke, q_len, k_len), self.b.tile_key(qs, qe, ks, ke, q_len, k_len)
         return None if a is None or b is None else (type(self).__name__, a, b)
 
-    def length(self):
+    def length(self) -> int | None:
         return self.a.length() or self.b.length()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"({self.a!r} & {self.b!r})"
 
 
 class Or(And):
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         return self.a.tile(qs, qe, ks, ke, q_len, k_len, device) | self.b.tile(qs, qe, ks, ke, q_len, k_len, device)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         return torch.maximum(as_4d(self.a.block_states(q_len, k_len, block_q, block_k, device)),
                              as_4d(self.b.block_states(q_len, k_len, block_q, block_k, device)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"({self.a!r} | {self.b!r})"
 
 
@@ -240,23 +246,23 @@ class Not(Mask):
     def __init__(self, a: Mask):
         self.a = a
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         return ~self.a.tile(qs, qe, ks, ke, q_len, k_len, device)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         return FULL - self.a.block_states(q_len, k_len, block_q, block_k, device)
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         self.a.check(batch, heads, q_len, k_len)
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         a = self.a.tile_key(qs, qe, ks, ke, q_len, k_len)
         return None if a is None else ("Not", a)
 
-    def length(self):
+    def length(self) -> int | None:
         return self.a.length()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"~{self.a!r}"
 
 
@@ -272,26 +278,26 @@ class Dense(Mask):
         shape4("mask", mask)
         self.mask = mask
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         check_broadcast("mask", self.mask, (batch, heads, q_len, k_len))
 
-    def _full(self, q_len, k_len) -> Tensor:
+    def _full(self, q_len: int, k_len: int) -> Tensor:
         m = self.mask.reshape(shape4("mask", self.mask))
         return m.expand(-1, -1, q_len, k_len)
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         return self._full(q_len, k_len)[..., qs:qe, ks:ke].to(device)
 
     # block_states: the default, exact from the tensor's tiles
 
-    def length(self):
+    def length(self) -> int:
         return self.mask.shape[-1]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"dense({tuple(self.mask.shape)})"
 
 
-def as_mask(mask) -> Mask:
+def as_mask(mask: Mask | Tensor) -> Mask:
     """A Mask from a Mask or a bool tensor; anything else is a TypeError naming what was received."""
     if isinstance(mask, Mask):
         return mask

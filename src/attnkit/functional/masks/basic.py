@@ -5,11 +5,17 @@ global tokens, each computing its tile states from its parameters (no N×N tenso
 from __future__ import annotations
 
 import bisect
+from collections.abc import Hashable, Sequence
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
 
-from .base import Blocks, Dense, Mask, positions, states
+from .base import Blocks, Dense, Device, Mask, positions, states
+
+Lengths: TypeAlias = Tensor | Sequence[int] | int  # one per sequence (B,), or one int for every sequence
+Positions: TypeAlias = Tensor | Sequence[int] | int  # absolute positions, any shape (flattened)
+DocumentIds: TypeAlias = Tensor | Sequence[int] | Sequence[Sequence[int]]  # (B, N) or (N,) integer ids
 
 
 class SlidingWindow(Mask):
@@ -21,10 +27,10 @@ class SlidingWindow(Mask):
                 raise ValueError(f"window {name} must be a non-negative int or None (unbounded), got {value!r}")
         self.left, self.right = left, right
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         return ("window", self.left, self.right, qs + k_len - q_len - ks, qe - qs, ke - ks)
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         visible = torch.ones(p.shape[0], j.shape[1], dtype=torch.bool, device=device)
         if self.left is not None:
@@ -33,7 +39,7 @@ class SlidingWindow(Mask):
             visible &= j <= p + self.right
         return visible
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         full = torch.ones(b.qs.shape[0], b.ks.shape[1], dtype=torch.bool, device=device)
         empty = torch.zeros_like(full)
@@ -45,13 +51,13 @@ class SlidingWindow(Mask):
             empty |= b.ks > b.p_last + self.right
         return states(full, empty)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.left is None and self.right == 0:
             return "causal()"
         return f"sliding_window(left={self.left}, right={self.right})"
 
 
-def _batch_vector(name: str, value, device=None) -> Tensor:
+def _batch_vector(name: str, value: Lengths, device: Device = None) -> Tensor:
     t = torch.as_tensor(value, device=device)
     if t.dim() == 0:
         t = t[None]
@@ -71,28 +77,28 @@ def _check_batch(name: str, t: Tensor, batch: int) -> None:
 class Padding(Mask):
     """Key j is visible iff j < k_lengths[b]; query row i is active iff i < q_lengths[b]."""
 
-    def __init__(self, k_lengths, q_lengths=None):
+    def __init__(self, k_lengths: Lengths, q_lengths: Lengths | None = None):
         self.k_lengths = _batch_vector("k_lengths", k_lengths)
         self.q_lengths = None if q_lengths is None else _batch_vector("q_lengths", q_lengths)
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         _check_batch("padding k_lengths", self.k_lengths, batch)
         if self.q_lengths is not None:
             _check_batch("padding q_lengths", self.q_lengths, batch)
 
-    def _lengths(self, device):
+    def _lengths(self, device: Device) -> tuple[Tensor, Tensor | None]:  # (B, 1, 1, 1) each
         kl = self.k_lengths.to(device)[:, None, None, None]  # (B, 1, 1, 1)
         ql = None if self.q_lengths is None else self.q_lengths.to(device)[:, None, None, None]
         return kl, ql
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         kl, ql = self._lengths(device)
         visible = torch.arange(ks, ke, device=device) < kl  # (B, 1, 1, nk)
         if ql is not None:
             visible = visible & (torch.arange(qs, qe, device=device)[:, None] < ql)
         return visible.expand(-1, -1, qe - qs, -1)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         kl, ql = self._lengths(device)
         full, empty = b.ke <= kl, b.ks >= kl
@@ -100,7 +106,7 @@ class Padding(Mask):
             full, empty = full & (b.qe <= ql), empty | (b.qs >= ql)
         return states(full, empty)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         q = "" if self.q_lengths is None else f", q_lengths={self.q_lengths.tolist()}"
         return f"padding(k_lengths={self.k_lengths.tolist()}{q})"
 
@@ -122,12 +128,12 @@ class Document(Mask):
     position ``ids[..., i + k_len - q_len]`` unless ``q_ids`` (B, q_len) is given.
     """
 
-    def __init__(self, ids, q_ids=None):
+    def __init__(self, ids: DocumentIds, q_ids: DocumentIds | None = None):
         self.ids = self._ids("ids", ids)
         self.q_ids = None if q_ids is None else self._ids("q_ids", q_ids)
 
     @staticmethod
-    def _ids(name, ids) -> Tensor:
+    def _ids(name: str, ids: DocumentIds) -> Tensor:
         t = torch.as_tensor(ids)
         if t.dim() == 1:
             t = t[None]
@@ -136,10 +142,10 @@ class Document(Mask):
                             f"{tuple(t.shape)} {t.dtype}")
         return t.long()
 
-    def length(self):
+    def length(self) -> int:
         return self.ids.shape[-1]
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         _check_batch("document ids", self.ids, batch)
         if self.ids.shape[-1] != k_len:
             raise ValueError(f"document ids cover {self.ids.shape[-1]} positions but k_len is {k_len}")
@@ -151,17 +157,17 @@ class Document(Mask):
             raise ValueError(f"document(ids) with q_len={q_len} > k_len={k_len}: queries before the first key "
                              "have no id; pass q_ids")
 
-    def _query_ids(self, q_len: int, k_len: int, device) -> Tensor:  # (B, q_len)
+    def _query_ids(self, q_len: int, k_len: int, device: Device) -> Tensor:  # (B, q_len)
         if self.q_ids is not None:
             return self.q_ids.to(device)
         return self.ids.to(device)[:, k_len - q_len:]
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         qid = self._query_ids(q_len, k_len, device)[:, qs:qe]
         kid = self.ids.to(device)[:, ks:ke]
         return (qid[:, :, None] == kid[:, None, :])[:, None]  # (B, 1, nq, nk)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         qmin, qmax = _block_min_max(self._query_ids(q_len, k_len, device), block_q)
         kmin, kmax = _block_min_max(self.ids.to(device), block_k)
         qmin, qmax = qmin[:, :, None], qmax[:, :, None]  # (B, nqb, 1)
@@ -170,7 +176,7 @@ class Document(Mask):
         empty = (qmax < kmin) | (kmax < qmin)
         return states(full, empty)[:, None]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         n_docs = int(self.ids[0].unique().numel())
         return f"document(B={self.ids.shape[0]}, N={self.ids.shape[-1]}, docs in row 0={n_docs})"
 
@@ -178,25 +184,25 @@ class Document(Mask):
 class PrefixLM(Mask):
     """Keys j < prefix_lengths[b] are seen by every query (bidirectional prefix); causal after it."""
 
-    def __init__(self, prefix_lengths):
+    def __init__(self, prefix_lengths: Lengths):
         self.prefix = _batch_vector("prefix_lengths", prefix_lengths)
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         _check_batch("prefix_lm prefix_lengths", self.prefix, batch)
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         prefix = self.prefix.to(device)[:, None, None, None]
         return (j <= p) | (j < prefix)  # (B, 1, nq, nk)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         prefix = self.prefix.to(device)[:, None, None, None]
         full = (b.ke - 1 <= b.p_first) | (b.ke <= prefix)
         empty = (b.ks > b.p_last) & (b.ks >= prefix)
         return states(full, empty)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"prefix_lm(prefix_lengths={self.prefix.tolist()})"
 
 
@@ -206,7 +212,7 @@ class GlobalTokens(Mask):
     Combine with another pattern by ``|``: ``sliding_window(256) | global_tokens([0])``.
     """
 
-    def __init__(self, indices):
+    def __init__(self, indices: Positions):
         t = torch.as_tensor(indices).flatten()
         if t.numel() == 0:
             t = t.long()
@@ -221,18 +227,18 @@ class GlobalTokens(Mask):
         i = bisect.bisect_left(self._sorted, first)
         return i < len(self._sorted) and self._sorted[i] < end
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         g = self.indices.to(device)
         return torch.isin(p, g) | torch.isin(j, g)
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         offset = k_len - q_len
         if self._any(qs + offset, qe + offset) or self._any(ks, ke):
             return None  # global rows and columns sit at absolute positions
         return ("no global token", qe - qs, ke - ks)  # all hidden
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         g = self.indices.to(device)
 
@@ -245,7 +251,7 @@ class GlobalTokens(Mask):
         empty = (in_q == 0) & (in_k == 0)
         return states(full, empty)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         shown = self.indices[:8].tolist()
         return f"global_tokens({shown}{'...' if self.indices.numel() > 8 else ''})"
 
@@ -260,23 +266,23 @@ def sliding_window(left: int | None, right: int | None = 0) -> Mask:
     return SlidingWindow(left, right)
 
 
-def padding(k_lengths, q_lengths=None) -> Mask:
+def padding(k_lengths: Lengths, q_lengths: Lengths | None = None) -> Mask:
     """Per-sequence valid lengths (B,): keys at j >= k_lengths[b] and query rows i >= q_lengths[b] are
     masked. A masked query row outputs zeros."""
     return Padding(k_lengths, q_lengths)
 
 
-def document(ids, q_ids=None) -> Mask:
+def document(ids: DocumentIds, q_ids: DocumentIds | None = None) -> Mask:
     """Packed sequences: query and key attend iff their document ids (B, N) are equal."""
     return Document(ids, q_ids)
 
 
-def prefix_lm(prefix_lengths) -> Mask:
+def prefix_lm(prefix_lengths: Lengths) -> Mask:
     """Bidirectional attention inside each sequence's prefix (B,), causal after it."""
     return PrefixLM(prefix_lengths)
 
 
-def global_tokens(indices) -> Mask:
+def global_tokens(indices: Positions) -> Mask:
     """These absolute positions see and are seen by all; combine with ``|``."""
     return GlobalTokens(indices)
 

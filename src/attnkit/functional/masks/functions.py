@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_int
-from .base import Mask, tile_states
+from .base import Device, Mask, tile_states
 
 MaskFunction = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
@@ -28,15 +28,15 @@ class FunctionMask(Mask):
         self.batch = None if batch is None else check_int("batch", batch)
         self.heads = None if heads is None else check_int("heads", heads)
         self.name = name or getattr(fn, "__name__", "mask_mod")
-        self._states: dict[tuple, Tensor] = {}  # block states per (q_len, k_len, block_q, block_k, device)
+        self._states: dict[tuple[int, int, int, int, str], Tensor] = {}  # per (q_len, k_len, block_q, block_k, device)
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         for what, mine, theirs in (("batch", self.batch, batch), ("heads", self.heads, heads)):
             if mine is not None and mine not in (1, theirs):
                 raise ValueError(f"mask function {self.name!r} was built for {what}={mine} but the input has "
                                  f"{what}={theirs}")
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         b = torch.arange(self.batch or 1, device=device)[:, None, None, None]  # (b, 1, 1, 1)
         h = torch.arange(self.heads or 1, device=device)[None, :, None, None]  # (1, h, 1, 1)
         q = torch.arange(qs, qe, device=device)[:, None]  # (nq, 1) query rows
@@ -52,13 +52,13 @@ class FunctionMask(Mask):
                              f"broadcast to (b, h, q, kv) = ({b.shape[0]}, {h.shape[1]}, {qe - qs}, {ke - ks})"
                              ) from None
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         key = (q_len, k_len, block_q, block_k, str(torch.device(device or "cpu")))
         if key not in self._states:  # exact, from every entry once per length and tiling
             self._states[key] = tile_states(self.tile, q_len, k_len, block_q, block_k, device)
         return self._states[key]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"from_function({self.name})"
 
 

@@ -8,12 +8,14 @@ the factories' docstrings hold a picture of each pattern.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 from torch import Tensor
 
 from ..checks import check_bool, check_int
-from .base import Blocks, Mask, Or, positions, states
-from .basic import GlobalTokens, SlidingWindow
+from .base import Blocks, Device, Mask, Or, positions, states
+from .basic import GlobalTokens, Positions, SlidingWindow
 
 
 def _rectangles(shape: tuple[int, int], r1: Tensor, r2: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
@@ -32,14 +34,14 @@ class Strided(Mask):
         self.stride = check_int("strided stride", stride, 1)
         self.causal = check_bool("strided causal", causal)
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         d, s = p - j, self.stride
         if self.causal:
             return (d >= 0) & ((d < s) | (d % s == 0))
         return (d.abs() < s) | (d % s == 0)
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         # A tile holds every distance from its smallest to its largest, so these states are exact.
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         lo, hi, s = b.p_first - (b.ke - 1), b.p_last - b.ks, self.stride  # (nqb, nkb) distance range
@@ -53,14 +55,14 @@ class Strided(Mask):
             full = ((lo >= -s) & (hi <= s)) | lone_multiple | (s == 1)
         return states(full, ~seen)
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         d0 = qs + k_len - q_len - ks  # distance at the tile's first row and first key
         far = d0 - (ke - ks - 1) >= self.stride or (not self.causal and d0 + qe - qs - 1 <= -self.stride)
         if far:  # off the local band only d mod stride matters: one cached tile serves them all
             d0 %= self.stride
         return ("strided", self.stride, self.causal, far, d0, qe - qs, ke - ks)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"strided(stride={self.stride}, causal={self.causal})"
 
 
@@ -72,19 +74,19 @@ class Fixed(Mask):
         self.summary = check_int("fixed summary", summary, 0, self.block)
         self.causal = check_bool("fixed causal", causal)
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         bl = self.block
         visible = (p // bl == j // bl) | (j % bl >= bl - self.summary)
         return visible & (j <= p) if self.causal else visible
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         bl, s = self.block, self.summary
         p0, p1, k0, k1 = b.p_first, b.p_last, b.ks, b.ke - 1
 
         def summaries(first: Tensor, last: Tensor) -> Tensor:  # summary keys in [first, last]
-            def before(x):  # summary positions in [0, x)
+            def before(x: Tensor) -> Tensor:  # summary positions in [0, x)
                 return x // bl * s + (x % bl - (bl - s)).clamp(min=0)
             return (before(last + 1) - before(first)).clamp(min=0)
 
@@ -102,14 +104,14 @@ class Fixed(Mask):
             full &= k1 <= p0
         return states(full, ~(same_block | summary_seen))
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         bl, p0 = self.block, qs + k_len - q_len
         head = ("fixed", bl, self.summary, self.causal)
         if p0 // bl > (ke - 1) // bl or (not self.causal and (qe - 1 + k_len - q_len) // bl < ks // bl):
             return head + ("summary only", ks % bl, qe - qs, ke - ks)  # no block shared: a column pattern
         return head + (p0 % bl, ks % bl, p0 // bl - ks // bl, qe - qs, ke - ks)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"fixed(block={self.block}, summary={self.summary}, causal={self.causal})"
 
 
@@ -119,16 +121,17 @@ class Longformer(Or):
     Block states are those of the union (max of the parts' states): never wrong, PARTIAL where only the
     two parts together would fill a tile."""
 
-    def __init__(self, window: int, global_indices):
+    def __init__(self, window: int, global_indices: Positions):
         self.window = check_int("longformer window", window, 0)
         try:
             tokens = GlobalTokens(global_indices)
         except (TypeError, ValueError) as error:
             raise type(error)(f"longformer global_indices: {error}") from None
         super().__init__(SlidingWindow(self.window // 2, self.window // 2), tokens)
+        self.tokens = tokens  # self.b, as its own type
 
-    def __repr__(self):
-        indices = self.b.indices.tolist()
+    def __repr__(self) -> str:
+        indices = self.tokens.indices.tolist()
         shown = ", ".join(map(str, indices[:8])) + (", ..." if len(indices) > 8 else "")
         return f"longformer(window={self.window}, global_indices=[{shown}])"
 
@@ -162,7 +165,7 @@ class BigBird(Mask):
         self._memo: dict[tuple[int, int], Tensor] = {}  # (n_key_blocks, query block) -> (r,) key blocks
         self._cells: tuple[tuple[int, int], tuple[int, int, Tensor]] | None = None  # the last cells() answer
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         if q_len > k_len:
             raise ValueError(f"bigbird with q_len={q_len} > k_len={k_len}: blocks are laid over absolute key "
                              "positions and queries before the first key have none")
@@ -213,7 +216,7 @@ class BigBird(Mask):
             visible[rows[hit], picks[hit] - k_first] = True
         return visible
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None) -> Tensor:
         if qe <= qs or ke <= ks:
             return torch.zeros(max(qe - qs, 0), max(ke - ks, 0), dtype=torch.bool, device=device)
         bl, offset = self.block, k_len - q_len
@@ -222,7 +225,7 @@ class BigBird(Mask):
         p, j = positions(qs, qe, ks, ke, q_len, k_len, device)
         return grid.to(device)[p[:, 0] // bl - q_first][:, j[0] // bl - k_first]
 
-    def cells(self, q_len, k_len):
+    def cells(self, q_len: int, k_len: int) -> tuple[int, int, Tensor] | None:
         bl, offset = self.block, k_len - q_len
         n_kb, first = -(-k_len // bl), offset // bl  # rows 0 .. q_len - 1 lie in query cells first .. n_kb - 1
         if q_len <= 0 or k_len <= 0 or (n_kb - first) * n_kb > self._MAX_CELLS:
@@ -232,7 +235,7 @@ class BigBird(Mask):
             self._cells = ((q_len, k_len), (bl, offset - first * bl, grid))
         return self._cells[1]
 
-    def block_states(self, q_len, k_len, block_q, block_k, device=None):
+    def block_states(self, q_len: int, k_len: int, block_q: int, block_k: int, device: Device = None) -> Tensor:
         b = Blocks.make(q_len, k_len, block_q, block_k, device)
         bl, g, w = self.block, self.num_global, self.window
         q1, q2 = b.p_first // bl, b.p_last // bl  # (nqt, 1) query blocks of each row
@@ -257,7 +260,7 @@ class BigBird(Mask):
         c1, c2 = kb * bl // block_k, (kb * bl + bl - 1).clamp(max=k_len - 1) // block_k
         return _rectangles((-(-q_len // block_q), -(-k_len // block_k)), r1, r2, c1, c2)
 
-    def tile_key(self, qs, qe, ks, ke, q_len, k_len):
+    def tile_key(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int) -> Hashable | None:
         if qe <= qs or ke <= ks:
             return None
         bl, p0 = self.block, qs + k_len - q_len
@@ -270,7 +273,7 @@ class BigBird(Mask):
                 return None  # so do random blocks
         return ("bigbird window", bl, self.window, p0 % bl, ks % bl, q1 - k1, qe - qs, ke - ks)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"bigbird(window={self.window}, num_global={self.num_global}, "
                 f"num_random_blocks={self.num_random}, block={self.block}, seed={self.seed})")
 
@@ -317,7 +320,7 @@ def fixed(block: int, *, summary: int = 1, causal: bool = True) -> Mask:
     return Fixed(block, summary, causal)
 
 
-def longformer(window: int, global_indices) -> Mask:
+def longformer(window: int, global_indices: Positions) -> Mask:
     """Longformer: a symmetric sliding window, ``p - window // 2 <= j <= p + window // 2`` (the paper's
     even ``window`` w: w/2 keys on each side plus the query's own), or global tokens: the absolute
     positions in ``global_indices`` see every key and are seen by every query.
