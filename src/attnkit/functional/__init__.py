@@ -17,6 +17,6 @@ for _kernel in (DenseKernel(), SdpaKernel(), TiledKernel(), LinearKernel(), Perf
 __all__ = [
     "attention", "attention_weights", "masks", "bias", "kernel", "kernels", "register_kernel", "get_kernel",
     "linear_attention_step", "LinearState",
-    "auto_order", "select_kernel", "Rank", "Capabilities", "Kernel", "AttentionRequest", "additive_attention", "additive_scores",
-    "luong_attention", "luong_scores", "hard_attention", "HardAttention",
+    "auto_order", "select_kernel", "Rank", "Capabilities", "Kernel", "AttentionRequest",
+    "additive_attention", "additive_scores", "luong_attention", "luong_scores", "hard_attention", "HardAttention",
 ]

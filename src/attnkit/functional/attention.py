@@ -7,35 +7,39 @@ from typing import Literal, overload
 
 from torch import Tensor
 
-from .bias import Bias
 from .kernels import dense
 from .kernels.common import gib, over_budget
 from .kernels.dense import dense_attention, dense_bytes
-from .masks import Mask
 from .dispatch import select_kernel
 from .registry import Kernel
-from .request import AttentionRequest
-
-MaskLike = Tensor | Mask | None
-BiasLike = Tensor | Bias | None
+from .request import AttentionRequest, BiasLike, MaskLike, Window
 
 
 @overload
 def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: MaskLike = ..., causal: bool = ...,
-              window: tuple[int | None, int | None] | None = ..., bias: BiasLike = ..., scale: float | None = ...,
+              window: Window | None = ..., bias: BiasLike = ..., scale: float | None = ...,
               softcap: float | None = ..., dropout: float = ..., kernel: str | Kernel = ...,
               return_lse: Literal[False] = ...) -> Tensor: ...
 
 
 @overload
 def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: MaskLike = ..., causal: bool = ...,
-              window: tuple[int | None, int | None] | None = ..., bias: BiasLike = ..., scale: float | None = ...,
+              window: Window | None = ..., bias: BiasLike = ..., scale: float | None = ...,
               softcap: float | None = ..., dropout: float = ..., kernel: str | Kernel = ...,
               return_lse: Literal[True]) -> tuple[Tensor, Tensor]: ...
 
 
-def attention(q, k, v, *, mask=None, causal=False, window=None, bias=None, scale=None, softcap=None,
-              dropout=0.0, kernel="auto", return_lse=False):
+@overload
+def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: MaskLike = ..., causal: bool = ...,
+              window: Window | None = ..., bias: BiasLike = ..., scale: float | None = ...,
+              softcap: float | None = ..., dropout: float = ..., kernel: str | Kernel = ...,
+              return_lse: bool = ...) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: MaskLike = None, causal: bool = False,
+              window: Window | None = None, bias: BiasLike = None, scale: float | None = None,
+              softcap: float | None = None, dropout: float = 0.0, kernel: str | Kernel = "auto",
+              return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Scaled dot-product attention, exact, on every input.
 
     Args:
@@ -81,7 +85,7 @@ def attention(q, k, v, *, mask=None, causal=False, window=None, bias=None, scale
 
 
 def attention_weights(q: Tensor, k: Tensor, *, mask: MaskLike = None, causal: bool = False,
-                      window: tuple[int | None, int | None] | None = None, bias: BiasLike = None,
+                      window: Window | None = None, bias: BiasLike = None,
                       scale: float | None = None, softcap: float | None = None) -> Tensor:
     """The attention probabilities (B, H, Nq, Nk) that ``attention`` would apply, from the reference
     kernel (same options, no dropout). Rows that may attend to nothing are all zeros.

@@ -10,28 +10,30 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from types import CellType
 
 import torch
 from torch import Tensor
 
-from .masks import check_broadcast, shape4
+from .masks import Device, check_broadcast, shape4
 
 
 class Bias:
     """Base class: ``tile`` returns float logits offsets broadcastable to (B, H, qe - qs, ke - ks) in ``dtype``,
     computed in float32 or better whatever ``dtype`` is (kernels ask for half precision tiles)."""
 
-    requires_grad = False
+    requires_grad = False  # subclasses holding tensors that want gradients override it (a read-only property)
 
-    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device=None,
-             dtype=torch.float32) -> Tensor:
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         raise NotImplementedError
 
     def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         """Raise ValueError if this bias cannot apply to the given sizes."""
 
-    def materialize(self, q_len: int, k_len: int | None = None, device=None, dtype=torch.float32) -> Tensor:
+    def materialize(self, q_len: int, k_len: int | None = None, device: Device = None,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
         k_len = q_len if k_len is None else k_len
         return self.tile(0, q_len, 0, k_len, q_len, k_len, device, dtype)
 
@@ -49,17 +51,18 @@ class TensorBias(Bias):
         self.tensor4 = bias.reshape(shape4("bias", bias))  # (b, h, nq|1, nk|1)
 
     @property
-    def requires_grad(self) -> bool:  # type: ignore[override]
+    def requires_grad(self) -> bool:  # type: ignore[override]  # read-only here: kernels only read it
         return self.tensor.requires_grad
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         check_broadcast("bias", self.tensor, (batch, heads, q_len, k_len))
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None, dtype=torch.float32):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         t = self.tensor4.expand(-1, -1, q_len, k_len)[..., qs:qe, ks:ke]
         return t.to(device=device, dtype=dtype)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"bias_tensor({tuple(self.tensor.shape)})"
 
 
@@ -90,11 +93,12 @@ class ALiBi(Bias):
         if self.slopes.shape != (num_heads,):
             raise ValueError(f"alibi slopes must have shape ({num_heads},), got {tuple(self.slopes.shape)}")
 
-    def check(self, batch, heads, q_len, k_len):
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         if self.slopes.numel() != heads:
             raise ValueError(f"alibi bias was built for {self.slopes.numel()} heads but q has {heads} heads")
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None, dtype=torch.float32):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         # positions counted and scaled in float32 (exact to 2^24; float64 for float64), rounded to ``dtype``
         # once at the end: bfloat16 holds integers exactly only up to 256 (float16: 2048), so positions
         # counted in it put keys at the wrong distance
@@ -104,7 +108,7 @@ class ALiBi(Bias):
         slopes = self.slopes.to(device=device, dtype=exact)[None, :, None, None]
         return (-slopes * (p - j).abs()).to(dtype)  # (1, H, nq, nk)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"alibi(num_heads={self.slopes.numel()})"
 
 
@@ -119,7 +123,7 @@ ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 class ScoreFunction(Bias):
     """See :func:`from_function`. Kernels call ``apply`` on a tile of logits, and ``vjp`` in backward."""
 
-    def __init__(self, fn: ScoreMod, tensors, name: str | None):
+    def __init__(self, fn: ScoreMod, tensors: Iterable[Tensor] | None, name: str | None):
         if not callable(fn):
             raise TypeError(f"score function must be callable as fn(score, b, h, q_idx, kv_idx), "
                             f"got {type(fn).__name__}")
@@ -131,10 +135,11 @@ class ScoreFunction(Bias):
         self.tensors = tuple({id(t): t for t in found}.values())  # each once
 
     @property
-    def requires_grad(self) -> bool:  # type: ignore[override]
+    def requires_grad(self) -> bool:  # type: ignore[override]  # read-only here: kernels only read it
         return any(t.requires_grad for t in self.tensors)
 
-    def tile(self, qs, qe, ks, ke, q_len, k_len, device=None, dtype=torch.float32):
+    def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         raise TypeError(f"{self!r} maps logits to logits: it has no additive tile to materialize; kernels apply "
                         "it to the logits (use kernel='dense' or 'tiled')")
 
@@ -156,7 +161,8 @@ class ScoreFunction(Bias):
             raise ValueError(f"score function {self.name!r} returned shape {tuple(out.shape)}, which does not "
                              f"broadcast to the scores' {tuple(scores.shape)}") from None
 
-    def vjp(self, scores: Tensor, grad: Tensor, qs: int, qe: int, ks: int, ke: int) -> tuple[Tensor, list]:
+    def vjp(self, scores: Tensor, grad: Tensor, qs: int, qe: int, ks: int, ke: int
+            ) -> tuple[Tensor, list[Tensor | None]]:
         """Backward through ``apply`` on one tile: (dL/dscores, [dL/dt for t in self.tensors, None where
         t does not require grad]), given dL/d(apply's result) ``grad``."""
         wanted = [t for t in self.tensors if t.requires_grad]
@@ -167,11 +173,11 @@ class ScoreFunction(Bias):
         found = iter(grads[1:])
         return grads[0], [next(found) if t.requires_grad else None for t in self.tensors]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"from_function({self.name})"
 
 
-def _captured(fn, seen: set[int] | None = None) -> list[Tensor]:
+def _captured(fn: object, seen: set[int] | None = None) -> list[Tensor]:
     """The float tensors ``fn`` can read that may need gradients: in its closure, default arguments and the
     module globals it names (tensors, and the parameters of modules found there), through bound methods,
     ``functools.partial`` and the functions it calls from there (a score function built from others)."""
@@ -179,7 +185,7 @@ def _captured(fn, seen: set[int] | None = None) -> list[Tensor]:
     if id(fn) in seen:
         return []
     seen.add(id(fn))
-    objects: list = []
+    objects: list[object] = []
     if isinstance(fn, torch.nn.Module):  # a module as the score function: its parameters
         return list(fn.parameters())
     if isinstance(fn, functools.partial):
@@ -190,7 +196,7 @@ def _captured(fn, seen: set[int] | None = None) -> list[Tensor]:
         objects += [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
         objects += [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
         objects += [fn.__globals__[n] for n in fn.__code__.co_names if n in fn.__globals__]
-    found = []
+    found: list[Tensor] = []
     for obj in objects:
         if isinstance(obj, Tensor) and obj.is_floating_point():
             found.append(obj)
@@ -201,7 +207,7 @@ def _captured(fn, seen: set[int] | None = None) -> list[Tensor]:
     return found
 
 
-def _filled(cell) -> bool:
+def _filled(cell: CellType) -> bool:
     try:
         cell.cell_contents
     except ValueError:  # a closure variable not assigned yet
@@ -209,7 +215,7 @@ def _filled(cell) -> bool:
     return True
 
 
-def from_function(fn: ScoreMod, *, tensors=None, name: str | None = None) -> Bias:
+def from_function(fn: ScoreMod, *, tensors: Iterable[Tensor] | None = None, name: str | None = None) -> Bias:
     """A score function, FlexAttention's ``score_mod``: ``fn(score, b, h, q_idx, kv_idx) -> score``.
 
     ``score`` holds logits (after ``scale`` and ``softcap``, before the mask) for some tile of queries and
@@ -234,7 +240,7 @@ def from_function(fn: ScoreMod, *, tensors=None, name: str | None = None) -> Bia
     return ScoreFunction(fn, tensors, name)
 
 
-def as_bias(bias) -> Bias:
+def as_bias(bias: Bias | Tensor) -> Bias:
     if isinstance(bias, Bias):
         return bias
     return TensorBias(bias)

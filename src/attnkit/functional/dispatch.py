@@ -41,7 +41,8 @@ def select_kernel(req: AttentionRequest, kernel: str | Kernel) -> Kernel:
             refusals.append(f"  {name}: {'; '.join(reasons)}")
         approximate = [k.name for k in kernels() if not is_exact(k)]
         if approximate:
-            refusals.append(f"  (approximate kernels are never chosen by 'auto', only by name: {', '.join(approximate)})")
+            refusals.append("  (approximate kernels are never chosen by 'auto', only by name: "
+                            f"{', '.join(approximate)})")
         raise ValueError("no attention kernel supports this request:\n" + "\n".join(refusals))
     chosen = get_kernel(kernel) if isinstance(kernel, str) else kernel
     if not isinstance(kernel, str) and not isinstance(chosen, Kernel):  # registered ones were checked at registration

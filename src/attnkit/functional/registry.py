@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -90,7 +90,7 @@ class Capabilities:
         return {f.name: _fmt(getattr(self, f.name)) for f in fields(self)}
 
 
-def _fmt(value) -> str:
+def _fmt(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, tuple):
@@ -141,7 +141,7 @@ def kernels() -> list[Kernel]:
     return list(_REGISTRY.values())
 
 
-def kernel(name: str, **options) -> Kernel:
+def kernel(name: str, **options: Any) -> Kernel:
     """The registered kernel ``name``, configured with ``options``, for ``attention(kernel=...)`` and
     ``MultiHeadAttention(kernel=...)``.
 

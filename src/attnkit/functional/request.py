@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import torch
 from torch import Tensor
 
 from . import masks as M
 from .bias import Bias, as_bias
+
+MaskLike: TypeAlias = Tensor | M.Mask | None  # a bool tensor (True = may attend) or a structured mask
+BiasLike: TypeAlias = Tensor | Bias | None  # an additive float tensor or a structured bias
+Window: TypeAlias = tuple[int | None, int | None]  # (left, right) keys around the query; None: unbounded
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -44,7 +49,7 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"q's head count H={H} must be a multiple of k/v's head count Hkv={Hkv} (GQA)")
 
 
-def _combine_masks(mask, causal: bool, window, num_queries: int) -> M.Mask | None:
+def _combine_masks(mask: MaskLike, causal: bool, window: Window | None, num_queries: int) -> M.Mask | None:
     parts: list[M.Mask] = []
     if mask is not None:
         parts.append(M.as_mask(mask))
@@ -77,11 +82,12 @@ class AttentionRequest:
     softcap: float | None  # logits -> softcap * tanh(logits / softcap)
     dropout: float  # probability of dropping an attention probability
     return_lse: bool
-    _layouts: dict = field(default_factory=dict, repr=False)
+    _layouts: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, q, k, v, *, mask=None, causal=False, window=None, bias=None, scale=None,
-              softcap=None, dropout=0.0, return_lse=False) -> "AttentionRequest":
+    def build(cls, q: Tensor, k: Tensor, v: Tensor, *, mask: MaskLike = None, causal: bool = False,
+              window: Window | None = None, bias: BiasLike = None, scale: float | None = None,
+              softcap: float | None = None, dropout: float = 0.0, return_lse: bool = False) -> AttentionRequest:
         _check_qkv(q, k, v)
         B, H, Nq, D = q.shape
         Nk = k.shape[2]
@@ -151,4 +157,4 @@ def softmax_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-__all__ = ["AttentionRequest", "softmax_dtype"]
+__all__ = ["AttentionRequest", "softmax_dtype", "MaskLike", "BiasLike", "Window"]
