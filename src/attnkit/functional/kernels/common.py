@@ -9,7 +9,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..bias import ScoreFunction
+from ..bias import Bias, ScoreFunction
+from ..masks import Mask
+from ..request import AttentionRequest
 
 # The most a kernel that materializes (Nq, Nk) tensors (masks, biases, logits, weights, what autograd keeps
 # of them) may allocate for them in one call; over it the kernel refuses and names kernel='tiled', which
@@ -38,7 +40,8 @@ def finite(*tensors: Tensor) -> bool:
     """No NaN or inf in any of ``tensors``. A finite sum proves it (NaN or inf anywhere makes the sum NaN
     or inf; a sum that overflows answers "maybe not", the safe side), and a sum is ~40x cheaper than
     ``isfinite().all()`` and allocates nothing the size of the input."""
-    return bool(torch.isfinite(sum(t.sum() for t in tensors)))
+    first, *rest = tensors
+    return bool(torch.isfinite(sum((t.sum() for t in rest), first.sum())))
 
 
 def hide_unseen(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -68,7 +71,7 @@ def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     return probs, lse.squeeze(dim)
 
 
-def planes(req, part, *, exact: bool = True) -> int:
+def planes(req: AttentionRequest, part: Mask | Bias | None, *, exact: bool = True) -> int:
     """How many (Nq, Nk) planes the dense form of ``part`` (``req.mask`` or ``req.bias``) holds: b·h of its
     broadcast shape (b|1, h|1, Nq, Nk), read from a 1x1 tile (nothing N×N is built); 0 for None. With
     ``exact=False``, the most it may hold, B·H, without asking it (a tile costs ~10-50 us)."""

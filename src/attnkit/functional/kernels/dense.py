@@ -7,6 +7,7 @@ exceed the memory budget (``common.MAX_MATERIALIZED_BYTES``) and names the tiled
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,18 @@ from .common import budget_reasons, hide_unseen, planes, repeat_kv, safe_softmax
 MAX_DENSE_BYTES: int | None = None  # this kernel's own memory budget; None: common.MAX_MATERIALIZED_BYTES
 
 
-def dense_attention(req: AttentionRequest, *, return_weights: bool = False):
-    """softmax(softcap(scale · q kᵀ) + bias, masked) · v, with float32 (or float64) statistics."""
+@overload
+def dense_attention(req: AttentionRequest, *, return_weights: Literal[False] = ...
+                    ) -> Tensor | tuple[Tensor, Tensor]: ...
+
+
+@overload
+def dense_attention(req: AttentionRequest, *, return_weights: Literal[True]) -> Tensor: ...
+
+
+def dense_attention(req: AttentionRequest, *, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(softcap(scale · q kᵀ) + bias, masked) · v, with float32 (or float64) statistics: out (B, H, Nq, Dv),
+    or (out, lse (B, H, Nq)) when ``req.return_lse``; with ``return_weights`` the weights (B, H, Nq, Nk) instead."""
     B, H, Hkv, Nq, Nk, D, Dv = req.shape
     stats = softmax_dtype(req.q.dtype)
     mask = req.dense_mask()  # (b, h, Nq, Nk) bool or None
@@ -31,8 +42,8 @@ def dense_attention(req: AttentionRequest, *, return_weights: bool = False):
         logits = req.softcap * torch.tanh(logits / req.softcap)
     if isinstance(req.bias, ScoreFunction):
         logits = req.bias.apply(logits, 0, Nq, 0, Nk)
-    elif req.bias is not None:
-        logits = logits + req.dense_bias(stats)
+    elif (bias := req.dense_bias(stats)) is not None:
+        logits = logits + bias
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf"))
     probs, lse = safe_softmax(logits)  # (B, H, Nq, Nk), (B, H, Nq)

@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import check_bool, check_int
-from ..masks import And, Dense, Mask, Padding, SlidingWindow, shape4
+from ..masks import And, Dense, Device, Mask, Padding, SlidingWindow, shape4
 from ..registry import Capabilities, get_kernel
 from ..request import AttentionRequest, softmax_dtype
 from .common import repeat_kv, zero_hidden
@@ -129,6 +130,7 @@ def _key_mask(req: AttentionRequest) -> tuple[bool, Tensor | None]:
             if isinstance(part, Padding):
                 keys = torch.arange(Nk, device=req.q.device) < part.k_lengths.to(req.q.device)[:, None, None]
             else:
+                assert isinstance(part, Dense)  # the other mask _classify calls "keys"
                 keys = part.mask.reshape(shape4("mask", part.mask))[:, :, 0].to(req.q.device)  # (b, h, nk)
                 keys = keys.expand(-1, -1, Nk)
             valid = keys if valid is None else valid & keys
@@ -240,7 +242,8 @@ def _causal_chunks(x: _Inputs, state: LinearState, chunk: int, first_row: int, f
     # without autograd, chunks fill one output (no concatenation at the end); with it, a slice assignment
     # per chunk would copy the whole output's gradient once per chunk in backward, so they are concatenated
     recording = torch.is_grad_enabled() and any(t.requires_grad for t in (x.q, x.k, x.v, state.kv))
-    outs = [] if recording else x.v.new_empty(B, Hs, length * G, Dv)
+    outs: list[Tensor] = []  # recording: each chunk's output
+    filled = None if recording else x.v.new_empty(B, Hs, length * G, Dv)  # not recording: the one output
     for s in range(0, length, chunk):
         c = min(chunk, length - s)
         qc = x.queries((first_row + s) * G, (first_row + s + c) * G)  # (B, Hs, c·G, M)
@@ -251,14 +254,14 @@ def _causal_chunks(x: _Inputs, state: LinearState, chunk: int, first_row: int, f
         out = scores @ vc
         if state.length:
             out = out.add_(qc @ kv)
-        if recording:
+        if filled is None:
             outs.append(_normalize(out))
         else:
-            outs[:, :, s * G:(s + c) * G] = _normalize(out)
+            filled[:, :, s * G:(s + c) * G] = _normalize(out)
         state = LinearState(kv + kc.mT @ vc, scale, state.length + c, state.kernel)
-    if recording:
-        outs = torch.cat(outs, dim=2) if outs else x.v.new_zeros(B, Hs, 0, Dv)
-    return outs, state
+    if filled is not None:
+        return filled, state
+    return (torch.cat(outs, dim=2) if outs else x.v.new_zeros(B, Hs, 0, Dv)), state
 
 
 def _causal(x: _Inputs, state: LinearState, chunk: int) -> Tensor:
@@ -298,8 +301,12 @@ def _unrows(t: Tensor, H: int) -> Tensor:
 
 
 class _Kernelized:
-    """What the linear and performer kernels share; subclasses define the feature maps."""
+    """What the linear and performer kernels share; subclasses are frozen dataclasses (their fields are the
+    kernel's options, ``chunk`` among them) and define the feature maps."""
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # declared for the type checker: set on the subclasses
+    name: str
+    chunk: int  # query positions per causal chunk: a field of each subclass
     description = ""
     capabilities = Capabilities(masks="causal+padding", bias=False, bias_grad=False, softcap=False, dropout=False,
                                 return_lse=False, exact=False, memory="O(N)")
@@ -310,7 +317,7 @@ class _Kernelized:
         raise NotImplementedError
 
     # -- the registry's interface
-    def configure(self, **options) -> _Kernelized:
+    def configure(self, **options: Any) -> _Kernelized:
         """A copy with ``options`` changed; unknown options are a TypeError listing the valid ones."""
         names = [f.name for f in fields(self) if f.init]
         unknown = [name for name in options if name not in names]
@@ -364,7 +371,7 @@ class _Kernelized:
         """What a LinearState continues with: the kernel and its feature options, not ``chunk`` (speed only)."""
         return self._describe({"chunk"})
 
-    def _describe(self, leave_out: set) -> str:
+    def _describe(self, leave_out: set[str]) -> str:
         options = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.init and f.name not in leave_out]
         return f"kernel({', '.join([repr(self.name)] + options)})"
 
@@ -389,14 +396,14 @@ class LinearKernel(_Kernelized):
     name = "linear"
     description = "approximate (only by name): linear attention, φ(x) = elu(x) + 1; causal and key padding"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_int("chunk", self.chunk)
 
     def feature_map(self, x: Tensor) -> Tensor:
         """φ(x) (..., D) -> (..., D); the kernel applies it to √scale·q and √scale·k."""
         return elu_features(x)
 
-    def _maps(self, d, device, dtype):
+    def _maps(self, d: int, device: torch.device, dtype: torch.dtype) -> tuple[FeatureFn, FeatureFn, int]:
         return elu_features, elu_features, d
 
 
@@ -415,19 +422,20 @@ class PerformerKernel(_Kernelized):
     seed: int = 0  # the features are drawn from torch.Generator().manual_seed(seed), on the CPU in float64
     redraw: bool = False  # True: new features from torch's global RNG on every call (training); False: fixed
     chunk: int = DEFAULT_CHUNK  # query positions per causal chunk (speed only)
-    _cache: dict = field(default_factory=dict, init=False, compare=False)  # (D, device, dtype) -> W
+    _cache: dict[tuple[int, torch.device, torch.dtype], Tensor] = field(  # (D, device, dtype) -> W
+        default_factory=dict, init=False, compare=False)
 
     name = "performer"
     description = "approximate (only by name): FAVOR+ positive orthogonal random features; causal and key padding"
     log_space = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_int("features", self.features)
         check_int("chunk", self.chunk)
         check_int("seed", self.seed, 0)
         check_bool("redraw", self.redraw)
 
-    def random_features(self, dim: int, device=None, dtype: torch.dtype = torch.float64) -> Tensor:
+    def random_features(self, dim: int, device: Device = None, dtype: torch.dtype = torch.float64) -> Tensor:
         """W (features, dim): from the seed (cached), or freshly drawn from torch's global RNG if redraw."""
         if self.redraw:
             return orthogonal_random_features(self.features, dim).to(device=device, dtype=dtype)
@@ -444,7 +452,7 @@ class PerformerKernel(_Kernelized):
         w = self.random_features(x.shape[-1], x.device, x.dtype) if w is None else w
         return torch.exp(_positive_random_log_features(x, w)) / math.sqrt(self.features)
 
-    def _maps(self, d, device, dtype):
+    def _maps(self, d: int, device: torch.device, dtype: torch.dtype) -> tuple[FeatureFn, FeatureFn, int]:
         w = self.random_features(d, device, dtype)  # one draw serves queries and keys
 
         def query_map(a: Tensor) -> Tensor:  # (B, Hs, R, D) -> (B, Hs, R, M)
@@ -453,7 +461,8 @@ class PerformerKernel(_Kernelized):
 
         return query_map, lambda b: _positive_random_log_features(b, w), self.features  # keys: logs
 
-    def step(self, q, k, v, state=None, *, scale=None):
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: LinearState | None = None, *,
+             scale: float | None = None) -> tuple[Tensor, LinearState]:
         if self.redraw:
             raise ValueError("a recurrent state needs fixed features: use a performer kernel with redraw=False")
         return super().step(q, k, v, state, scale=scale)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..masks import Mask
+from ..request import AttentionRequest
 from .plan import Row
 
 _i64 = ctypes.c_int64
@@ -75,7 +76,7 @@ def status() -> str:
     return _library()[1]
 
 
-def serves(req, backward: bool = False) -> bool:
+def serves(req: AttentionRequest, backward: bool = False) -> bool:
     """Whether the native forward can run this request (an AttentionRequest): float32, bfloat16 or float16
     on the CPU (computed in float32), no bias, softcap or dropout, unit stride over D. Half-precision inputs
     only without a ``backward`` to follow: it recomputes the scores in their precision, and its
@@ -92,7 +93,8 @@ def serves(req, backward: bool = False) -> bool:
     )
 
 
-def _check_cells(mask, cells, B: int, H: int, Nq: int, Nk: int) -> tuple[int, int, Tensor]:
+def _check_cells(mask: Mask, cells: tuple[int, int, Tensor], B: int, H: int, Nq: int, Nk: int
+                 ) -> tuple[int, int, Tensor]:
     """``mask.cells(Nq, Nk)`` checked before C indexes the grid with it: (cell, q_offset, contiguous grid)."""
     cell, q_offset, grid = cells
     shape = ((Nq - 1 + q_offset) // max(cell, 1) + 1, -(-Nk // max(cell, 1)))  # query and key cells
@@ -124,7 +126,9 @@ class NativeCall:
 
 def forward(call: NativeCall) -> tuple[Tensor, Tensor]:
     """(out (B, Hkv, G, Nq, Dv), lse (B, Hkv, G, Nq) in log2 units), as the PyTorch path returns them."""
-    lib, _ = _library()
+    lib, why_not = _library()
+    if lib is None:  # serves() said no: the caller should not be here
+        raise RuntimeError(f"the native tiled forward cannot run: {why_not}")
     q, k, v, plan = call.q, call.k, call.v, call.plan
     B, H, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[-2], v.shape[-1]
@@ -133,14 +137,20 @@ def forward(call: NativeCall) -> tuple[Tensor, Tensor]:
     lse = torch.empty(B, H, Nq, dtype=torch.float32)
 
     # a mask constant on cells hands C its grid (chunk index -2), which C expands itself: no element tiles
-    cells = call.mask.cells(Nq, Nk) if call.mask is not None else None
-    grid, cell_args = None, [None, 0, 0, 0, 1, 0]
-    if cells is not None:
-        cell, q_offset, grid = _check_cells(call.mask, cells, B, H, Nq, Nk)
-        cell_args = [grid.data_ptr()] + [0 if grid.shape[i] == 1 else grid.stride(i) for i in range(2)]
-        cell_args += [grid.stride(2), cell, q_offset]
+    mask = call.mask
+    cells = mask.cells(Nq, Nk) if mask is not None else None
+    grid: Tensor | None = None
+    cell_args: list[int | None] = [None, 0, 0, 0, 1, 0]  # cells, cell_sb, cell_sh, cell_sq, cell, cell_qoff
+    if mask is not None and cells is not None:
+        cell, q_offset, grid = _check_cells(mask, cells, B, H, Nq, Nk)
+        strides = [0 if grid.shape[i] == 1 else grid.stride(i) for i in range(2)]
+        cell_args = [grid.data_ptr(), *strides, grid.stride(2), cell, q_offset]
 
-    rows, row_chunks, chunks, masks, keep = [], [0], [], [], []  # keep: the mask tiles C reads, alive
+    rows: list[int] = []
+    row_chunks = [0]
+    chunks: list[list[int]] = []
+    masks: list[list[int]] = []
+    keep: list[Tensor] = []  # the mask tiles C reads, kept alive
     max_chunk, work = 1, []  # work: entries per row
     for row in plan:
         rows += [row.qs, row.qe]

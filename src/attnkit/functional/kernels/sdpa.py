@@ -33,7 +33,7 @@ _ENABLE_GQA = _has_enable_gqa()
 def sdpa_attention(req: AttentionRequest) -> Tensor:
     B, H, Hkv, Nq, Nk, D, Dv = req.shape
     q, k, v = req.q, req.k, req.v
-    kwargs = {}
+    kwargs: dict[str, bool] = {}
     if H != Hkv:
         if _ENABLE_GQA:
             kwargs["enable_gqa"] = True
@@ -65,11 +65,12 @@ def _attn_mask(req: AttentionRequest, mask: Tensor | None, row_ok: Tensor | None
     Rows that may see nothing (row_ok (b, h, Nq, 1) False) attend to every (zeroed) key, with bias 0, and are
     zeroed afterwards: SDPA's math backend gives NaN for a row of -inf, and a bias value read there (NaN,
     inf) would reach the gradients of q, k and v."""
-    if req.bias is None:
-        return None if mask is None else mask | ~row_ok
-    bias = req.dense_bias(dtype)
+    bias = req.dense_bias(dtype)  # None without a bias
     if mask is None:
         return bias
+    assert row_ok is not None  # hide_unseen gives it with every mask
+    if bias is None:
+        return mask | ~row_ok
     hidden = torch.where(row_ok, torch.tensor(float("-inf"), dtype=dtype, device=bias.device),
                          torch.zeros((), dtype=dtype, device=bias.device))  # (b, h, Nq, 1)
     return torch.where(mask, bias, hidden)

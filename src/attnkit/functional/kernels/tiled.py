@@ -23,14 +23,16 @@ q block (B, Hkv, G * bq, D) against k chunk (B, Hkv, bk, D), so k and v are neve
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, TypeAlias, TypeVar
 
 import torch
 from torch import Tensor
 
 from ..bias import ScoreFunction
-from ..masks import EMPTY, Dense
+from ..masks import EMPTY, Dense, Mask
 from ..registry import Capabilities, Rank
 from ..request import AttentionRequest, softmax_dtype
 from . import native, plan
@@ -55,6 +57,12 @@ AUTO_NATIVE_MIN_ROWS = 32
 AUTO_NATIVE_MIN_WORK = 1 << 17
 AUTO_NATIVE_MAX_KEYS_PER_ROW = 32  # each work item packs all its keys once: too few rows do not pay for it
 
+TileArgs: TypeAlias = tuple[int, int, int, int, int, int]  # Mask.tile's (qs, qe, ks, ke, q_len, k_len)
+Segments: TypeAlias = tuple[tuple[int, int, Tensor], ...]  # additive 0 / -inf column segments (c0, c1, tile)
+# _Tiles._mask_tile's entry: (lo, hi, segments, hidden tile, keys seen or None, query rows seen or None)
+MaskEntry: TypeAlias = tuple[int, int, Segments, Tensor, Tensor | None, Tensor | None]
+_T = TypeVar("_T")
+
 
 def make_plan(req: AttentionRequest) -> list[Row]:
     """The visiting schedule (``plan.make_plan``) with this module's BLOCK_Q, BLOCK_K and MAX_CHUNK, read at
@@ -71,8 +79,8 @@ class _Tiles:
         B, H, Hkv, Nq, Nk, _, _ = req.shape
         self.B, self.Hkv, self.G, self.Nq, self.Nk = B, Hkv, H // Hkv, Nq, Nk
         self.stats = softmax_dtype(q5.dtype)
-        self._cache: dict = {}  # masking data (see _mask_tile) by tile_key
-        self._visible: dict = {}  # visibility tiles by tile_key (the native forward's)
+        self._cache: dict[Hashable, MaskEntry | None] = {}  # masking data (see _mask_tile) by tile_key
+        self._visible: dict[Hashable, Tensor] = {}  # visibility tiles by tile_key (the native forward's)
         self._zero = torch.zeros((), dtype=q5.dtype, device=q5.device)
         self._buffer: Tensor | None = None
         if finite_inputs is not None:  # the backward pass hands over what the forward found
@@ -92,7 +100,7 @@ class _Tiles:
     def q_block(self, row: Row) -> Tensor:  # (B, Hkv, G * bq, D)
         return self.q5[..., row.qs:row.qe, :].reshape(self.B, self.Hkv, self.G * (row.qe - row.qs), self.q5.shape[-1])
 
-    def chunk(self, row: Row, qb: Tensor, ks: int, ke: int, needs_mask: bool) -> "_Chunk | None":
+    def chunk(self, row: Row, qb: Tensor, ks: int, ke: int, needs_mask: bool) -> _Chunk | None:
         """One chunk, clipped to the keys some query of the tile may see; None if nothing is visible.
         Keys no query of the tile may see are zeroed in k and v, and queries that see nothing in q,
         so NaN stored at masked positions stays out of every product, forward and backward."""
@@ -110,7 +118,7 @@ class _Tiles:
             qb = torch.where(rows_seen, qb, self._zero)
         return _Chunk(ks, ke, qb, k, v, hidden, hidden_bool)
 
-    def _mask_tile(self, row: Row, ks: int, ke: int):
+    def _mask_tile(self, row: Row, ks: int, ke: int) -> MaskEntry | None:
         """Masking data for keys ks:ke clipped to the seen columns lo:hi, or None when nothing is visible:
         (lo, hi, additive 0/-inf segments (see _hidden_segments), bool hidden tile,
          keys seen (b, Hkv|1, bk, 1) or None if all, query rows seen (b, Hkv|1, G*bq, 1) or None if all).
@@ -122,10 +130,10 @@ class _Tiles:
         cached for masks with a tile_key."""
         return self._cached(self._visible, row, ks, ke, self._tile)
 
-    def _cached(self, cache: dict, row: Row, ks: int, ke: int, make):
+    def _cached(self, cache: dict[Hashable, _T], row: Row, ks: int, ke: int, make: Callable[[TileArgs], _T]) -> _T:
         """make(tile arguments), memoized in ``cache`` by the mask's tile_key when it has one."""
         args = (row.qs, row.qe, ks, ke, self.Nq, self.Nk)
-        key = self.req.mask.tile_key(*args)
+        key = self._mask.tile_key(*args)
         if key is not None and key in cache:
             return cache[key]
         value = make(args)
@@ -133,7 +141,7 @@ class _Tiles:
             cache[key] = value
         return value
 
-    def _masking(self, args: tuple):  # _mask_tile's entry, uncached
+    def _masking(self, args: TileArgs) -> MaskEntry | None:  # _mask_tile's entry, uncached
         vis = self._tile(args)
         width = args[3] - args[2]
         keys_seen = vis.any(dim=-2).any(dim=2)  # (b, Hkv|1, bk)
@@ -151,10 +159,16 @@ class _Tiles:
         return (lo, hi, _hidden_segments(hidden, self.stats), hidden,
                 None if bool(keys_seen.all()) else keys_seen, None if bool(rows_seen.all()) else rows_seen)
 
-    def _tile(self, args: tuple) -> Tensor:  # (b, Hkv|1, G|1, bq, bk) bool, uncached
-        return _heads5(self.req.mask.tile(*args, self.k.device), self.Hkv, self.G)
+    def _tile(self, args: TileArgs) -> Tensor:  # (b, Hkv|1, G|1, bq, bk) bool, uncached
+        return _heads5(self._mask.tile(*args, self.k.device), self.Hkv, self.G)
 
-    def logits(self, c: "_Chunk", row: Row) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    @property
+    def _mask(self) -> Mask:
+        """The request's mask: only chunks that need it are masked (a plan without a mask has none)."""
+        assert self.req.mask is not None
+        return self.req.mask
+
+    def logits(self, c: _Chunk, row: Row) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(B, Hkv, G, bq, bk) logits in log2 units (scaled by scale·log2 e, so softmax runs on exp2,
         several times faster than exp on CPU) in the statistics dtype; the softcap's tanh (or None); and for a
         score function, the scores it was given, (B, H, bq, bk) in natural units (or None)."""
@@ -181,14 +195,14 @@ class _Tiles:
         elif bias is not None:
             b = bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
             s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
-        if bias is not None and c.hidden is not None:  # the bias may hold NaN where masked: fill, do not add
+        if bias is not None and c.hidden_bool is not None:  # the bias may hold NaN where masked: fill, do not add
             s = s.masked_fill_(c.hidden_bool, float("-inf"))
         elif c.hidden is not None:
             for c0, c1, segment in c.hidden:
                 s[..., c0:c1].add_(segment)
         return s, tanh, scores
 
-    def keep(self, row: Row, ks: int, shape) -> Tensor | None:
+    def keep(self, row: Row, ks: int, shape: torch.Size) -> Tensor | None:
         """Dropout keep-mask scaled by 1/(1-p), reproducible per tile from the call's seed."""
         p = self.req.dropout
         if p == 0:
@@ -208,7 +222,7 @@ def _heads5(t: Tensor, Hkv: int, G: int) -> Tensor:
     return t.reshape(t.shape[0], Hkv, G, t.shape[-2], t.shape[-1])
 
 
-def _hidden_segments(hidden: Tensor, dtype: torch.dtype, max_segments: int = 4) -> tuple:
+def _hidden_segments(hidden: Tensor, dtype: torch.dtype, max_segments: int = 4) -> Segments:
     """The columns of a (b, h, g, bq, bk) bool tile that hold a hidden entry, as additive 0 / -inf
     tiles over their contiguous runs: (c0, c1, tile (b, h, g, bq, c1 - c0)). A sliding window's chunk
     is hidden only near its two edges, so masking touches two narrow strips instead of the whole tile
@@ -227,7 +241,7 @@ class _Chunk:
     q: Tensor  # (B, Hkv, G * bq, D) queries of the row block
     k: Tensor  # (B, Hkv, bk, D)
     v: Tensor  # (B, Hkv, bk, Dv)
-    hidden: tuple | None  # additive 0 / -inf column segments (c0, c1, tile), or None: all visible
+    hidden: Segments | None  # additive 0 / -inf column segments (c0, c1, tile), or None: all visible
     hidden_bool: Tensor | None  # the same as bool (True = masked)
 
 
@@ -248,7 +262,9 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
     lowest = torch.finfo(stats).min  # running max of a row with nothing visible yet: exp(-inf - lowest) = 0
     for row in plan:
         qb = tiles.q_block(row)
-        m = l = acc = None
+        m: Tensor | None = None  # running max, normalizer and accumulator of the rows, set together
+        l: Tensor | None = None
+        acc: Tensor | None = None
         for ks, ke, needs_mask in row.chunks:
             c = tiles.chunk(row, qb, ks, ke, needs_mask)
             if c is None:
@@ -264,12 +280,14 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
             if m is None:
                 l, acc = p.sum(dim=-1, keepdim=True), pv
             else:
+                assert l is not None and acc is not None
                 corr = torch.exp2(m - m_new)
                 l, acc = l * corr + p.sum(dim=-1, keepdim=True), acc * corr + pv
             m = m_new
         if m is None:
             out[..., row.qs:row.qe, :] = 0
             continue
+        assert l is not None and acc is not None
         # l >= 1 where anything is visible; l == 0 (acc == 0, lse = lowest + log 0 = -inf) where not
         # written in place, no temporary; a multiply by 1/l, as div with a strided out= runs ~8x slower on CPU
         torch.mul(acc, l.clamp(min=1.0).reciprocal_(), out=out[..., row.qs:row.qe, :])
@@ -278,7 +296,7 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
 
 
 def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out: Tensor,
-              grad_bias: Tensor | None, grad_tensors: list) -> tuple[Tensor, Tensor, Tensor]:
+              grad_bias: Tensor | None, grad_tensors: list[Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv; adds the bias tensor's gradient into ``grad_bias``, a score function's tensors' into
     ``grad_tensors`` (one entry per ``req.bias.tensors``, None until a gradient arrives)."""
     stats, req = tiles.stats, tiles.req
@@ -297,6 +315,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
         dv[..., ks:ke, :] += (_fold(t.p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
         ds = t.p * (t.dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
         if t.scores is not None:  # through the score function, to its scores and the tensors it reads
+            assert isinstance(req.bias, ScoreFunction)  # the only bias that gets scores
             ds_scores, grads = req.bias.vjp(t.scores, ds.view_as(t.scores), row.qs, row.qe, ks, ke)
             ds = ds_scores.view_as(ds)
             _accumulate(grad_tensors, grads)
@@ -319,7 +338,8 @@ class _BackwardTile:
     scores: Tensor | None  # what a score function was given (see _Tiles.logits)
 
 
-def _backward_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor):
+def _backward_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor
+                    ) -> Iterator[tuple[Row, _Chunk, Tensor, _BackwardTile]]:
     """(row, chunk, dO of the row (B, Hkv, G * bq, Dv) in the input dtype, _BackwardTile) for every visited tile."""
     stats, dtype = tiles.stats, tiles.q5.dtype
     for row in plan:
@@ -366,13 +386,14 @@ def _delta(grad_out: Tensor, out: Tensor, stats: torch.dtype) -> Tensor:
     return (grad_out.to(stats)[..., None, :] @ out[..., :, None])[..., 0]
 
 
-def _accumulate(totals: list, grads: list) -> None:
+def _accumulate(totals: list[Tensor | None], grads: Sequence[Tensor | None]) -> None:
     """totals[i] += grads[i] where a gradient arrived (None: the tensor got none from this tile), summed in
     float32 at least: a half-precision tensor's gradient is the sum of many tiles'."""
     for i, g in enumerate(grads):
         if g is not None:
             g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-            totals[i] = g if totals[i] is None else totals[i] + g
+            total = totals[i]
+            totals[i] = g if total is None else total + g
 
 
 def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: int) -> None:
@@ -389,7 +410,8 @@ def _accumulate_bias_grad(grad_bias: Tensor, ds: Tensor, row: Row, ks: int, ke: 
 
 class _TiledFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias_tensor, req, plan, backward, *function_tensors):
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias_tensor: Tensor | None, req: AttentionRequest,
+                plan: list[Row], backward: bool, *function_tensors: Tensor) -> tuple[Tensor, Tensor]:
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if req.dropout > 0 else 0
         q5 = q.reshape(B, Hkv, H // Hkv, Nq, D)
@@ -404,7 +426,7 @@ class _TiledFunction(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_lse):
+    def backward(ctx: Any, grad_out: Tensor, _grad_lse: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out5, lse5 = ctx.saved_tensors
         req = ctx.req
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
@@ -415,10 +437,10 @@ class _TiledFunction(torch.autograd.Function):
         if need_bias:
             grad_bias = torch.zeros(req.bias.tensor4.shape, dtype=tiles.stats, device=q.device)
         function_tensors = req.bias.tensors if isinstance(req.bias, ScoreFunction) else ()
-        grad_tensors: list = [None] * len(function_tensors)
+        grad_tensors: list[Tensor | None] = [None] * len(function_tensors)
         grad_out5 = grad_out.reshape(B, Hkv, H // Hkv, Nq, Dv)
         dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias, grad_tensors)
-        if need_bias:
+        if grad_bias is not None:  # need_bias
             grad_bias = grad_bias.reshape(req.bias.tensor.shape).to(req.bias.tensor.dtype)
         grad_tensors = [None if g is None else g.to(t.dtype) for g, t in zip(grad_tensors, function_tensors)]
         return (dq.reshape(q.shape).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), grad_bias, None, None, None,
@@ -449,6 +471,7 @@ def _fastest(req: AttentionRequest) -> bool:
     layout = None
     if structured and Nq * Nk >= AUTO_MIN_ELEMENTS:
         layout = req.layout(BLOCK_Q, BLOCK_K)
+        assert layout is not None  # there is a mask
         if (layout == EMPTY).all(dim=0).all(dim=0).float().mean().item() >= AUTO_MIN_EMPTY:
             return True
     if (req.needs_grad or Nq < AUTO_NATIVE_MIN_ROWS or Nk > AUTO_NATIVE_MAX_KEYS_PER_ROW * Nq
@@ -459,6 +482,7 @@ def _fastest(req: AttentionRequest) -> bool:
         if layout is None and B * H * Nq * Nk < 2 * AUTO_NATIVE_MIN_WORK:
             return False  # too little work unless nearly all of it is visible: not worth computing the layout
         layout = req.layout(BLOCK_Q, BLOCK_K) if layout is None else layout
+        assert layout is not None  # there is a mask
         return B * H * Nq * Nk * layout.float().mean().item() / 2 >= AUTO_NATIVE_MIN_WORK
     return True
 
