@@ -1,7 +1,9 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make explain - create .venv, install attnkit, and run `attnkit explain` on the bundled pretrained model
 #   make test    - create .venv, install attnkit with its test extras (and Debian's chromium for the
-#                  HTML view's browser tests, when missing and installable), run the test suite
+#                  HTML view's browser tests, when missing and installable), type-check, run the test suite
+# make typecheck runs mypy alone, on the files and with the settings of pyproject.toml's [tool.mypy]
+# (src/attnkit/functional, strict); make test and make test-all run it before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 SENTENCE ?= The animal didn't cross the street because it was too tired
 
-.PHONY: explain demo test test-all browser bench clean
+.PHONY: explain demo typecheck test test-all browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +35,13 @@ browser:
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }) ; } || \
 	  echo "note: chromium is not installed (apt-get install -y chromium); the browser tests will skip"
 
-test: $(STAMP) browser
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) typecheck browser
 	$(BIN)/python -m pytest -n 2 -q
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) typecheck browser
 	$(BIN)/python -m pytest -n 2 -q --runslow
 
 bench: $(STAMP)
