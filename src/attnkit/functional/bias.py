@@ -7,11 +7,8 @@ are computed tile by tile, so the tiled kernel never builds the N×N matrix. A s
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from collections.abc import Callable, Iterable
-from types import CellType
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -123,20 +120,12 @@ ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 class ScoreFunction(Bias):
     """See :func:`from_function`. Kernels call ``apply`` on a tile of logits, and ``vjp`` in backward."""
 
-    def __init__(self, fn: ScoreMod, tensors: Iterable[Tensor] | None, name: str | None):
+    def __init__(self, fn: ScoreMod, name: str | None):
         if not callable(fn):
             raise TypeError(f"score function must be callable as fn(score, b, h, q_idx, kv_idx), "
                             f"got {type(fn).__name__}")
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "score_mod")
-        found = _captured(fn) if tensors is None else list(tensors)
-        if any(not isinstance(t, Tensor) for t in found):
-            raise TypeError("score function tensors must be a list of tensors")
-        self.tensors = tuple({id(t): t for t in found}.values())  # each once
-
-    @property
-    def requires_grad(self) -> bool:  # type: ignore[override]  # read-only here: kernels only read it
-        return any(t.requires_grad for t in self.tensors)
 
     def tile(self, qs: int, qe: int, ks: int, ke: int, q_len: int, k_len: int, device: Device = None,
              dtype: torch.dtype = torch.float32) -> Tensor:
@@ -161,61 +150,53 @@ class ScoreFunction(Bias):
             raise ValueError(f"score function {self.name!r} returned shape {tuple(out.shape)}, which does not "
                              f"broadcast to the scores' {tuple(scores.shape)}") from None
 
-    def vjp(self, scores: Tensor, grad: Tensor, qs: int, qe: int, ks: int, ke: int
-            ) -> tuple[Tensor, list[Tensor | None]]:
-        """Backward through ``apply`` on one tile: (dL/dscores, [dL/dt for t in self.tensors, None where
-        t does not require grad]), given dL/d(apply's result) ``grad``."""
-        wanted = [t for t in self.tensors if t.requires_grad]
+    def leaves(self, batch: int, heads: int, device: Device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """The tensors requiring grad that fn's result depends on, other than the scores: the leaves of its
+        autograd graph after one run on a (batch, heads, 1, 1) tile with gradients on. Wherever fn keeps them
+        (closure, default argument, global, dict, object, module, another function), they are in that graph;
+        a tensor computed from parameters before the call leads to those parameters."""
+        x = torch.zeros(batch, heads, 1, 1, dtype=dtype, device=device, requires_grad=True)
+        with torch.enable_grad():
+            y = self.apply(x, 0, 1, 0, 1)
+        return _graph_leaves(y, x)
+
+    def vjp(self, scores: Tensor, grad: Tensor, qs: int, qe: int, ks: int, ke: int,
+            tensors: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        """Backward through ``apply`` on one tile: dL/dscores and dL/dt for each of ``tensors`` (``leaves``;
+        None where this tile does not reach t), given dL/d(apply's result) ``grad``."""
         with torch.enable_grad():
             x = scores.detach().requires_grad_()
             y = self.apply(x, qs, qe, ks, ke)
-            grads = torch.autograd.grad(y, [x, *wanted], grad, allow_unused=True)
-        found = iter(grads[1:])
-        return grads[0], [next(found) if t.requires_grad else None for t in self.tensors]
+            # retain_graph: the part of the graph recorded before the call (a tensor computed from parameters)
+            # is walked again by the next tile and by the caller's own backward
+            grads = torch.autograd.grad(y, [x, *tensors], grad, allow_unused=True, retain_graph=True)
+        assert grads[0] is not None  # y is a function of x: apply broadcasts, never drops the scores
+        return grads[0], grads[1:]
 
     def __repr__(self) -> str:
         return f"from_function({self.name})"
 
 
-def _captured(fn: object, seen: set[int] | None = None) -> list[Tensor]:
-    """The float tensors ``fn`` can read that may need gradients: in its closure, default arguments and the
-    module globals it names (tensors, and the parameters of modules found there), through bound methods,
-    ``functools.partial`` and the functions it calls from there (a score function built from others)."""
-    seen = set() if seen is None else seen
-    if id(fn) in seen:
-        return []
-    seen.add(id(fn))
-    objects: list[object] = []
-    if isinstance(fn, torch.nn.Module):  # a module as the score function: its parameters
-        return list(fn.parameters())
-    if isinstance(fn, functools.partial):
-        objects += [fn.func, *fn.args, *fn.keywords.values()]
-    elif inspect.ismethod(fn):
-        objects += [fn.__self__, fn.__func__]
-    elif inspect.isfunction(fn):
-        objects += [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
-        objects += [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
-        objects += [fn.__globals__[n] for n in fn.__code__.co_names if n in fn.__globals__]
-    found: list[Tensor] = []
-    for obj in objects:
-        if isinstance(obj, Tensor) and obj.is_floating_point():
-            found.append(obj)
-        elif isinstance(obj, torch.nn.Module):
-            found += list(obj.parameters())
-        elif inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, functools.partial):
-            found += _captured(obj, seen)
-    return found
+def _graph_leaves(y: Tensor, skip: Tensor) -> tuple[Tensor, ...]:
+    """The leaf tensors (AccumulateGrad nodes) that ``y``'s autograd graph reaches, except ``skip``."""
+    found: dict[int, Tensor] = {}
+    seen: set[int] = set()
+    stack = [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        leaf = getattr(node, "variable", None)
+        if isinstance(leaf, Tensor):
+            if leaf is not skip:
+                found[id(leaf)] = leaf
+            continue
+        stack += [next_node for next_node, _ in node.next_functions]
+    return tuple(found.values())
 
 
-def _filled(cell: CellType) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:  # a closure variable not assigned yet
-        return False
-    return True
-
-
-def from_function(fn: ScoreMod, *, tensors: Iterable[Tensor] | None = None, name: str | None = None) -> Bias:
+def from_function(fn: ScoreMod, *, name: str | None = None) -> Bias:
     """A score function, FlexAttention's ``score_mod``: ``fn(score, b, h, q_idx, kv_idx) -> score``.
 
     ``score`` holds logits (after ``scale`` and ``softcap``, before the mask) for some tile of queries and
@@ -227,8 +208,9 @@ def from_function(fn: ScoreMod, *, tensors: Iterable[Tensor] | None = None, name
 
     Runs in plain PyTorch with no compile step (tested on the CPU), forward and backward, on the ``dense`` and
     ``tiled`` kernels (``sdpa`` takes only additive biases and refuses it; ``kernel="auto"`` picks one that serves).
-    Gradients flow to q, k, v and to the tensors ``fn`` reads: ``tensors``, or by default the float tensors
-    (and modules' parameters) in its closure, default arguments and module globals.
+    Gradients flow to q, k, v and to every tensor requiring grad that ``fn``'s result depends on, wherever ``fn``
+    keeps it (closure, default, global, dict, object, module): they are found in the autograd graph of one run
+    of ``fn`` on a 1 x 1 tile when the call is made with gradients on.
 
     Example: a learned relative-position bias per head, trained through attention::
 
@@ -237,7 +219,7 @@ def from_function(fn: ScoreMod, *, tensors: Iterable[Tensor] | None = None, name
         >>> out = attnkit.attention(q, k, v, bias=rel, causal=True)           # tiled or dense
         >>> out.sum().backward()                                              # table.grad is filled
     """
-    return ScoreFunction(fn, tensors, name)
+    return ScoreFunction(fn, name)
 
 
 def as_bias(bias: Bias | Tensor) -> Bias:

@@ -71,7 +71,7 @@ class Capabilities:
             out.append("bias not supported")
         if isinstance(req.bias, ScoreFunction) and self.bias and not self.score_functions:
             out.append("score functions (bias.from_function) not supported: only additive biases")
-        if req.bias is not None and req.bias.requires_grad and req.needs_grad and not self.bias_grad:
+        if req.bias_requires_grad and req.needs_grad and not self.bias_grad:
             out.append("gradient with respect to bias not supported")
         if req.softcap is not None and not self.softcap:
             out.append("softcap not supported")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import masks as M
-from .bias import Bias, as_bias
+from .bias import Bias, ScoreFunction, TensorBias, as_bias
 
 MaskLike: TypeAlias = Tensor | M.Mask | None  # a bool tensor (True = may attend) or a structured mask
 BiasLike: TypeAlias = Tensor | Bias | None  # an additive float tensor or a structured bias
@@ -82,6 +82,7 @@ class AttentionRequest:
     softcap: float | None  # logits -> softcap * tanh(logits / softcap)
     dropout: float  # probability of dropping an attention probability
     return_lse: bool
+    bias_tensors: tuple[Tensor, ...] = ()  # the bias's tensors that want gradients (see _bias_tensors)
     _layouts: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -113,7 +114,7 @@ class AttentionRequest:
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         return cls(q, k, v, combined, bias_obj, float(scale), None if softcap is None else float(softcap),
-                   float(dropout), bool(return_lse))
+                   float(dropout), bool(return_lse), _bias_tensors(bias_obj, q, H, Nk))
 
     @property
     def shape(self) -> tuple[int, int, int, int, int, int, int]:
@@ -123,10 +124,14 @@ class AttentionRequest:
         return B, H, Hkv, Nq, Nk, D, Dv
 
     @property
+    def bias_requires_grad(self) -> bool:
+        """Whether a gradient with respect to the bias is wanted (of its tensor, or a score function's tensors)."""
+        return bool(self.bias_tensors) or (self.bias is not None and self.bias.requires_grad)
+
+    @property
     def needs_grad(self) -> bool:
         return torch.is_grad_enabled() and (
-            self.q.requires_grad or self.k.requires_grad or self.v.requires_grad
-            or (self.bias is not None and self.bias.requires_grad))
+            self.q.requires_grad or self.k.requires_grad or self.v.requires_grad or self.bias_requires_grad)
 
     def layout(self, block_q: int, block_k: int) -> Tensor | None:
         """Block states (b, h, nqb, nkb) of the combined mask, cached per tiling; None without a mask."""
@@ -150,6 +155,16 @@ class AttentionRequest:
             return None
         _, _, _, Nq, Nk, _, _ = self.shape
         return self.bias.materialize(Nq, Nk, device=self.q.device, dtype=dtype)
+
+
+def _bias_tensors(bias: Bias | None, q: Tensor, heads: int, k_len: int) -> tuple[Tensor, ...]:
+    """The tensors of ``bias`` that want gradients: a tensor bias's own; the leaves of a score function's graph,
+    looked for (one run of the function on a 1 x 1 tile) only when gradients are on."""
+    if isinstance(bias, TensorBias):
+        return (bias.tensor,) if bias.tensor.requires_grad else ()
+    if isinstance(bias, ScoreFunction) and torch.is_grad_enabled() and q.shape[2] and k_len:
+        return bias.leaves(q.shape[0], heads, q.device, softmax_dtype(q.dtype))
+    return ()
 
 
 def softmax_dtype(dtype: torch.dtype) -> torch.dtype:

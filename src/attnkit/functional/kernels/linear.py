@@ -308,8 +308,8 @@ class _Kernelized:
     name: str
     chunk: int  # query positions per causal chunk: a field of each subclass
     description = ""
-    capabilities = Capabilities(masks="causal+padding", bias=False, bias_grad=False, softcap=False, dropout=False,
-                                return_lse=False, exact=False, memory="O(N)")
+    capabilities = Capabilities(masks="causal+padding", bias=False, bias_grad=False, score_functions=False,
+                                softcap=False, dropout=False, return_lse=False, exact=False, memory="O(N)")
     log_space = False  # key features come as logs, exponentiated against a running max
 
     def _maps(self, d: int, device: torch.device, dtype: torch.dtype) -> tuple[FeatureFn, FeatureFn, int]:

@@ -298,7 +298,7 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
 def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out: Tensor,
               grad_bias: Tensor | None, grad_tensors: list[Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv; adds the bias tensor's gradient into ``grad_bias``, a score function's tensors' into
-    ``grad_tensors`` (one entry per ``req.bias.tensors``, None until a gradient arrives)."""
+    ``grad_tensors`` (one entry per ``req.bias_tensors``, None until a gradient arrives)."""
     stats, req = tiles.stats, tiles.req
     dtype = tiles.q5.dtype
     lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)[..., None]
@@ -316,7 +316,7 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
         ds = t.p * (t.dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
         if t.scores is not None:  # through the score function, to its scores and the tensors it reads
             assert isinstance(req.bias, ScoreFunction)  # the only bias that gets scores
-            ds_scores, grads = req.bias.vjp(t.scores, ds.view_as(t.scores), row.qs, row.qe, ks, ke)
+            ds_scores, grads = req.bias.vjp(t.scores, ds.view_as(t.scores), row.qs, row.qe, ks, ke, req.bias_tensors)
             ds = ds_scores.view_as(ds)
             _accumulate(grad_tensors, grads)
         elif grad_bias is not None:
@@ -436,7 +436,7 @@ class _TiledFunction(torch.autograd.Function):
         grad_bias = None
         if need_bias:
             grad_bias = torch.zeros(req.bias.tensor4.shape, dtype=tiles.stats, device=q.device)
-        function_tensors = req.bias.tensors if isinstance(req.bias, ScoreFunction) else ()
+        function_tensors = req.bias_tensors if isinstance(req.bias, ScoreFunction) else ()
         grad_tensors: list[Tensor | None] = [None] * len(function_tensors)
         grad_out5 = grad_out.reshape(B, Hkv, H // Hkv, Nq, Dv)
         dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias, grad_tensors)
@@ -449,7 +449,7 @@ class _TiledFunction(torch.autograd.Function):
 
 def tiled_attention(req: AttentionRequest) -> Tensor | tuple[Tensor, Tensor]:
     bias_tensor = getattr(req.bias, "tensor", None)
-    function_tensors = req.bias.tensors if isinstance(req.bias, ScoreFunction) else ()
+    function_tensors = req.bias_tensors if isinstance(req.bias, ScoreFunction) else ()
     # req.needs_grad: whether a backward may follow (asked here: inside Function.forward autograd is off)
     out, lse = _TiledFunction.apply(req.q, req.k, req.v, bias_tensor, req, make_plan(req), req.needs_grad,
                                     *function_tensors)
