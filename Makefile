@@ -1,9 +1,10 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
 #   make explain - create .venv, install attnkit, and run `attnkit explain` on the bundled pretrained model
 #   make test    - create .venv, install attnkit with its test extras (and Debian's chromium for the
-#                  HTML view's browser tests, when missing and installable), type-check, run the test suite
-# make typecheck runs mypy alone, on the files and with the settings of pyproject.toml's [tool.mypy]
-# (src/attnkit/functional, strict); make test and make test-all run it before the tests.
+#                  HTML view's browser tests, when missing and installable), lint, type-check, run the test suite
+# make lint runs ruff (pyproject.toml's [tool.ruff]) over the code, tests, benchmarks and examples; make typecheck
+# runs mypy on the files and with the settings of [tool.mypy] (src/attnkit/functional, strict); make test and
+# make test-all run both before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 SENTENCE ?= The animal didn't cross the street because it was too tired
 
-.PHONY: explain demo typecheck test test-all browser bench clean
+.PHONY: explain demo lint typecheck test test-all browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +36,16 @@ browser:
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }) ; } || \
 	  echo "note: chromium is not installed (apt-get install -y chromium); the browser tests will skip"
 
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) typecheck browser
+test: $(STAMP) lint typecheck browser
 	$(BIN)/python -m pytest -n 2 -q
 
-test-all: $(STAMP) typecheck browser
+test-all: $(STAMP) lint typecheck browser
 	$(BIN)/python -m pytest -n 2 -q --runslow
 
 bench: $(STAMP)

@@ -315,7 +315,8 @@ def main() -> int:
 
     payload = {"command": command, "context": ctx, "settings": {
         "B": B, "H": H, "D": D, "dtype": "float32", "sizes": sizes, "masks": opts.masks, "modes": opts.modes,
-        "kernels": opts.kernels, "flex_sizes": flex_sizes, "reps_fast": opts.reps, "warmup": opts.warmup, "slow_s": SLOW_S, "retime_max_s": RETIME_MAX_S,
+        "kernels": opts.kernels, "flex_sizes": flex_sizes, "reps_fast": opts.reps, "warmup": opts.warmup,
+        "slow_s": SLOW_S, "retime_max_s": RETIME_MAX_S,
         "dense_fwdbwd_max_n": DENSE_FWDBWD_MAX_N,
         "probe_reps": probe.reps, "gate_fraction": GATE_FRACTION, "memory": memory, "quick": opts.quick},
         "matmul_probe": mm,

@@ -118,7 +118,7 @@ class Inputs:
     bias: object = None
     options: dict | None = None  # mask, causal, window, softcap, scale, ...
 
-    def to(self, dtype: torch.dtype) -> "Inputs":
+    def to(self, dtype: torch.dtype) -> Inputs:
         bias = self.bias.to(dtype) if isinstance(self.bias, Tensor) else self.bias
         return Inputs(self.q.to(dtype), self.k.to(dtype), self.v.to(dtype), bias, self.options)
 

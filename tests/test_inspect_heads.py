@@ -370,7 +370,8 @@ def test_head_importance_removes_its_hooks_when_the_loss_raises():
 BAD_IMPORTANCE = {
     "no-batches": (lambda m, b: lm_loss(m, b), [], ValueError, "batches is empty"),
     "loss-not-callable": (3, [None], TypeError, "loss_fn must be callable"),
-    "batches-not-iterable": (lambda m, b: lm_loss(m, b), 3, TypeError, r"batches must be an iterable of batches .*got int"),
+    "batches-not-iterable": (lambda m, b: lm_loss(m, b), 3, TypeError,
+                             r"batches must be an iterable of batches .*got int"),
     "loss-not-a-tensor": (lambda m, b: 1.0, [None], TypeError, "must return a scalar tensor, got float"),
     "loss-not-scalar": (lambda m, b: m(b).logits.sum(-1), ["ids"], ValueError, r"shape \(2, 9\)"),
     "loss-detached": (lambda m, b: lm_loss(m, b).detach(), ["ids"], ValueError, "depends on no attention head"),

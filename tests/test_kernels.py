@@ -8,8 +8,8 @@ inputs span many tiles and chunks) in float64, float32 and bfloat16. A kernel in
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 import torch
@@ -31,7 +31,7 @@ class Case:
     Nk: int = 40
     D: int = 16
     Dv: int | None = None  # default: D
-    options: Callable[["Case"], dict] = field(default=lambda c: {})  # mask, causal, window, softcap, scale
+    options: Callable[[Case], dict] = field(default=lambda c: {})  # mask, causal, window, softcap, scale
     bias: str | None = None  # "tensor" (1, H, Nq, Nk), "key-bias" (B, 1, 1, Nk), "alibi"
 
     @property

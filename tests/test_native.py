@@ -285,7 +285,8 @@ def test_nan_at_a_visible_key_gives_nan_as_the_pytorch_path_does(spy):
 def test_keys_and_values_broadcast_over_batch_and_heads(spy):
     """k and v expanded (stride 0) over the batch and the k/v heads."""
     q = randn(2, 4, 50, 32, seed=1).float()
-    k, v = randn(1, 1, 60, 32, seed=2).float().expand(2, 2, 60, 32), randn(1, 1, 60, 32, seed=3).float().expand(2, 2, 60, 32)
+    k = randn(1, 1, 60, 32, seed=2).float().expand(2, 2, 60, 32)
+    v = randn(1, 1, 60, 32, seed=3).float().expand(2, 2, 60, 32)
     out = attnkit.attention(q, k, v, kernel="tiled", causal=True)
     want = attnkit.attention(q.double(), k.double(), v.double(), kernel="dense", causal=True)
     base = attnkit.attention(q, k, v, kernel="dense", causal=True)

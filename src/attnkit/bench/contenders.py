@@ -39,7 +39,8 @@ B, H, D = 1, 8, 64
 DTYPE = torch.float32
 WINDOW = 512  # keys visible to a query, itself included: window=(511, 0)
 DOCUMENTS = 4
-BIGBIRD = {"window": 1, "num_global": 2, "num_random_blocks": 3, "block": 64, "seed": 0}  # in blocks: the paper's ITC form
+# in blocks: the paper's ITC form
+BIGBIRD = {"window": 1, "num_global": 2, "num_random_blocks": 3, "block": 64, "seed": 0}
 MASKS = ("dense", "causal", "window", "document", "bigbird")
 MODES = ("fwd", "fwdbwd")
 UNMASKED = ("dense", "causal")  # the only masks an approximate kernel (capabilities.exact False) is run on

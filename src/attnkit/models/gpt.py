@@ -209,8 +209,9 @@ class GPT(Model):
         """Extend ``input_ids`` (B, N >= 1) by up to ``max_new_tokens``: greedy for temperature 0 (default),
         otherwise sampled (``top_k``, ``top_p``; seeded by ``generator``; any finite temperature > 0, however
         small: see ``next_token``). Stops early once every sequence has produced ``eos_token_id``; finished
-        sequences are padded with it. Left-pad batched prompts and pass ``attention_mask`` (1 = token). ``cache_kind``: "static" (default; preallocated for prompt +
-        max_new_tokens), "growing", or "ring" (default for sliding-window models). Returns (B, N + generated)."""
+        sequences are padded with it. Left-pad batched prompts and pass ``attention_mask`` (1 = token).
+        ``cache_kind``: "static" (default; preallocated for prompt + max_new_tokens), "growing", or "ring" (default
+        for sliding-window models). Returns (B, N + generated)."""
         return extend(input_ids, self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
                                              temperature=temperature, top_k=top_k, top_p=top_p,
                                              eos_token_id=eos_token_id, use_cache=use_cache, cache_kind=cache_kind,

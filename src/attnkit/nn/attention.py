@@ -8,8 +8,8 @@ heads. It never branches on the kernel: ``kernel=`` is handed down as given.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
