@@ -93,7 +93,9 @@ def write_figures(e: Explanation, directory: str | os.PathLike[str], formats: Se
     labels = e.bin_labels()
     title = e.model_name
     written: list[Path] = []
-    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "attnkit", "font.size": 8}):
+    # user text (the model's path, tokens) is drawn as it is: parse_math=False on every Text built from it, and
+    # no LaTeX, where $ _ ^ % & # are markup too
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "attnkit", "font.size": 8, "text.usetex": False}):
         size = min(12.0, 3.0 + 0.22 * len(labels))
         fig, ax = plt.subplots(figsize=(size + 1.2, size))
         image = _heatmap(ax, e.maps[e.layer, e.head], labels, f"{title}: layer {e.layer}, head {e.head}")
@@ -112,7 +114,7 @@ def write_figures(e: Explanation, directory: str | os.PathLike[str], formats: Se
                 continue
             _heatmap(ax, e.maps[layer].mean(0), labels, f"layer {layer} (mean of {e.num_heads} heads)",
                      x=layer + columns >= e.num_layers, y=layer % columns == 0)
-        fig.suptitle(f"{title}: head-averaged attention per layer", fontsize=10)
+        fig.suptitle(f"{title}: head-averaged attention per layer", fontsize=10, parse_math=False)
         written += _save(plt, fig, directory / "layers_mean", formats)
 
         fig, (ax_map, ax_bar) = plt.subplots(1, 2, figsize=(2 * size + 1, size),
