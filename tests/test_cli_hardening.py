@@ -1,10 +1,15 @@
-"""The command line on hostile input (issue 18): a `$` in what figures draw."""
+"""The command line on hostile input (issue 18): Ctrl-C reaching the memory pass of `attnkit bench`,
+a `$` in what figures draw."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 
 import attnkit
+from attnkit.bench import measure
 
 
 @pytest.mark.parametrize("usetex", [False, True], ids=["mathtext", "usetex"])
@@ -20,3 +25,14 @@ def test_figures_draw_dollars_and_carets_as_text(tmp_path, usetex):
     assert len(written) == 6
     svg = (tmp_path / "layers_mean.svg").read_text()
     assert "m$x_^y$ 100%: head-averaged attention per layer" in svg
+
+
+def _interrupt_self(spec: dict) -> dict:
+    """A measurement that gets a terminal's Ctrl-C, as every process of the group does."""
+    os.kill(os.getpid(), signal.SIGINT)
+    return {"ok": True}
+
+
+def test_a_memory_child_leaves_ctrl_c_to_the_parent():
+    """Ctrl-C in a terminal reaches the memory pass's child too: it must not die with a traceback of its own."""
+    assert measure.MemoryServer([]).run(_interrupt_self, {}, 60) == {"ok": True}

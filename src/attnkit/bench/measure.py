@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -306,6 +307,9 @@ def call_peak(call: Callable[[], object], warm: bool) -> dict:
 
 
 def _child(measure: Callable[[dict], dict], spec: dict, conn) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops the run (and kills this daemon
+    # process); a KeyboardInterrupt here would only add a child's traceback to the parent's one line
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
             conn.send(measure(spec))
