@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -12,8 +15,40 @@ from . import __version__
 from . import functional as F
 from .functional import masks
 from .functional.kernels import native
+from .inspect.explanation import DEFAULT_MODEL, SEED_SENTENCE
 from .text import format_table
-from .inspect.explanation import SEED_SENTENCE
+
+REFERENCE_BYTES = 512 << 20  # demo's float64 reference weights at most this: longer inputs compare their last rows
+
+
+class UsageError(Exception):
+    """Bad input that the CLI finds itself; the message names the argument or file (exit 2)."""
+
+
+class CommandFailed(Exception):
+    """The input was valid and the work failed; the message says what failed (exit 1)."""
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line: a multi-line one (a CheckpointError's list of problems) joined by '; '."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _check_out(path: str, option: str = "--out") -> Path:
+    """``path`` is a directory, or can become one: its deepest existing part is a writable directory.
+    Checked before any work, so a bad --out costs nothing."""
+    out = Path(path)
+    for part in [out, *out.parents]:
+        if not part.exists():  # also False under a file (ENOTDIR)
+            continue
+        if not part.is_dir():
+            where = "is a file" if part == out else f"is under {part}, a file"
+            raise UsageError(f"{option} {path}: {where}; expected a directory")
+        if not os.access(part, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path}: {part} is not writable")
+        break
+    return out
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
@@ -37,28 +72,47 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> tuple[torch.Tensor, int]:
+    """The float64 dense reference of q's last rows (all of them when their weights fit REFERENCE_BYTES and
+    the dense kernel accepts them), and how many rows: causal masks align bottom-right, so q's last rows
+    against every key are exactly those rows of the whole output."""
+    _, heads, n, _ = q.shape
+    rows = max(1, min(n, REFERENCE_BYTES // (heads * n * 8)))  # float64 weights (1, H, rows, N)
+    while True:
+        try:
+            return F.attention(q[:, :, n - rows:].double(), k.double(), v.double(), mask=mask, kernel="dense"), rows
+        except ValueError:  # over the dense kernel's own budget, which it checks before allocating
+            if rows == 1:
+                raise
+            rows = max(1, rows // 2)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Every kernel on one masked GQA request, against the float64 reference, and a mask's block grid."""
     n, window = args.n, args.window
     g = torch.Generator().manual_seed(args.seed)
-    q = torch.randn(1, 8, n, 64, generator=g)
-    k, v = torch.randn(1, 2, n, 64, generator=g), torch.randn(1, 2, n, 64, generator=g)
+    q = torch.randn(1, 8, n, 64, generator=g)  # (B, H, N, D)
+    k, v = torch.randn(1, 2, n, 64, generator=g), torch.randn(1, 2, n, 64, generator=g)  # (B, Hkv, N, D)
     mask = masks.sliding_window(window - 1)  # causal: right = 0
     print(f"attnkit {__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"q (1, 8, {n}, 64), k/v (1, 2, {n}, 64) grouped-query, causal sliding window of {window}:\n")
     print(mask.to_string(n, n, block=max(1, n // 32)), "\n")
-    ref = F.attention(q.double(), k.double(), v.double(), mask=mask, kernel="dense")
-    rows = []
+    ref, rows = _reference(q, k, v, mask)
+    if rows < n:
+        print(f"reference: the last {rows} of {n} query rows (the dense kernel's float64 weights of all rows "
+              f"would be too large)\n")
+    table = []
     for kernel in [k.name for k in F.kernels()] + ["auto"]:
         try:
             start = time.perf_counter()
             out = F.attention(q, k, v, mask=mask, kernel=kernel)
             ms = (time.perf_counter() - start) * 1e3
         except ValueError as err:
-            rows.append([kernel, "refused", str(err).splitlines()[0][:60]])
+            table.append([kernel, "refused", str(err).splitlines()[0][:60]])
             continue
-        rows.append([kernel, f"{ms:.1f} ms (first call)", f"{(out.double() - ref).abs().max().item():.2e}"])
-    print(format_table(rows, ["kernel", "time", "max |out - float64 reference|"]))
+        error = (out[:, :, n - rows:].double() - ref).abs().max().item()
+        table.append([kernel, f"{ms:.1f} ms (first call)", f"{error:.2e}"])
+    print(format_table(table, ["kernel", "time", "max |out - float64 reference|"]))
     print("\nfor speed, see `make bench` (medians after warm-up, ratios against SDPA in one run)")
     return 0
 
@@ -79,25 +133,74 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_checkpoint(name: str | None):
+    """``hub.load`` of --model (None: the bundled MiniLM) -> (model, tokenizer). A checkpoint that cannot be
+    read is a UsageError naming the file: corrupt files raise whatever their reader raises (SafetensorError,
+    JSON and UTF-8 errors, torch.load's RuntimeError or UnpicklingError), and none of it is worth a traceback."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    from . import hub
+
+    name = name or DEFAULT_MODEL
+    try:
+        directory = hub.resolve(name)
+    except (FileNotFoundError, NotADirectoryError) as error:  # the message names the path
+        raise UsageError(f"--model: {_one_line(error)}") from None
+    try:
+        return hub.load(directory)
+    except hub.CheckpointError as error:  # names the file
+        raise UsageError(f"--model: {_one_line(error)}") from None
+    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as error:
+        first = (str(error).strip().splitlines() or [""])[0][:200]  # torch.load's go on for lines
+        raise UsageError(f"--model {name}: cannot read {_culprit(directory, error)} "
+                         f"({type(error).__name__}: {first})") from None
+
+
+def _culprit(directory: Path, error: Exception) -> Path:
+    """The checkpoint file that ``error`` most likely came from: the file an OSError names; for a JSON or
+    UTF-8 error, the first JSON or text file that does not read; else the weights (or the directory)."""
+    import json
+
+    from .hub.files import WEIGHT_FILES
+
+    if isinstance(error, OSError) and error.filename:
+        return Path(error.filename)
+    if isinstance(error, ValueError):  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        for path in sorted([*directory.glob("*.json"), *directory.glob("*.txt")]):
+            try:
+                text = path.read_text(encoding="utf-8")
+                if path.suffix == ".json":
+                    json.loads(text)
+            except ValueError:
+                return path
+        return directory
+    return next((directory / w for w in WEIGHT_FILES if (directory / w).is_file()), directory)
+
+
 def _read_sentences(given: list[str]) -> list[str]:
     if given:
         return given
     if sys.stdin.isatty():
         print("reading sentences from standard input, one per line (end with Ctrl-D)", file=sys.stderr)
-    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    try:
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    except UnicodeDecodeError as error:
+        raise UsageError(f"standard input is not valid UTF-8 ({error})") from None
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Sentence embeddings: JSON vectors, or a cosine-similarity matrix."""
     import json
 
-    from .embeddings import DEFAULT_MODEL, embed
+    from .embeddings import embed
 
     sentences = _read_sentences(args.sentences)
     if not sentences:
         print("attnkit embed: no sentences given (as arguments or on standard input)", file=sys.stderr)
         return 2
-    vectors = embed(sentences, args.model or DEFAULT_MODEL, batch_size=args.batch_size)
+    vectors = embed(sentences, _load_checkpoint(args.model), batch_size=args.batch_size)
     if args.json:
         json.dump(vectors.tolist(), sys.stdout)
         print()
@@ -114,21 +217,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Stream a decoder's continuation of a prompt."""
-    from . import hub
     from .models import GPT
 
-    model, tokenizer = hub.load(args.model)
+    model, tokenizer = _load_checkpoint(args.model)
     if not isinstance(model, GPT) or tokenizer is None:
         print(f"attnkit generate: {args.model} must be a decoder checkpoint (GPT-2) with tokenizer files",
               file=sys.stderr)
         return 2
     ids, _ = tokenizer.encode([args.prompt])
+    if ids.shape[1] == 0:
+        raise UsageError("argument prompt is empty: it encodes to no tokens")
     generator = torch.Generator().manual_seed(args.seed)
+    stream = model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator)
+    first = next(stream, None)  # the options are checked here: a refusal comes before the prompt is echoed
     print(args.prompt, end="", flush=True)
     new: list[int] = []
     shown = ""
-    for token in model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator):
+    for token in itertools.chain([] if first is None else [first], stream):
         if tokenizer.eos_id is not None and int(token[0]) == tokenizer.eos_id:
             break
         new.append(int(token[0]))
@@ -141,8 +247,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """What a model attends to: a terminal table, a self-contained HTML view, PNG/SVG figures."""
-    from pathlib import Path
-
     from .inspect import explain
     from .inspect.figures import check_formats, write_figures
     from .inspect.html import write_html
@@ -150,12 +254,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if formats:
         check_formats(formats)  # before the model runs
+    out = _check_out(args.out) if formats or not args.no_html else None
+    model, tokenizer = _load_checkpoint(args.model)
+    if tokenizer is None:
+        raise UsageError(f"--model {args.model}: the checkpoint has no tokenizer files")
     focus = args.focus_index if args.focus_index is not None else args.focus
-    e = explain(args.text, args.model, focus=focus, layer=args.layer, head=args.head, kernel=args.kernel,
+    e = explain(args.text, (model, tokenizer), focus=focus, layer=args.layer, head=args.head, kernel=args.kernel,
                 max_tokens=args.max_tokens)
+    e.model_name = args.model or DEFAULT_MODEL  # a loaded model is named by its class; show what the user named
     print(e.summary(top=args.top))
     written: list[Path] = []
-    out = Path(args.out)
     if not args.no_html:
         written.append(write_html(e, out / "attention.html"))
     if formats:
@@ -171,12 +279,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Kernels x lengths x masks x modes against named peers; table, CSV/JSON and a log-log plot."""
-    from pathlib import Path
-
     from .bench import Sweep, SweepOptions
 
     opts = SweepOptions.build(kernels=args.kernels, lengths=args.lengths, masks=args.masks, modes=args.modes,
                               peers=args.peers, rounds=args.rounds, memory=args.memory, quick=args.quick)
+    out = _check_out(args.out)  # before the sweep: a bad --out would otherwise cost the whole run
     if args.threads:
         torch.set_num_threads(args.threads)
     sweep = Sweep(opts)
@@ -184,12 +291,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = sweep.run(sweep.progress(sys.stderr))
     except (ValueError, TypeError) as error:  # the options were valid: this is a failure, not bad input
-        raise RuntimeError(f"the sweep failed: {error}") from error
-    written = result.write(Path(args.out))  # the data first: a failing report or plot keeps it
-    print(result.report())
+        raise CommandFailed(f"the sweep failed: {_one_line(error)}") from error
+    print(result.report(), flush=True)  # the table first: it stands even if a file cannot be written
+    written = result.write(out)
     if not args.no_plot:
         try:
-            written.append(result.plot(Path(args.out) / "bench.png"))
+            written.append(result.plot(out / "bench.png"))
         except ImportError:
             print("install attnkit[viz] for the plot (matplotlib); CSV and JSON are written", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
@@ -219,7 +326,8 @@ def _positive_int(text: str) -> int:
 
 def _add_bench(sub) -> None:
     """`attnkit bench` and its options (comma-separated lists; names checked by the library)."""
-    p = sub.add_parser("bench", help="time kernels against SDPA, FlexAttention and the reference over lengths and masks",
+    p = sub.add_parser("bench",
+                       help="time kernels against SDPA, FlexAttention and the reference over lengths and masks",
                        description="Sweep kernels x sequence lengths x masks x forward / forward+backward (B=1, H=8, "
                                    "D=64, float32), each configuration timed round-robin against the peers in one "
                                    "process and gated on a matmul probe. Prints the machine, threads, versions and "
@@ -247,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="The attention mechanism in all its forms.")
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices  # command name -> its parser, to name an argument in an error
     p = sub.add_parser("kernels", help="list the registered attention kernels and their capabilities")
     p.set_defaults(func=cmd_kernels)
     p = sub.add_parser("demo", help="run every kernel on a masked GQA example and compare to float64")
@@ -297,6 +406,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every text argument is valid UTF-8: undecodable bytes reach sys.argv as lone surrogates, which the
+    tokenizers, the terminal and the files would each refuse later with a traceback."""
+    command = parser.commands[args.command]
+    names = {a.dest: (a.option_strings or [a.dest])[0] for a in command._actions}
+    for dest, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raw = text.encode("utf-8", "surrogateescape")
+                    raise UsageError(f"argument {names.get(dest, dest)} is not valid UTF-8: {raw!r}") from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail on the closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stdout (a test's capture): nothing will flush to it
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -304,10 +436,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_utf8(parser, args)
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:  # bad input: the message, not a traceback
-        print(f"attnkit {args.command}: {error}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: one line, and the shell's code for SIGINT
+        print(("\n" if sys.stderr.isatty() else "") + f"attnkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as error:  # bad input: the message, no traceback
+        print(f"attnkit {args.command}: {_one_line(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `attnkit ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return 141  # as if killed by SIGPIPE
+    except (CommandFailed, OSError) as error:  # valid input, failed work (a sweep, a full disk): the same
+        print(f"attnkit {args.command}: {_one_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
