@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -118,9 +117,14 @@ def tile_states(tile: TileFunction, q_len: int, k_len: int, block_q: int, block_
     for qs in range(0, q_len, block_q):
         qe = min(qs + block_q, q_len)
         band = as_4d(tile(qs, qe, 0, k_len, q_len, k_len, device))
-        band = band.expand(*band.shape[:-2], qe - qs, k_len).to(torch.int32)  # (b, h, rows, k_len)
-        band = F.pad(band, (0, n_kb * block_k - k_len))
-        counts = band.unflatten(-1, (n_kb, block_k)).sum(dim=(-3, -1))  # (b, h, nkb)
+        band = band.expand(*band.shape[:-2], qe - qs, k_len)  # (b, h, rows, k_len) bool
+        whole = k_len // block_k * block_k  # the keys of the blocks that are not cut short
+        # visible entries per block, summed from bool with an int32 accumulator: ~10x faster than converting
+        # the band to int32 first, and no padded copy for a last block that is cut short
+        counts = band[..., :whole].unflatten(-1, (whole // block_k, block_k)).sum(dim=(-3, -1), dtype=torch.int32)
+        if whole < k_len:
+            last = band[..., whole:].sum(dim=(-2, -1), dtype=torch.int32)[..., None]
+            counts = torch.cat([counts, last], dim=-1)  # (b, h, nkb)
         rows.append(states(counts == k_sizes * (qe - qs), counts == 0))
     if not rows:  # no queries
         return torch.zeros(1, 1, 0, n_kb, dtype=torch.int8, device=device)
