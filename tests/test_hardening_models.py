@@ -309,3 +309,41 @@ def test_float_mask_error_points_to_the_bias_keyword_that_exists():
         with pytest.raises(TypeError, match=r"mask must be a bool tensor.*got dtype torch.float32.*bias="):
             m(x, mask=additive, **extra)
     assert max_abs_error(m(x, bias=additive), m(x)) == 0.0  # ... and bias= takes it
+
+
+# --------------------------------------------------------------------------------------------------
+# bias= through the layers
+
+
+def _relative(table: torch.Tensor, n: int) -> attnkit.functional.bias.Bias:
+    """A learned relative-position score function over n positions: table (H, 2n - 1)."""
+    return attnkit.bias.from_function(lambda s, b, h, q, kv: s + table[h, q - kv + n - 1])
+
+
+@pytest.mark.parametrize("kind", ["tensor", "score-function"])
+def test_encoder_layer_passes_bias_to_its_attention(kind):
+    """EncoderLayer(x, bias=b) is x + attn(norm(x), bias=b), then the feed-forward branch, and the bias's
+    tensors get gradients (they were not accepted at all)."""
+    torch.manual_seed(0)
+    layer = attnkit.nn.EncoderLayer(32, 4, 64).double()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    table = torch.randn(4, 17, dtype=torch.float64, requires_grad=True)
+    bias = table[:, None, :9].expand(4, 9, 9) if kind == "tensor" else _relative(table, 9)  # varies over keys
+    out = layer(x, bias=bias)
+    h = x + layer.attn(layer.attn_norm(x), bias=bias)
+    assert torch.allclose(out, h + layer.ffn(layer.ffn_norm(h)), atol=1e-12)
+    assert not torch.allclose(out, layer(x), atol=1e-6)
+    out.sum().backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0
+
+
+def test_decoder_layer_passes_bias_to_its_self_attention():
+    torch.manual_seed(1)
+    layer = attnkit.nn.DecoderLayer(32, 4, 64).double()
+    x, context = torch.randn(2, 7, 32, dtype=torch.float64), torch.randn(2, 5, 32, dtype=torch.float64)
+    table = torch.randn(4, 13, dtype=torch.float64)
+    bias = _relative(table, 7)
+    out = layer(x, context, bias=bias)
+    h = layer.self_norm(x + layer.self_attn(x, causal=True, bias=bias))  # post-norm, the default
+    h = layer.cross_norm(h + layer.cross_attn(h, context))
+    assert torch.allclose(out, layer.ffn_norm(h + layer.ffn(h)), atol=1e-12)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..functional.bias import Bias
 from ..functional.masks import Mask
 from ..functional.registry import Kernel
 from .activations import GATED, PLAIN, Activation, check_activation
@@ -80,11 +81,13 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, *, mask: Tensor | Mask | None = None, causal: bool = False,
                 window: Window | None = None, cache: KVCache | None = None, position_ids: Tensor | None = None,
-                key_padding: Tensor | None = None, aux_losses: list[Tensor] | None = None) -> Tensor:
-        """x (B, N, dim) -> (B, N, dim); the options go to ``MultiHeadAttention.forward``."""
+                key_padding: Tensor | None = None, bias: Tensor | Bias | None = None,
+                aux_losses: list[Tensor] | None = None) -> Tensor:
+        """x (B, N, dim) -> (B, N, dim); the options (``bias``: an additive tensor, an ``attnkit.bias`` object or
+        a score function) go to ``MultiHeadAttention.forward``."""
         def attend(h: Tensor) -> Tensor:
             return self.dropout(self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
-                                          position_ids=position_ids, key_padding=key_padding))
+                                          position_ids=position_ids, key_padding=key_padding, bias=bias))
 
         def feed(h: Tensor) -> Tensor:
             return self.dropout(_ffn_output(self.ffn, h, aux_losses))
@@ -119,14 +122,16 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None, *, context_padding: Tensor | None = None,
                 mask: Tensor | Mask | None = None, causal: bool = True, cache: KVCache | None = None,
                 context_cache: ContextCache | None = None, position_ids: Tensor | None = None,
-                key_padding: Tensor | None = None, aux_losses: list[Tensor] | None = None) -> Tensor:
+                key_padding: Tensor | None = None, bias: Tensor | Bias | None = None,
+                aux_losses: list[Tensor] | None = None) -> Tensor:
         """x (B, N, dim), context (B, M, context_dim) with ``context_padding`` (B, M) bool (True = token).
 
-        With a filled ``context_cache`` the context may be None (its keys and values are reused).
+        With a filled ``context_cache`` the context may be None (its keys and values are reused). ``bias`` applies
+        to the self-attention, as in ``EncoderLayer``.
         """
         def attend_self(h: Tensor) -> Tensor:
-            return self.dropout(self.self_attn(h, mask=mask, causal=causal, cache=cache,
-                                               position_ids=position_ids, key_padding=key_padding))
+            return self.dropout(self.self_attn(h, mask=mask, causal=causal, cache=cache, position_ids=position_ids,
+                                               key_padding=key_padding, bias=bias))
 
         def attend_context(h: Tensor) -> Tensor:
             return self.dropout(self.cross_attn(h, context, cache=context_cache, key_padding=context_padding))
