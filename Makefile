@@ -3,7 +3,7 @@
 #   make test    - create .venv, install attnkit with its test extras (and Debian's chromium for the
 #                  HTML view's browser tests, when missing and installable), lint, type-check, run the test suite
 # make lint runs ruff (pyproject.toml's [tool.ruff]) over the code, tests, benchmarks and examples; make typecheck
-# runs mypy on the files and with the settings of [tool.mypy] (src/attnkit/functional, strict); make test and
+# runs mypy on the files and with the settings of pyproject.toml's [tool.mypy] (strict); make test and
 # make test-all run both before the tests.
 PYTHON ?= python3
 VENV ?= .venv

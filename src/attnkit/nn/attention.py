@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +65,11 @@ class AttentionCall:
                                  scale=self.scale, softcap=self.softcap)
 
 
-def _select_heads(t, index: Tensor):
+# a mask or a bias: _select_heads gives back the same kind
+_MaskOrBias = TypeVar("_MaskOrBias", Tensor | Mask | None, Tensor | Bias | None)
+
+
+def _select_heads(t: _MaskOrBias, index: Tensor) -> _MaskOrBias:
     """The heads ``index`` of a mask or bias tensor that has a head dimension; anything else unchanged."""
     if isinstance(t, Tensor):
         t = t.reshape(shape4("mask or bias", t))  # (b, h, nq, nk), each possibly 1
@@ -189,11 +194,12 @@ class MultiHeadAttention(nn.Module):
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))  # (B, N, H*Dh)
 
-    def _context_kv(self, context: Tensor | None, cache) -> tuple[Tensor, Tensor]:
+    def _context_kv(self, context: Tensor | None, cache: KVCache | ContextCache | None) -> tuple[Tensor, Tensor]:
         if isinstance(cache, ContextCache) and cache.filled:
-            return cache.k, cache.v
+            return cache.keys_values()
         if cache is not None and not isinstance(cache, ContextCache):
             raise TypeError(f"cross-attention takes a ContextCache, got {type(cache).__name__}")
+        assert context is not None  # forward raised unless a filled ContextCache stands in for the context
         if context.dim() != 3 or context.shape[-1] != self.k_proj.in_features:
             raise ValueError(f"context must be (B, M, context_dim={self.k_proj.in_features}), "
                              f"got {tuple(context.shape)}")
@@ -202,7 +208,9 @@ class MultiHeadAttention(nn.Module):
             cache.store(k, v)
         return k, v
 
-    def _self_call(self, x, q, mask, causal, window, cache, position_ids, key_padding, bias):
+    def _self_call(self, x: Tensor, q: Tensor, mask: Tensor | Mask | None, causal: bool, window: Window | None,
+                   cache: KVCache | ContextCache | None, position_ids: Tensor | None, key_padding: Tensor | None,
+                   bias: Tensor | Bias | None) -> tuple[AttentionCall, Tensor]:
         if isinstance(cache, ContextCache):
             raise TypeError("a ContextCache serves cross-attention; self-attention takes a "
                             "StaticCache, GrowingCache or RingCache")
@@ -283,21 +291,22 @@ def _check_sizes(dim: int, num_heads: int, num_kv_heads: int, head_dim: int | No
     return head_dim
 
 
-def _sum_biases(bias, scheme, shape: tuple[int, int, int, int], like: Tensor):
+def _sum_biases(bias: Tensor | Bias | None, scheme: Tensor | Bias | None, shape: tuple[int, int, int, int],
+                like: Tensor) -> Tensor | Bias | None:
     """The caller's ``bias`` plus the position scheme's, as one bias for ``attnkit.attention``; with both
     present each is materialized to (b, h, Nq, Nk) (b, h possibly 1), checked against ``shape`` first."""
     if bias is None or scheme is None:
         return scheme if bias is None else bias
     dtype = torch.promote_types(like.dtype, torch.float32)
-    dense = []
+    dense: list[Tensor] = []
     for one in (bias, scheme):
-        one = as_bias(one)  # a TypeError for a bool or non-tensor, as attnkit.attention gives
-        one.check(*shape)
-        dense.append(one.materialize(shape[2], shape[3], device=like.device, dtype=dtype))
+        structured = as_bias(one)  # a TypeError for a bool or non-tensor, as attnkit.attention gives
+        structured.check(*shape)
+        dense.append(structured.materialize(shape[2], shape[3], device=like.device, dtype=dtype))
     return dense[0] + dense[1]
 
 
-def _with_key_padding(mask, key_padding: Tensor | None, num_keys: int):
+def _with_key_padding(mask: Tensor | Mask | None, key_padding: Tensor | None, num_keys: int) -> Tensor | Mask | None:
     """AND a (B, >= Nk) key padding into the mask over the Nk keys attended."""
     if key_padding is None:
         return mask
@@ -321,18 +330,19 @@ def _check_ring_window(cache: RingCache, window: Window | None) -> None:
                          f"at most {cache.size}; this call has window={window}")
 
 
-def _ring_mask(mask, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
+def _ring_mask(mask: Tensor | Mask | None, causal: bool, window: Window | None, k_pos: Tensor, q_pos: Tensor,
                key_padding: Tensor | None) -> Tensor:
     """A ring buffer's keys are out of order: mask by each key's stream position instead."""
-    left = window[0]
+    left, right = (None, None) if window is None else window
+    assert left is not None  # _check_ring_window required a left window before the cache was updated
     if mask is not None:
         raise ValueError("with a RingCache, pass padding as key_padding; other masks cannot follow the ring")
     qp, kp = q_pos[:, None], k_pos[None, :]  # (Nq, 1), (1, Nk)
     visible = (kp >= 0) & (qp - kp <= left)
     if causal:
         visible &= kp <= qp
-    if window[1] is not None:
-        visible &= kp - qp <= window[1]
+    if right is not None:
+        visible &= kp - qp <= right
     visible = visible[None, None]  # (1, 1, Nq, Nk)
     if key_padding is not None:
         if key_padding.dim() != 2 or key_padding.shape[1] < int(k_pos.max()) + 1:

@@ -50,10 +50,16 @@ class _Stored:
     k: Tensor | None
     v: Tensor | None
 
+    def _stored(self) -> tuple[Tensor, Tensor]:
+        """Keys and values, once an update has set both (they are always set and cleared together)."""
+        assert self.k is not None and self.v is not None, "nothing stored yet"
+        return self.k, self.v
+
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (beam search)."""
         if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+            k, v = self._stored()
+            self.k, self.v = k.index_select(0, index), v.index_select(0, index)
 
 
 class _Buffered(_Stored):
@@ -69,20 +75,22 @@ class _Buffered(_Stored):
         self.length = 0
 
     def _allocate(self, k: Tensor, v: Tensor, capacity: int) -> None:
-        old_k, old_v = self.k, self.v
-        self.k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-        self.v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
-        if old_k is not None and self.length:
-            self.k[:, :, : self.length] = old_k[:, :, : self.length]
-            self.v[:, :, : self.length] = old_v[:, :, : self.length]
+        new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+        new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+        if self.k is not None and self.length:
+            old_k, old_v = self._stored()
+            new_k[:, :, : self.length] = old_k[:, :, : self.length]
+            new_v[:, :, : self.length] = old_v[:, :, : self.length]
+        self.k, self.v = new_k, new_v
 
     def _append(self, k: Tensor, v: Tensor) -> CacheView:
         end = self.length + k.shape[2]
-        self.k[:, :, self.length: end] = k
-        self.v[:, :, self.length: end] = v
+        k_buf, v_buf = self._stored()
+        k_buf[:, :, self.length: end] = k
+        v_buf[:, :, self.length: end] = v
         self.length = end
         positions = torch.arange(end, device=k.device)
-        return CacheView(self.k[:, :, :end], self.v[:, :, :end], positions, ordered=True)
+        return CacheView(k_buf[:, :, :end], v_buf[:, :, :end], positions, ordered=True)
 
 
 class StaticCache(_Buffered):
@@ -142,19 +150,34 @@ class RingCache(_Stored):
         new_positions = torch.arange(self.length, self.length + n, device=k.device)
         if self.k is None:
             view = CacheView(k, v, new_positions, ordered=True)  # nothing cached yet: the keys are in order
-            self.k = k.new_zeros(k.shape[0], k.shape[1], self.size, k.shape[3])
-            self.v = v.new_zeros(v.shape[0], v.shape[1], self.size, v.shape[3])
-            self.slot_positions = torch.full((self.size,), -1, dtype=torch.long, device=k.device)
+            self._allocate(k, v)
         else:
-            view = CacheView(torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2),
-                             torch.cat((self.slot_positions, new_positions)), ordered=False)
-        keep = min(n, self.size)  # only the newest `size` tokens can still be seen later
-        slots = new_positions[n - keep:] % self.size
-        self.k[:, :, slots] = k[:, :, n - keep:]
-        self.v[:, :, slots] = v[:, :, n - keep:]
-        self.slot_positions[slots] = new_positions[n - keep:]
+            ring_k, ring_v, slot_positions = self._ring()
+            view = CacheView(torch.cat((ring_k, k), dim=2), torch.cat((ring_v, v), dim=2),
+                             torch.cat((slot_positions, new_positions)), ordered=False)
+        self._write(k, v, new_positions)
         self.length += n
         return view
+
+    def _allocate(self, k: Tensor, v: Tensor) -> None:
+        self.k = k.new_zeros(k.shape[0], k.shape[1], self.size, k.shape[3])
+        self.v = v.new_zeros(v.shape[0], v.shape[1], self.size, v.shape[3])
+        self.slot_positions = torch.full((self.size,), -1, dtype=torch.long, device=k.device)
+
+    def _ring(self) -> tuple[Tensor, Tensor, Tensor]:
+        ring_k, ring_v = self._stored()
+        assert self.slot_positions is not None  # allocated together with k and v
+        return ring_k, ring_v, self.slot_positions
+
+    def _write(self, k: Tensor, v: Tensor, new_positions: Tensor) -> None:
+        """Overwrite the oldest slots with the newest ``size`` of the new tokens."""
+        n = k.shape[2]
+        keep = min(n, self.size)  # only the newest `size` tokens can still be seen later
+        slots = new_positions[n - keep:] % self.size
+        ring_k, ring_v, slot_positions = self._ring()
+        ring_k[:, :, slots] = k[:, :, n - keep:]
+        ring_v[:, :, slots] = v[:, :, n - keep:]
+        slot_positions[slots] = new_positions[n - keep:]
 
 
 class ContextCache(_Stored):
@@ -167,6 +190,10 @@ class ContextCache(_Stored):
     @property
     def filled(self) -> bool:
         return self.k is not None
+
+    def keys_values(self) -> tuple[Tensor, Tensor]:
+        """The stored keys (B, Hkv, M, D) and values (B, Hkv, M, Dv); only once ``filled``."""
+        return self._stored()
 
     def store(self, k: Tensor, v: Tensor) -> None:
         self.k, self.v = k, v

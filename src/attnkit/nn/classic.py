@@ -26,22 +26,25 @@ from ..functional.classic import additive_attention, luong_attention, project_ke
 from ..functional.kernels.common import zero_hidden
 
 
-def _require_tensor(name: str, t: object) -> None:
+def _require_tensor(name: str, t: object) -> Tensor:
+    """``t`` itself, typed as a Tensor; anything else raises."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
 
 
-def _require_bool_mask(mask: object) -> None:
-    _require_tensor("mask", mask)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
+def _require_bool_mask(mask: object) -> Tensor:
+    tensor = _require_tensor("mask", mask)
+    if tensor.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = may attend), got {tensor.dtype}")
+    return tensor
 
 
 def _check_mask(mask: object, shape: tuple[int, ...], what: str) -> None:
     """``mask`` must be a bool tensor of exactly ``shape`` (``what`` names that shape for the message)."""
-    _require_bool_mask(mask)
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"mask must have shape {what} = {shape}, got {tuple(mask.shape)}")
+    tensor = _require_bool_mask(mask)
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"mask must have shape {what} = {shape}, got {tuple(tensor.shape)}")
 
 
 def _prepare(query: Tensor, keys: Tensor, values: Tensor | None, mask: Tensor | None, query_dim: int,
@@ -139,7 +142,7 @@ class AdditiveAttention(nn.Module):
     def forward(self, query: Tensor, keys: Tensor, values: Tensor | None = None, *, mask: Tensor | None = None,
                 projected_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         q, k, v, mask, single = _prepare(query, keys, values, mask, self.query_dim, self.key_dim)
-        w_k = self.key_proj.weight
+        w_k: Tensor | None = self.key_proj.weight  # None: k is already projected
         if projected_keys is not None:
             _require_tensor("projected_keys", projected_keys)
             if projected_keys.shape != (*keys.shape[:-1], self.attn_dim):

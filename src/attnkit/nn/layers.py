@@ -111,10 +111,10 @@ class DecoderLayer(nn.Module):
                  kernel: str | Kernel = "auto", ffn: nn.Module | None = None):
         super().__init__()
         self.norm_first = norm_first
-        common = dict(num_kv_heads=num_kv_heads, bias=bias, dropout=attn_dropout, kernel=kernel)
-        self.self_attn = MultiHeadAttention(dim, num_heads, positions=positions, **common)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, context_dim=context_dim, cross_attention=True,
-                                             **common)
+        self.self_attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, bias=bias, dropout=attn_dropout,
+                                            kernel=kernel, positions=positions)
+        self.cross_attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, bias=bias, dropout=attn_dropout,
+                                             kernel=kernel, context_dim=context_dim, cross_attention=True)
         self.ffn = ffn if ffn is not None else FeedForward(dim, hidden, activation=activation, bias=bias)
         self.self_norm, self.cross_norm, self.ffn_norm = (make_norm(norm, dim, eps) for _ in range(3))
         self.dropout = nn.Dropout(dropout)

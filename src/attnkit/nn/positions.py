@@ -21,7 +21,7 @@ from ..functional.bias import Bias
 from ..functional.checks import check_int
 
 
-def inverse_frequencies(dim: int, base: float, device=None) -> Tensor:
+def inverse_frequencies(dim: int, base: float, device: torch.device | None = None) -> Tensor:
     """base^(-2i/dim) for i = 0 .. dim/2 - 1, float64: the frequencies of sinusoidal positions and RoPE."""
     return base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
 
@@ -67,7 +67,7 @@ class LearnedPositions(nn.Module):
         return self.table(position_ids)
 
 
-def default_position_ids(batch: int, length: int, offset: int, device) -> Tensor:
+def default_position_ids(batch: int, length: int, offset: int, device: torch.device) -> Tensor:
     """(B, N) positions offset .. offset + N - 1 for every sequence."""
     return torch.arange(offset, offset + length, device=device).expand(batch, length)
 
