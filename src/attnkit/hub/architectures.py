@@ -26,13 +26,15 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeAlias
 
-from ..models.base import Config, Model
+from ..models.base import Model
 from ..models.bert import BERT, BERTConfig
 from ..models.gpt import GPT, GPTConfig
 from .errors import CheckpointError
 from .rules import Layout, Rule, fused, offset_rows, rename, transposed
+
+HubConfig: TypeAlias = BERTConfig | GPTConfig  # the configs of the models a checkpoint loads into and saves from
 
 # --------------------------------------------------------------------------------------------------
 # BERT family
@@ -213,7 +215,7 @@ class Architecture:
     model_types: tuple[str, ...]
     model_class: type[Model]
     # (config.json's fields, the checkpoint's tensor names, kernel, source for messages) -> attnkit config
-    config_from_hf: Callable[[dict[str, Any], set[str], str, str], Config]
+    config_from_hf: Callable[[dict[str, Any], set[str], str, str], HubConfig]
     layout: Callable[[Any], Layout]  # attnkit config -> tensor layout
     config_to_hf: Callable[[Any], dict[str, Any]]
     # a layer's tensors in the checkpoint (group 1: the layer index), and config.json's field for their count
@@ -261,4 +263,4 @@ def architecture_of(model: Model) -> Architecture:
                     f"{type(model).__name__}")
 
 
-__all__ = ["Architecture", "ARCHITECTURES", "architecture_for", "architecture_of"]
+__all__ = ["Architecture", "ARCHITECTURES", "HubConfig", "architecture_for", "architecture_of"]

@@ -22,15 +22,16 @@ import re
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..files import atomic_directory
 from ..functional.registry import Kernel
-from ..models.base import Config, Model
+from ..models.base import Model
 from ..nn.attention import MultiHeadAttention
-from .architectures import Architecture, architecture_for, architecture_of
+from .architectures import Architecture, HubConfig, architecture_for, architecture_of
 from .errors import CheckpointError
 from .files import WEIGHT_FILES, read_config, read_shapes, read_tensors, weight_files, write_checkpoint
 from .resolve import resolve
@@ -51,7 +52,8 @@ def _check_dtype(dtype: torch.dtype | None) -> None:
                         f"got {dtype!r}")
 
 
-def _config(arch: Architecture, hf_config: dict, names: set[str], kernel: str | Kernel, source: str) -> Config:
+def _config(arch: Architecture, hf_config: dict[str, Any], names: set[str], kernel: str | Kernel,
+            source: str) -> HubConfig:
     """The attnkit config that config.json describes (``names``: the checkpoint's tensors, e.g. for heads)."""
     try:
         return arch.config_from_hf(hf_config, names, kernel if isinstance(kernel, str) else "auto", source)
@@ -61,7 +63,7 @@ def _config(arch: Architecture, hf_config: dict, names: set[str], kernel: str | 
         raise CheckpointError(source, problems=[f"does not describe a valid {arch.name}: {error}"]) from error
 
 
-def _check_fits(arch: Architecture, config: Config, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+def _check_fits(arch: Architecture, config: HubConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
     """Compare the checkpoint's tensor shapes with those ``config`` implies before anything of the model's size
     is allocated: the model is built on the meta device (shapes, no storage). A config.json asking for more
     layers than the checkpoint has tensors (10**6, say) is built with the layers the checkpoint holds, so it
@@ -89,7 +91,7 @@ def _fill(model: Model, ours: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: ours.get(name, ours.get(first[id(tensor)], tensor)) for name, tensor in params.items()}
 
 
-def _load_model(directory: Path, hf_config: dict, dtype: torch.dtype | None, kernel: str | Kernel) -> Model:
+def _load_model(directory: Path, hf_config: dict[str, Any], dtype: torch.dtype | None, kernel: str | Kernel) -> Model:
     """``load_model`` given config.json's contents; called straight from both public functions, so the
     warning's stacklevel=3 names their caller. Names and shapes are checked from the files' headers first;
     the weights are read and the model built only when they fit."""
@@ -195,11 +197,12 @@ def _save_target(directory: str | os.PathLike[str]) -> Path:
 
 def _check_saveable(model: Model, tokenizer: Tokenizer | None) -> Architecture:
     arch = architecture_of(model)
-    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)}
-                    - {model.config.num_heads})
+    config = model.config
+    assert isinstance(config, HubConfig)  # architecture_of accepted the model: a BERT or a GPT
+    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)} - {config.num_heads})
     if pruned:
         raise ValueError(f"this model has pruned attention heads (layers with {pruned} heads, config says "
-                         f"{model.config.num_heads}), which the Hugging Face layout cannot express here; "
+                         f"{config.num_heads}), which the Hugging Face layout cannot express here; "
                          f"save it with torch.save(model, path)")
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
         raise TypeError(f"tokenizer must be an attnkit.hub.Tokenizer or None, got {type(tokenizer).__name__}")

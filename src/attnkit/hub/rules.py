@@ -48,14 +48,14 @@ class Rule:
     optional: bool = False  # may be absent from a checkpoint; the parameters then keep their initialization
 
 
-def rename(hf: str, ours: str, **options: bool) -> Rule:
+def rename(hf: str, ours: str, *, in_base: bool = True, optional: bool = False) -> Rule:
     """The same tensor under another name."""
-    return Rule(hf, (ours,), **options)
+    return Rule(hf, (ours,), in_base=in_base, optional=optional)
 
 
-def transposed(hf: str, ours: str, **options: bool) -> Rule:
+def transposed(hf: str, ours: str, *, in_base: bool = True, optional: bool = False) -> Rule:
     """A Conv1D weight (in, out) <-> a Linear weight (out, in)."""
-    return Rule(hf, (ours,), lambda t: (t.t(),), lambda ts: ts[0].t(), **options)
+    return Rule(hf, (ours,), lambda t: (t.t(),), lambda ts: ts[0].t(), in_base=in_base, optional=optional)
 
 
 def fused(hf: str, ours: tuple[str, ...], *, transpose: bool) -> Rule:

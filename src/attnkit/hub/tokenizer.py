@@ -88,6 +88,12 @@ def _wordpiece(vocab: Path, config: dict[str, Any], special: dict[str, str]) -> 
     return backend
 
 
+def _with_id(backend: tokenizers.Tokenizer, token: str | None) -> tuple[str, int] | None:
+    """(token, its id), or None when there is no such token or the vocabulary lacks it."""
+    token_id = None if token is None else backend.token_to_id(token)
+    return None if token is None or token_id is None else (token, token_id)
+
+
 def _byte_level_bpe(vocab: Path, merges: Path, config: dict[str, Any], special: dict[str, str]) -> tokenizers.Tokenizer:
     """GPT-2's byte-level BPE from vocab.json + merges.txt, as transformers' GPT2Tokenizer builds it; with
     RoBERTa's <s> ... </s> around each sequence when the special tokens include a cls_token."""
@@ -98,11 +104,10 @@ def _byte_level_bpe(vocab: Path, merges: Path, config: dict[str, Any], special: 
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([t for t in dict.fromkeys(special.values()) if backend.token_to_id(t) is not None])
-    cls, sep = special.get("cls_token"), special.get("sep_token")
-    if cls is not None and sep is not None and None not in (backend.token_to_id(cls), backend.token_to_id(sep)):
+    cls, sep = _with_id(backend, special.get("cls_token")), _with_id(backend, special.get("sep_token"))
+    if cls is not None and sep is not None:
         backend.post_processor = processors.RobertaProcessing(
-            (sep, backend.token_to_id(sep)), (cls, backend.token_to_id(cls)),
-            trim_offsets=bool(config.get("trim_offsets", True)), add_prefix_space=prefix_space)
+            sep, cls, trim_offsets=bool(config.get("trim_offsets", True)), add_prefix_space=prefix_space)
     else:
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
     return backend
