@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,12 @@ def require_positive_float(config: object, *names: str) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be > 0 and finite, got {value!r}")
 
 
-def require_kernel(config: object) -> None:
+class _WithKernel(Protocol):
+    @property
+    def kernel(self) -> str | Kernel: ...
+
+
+def require_kernel(config: _WithKernel) -> None:
     """``config.kernel`` must be "auto", a registered kernel's name or a kernel object (ValueError listing the
     registered names otherwise)."""
     check_kernel(config.kernel, f"{type(config).__name__}.kernel")

@@ -119,6 +119,8 @@ class BERT(Model):
     Returns :class:`BERTOutput`; ``mlm_logits`` only when built with ``BERTConfig(mlm_head=True)``.
     """
 
+    config: BERTConfig  # Model.config, typed as this model's config
+
     def __init__(self, config: BERTConfig) -> None:
         super().__init__()
         if not isinstance(config, BERTConfig):
@@ -150,6 +152,7 @@ class BERT(Model):
                 raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
             if value is not None and tuple(value.shape) != (b, n):
                 raise ValueError(f"{name} must have input_ids' shape {(b, n)}, got {tuple(value.shape)}")
+        mask: Tensor | None
         if attention_mask is not None:
             mask = check_attention_mask(attention_mask)
         else:  # packed rows (position_ids given) hold no padding unless an attention_mask says so

@@ -68,7 +68,7 @@ class GPTConfig(Config):
                            bias=False, tie_embeddings=False),
     }
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads")
         require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=self.positions == "rope")
         require_dropout(self, "dropout")
@@ -102,6 +102,8 @@ class GPT(Model):
         >>> out = model(torch.randint(0, 256, (2, 16)))          # out.logits: (2, 16, 256)
         >>> tokens = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10)
     """
+
+    config: GPTConfig  # Model.config, typed as this model's config
 
     def __init__(self, config: GPTConfig):
         super().__init__()

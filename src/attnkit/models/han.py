@@ -61,6 +61,8 @@ class HAN(Model):
     :class:`HANOutput`. A document made only of padding gets the classifier's bias as logits.
     """
 
+    config: HANConfig  # Model.config, typed as this model's config
+
     def __init__(self, config: HANConfig) -> None:
         super().__init__()
         if not isinstance(config, HANConfig):

@@ -48,7 +48,7 @@ class HybridConfig(Config):
         "tiny": dict(vocab_size=256, dim=64, pattern="MAM", num_heads=4, state_dim=8),
     }
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         require_positive(self, "vocab_size", "dim", "num_heads", "state_dim", "expand")
         require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=True)
         require_positive_float(self, "norm_eps", "rope_base")
@@ -96,6 +96,8 @@ class HybridLM(Model):
         >>> model = HybridLM(HybridConfig.preset("tiny"))            # layers M, A, M
         >>> model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5)
     """
+
+    config: HybridConfig  # Model.config, typed as this model's config
 
     def __init__(self, config: HybridConfig):
         super().__init__()

@@ -85,6 +85,8 @@ class RNNSeq2Seq(Model):
     ``src_mask`` (B, S) bool, True = real token, defaults to ``src_ids != pad_id``.
     """
 
+    config: RNNSeq2SeqConfig  # Model.config, typed as this model's config
+
     def __init__(self, config: RNNSeq2SeqConfig) -> None:
         super().__init__()
         if not isinstance(config, RNNSeq2SeqConfig):

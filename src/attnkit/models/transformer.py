@@ -231,6 +231,8 @@ class Transformer(Model):
     See the module docstring for the mask and ``tgt_ids`` conventions and a training example.
     """
 
+    config: TransformerConfig  # Model.config, typed as this model's config
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         if not isinstance(config, TransformerConfig):
@@ -413,6 +415,7 @@ class Transformer(Model):
         cache = self.new_cache(max_len) if max_len > 0 else None
         for _ in range(max_len):
             logits = self.decode(beams.tokens[:, -1:], memory, src_padding, cache=cache)[:, -1]  # (B*K, V)
+            assert cache is not None  # made whenever max_len > 0, that is whenever this loop runs
             cache.reorder(beams.advance(logits.log_softmax(dim=-1), length_penalty, c.pad_id, c.eos_id),
                           same_sources=True)
             best.update(beams, length_penalty, include_unfinished=False)

@@ -81,6 +81,8 @@ class ViT(Model):
     Patches are numbered row by row (the order of ``Conv2d`` output flattened), position 0 being [CLS].
     """
 
+    config: ViTConfig  # Model.config, typed as this model's config
+
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         if not isinstance(config, ViTConfig):

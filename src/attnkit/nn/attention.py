@@ -368,7 +368,10 @@ def check_kernel(kernel: str | Kernel, name: str = "kernel") -> str | Kernel:
     return kernel
 
 
-def set_kernel(module: nn.Module, kernel: str | Kernel) -> nn.Module:
+_Module = TypeVar("_Module", bound=nn.Module)
+
+
+def set_kernel(module: _Module, kernel: str | Kernel) -> _Module:
     """Make every MultiHeadAttention inside ``module`` use ``kernel``; returns ``module``."""
     check_kernel(kernel)
     for sub in module.modules():
