@@ -174,6 +174,33 @@ def test_4d_float_masks_match_eager(kind, monkeypatch):
     assert_close(actual, expected, atol=ATOL[torch.float32], what=kind)
 
 
+def t5():
+    config = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                   dropout_rate=0.0, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    return transformers.T5ForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("kernel", EXACT)
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_t5_position_bias_matches_eager(kernel, padding, monkeypatch):
+    """T5's relative position bias arrives as ``position_bias`` (every self-, cross- and causal attention)."""
+    model = t5()
+    ids, mask = batch(padding)
+
+    def logits(implementation: str) -> torch.Tensor:
+        model.set_attn_implementation(implementation)
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :7]).logits
+
+    expected = logits("eager")
+    calls = Calls(monkeypatch)
+    actual = logits(register(kernel=kernel))
+    assert len(calls.kwargs) == 6 and any(c["bias"] is not None for c in calls.kwargs)
+    assert_close(actual, expected, atol=ATOL[torch.float32], what=f"t5 {kernel}")
+
+
 # decoding with a KV cache
 
 
