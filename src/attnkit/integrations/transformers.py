@@ -27,7 +27,8 @@ What the attention function receives from a model, and what it makes of it:
   builds (it leaves the mask out only when the window covers every key), so it is not applied again.
 - Attention sinks (``s_aux``, gpt-oss) are refused with a ``ValueError``: attnkit has no such term.
 
-The output is (B, Nq, H, Dv), contiguous, and no attention weights (``None``).
+The output is (B, Nq, H, Dv), contiguous, and no attention weights (``None``: with ``output_attentions=True``
+the model returns no maps).
 """
 
 from __future__ import annotations
