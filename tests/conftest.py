@@ -3,7 +3,11 @@
 import os
 
 import pytest
+import tokenizers
 import torch
+
+from attnkit import hub
+from attnkit.models import GPT, GPTConfig
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Each xdist worker gets one core: torch's default of one thread per core in every worker
@@ -26,3 +30,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# The text the tiny tokenizer of ``gpt_dir`` is trained on (tests/test_cli*.py).
+TRAINING_TEXT = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell sharply today."]
+
+
+@pytest.fixture(scope="session")
+def gpt_dir(tmp_path_factory):
+    """A tiny GPT-2 checkpoint with a byte-level BPE tokenizer trained here (no download)."""
+    directory = tmp_path_factory.mktemp("gpt")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TRAINING_TEXT * 20, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    bpe.save_model(str(directory))
+    tokenizer = hub.load_tokenizer(directory, model_type="gpt2")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, dim=32, num_layers=2, num_heads=2))
+    hub.save(model, directory, tokenizer)
+    return directory

@@ -6,13 +6,11 @@ import io
 import json
 
 import pytest
-import tokenizers
 import torch
 
 import attnkit
 from attnkit import hub
 from attnkit.cli import main
-from attnkit.models import GPT, GPTConfig
 
 SENTENCES = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell sharply today."]
 
@@ -35,21 +33,6 @@ def test_embed_without_sentences_fails_clearly(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["embed"]) == 2
     assert "no sentences given" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def gpt_dir(tmp_path_factory):
-    """A tiny GPT-2 checkpoint with a byte-level BPE tokenizer trained here (no download)."""
-    directory = tmp_path_factory.mktemp("gpt")
-    bpe = tokenizers.ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES * 20, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
-    bpe.save_model(str(directory))
-    tokenizer = hub.load_tokenizer(directory, model_type="gpt2")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, dim=32, num_layers=2, num_heads=2))
-    hub.save(model, directory, tokenizer)
-    return directory
 
 
 def test_generate_streams_the_greedy_continuation(gpt_dir, capsys):

@@ -16,38 +16,18 @@ import subprocess
 import sys
 
 import pytest
-import tokenizers
 import torch
 
 import attnkit
 from attnkit import hub
 from attnkit.bench import measure
 from attnkit.cli import main
-from attnkit.models import GPT, GPTConfig
-
-SENTENCES = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell sharply today."]
-
 
 def one_line(err: str) -> str:
     """The single line of ``err``; fails when there are more, or a traceback."""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def gpt_dir(tmp_path_factory):
-    """A tiny GPT-2 checkpoint with a byte-level BPE tokenizer trained here (no download)."""
-    directory = tmp_path_factory.mktemp("gpt")
-    bpe = tokenizers.ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES * 20, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],
-                            show_progress=False)
-    bpe.save_model(str(directory))
-    tokenizer = hub.load_tokenizer(directory, model_type="gpt2")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, dim=32, num_layers=2, num_heads=2))
-    hub.save(model, directory, tokenizer)
-    return directory
 
 
 def model_argv(command: str, model, tmp_path) -> list[str]:
