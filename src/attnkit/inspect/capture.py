@@ -7,6 +7,9 @@ were asked for, with the reference kernel, so a long forward builds no N x N map
     >>> with capture(model, layers=[0, 5], heads=[3]) as rec:
     ...     model(ids, attention_mask)
     >>> rec.maps[5].shape          # (B, 1, N, N); rec.maps[1] is None
+
+A ``transformers`` model running with ``attn_implementation="attnkit"`` (``attnkit.integrations.transformers``)
+is captured the same way, through that integration's own hook point on each of its attention modules.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ..functional.checks import check_index
+from ..integrations import transformers as hf
 from ..nn.attention import AttentionCall, MultiHeadAttention
 
 Reduce = Callable[[int, Tensor], Any]
 
 
-def attention_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+def multi_head_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
     """Every ``MultiHeadAttention`` of ``model`` with its name, in ``named_modules()`` order.
 
     This order numbers the layers for ``capture``, ``head_importance`` and ``prune_heads``; in every
@@ -35,6 +40,35 @@ def attention_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
     if not found:
         raise ValueError(f"{type(model).__name__} has no attnkit MultiHeadAttention layer to inspect")
     return found
+
+
+def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The attention layers ``capture`` records, with their names, in ``named_modules()`` order.
+
+    An attnkit model's ``MultiHeadAttention`` layers (:func:`multi_head_layers`); for a ``transformers`` model
+    running with an attention implementation registered by ``attnkit.integrations.transformers.register``, its
+    attention modules (``attention_modules``: e.g. each ``LlamaAttention``, each ``BertSelfAttention``).
+    """
+    if any(isinstance(m, MultiHeadAttention) for m in model.modules()):
+        return list(multi_head_layers(model))
+    if hf.uses_attnkit(model):
+        found = hf.attention_modules(model)
+        if found:
+            return found
+    elif hasattr(getattr(model, "config", None), "_attn_implementation"):
+        raise ValueError(f"{type(model).__name__} runs with attn_implementation="
+                         f"{model.config._attn_implementation!r}, whose attention maps attnkit cannot see: call "
+                         f"attnkit.integrations.transformers.register() and model.set_attn_implementation('attnkit')")
+    raise ValueError(f"{type(model).__name__} has no attnkit MultiHeadAttention layer to inspect")
+
+
+def _num_heads(module: nn.Module) -> int:
+    """Query heads of an attention layer: attnkit's own, or a transformers module's config."""
+    return module.num_heads if isinstance(module, MultiHeadAttention) else module.config.num_attention_heads
+
+
+def _attach(module: nn.Module, recorder: Callable[[nn.Module, AttentionCall], None]) -> RemovableHandle:
+    return module.attach(recorder) if isinstance(module, MultiHeadAttention) else hf.attach(module, recorder)
 
 
 def _indices(name: str, values: Sequence[int] | None, limit: int, what: str) -> list[int] | None:
@@ -76,8 +110,8 @@ class Capture:
         self.causal: list[bool | None] = [None] * len(names)
         self._reduce = reduce
 
-    def _recorder(self, layer: int) -> Callable[[MultiHeadAttention, AttentionCall], None]:
-        def record(module: MultiHeadAttention, call: AttentionCall) -> None:
+    def _recorder(self, layer: int) -> Callable[[nn.Module, AttentionCall], None]:
+        def record(module: nn.Module, call: AttentionCall) -> None:
             self.calls[layer] += 1
             if layer in self.layers:
                 with torch.no_grad():
@@ -98,7 +132,8 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, heads: 
     """Record the attention probabilities of ``model``'s forward passes inside the ``with`` block.
 
     Args:
-        model: any module built from ``attnkit.nn.MultiHeadAttention`` (every attnkit model); any kernel.
+        model: any module built from ``attnkit.nn.MultiHeadAttention`` (every attnkit model), or a
+            ``transformers`` model running with ``attn_implementation="attnkit"``; any kernel.
         layers: attention-layer indices to record (see :func:`attention_layers`); None = all.
         heads: head indices to record in each requested layer; None = all. Only these are computed.
         reduce: ``reduce(layer, probs) -> anything`` applied to each map as it is recorded, to keep less
@@ -110,10 +145,10 @@ def capture(model: nn.Module, layers: Sequence[int] | int | None = None, heads: 
     """
     found = attention_layers(model)
     layers = _indices("layer", layers, len(found), "attention layers")
-    smallest = min(m.num_heads for i, (_, m) in enumerate(found) if layers is None or i in layers)
+    smallest = min(_num_heads(m) for i, (_, m) in enumerate(found) if layers is None or i in layers)
     heads = _indices("head", heads, smallest, "heads in the requested layers")
     record = Capture([name for name, _ in found], layers, heads, reduce)
-    handles = [m.attach(record._recorder(i)) for i, (_, m) in enumerate(found)]
+    handles = [_attach(m, record._recorder(i)) for i, (_, m) in enumerate(found)]
     try:
         yield record
     finally:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.checks import check_index, check_int
-from .capture import attention_layers, capture
+from .capture import capture, multi_head_layers
 from .rollout import rollout
 from ..text import format_table
 
@@ -231,7 +231,7 @@ def _load(model, tokenizer):
 @contextmanager
 def _kernel(model: nn.Module, kernel: str | None) -> Iterator[None]:
     """Run the block with every attention layer on ``kernel`` (None: as they are), then restore each one's."""
-    layers = [m for _, m in attention_layers(model)]
+    layers = [m for _, m in multi_head_layers(model)]
     saved = [m.kernel for m in layers]
     if kernel is not None:
         for m in layers:

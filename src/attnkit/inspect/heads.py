@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..functional.checks import check_index
 from ..nn.attention import MultiHeadAttention
 from ..nn.positions import ALiBiPositions, RelativePositions, RotaryEmbedding, T5RelativeBias
-from .capture import attention_layers
+from .capture import attention_layers, multi_head_layers
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -106,7 +106,7 @@ def head_importance(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, *
         score = torch.autograd.grad(loss_fn(model, batch), gate)[0].abs()
         hook.remove()
     """
-    layers = attention_layers(model)
+    layers = multi_head_layers(model)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(model, batch), got {type(loss_fn).__name__}")
     if not isinstance(batches, Iterable):
@@ -274,7 +274,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> nn.Modu
         >>> prune_heads(model, {0: [1, 3], 2: [0]}).layers[0].attn.num_heads
         2
     """
-    layers = attention_layers(model)
+    layers = multi_head_layers(model)
     if not isinstance(heads, Mapping):
         raise TypeError(f"heads must be a dict {{layer index: [head indices]}}, got {type(heads).__name__}")
     plans: dict[int, _LayerPlan] = {}

@@ -28,18 +28,68 @@ What the attention function receives from a model, and what it makes of it:
 - Attention sinks (``s_aux``, gpt-oss) are refused with a ``ValueError``: attnkit has no such term.
 
 The output is (B, Nq, H, Dv), contiguous, and no attention weights (``None``: with ``output_attentions=True``
-the model returns no maps).
+the model returns no maps). The maps come through a hook point instead, as in attnkit's own layers:
+``attach(module, recorder)`` calls ``recorder(module, AttentionCall)`` on each call of that attention module,
+with exactly the q, k, mask, causality, bias, scale and soft-cap handed to ``attnkit.attention`` (after the
+static-cache crop); ``attnkit.inspect.capture`` builds on it, and ``attention_modules(model)`` finds the modules.
 """
 
 from __future__ import annotations
 
+import inspect
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ..functional import Kernel, attention, get_kernel
+from ..nn.attention import AttentionCall
+
+# the recorders attached to each transformers attention module; an entry goes with its module
+_RECORDERS: weakref.WeakKeyDictionary[nn.Module, OrderedDict[int, Callable[[nn.Module, AttentionCall], None]]] = \
+    weakref.WeakKeyDictionary()
+_REGISTERED: set[str] = set()  # the implementation names ``register`` gave attnkit in this process
+
+
+def attach(module: nn.Module, recorder: Callable[[nn.Module, AttentionCall], None]) -> RemovableHandle:
+    """Call ``recorder(module, AttentionCall)`` on every attnkit attention call of the transformers ``module``.
+
+    ``handle.remove()`` detaches it. The call holds q (B, H, Nq, D), k (B, Hkv, Nk, D) and the options handed
+    to ``attnkit.attention``; ``key_positions`` is ``arange(Nk)``. Modules with no recorder pay nothing.
+    """
+    recorders = _RECORDERS.setdefault(module, OrderedDict())
+    handle = RemovableHandle(recorders)
+    recorders[handle.id] = recorder
+    return handle
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules of a transformers ``model`` that call its attention implementation, in ``named_modules()`` order.
+
+    The rule, checked on Llama, Gemma 2, Qwen3 and BERT (its ``BertSelfAttention``): a module with a ``config``
+    whose class's ``forward`` reads transformers' ``ALL_ATTENTION_FUNCTIONS`` (the registry of attention
+    implementations) by name — how every model of transformers 5 picks its implementation (decorators such as
+    ``deprecate_kwarg`` are unwrapped first). Wrapping modules (a decoder layer, ``BertAttention``) do not read
+    it, so each attention call belongs to one module. Nothing runs: the rule reads code objects only.
+    """
+    found = []
+    for name, module in model.named_modules():
+        forward = getattr(type(module), "forward", None)
+        forward = inspect.unwrap(forward) if callable(forward) else None
+        names = getattr(getattr(forward, "__code__", None), "co_names", ())
+        if "ALL_ATTENTION_FUNCTIONS" in names and hasattr(module, "config"):
+            found.append((name, module))
+    return found
+
+
+def uses_attnkit(model: nn.Module) -> bool:
+    """Whether ``model.config._attn_implementation`` is a name ``register`` gave attnkit."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) in _REGISTERED
 
 
 def _mask_and_bias(attention_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
@@ -90,6 +140,12 @@ def attnkit_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value
         key, value = key[:, :, :n_q], value[:, :, :n_q]
         if bias is not None and bias.shape[-1] > 1:
             bias = bias[..., :n_q]
+    recorders = _RECORDERS.get(module)
+    if recorders:
+        call = AttentionCall(q=query, k=key, mask=mask, causal=causal, window=None, bias=bias, scale=scaling,
+                             softcap=softcap, key_positions=torch.arange(key.shape[2], device=key.device))
+        for recorder in list(recorders.values()):
+            recorder(module, call)
     out = attention(query, key, value, mask=mask, causal=causal, bias=bias, scale=scaling, softcap=softcap,
                     dropout=dropout if module.training else 0.0, kernel=kernel)  # (B, H, Nq, Dv)
     return out.transpose(1, 2).contiguous(), None  # (B, Nq, H, Dv)
@@ -123,7 +179,8 @@ def register(kernel: str | Kernel = "auto", name: str = "attnkit") -> str:
     mask_interface = getattr(masking_utils, "AttentionMaskInterface", None)
     if mask_interface is not None:  # boolean masks, or None where plain causal attention is enough
         mask_interface.register(name, masking_utils.sdpa_mask)
+    _REGISTERED.add(name)
     return name
 
 
-__all__ = ["attnkit_attention", "register"]
+__all__ = ["attach", "attention_modules", "attnkit_attention", "register", "uses_attnkit"]
