@@ -243,10 +243,24 @@ def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float64, scale: flo
     return torch.randn(*shape, generator=gen, dtype=dtype) * scale
 
 
+def padded_batch(vocab: int, n: int, padding: str) -> tuple[Tensor, Tensor | None]:
+    """Token ids (2, n) drawn from 3..vocab-1 (seeded) and an attention mask (2, n), 1 = token: row 1 is full,
+    row 0 has 3 pad tokens on the ``padding`` side ("left" or "right"); "none": no mask at all."""
+    ids = torch.randint(3, vocab, (2, n), generator=torch.Generator().manual_seed(1))
+    if padding == "none":
+        return ids, None
+    mask = torch.ones(2, n, dtype=torch.long)
+    if padding == "left":
+        mask[0, :3] = 0
+    else:
+        mask[0, -3:] = 0
+    return ids, mask
+
+
 __all__ = [
     "DTYPES", "DTYPE_IDS", "TOLERANCE", "KERNELS", "dense_atol", "Inputs", "Result", "assert_close", "baseline_atol",
     "kernel_context", "kernel_name", "magnitude", "max_abs_error", "naive_attention", "randn", "reference", "run",
-    "small_tiles",
+    "small_tiles", "padded_batch",
 ]
 
 

@@ -11,7 +11,7 @@ import torch
 
 from attnkit.inspect import attention_layers, capture, rollout
 from attnkit.integrations.transformers import attention_modules, register
-from helpers import assert_close
+from helpers import assert_close, padded_batch
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,15 +45,9 @@ def build(name: str):
     return model
 
 
-def batch(padding: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (2, N), attention mask (2, N)): row 1 is full, row 0 has 3 pad tokens on ``padding``'s side."""
-    ids = torch.randint(3, VOCAB, (2, N), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(2, N, dtype=torch.long)
-    if padding == "left":
-        mask[0, :3] = 0
-    else:
-        mask[0, -3:] = 0
-    return ids, mask
+def batch(padding: str):
+    """(ids (2, N), attention mask (2, N) or None for "none"): row 1 full, row 0 with 3 pad tokens."""
+    return padded_batch(VOCAB, N, padding)
 
 
 def eager_attentions(model, ids, mask) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,7 @@ import torch
 
 import attnkit.integrations.transformers as integration
 from attnkit.integrations.transformers import register
-from helpers import assert_close, assert_raises_naming, magnitude, max_abs_error
+from helpers import assert_close, assert_raises_naming, magnitude, max_abs_error, padded_batch
 
 transformers = pytest.importorskip("transformers")
 
@@ -65,17 +65,9 @@ def build(name: str, dtype: torch.dtype = torch.float32, **overrides):
     return MODELS[name](**overrides).to(dtype).eval()
 
 
-def batch(padding: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(ids (2, N), attention mask (2, N) or None): row 1 is full, row 0 has 3 pad tokens on ``padding``'s side."""
-    ids = torch.randint(3, VOCAB, (2, N), generator=torch.Generator().manual_seed(1))
-    if padding == "none":
-        return ids, None
-    mask = torch.ones(2, N, dtype=torch.long)
-    if padding == "left":
-        mask[0, :3] = 0
-    else:
-        mask[0, -3:] = 0
-    return ids, mask
+def batch(padding: str):
+    """(ids (2, N), attention mask (2, N) or None for "none"): row 1 full, row 0 with 3 pad tokens."""
+    return padded_batch(VOCAB, N, padding)
 
 
 def output(model, ids, mask, implementation: str) -> torch.Tensor:
