@@ -13,19 +13,23 @@ from ..functional.checks import check_int
 from .base import check_ids
 
 
+def _require_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Refuse sampling options ``next_token`` cannot use, naming the option: a TypeError for a non-number, a
     ValueError for temperature < 0, NaN or inf, top_k < 1, top_p outside (0, 1] or NaN."""
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if (name == "temperature" or value is not None) and (isinstance(value, bool)
-                                                             or not isinstance(value, numbers.Real)):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    _require_number("temperature", temperature)
     if not 0 <= temperature < math.inf:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None:
         check_int("top_k", top_k)
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if top_p is not None:
+        _require_number("top_p", top_p)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
 def check_prompt(input_ids: Tensor, vocab_size: int) -> tuple[int, int]:
