@@ -142,11 +142,10 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def _bool_mask(name: str, mask: Tensor, shape: tuple[int, ...]) -> Tensor:
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a tensor (1 = token, 0 = padding), got {type(mask).__name__}")
+    mask = check_attention_mask(mask, name)  # a TypeError for a non-tensor, a ValueError for values but 0/1
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (1 = token, 0 = padding), got {tuple(mask.shape)}")
-    return check_attention_mask(mask, name)
+    return mask
 
 
 @dataclass
