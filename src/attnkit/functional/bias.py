@@ -160,16 +160,20 @@ class ScoreFunction(Bias):
             y = self.apply(x, 0, 1, 0, 1)
         return _graph_leaves(y, x)
 
-    def vjp(self, scores: Tensor, grad: Tensor, qs: int, qe: int, ks: int, ke: int,
-            tensors: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-        """Backward through ``apply`` on one tile: dL/dscores and dL/dt for each of ``tensors`` (``leaves``;
-        None where this tile does not reach t), given dL/d(apply's result) ``grad``."""
+    def recorded(self, scores: Tensor, qs: int, qe: int, ks: int, ke: int) -> tuple[Tensor, Tensor]:
+        """``apply`` with its autograd graph kept, for a backward: (x, y), x the scores as a leaf that requires
+        grad, y = apply(x); ``vjp`` then differentiates y without running the function again."""
         with torch.enable_grad():
             x = scores.detach().requires_grad_()
-            y = self.apply(x, qs, qe, ks, ke)
-            # retain_graph: the part of the graph recorded before the call (a tensor computed from parameters)
-            # is walked again by the next tile and by the caller's own backward
-            grads = torch.autograd.grad(y, [x, *tensors], grad, allow_unused=True, retain_graph=True)
+            return x, self.apply(x, qs, qe, ks, ke)
+
+    @staticmethod
+    def vjp(x: Tensor, y: Tensor, grad: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        """Backward through one tile's ``recorded`` (x, y): dL/dx and dL/dt for each of ``tensors`` (``leaves``;
+        None where this tile does not reach t), given dL/dy ``grad``."""
+        # retain_graph: the part of the graph recorded before the call (a tensor computed from parameters)
+        # is walked again by the next tile and by the caller's own backward
+        grads = torch.autograd.grad(y, [x, *tensors], grad, allow_unused=True, retain_graph=True)
         assert grads[0] is not None  # y is a function of x: apply broadcasts, never drops the scores
         return grads[0], grads[1:]
 

@@ -168,10 +168,12 @@ class _Tiles:
         assert self.req.mask is not None
         return self.req.mask
 
-    def logits(self, c: _Chunk, row: Row) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def logits(self, c: _Chunk, row: Row, record: bool = False
+               ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
         """(B, Hkv, G, bq, bk) logits in log2 units (scaled by scale·log2 e, so softmax runs on exp2,
-        several times faster than exp on CPU) in the statistics dtype; the softcap's tanh (or None); and for a
-        score function, the scores it was given, (B, H, bq, bk) in natural units (or None)."""
+        several times faster than exp on CPU) in the statistics dtype; the softcap's tanh (or None); and, for a
+        score function when ``record`` (a backward through it follows), its input and output with their autograd
+        graph (``ScoreFunction.recorded``: (B, H, bq, bk) in natural units), else None."""
         # (B * Hkv, G * bq, bk): alpha applies scale·log2 e inside the GEMM, no pass over q; a score function
         # sees natural units, so there the log2 e comes after it
         bias = self.req.bias
@@ -184,14 +186,19 @@ class _Tiles:
         torch.baddbmm(self._zero, q3, k3.transpose(-2, -1), beta=0.0, alpha=self.req.scale * log2e, out=s)
         s = s.to(self.stats)
         s = s.view(self.B, self.Hkv, self.G, row.qe - row.qs, c.ke - c.ks)
-        tanh = scores = None
+        tanh = recorded = None
         if self.req.softcap is not None:
             cap = self.req.softcap * log2e
             tanh = torch.tanh(s / cap)
             s = tanh * cap
-        if isinstance(bias, ScoreFunction):  # (B, H, bq, bk); a view of the reused buffer: read before the next tile
+        if isinstance(bias, ScoreFunction):  # (B, H, bq, bk); a view of the reused buffer: used before the next tile
             scores = s.view(self.B, self.Hkv * self.G, row.qe - row.qs, c.ke - c.ks)
-            s = bias.apply(scores, row.qs, row.qe, c.ks, c.ke).mul(LOG2E).view_as(s)
+            if record:
+                recorded = bias.recorded(scores, row.qs, row.qe, c.ks, c.ke)
+                y = recorded[1].detach()
+            else:
+                y = bias.apply(scores, row.qs, row.qe, c.ks, c.ke)
+            s = y.mul(LOG2E).view_as(s)
         elif bias is not None:
             b = bias.tile(row.qs, row.qe, c.ks, c.ke, self.Nq, self.Nk, s.device, self.stats)
             s = torch.add(s, _heads5(b, self.Hkv, self.G), alpha=LOG2E)
@@ -200,7 +207,7 @@ class _Tiles:
         elif c.hidden is not None:
             for c0, c1, segment in c.hidden:
                 s[..., c0:c1].add_(segment)
-        return s, tanh, scores
+        return s, tanh, recorded
 
     def keep(self, row: Row, ks: int, shape: torch.Size) -> Tensor | None:
         """Dropout keep-mask scaled by 1/(1-p), reproducible per tile from the call's seed."""
@@ -310,13 +317,14 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
     dq = torch.zeros(tiles.q5.shape, dtype=stats, device=out.device)
     dk = torch.zeros(tiles.k.shape, dtype=stats, device=out.device)
     dv = torch.zeros(tiles.v.shape, dtype=stats, device=out.device)
-    for row, c, do, t in _backward_tiles(tiles, plan, lse_safe, grad_out):
+    record = isinstance(req.bias, ScoreFunction)
+    for row, c, do, t in _backward_tiles(tiles, plan, lse_safe, grad_out, record):
         rows, ks, ke = slice(row.qs, row.qe), c.ks, c.ke
         dv[..., ks:ke, :] += (_fold(t.p_kept).to(dtype).transpose(-2, -1) @ do).to(stats)
         ds = t.p * (t.dp - delta[..., rows, :])  # dL/d(logits after softcap and bias)
-        if t.scores is not None:  # through the score function, to its scores and the tensors it reads
-            assert isinstance(req.bias, ScoreFunction)  # the only bias that gets scores
-            ds_scores, grads = req.bias.vjp(t.scores, ds.view_as(t.scores), row.qs, row.qe, ks, ke, req.bias_tensors)
+        if t.recorded is not None:  # through the score function, to its scores and the tensors it reads
+            x, y = t.recorded
+            ds_scores, grads = ScoreFunction.vjp(x, y, ds.view_as(x), req.bias_tensors)
             ds = ds_scores.view_as(ds)
             _accumulate(grad_tensors, grads)
         elif grad_bias is not None:
@@ -335,12 +343,13 @@ class _BackwardTile:
     p_kept: Tensor  # p with dropout applied (p itself without dropout)
     dp: Tensor  # dL/dp = dO·vᵀ (times the dropout keep-mask), in the statistics dtype: see _delta
     tanh: Tensor | None  # the softcap's tanh
-    scores: Tensor | None  # what a score function was given (see _Tiles.logits)
+    recorded: tuple[Tensor, Tensor] | None  # a score function's input and output, graph kept (_Tiles.logits)
 
 
-def _backward_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor
+def _backward_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor, record: bool = False
                     ) -> Iterator[tuple[Row, _Chunk, Tensor, _BackwardTile]]:
-    """(row, chunk, dO of the row (B, Hkv, G * bq, Dv) in the input dtype, _BackwardTile) for every visited tile."""
+    """(row, chunk, dO of the row (B, Hkv, G * bq, Dv) in the input dtype, _BackwardTile) for every visited tile;
+    ``record``: keep a score function's graph for a vector-Jacobian product (see _Tiles.logits)."""
     stats, dtype = tiles.stats, tiles.q5.dtype
     for row in plan:
         qb = tiles.q_block(row)
@@ -350,13 +359,13 @@ def _backward_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: 
             c = tiles.chunk(row, qb, ks, ke, needs_mask)
             if c is None:
                 continue
-            s, tanh, scores = tiles.logits(c, row)
+            s, tanh, recorded = tiles.logits(c, row, record)
             p = s.sub_(lse_safe[..., row.qs:row.qe, :]).exp2_()  # (B, Hkv, G, bq, bk)
             keep = tiles.keep(row, c.ks, p.shape)
             dp = (do_stats @ c.v.to(stats).transpose(-2, -1)).view_as(p)
             if keep is not None:
                 dp = dp * keep
-            yield row, c, do, _BackwardTile(p, p if keep is None else p * keep, dp, tanh, scores)
+            yield row, c, do, _BackwardTile(p, p if keep is None else p * keep, dp, tanh, recorded)
 
 
 def _delta_by_tiles(tiles: _Tiles, plan: list[Row], lse_safe: Tensor, grad_out: Tensor) -> Tensor:
