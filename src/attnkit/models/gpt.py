@@ -147,10 +147,10 @@ class GPT(Model):
         b, n = check_ids(input_ids, self.config.vocab_size)
         past = cache[0].length if cache else 0
         if attention_mask is not None:
-            attention_mask = check_attention_mask(attention_mask)  # (B, N_total) bool
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, past + n):
-            raise ValueError(f"attention_mask must be (B, cached + new tokens) = {(b, past + n)} (1 = token, "
-                             f"0 = padding), got {tuple(attention_mask.shape)}")
+            attention_mask = check_attention_mask(attention_mask)  # (B, N_total) bool; a bool mask is not read
+            if tuple(attention_mask.shape) != (b, past + n):
+                raise ValueError(f"attention_mask must be (B, cached + new tokens) = {(b, past + n)} (1 = token, "
+                                 f"0 = padding), got {tuple(attention_mask.shape)}")
         if self.position_embedding is not None and past + n > self.config.max_seq_len:
             raise ValueError(f"{past + n} tokens exceed GPTConfig.max_seq_len={self.config.max_seq_len}, the "
                              f"length of the learned position table")
