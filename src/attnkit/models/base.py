@@ -147,8 +147,8 @@ def check_attention_mask(mask: Tensor, name: str = "attention_mask") -> Tensor:
     if mask.dtype == torch.bool:
         return mask
     token = mask != 0
-    if not torch.equal(token.to(mask.dtype), mask):  # one pass; the values are gathered only to report them
-        found = torch.unique(mask[(mask != 0) & (mask != 1)]).tolist()
+    if not torch.equal(token.to(mask.dtype), mask):  # the values are gathered only to report them
+        found = torch.unique(mask[token & (mask != 1)]).tolist()
         shown = ", ".join(map(str, found[:8])) + (", ..." if len(found) > 8 else "")
         raise ValueError(f"{name} must hold only 0 (padding) and 1 (token), found {shown}")
     return token
