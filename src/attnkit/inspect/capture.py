@@ -29,6 +29,10 @@ from ..nn.attention import AttentionCall, MultiHeadAttention
 Reduce = Callable[[int, Tensor], Any]
 
 
+def _own_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+
+
 def multi_head_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
     """Every ``MultiHeadAttention`` of ``model`` with its name, in ``named_modules()`` order.
 
@@ -36,7 +40,7 @@ def multi_head_layers(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
     attnkit model it is the forward order (an encoder-decoder: encoder layers, then each decoder layer's
     self- and cross-attention).
     """
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    found = _own_layers(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no attnkit MultiHeadAttention layer to inspect")
     return found
@@ -49,13 +53,12 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     running with an attention implementation registered by ``attnkit.integrations.transformers.register``, its
     attention modules (``attention_modules``: e.g. each ``LlamaAttention``, each ``BertSelfAttention``).
     """
-    if any(isinstance(m, MultiHeadAttention) for m in model.modules()):
-        return list(multi_head_layers(model))
-    if hf.uses_attnkit(model):
+    found: list[tuple[str, nn.Module]] = [*_own_layers(model)]
+    if not found and hf.uses_attnkit(model):
         found = hf.attention_modules(model)
-        if found:
-            return found
-    elif hasattr(getattr(model, "config", None), "_attn_implementation"):
+    if found:
+        return found
+    if not hf.uses_attnkit(model) and hasattr(getattr(model, "config", None), "_attn_implementation"):
         raise ValueError(f"{type(model).__name__} runs with attn_implementation="
                          f"{model.config._attn_implementation!r}, whose attention maps attnkit cannot see: call "
                          f"attnkit.integrations.transformers.register() and model.set_attn_implementation('attnkit')")
