@@ -18,11 +18,14 @@ def _blocks() -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
 
 
+BLOCKS = _blocks()
+
+
 def test_readme_has_python_blocks():
-    assert len(_blocks()) >= 6  # the tour, inspect, sparse, linear, modules and hub examples
+    assert len(BLOCKS) >= 6  # the tour, inspect, sparse, linear, modules and hub examples
 
 
-@pytest.mark.parametrize("line, code", _blocks(), ids=[f"README.md:{line}" for line, _ in _blocks()])
+@pytest.mark.parametrize("line, code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
 def test_readme_block_runs(line, code, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
