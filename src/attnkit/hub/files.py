@@ -175,12 +175,6 @@ def read_tensors(files: list[Path]) -> dict[str, Tensor]:
     return {name: tensor for path in files for name, tensor in _tensors_of(path).items()}
 
 
-def read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
-    """Every tensor of the checkpoint in ``directory`` by name, and the file (or index) read."""
-    files, source = weight_files(directory)
-    return read_tensors(files), source
-
-
 def write_checkpoint(directory: Path, config: dict[str, Any], tensors: dict[str, Tensor]) -> None:
     """Write ``model.safetensors`` (one file; contiguous copies, no shared storage), then ``config.json``;
     each whole or not at all. ``attnkit.hub.save`` calls it on a fresh directory that replaces the old one as
@@ -193,4 +187,4 @@ def write_checkpoint(directory: Path, config: dict[str, Any], tensors: dict[str,
 
 
 __all__ = ["CheckpointError", "read_config", "read_json", "weight_files", "read_shapes", "read_tensors",
-           "read_weights", "write_checkpoint", "WEIGHT_FILES"]
+           "write_checkpoint", "WEIGHT_FILES"]
