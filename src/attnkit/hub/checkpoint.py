@@ -34,7 +34,7 @@ from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, HubConfig, architecture_for, architecture_of
 from .errors import CheckpointError
 from .files import WEIGHT_FILES, read_config, read_shapes, read_tensors, weight_files, write_checkpoint
-from .resolve import resolve
+from .resolve import local_path, resolve
 from .rules import check_shapes, to_checkpoint, to_ours
 from .tokenizer import TOKENIZER_FILES, Tokenizer, load_tokenizer
 
@@ -114,18 +114,11 @@ def _load_model(directory: Path, hf_config: dict[str, Any], dtype: torch.dtype |
     return model.to(dtype or _stored_dtype(state)).eval()
 
 
-def _local(directory: str | os.PathLike[str], argument: str) -> Path:
-    """``directory`` as a Path; an empty string (which Path reads as the current directory) is refused."""
-    if isinstance(directory, str) and not directory.strip():
-        raise ValueError(f"{argument} is an empty string; pass '.' to mean the current directory")
-    return Path(directory)
-
-
 def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
                kernel: str | Kernel = "auto") -> Model:
     """The model of a local checkpoint directory, in eval mode (see :func:`load`)."""
     _check_dtype(dtype)
-    directory = _local(directory, "directory")
+    directory = local_path(directory, "directory")
     return _load_model(directory, read_config(directory), dtype, kernel)
 
 
@@ -176,7 +169,7 @@ _SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
 def _save_target(directory: str | os.PathLike[str]) -> Path:
     """The directory ``save`` replaces: ``directory`` (the directory a link points to, for a link), checked to
     hold nothing but an earlier checkpoint's files."""
-    path = _local(directory, "directory")
+    path = local_path(directory, "directory")
     path = path.resolve() if path.is_symlink() else path
     if not path.exists():
         return path

@@ -73,13 +73,18 @@ def _download(repo_id: str) -> Path:
     return folder
 
 
+def local_path(value: str | os.PathLike[str], argument: str) -> Path:
+    """``value`` as a Path; an empty string (which Path reads as the current directory) is refused."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{argument} is an empty string; pass '.' to mean the current directory")
+    return Path(value)
+
+
 def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     """The local directory that ``name_or_path`` names (see the module docstring for the order)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
-    if isinstance(name_or_path, str) and not name_or_path.strip():  # Path("") would be the current directory
-        raise ValueError("name_or_path is an empty string; pass '.' to mean the current directory")
-    path = Path(name_or_path).expanduser()
+    path = local_path(name_or_path, "name_or_path").expanduser()
     if path.is_dir():
         return path
     if path.exists():
@@ -94,4 +99,4 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     return _download(name)
 
 
-__all__ = ["resolve", "bundled_minilm", "BUNDLED_NAMES", "BUNDLED_PACKAGE"]
+__all__ = ["resolve", "local_path", "bundled_minilm", "BUNDLED_NAMES", "BUNDLED_PACKAGE"]
