@@ -113,12 +113,12 @@ def tile_states(tile: TileFunction, q_len: int, k_len: int, block_q: int, block_
     n_kb = -(-k_len // block_k)
     ks = torch.arange(n_kb, device=device) * block_k
     k_sizes = (ks + block_k).clamp(max=k_len) - ks  # keys per block
+    whole = k_len // block_k * block_k  # the keys of the blocks that are not cut short
     rows = []
     for qs in range(0, q_len, block_q):
         qe = min(qs + block_q, q_len)
         band = as_4d(tile(qs, qe, 0, k_len, q_len, k_len, device))
         band = band.expand(*band.shape[:-2], qe - qs, k_len)  # (b, h, rows, k_len) bool
-        whole = k_len // block_k * block_k  # the keys of the blocks that are not cut short
         # visible entries per block, summed from bool with an int32 accumulator: ~10x faster than converting
         # the band to int32 first, and no padded copy for a last block that is cut short
         counts = band[..., :whole].unflatten(-1, (whole // block_k, block_k)).sum(dim=(-3, -1), dtype=torch.int32)
