@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -32,6 +33,12 @@ def check_index(name: str, value: object, limit: int, owner: str, items: str) ->
         raise ValueError(f"{name} {int(value)} is out of range: {owner} has {limit} {items} (0..{limit - 1})") from None
 
 
+def is_positive_finite(value: object) -> bool:
+    """Whether ``value`` is an int or float (not a bool) with 0 < value < inf (so not NaN): the one test behind
+    every "a finite number > 0" option (softcap, norm eps, RoPE base, MoE capacity); callers word the error."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+
+
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is a bool; a TypeError naming ``name`` otherwise."""
     if not isinstance(value, bool):
@@ -39,4 +46,4 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
-__all__ = ["check_int", "check_index", "check_bool"]
+__all__ = ["check_int", "check_index", "check_bool", "is_positive_finite"]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import masks as M
+from .checks import is_positive_finite
 from .bias import Bias, ScoreFunction, TensorBias, as_bias
 
 MaskLike: TypeAlias = Tensor | M.Mask | None  # a bool tensor (True = may attend) or a structured mask
@@ -108,7 +109,7 @@ class AttentionRequest:
             raise TypeError(f"scale must be a float or None (1/sqrt(D)), got {scale!r}")
         if not math.isfinite(scale):
             raise ValueError(f"scale must be finite, got {scale!r}")
-        if softcap is not None and (not isinstance(softcap, (int, float)) or not 0 < softcap < math.inf):
+        if softcap is not None and not is_positive_finite(softcap):
             # inf would make every logit inf * tanh(x / inf) = inf * 0 = NaN
             raise ValueError(f"softcap must be a positive finite float or None (off), got {softcap!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import check_int
+from ..functional.checks import check_int, is_positive_finite
 from ..functional.registry import Kernel
 from ..nn.attention import check_kernel, set_kernel
 
@@ -66,7 +65,7 @@ def require_positive_float(config: object, *names: str) -> None:
     """Raise a ValueError naming the first field of ``config`` that is not a finite number > 0."""
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        if not is_positive_finite(value):
             raise ValueError(f"{type(config).__name__}.{name} must be > 0 and finite, got {value!r}")
 
 

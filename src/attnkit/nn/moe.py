@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import check_int
+from ..functional.checks import check_int, is_positive_finite
 from .activations import GATED, PLAIN, Activation, check_activation
 
 
@@ -41,9 +41,7 @@ def check_routing(num_experts: int, top_k: int, capacity_factor: float | None, *
     check_int(top_k_name, top_k)
     if top_k > num_experts:
         raise ValueError(f"{top_k_name} must be between 1 and {experts_name}={num_experts}, got {top_k}")
-    if capacity_factor is not None and (isinstance(capacity_factor, bool)
-                                        or not isinstance(capacity_factor, (int, float))
-                                        or not 0 < capacity_factor < math.inf):
+    if capacity_factor is not None and not is_positive_finite(capacity_factor):
         raise ValueError(f"{capacity_name} must be None (no limit) or a finite number > 0, got {capacity_factor!r}")
 
 

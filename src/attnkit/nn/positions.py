@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..functional import bias as structured_bias
 from ..functional.bias import Bias
-from ..functional.checks import check_int
+from ..functional.checks import check_int, is_positive_finite
 
 
 def inverse_frequencies(dim: int, base: float, device: torch.device | None = None) -> Tensor:
@@ -116,7 +116,7 @@ class RotaryEmbedding(RelativePositions):
         check_int("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"head_dim must be a positive even int for RoPE, got {head_dim}")
-        if isinstance(base, bool) or not isinstance(base, (int, float)) or not 0 < base < math.inf:
+        if not is_positive_finite(base):
             raise ValueError(f"base must be a finite number > 0, got {base!r}")
         if scaling not in (None, "linear", "ntk"):
             raise ValueError(f"scaling must be None, 'linear' or 'ntk', got {scaling!r}")
