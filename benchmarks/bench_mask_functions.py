@@ -20,7 +20,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 import attnkit
 from attnkit import masks
 from attnkit.bench.context import machine
-from attnkit.bench.measure import Probe, interleaved, warm_up
+from attnkit.bench.measure import Probe, Timed, interleaved, warm_up
 from attnkit.bench.report import context_line
 from harness import git, log  # this folder
 
@@ -45,6 +45,16 @@ def functions(n: int) -> dict:
             "4 documents, causal": (document_causal, masks.document(doc) & masks.causal())}
 
 
+def cell(t: Timed) -> str:
+    """A timing as "median [min-max]" in ms."""
+    return f"{t.median_ms:.0f} [{t.min_ms:.0f}-{t.max_ms:.0f}]"
+
+
+def ratio_cell(r: tuple[float, float, float] | None, width: int) -> str:
+    """A ``Timed.ratio_to`` as "median [min-max]", the median right-aligned in ``width``."""
+    return "n/a".rjust(width) if r is None else f"{r[0]:>{width}.2f} [{r[1]:.2f}-{r[2]:.2f}]"
+
+
 def setup_times(probe: Probe, n: int, rounds: int) -> None:
     print(f"\nSet-up of a fresh mask at N = {n} (ms, median [min-max] of {rounds} rounds; ratio = flex / attnkit)")
     print(f"{'mask_mod':<22} {'from_function':>20} {'create_block_mask':>20} {'ratio':>18}")
@@ -54,9 +64,8 @@ def setup_times(probe: Probe, n: int, rounds: int) -> None:
         for call in calls.values():
             warm_up(call, 2)
         t = interleaved(probe, calls, rounds, log)
-        r = t["attnkit"].ratio_to(t["flex"])
-        cells = [f"{x.median_ms:.0f} [{x.min_ms:.0f}-{x.max_ms:.0f}]" for x in (t["attnkit"], t["flex"])]
-        print(f"{name:<22} {cells[0]:>20} {cells[1]:>20} {r[0]:>8.2f} [{r[1]:.2f}-{r[2]:.2f}]", flush=True)
+        print(f"{name:<22} {cell(t['attnkit']):>20} {cell(t['flex']):>20} "
+              f"{ratio_cell(t['attnkit'].ratio_to(t['flex']), 8)}", flush=True)
 
 
 def forward_times(probe: Probe, n: int, rounds: int) -> None:
@@ -76,11 +85,10 @@ def forward_times(probe: Probe, n: int, rounds: int) -> None:
             for call in calls.values():
                 warm_up(call, 2)
             t = interleaved(probe, calls, rounds, log)
-        cells = [f"{t[c].median_ms:.0f} [{t[c].min_ms:.0f}-{t[c].max_ms:.0f}]" for c in calls]
-        ratios = [t["function"].ratio_to(t[c]) for c in ("builtin", "sdpa")]
+        cells = [cell(t[c]) for c in calls]
         print(f"{name:<22} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18} "
-              f"{ratios[0][0]:>9.2f} [{ratios[0][1]:.2f}-{ratios[0][2]:.2f}] "
-              f"{ratios[1][0]:>7.2f} [{ratios[1][1]:.2f}-{ratios[1][2]:.2f}]", flush=True)
+              f"{ratio_cell(t['function'].ratio_to(t['builtin']), 9)} "
+              f"{ratio_cell(t['function'].ratio_to(t['sdpa']), 7)}", flush=True)
 
 
 def main() -> None:
