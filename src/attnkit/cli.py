@@ -135,8 +135,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _load_checkpoint(name: str | None):
     """``hub.load`` of --model (None: the bundled MiniLM) -> (model, tokenizer). A checkpoint that cannot be
-    read is a UsageError naming the file: corrupt files raise whatever their reader raises (SafetensorError,
-    JSON and UTF-8 errors, torch.load's RuntimeError or UnpicklingError), and none of it is worth a traceback."""
+    read is a UsageError: the hub names the file in its CheckpointError (corrupt JSON, text, safetensors or
+    pickles), an OSError names its own; anything else a reader lets through is one line too, never a traceback."""
     import pickle
 
     from safetensors import SafetensorError
@@ -154,29 +154,7 @@ def _load_checkpoint(name: str | None):
         raise UsageError(f"--model: {_one_line(error)}") from None
     except (ValueError, OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as error:
         first = (str(error).strip().splitlines() or [""])[0][:200]  # torch.load's go on for lines
-        raise UsageError(f"--model {name}: cannot read {_culprit(directory, error)} "
-                         f"({type(error).__name__}: {first})") from None
-
-
-def _culprit(directory: Path, error: Exception) -> Path:
-    """The checkpoint file that ``error`` most likely came from: the file an OSError names; for a JSON or
-    UTF-8 error, the first JSON or text file that does not read; else the weights (or the directory)."""
-    import json
-
-    from .hub.files import WEIGHT_FILES
-
-    if isinstance(error, OSError) and error.filename:
-        return Path(error.filename)
-    if isinstance(error, ValueError):  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        for path in sorted([*directory.glob("*.json"), *directory.glob("*.txt")]):
-            try:
-                text = path.read_text(encoding="utf-8")
-                if path.suffix == ".json":
-                    json.loads(text)
-            except ValueError:
-                return path
-        return directory
-    return next((directory / w for w in WEIGHT_FILES if (directory / w).is_file()), directory)
+        raise UsageError(f"--model {name}: cannot read the checkpoint ({type(error).__name__}: {first})") from None
 
 
 def _read_sentences(given: list[str]) -> list[str]:
