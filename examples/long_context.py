@@ -29,7 +29,7 @@ from attnkit.bench.counting import attention_flops, visible_entries
 from attnkit.bench.measure import call_peak, timed
 from attnkit.bench.progress import Progress
 from attnkit.functional.dispatch import select_kernel
-from attnkit.models.gpt import GPT, GPTConfig
+from attnkit.models.gpt import GPT, AttentionConfig, GPTConfig
 
 MIB = 1 << 20
 
@@ -83,8 +83,8 @@ def causal_attention(n: int, heads: int = 8, dim: int = 64, kernel: str = "tiled
 def window_gpt(n: int, window: int = 512, layers: int = 2, dim: int = 256, heads: int = 8, seed: int = 0) -> dict:
     """A sliding-window GPT (RoPE, bytes vocabulary) forward over n tokens."""
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=256, max_seq_len=n, dim=dim, num_layers=layers, num_heads=heads,
-                       positions="rope", window=window)
+    config = GPTConfig(vocab_size=256, max_seq_len=n, dim=dim, num_layers=layers, positions="rope",
+                       attention=AttentionConfig(num_heads=heads, window=window))
     model = GPT(config).eval()
     ids = torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
     result = {}

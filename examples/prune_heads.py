@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from attnkit.inspect import attention_layers, head_importance, prune_heads
-from attnkit.models.gpt import GPT, GPTConfig
+from attnkit.models.gpt import GPT, AttentionConfig, FeedForwardConfig, GPTConfig
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def accuracy(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
 
 def train(task: Task, steps: int, batch_size: int, seed: int) -> GPT:
     torch.manual_seed(seed)
-    config = GPTConfig(vocab_size=task.vocab_size, max_seq_len=task.length, dim=64, num_layers=2, num_heads=8,
-                       hidden=128, tie_embeddings=False)
+    config = GPTConfig(vocab_size=task.vocab_size, max_seq_len=task.length, dim=64, num_layers=2,
+                       attention=AttentionConfig(num_heads=8), ffn=FeedForwardConfig(hidden=128), tie_embeddings=False)
     model = GPT(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)

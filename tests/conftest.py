@@ -7,7 +7,7 @@ import tokenizers
 import torch
 
 from attnkit import hub
-from attnkit.models import GPT, GPTConfig
+from attnkit.models import GPT, AttentionConfig, GPTConfig
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Each xdist worker gets one core: torch's default of one thread per core in every worker
@@ -46,6 +46,7 @@ def gpt_dir(tmp_path_factory):
     bpe.save_model(str(directory))
     tokenizer = hub.load_tokenizer(directory, model_type="gpt2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, dim=32, num_layers=2, num_heads=2))
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, dim=32, num_layers=2,
+                          attention=AttentionConfig(num_heads=2)))
     hub.save(model, directory, tokenizer)
     return directory

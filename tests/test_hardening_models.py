@@ -73,13 +73,25 @@ def test_from_torch_float64_weights_bitwise_and_outputs_identical(kdim):
 BAD_FLOATS = [0.0, -1e-5, math.nan, math.inf]
 
 
+# name: (a preset with the value where the field lives, the field the refusal names)
+EPS_AND_BASE = {
+    "GPTConfig-norm.eps": (lambda v: models.GPTConfig.preset("nano", norm=dict(eps=v)),
+                           r"NormConfig\.eps must be a finite number > 0"),
+    "GPTConfig-attention.rope.base": (lambda v: models.GPTConfig.preset("nano", attention=dict(rope=dict(base=v))),
+                                      r"RopeConfig\.base must be > 0"),
+    "HybridConfig-norm_eps": (lambda v: models.HybridConfig.preset("tiny", norm_eps=v),
+                              r"HybridConfig\.norm_eps must be > 0"),
+    "HybridConfig-rope_base": (lambda v: models.HybridConfig.preset("tiny", rope_base=v),
+                               r"HybridConfig\.rope_base must be > 0"),
+}
+
+
 @pytest.mark.parametrize("value", BAD_FLOATS, ids=str)
-@pytest.mark.parametrize("field", ["norm_eps", "rope_base"])
-@pytest.mark.parametrize("config", ["GPTConfig", "HybridConfig"])
-def test_config_refuses_non_positive_eps_and_rope_base(config, field, value):
-    cls = getattr(models, config)
-    with pytest.raises(ValueError, match=rf"{config}\.{field} must be > 0"):
-        cls.preset("tiny" if config == "HybridConfig" else "nano", **{field: value})
+@pytest.mark.parametrize("case", EPS_AND_BASE)
+def test_config_refuses_non_positive_eps_and_rope_base(case, value):
+    build, match = EPS_AND_BASE[case]
+    with pytest.raises(ValueError, match=match):
+        build(value)
 
 
 def test_rotary_embedding_refuses_a_bad_base():
@@ -139,21 +151,21 @@ def test_moe_refuses_a_non_finite_capacity_factor_at_construction(kwargs):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(capacity_factor=math.inf), "GPTConfig.capacity_factor"),
-    (dict(capacity_factor=0.0), "GPTConfig.capacity_factor"),
-    (dict(num_experts=0), "GPTConfig.num_experts"),
-    (dict(moe_top_k=0), "GPTConfig.moe_top_k"),
-    (dict(num_experts=4, moe_top_k=5), "GPTConfig.moe_top_k"),
+    (dict(capacity_factor=math.inf), "MoEConfig.capacity_factor"),
+    (dict(capacity_factor=0.0), "MoEConfig.capacity_factor"),
+    (dict(num_experts=0), "MoEConfig.num_experts"),
+    (dict(top_k=0), "MoEConfig.top_k"),
+    (dict(num_experts=4, top_k=5), "MoEConfig.top_k"),
 ], ids=["cf-inf", "cf-zero", "experts-0", "top_k-0", "top_k-over"])
 def test_gpt_config_refuses_bad_moe_options(overrides, match):
     with pytest.raises(ValueError, match=match):
-        models.GPTConfig.preset("nano", moe_layers=(0,), **overrides)
+        models.GPTConfig.preset("nano", moe=dict(layers=(0,), **overrides))
 
 
 def test_moe_capacity_none_and_finite_still_build():
     MoE(8, 16, 4, 2, capacity_factor=None)
     MoE(8, 16, 4, 2, capacity_factor=2)
-    models.GPTConfig.preset("nano", moe_layers=(0,), capacity_factor=None)
+    models.GPTConfig.preset("nano", moe=dict(layers=(0,), capacity_factor=None))
 
 
 # --- 6: kernel names are checked where they are given ---------------------------------------------------

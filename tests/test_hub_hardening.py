@@ -35,7 +35,8 @@ def tiny_bert(**overrides) -> BERT:
 
 def tiny_gpt(**overrides) -> GPT:
     torch.manual_seed(1)
-    fields = dict(vocab_size=64, max_seq_len=16, dim=16, num_layers=2, num_heads=2, hidden=32, dropout=0.0)
+    fields = dict(vocab_size=64, max_seq_len=16, dim=16, num_layers=2, attention=dict(num_heads=2), ffn=dict(hidden=32),
+                  dropout=0.0)
     return GPT(GPTConfig(**{**fields, **overrides})).eval()
 
 

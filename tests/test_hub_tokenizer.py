@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attnkit import hub
-from attnkit.models import GPT, GPTConfig
+from attnkit.models import GPT, AttentionConfig, GPTConfig
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -180,7 +180,8 @@ def test_errors_name_the_argument(minilm, call, error, message):
 
 def test_hub_save_writes_the_tokenizer_beside_the_model(bpe_files, tmp_path):
     tokenizer = hub.load_tokenizer(bpe_files, model_type="gpt2")
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=16, dim=16, num_layers=1, num_heads=2))
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=16, dim=16, num_layers=1,
+                          attention=AttentionConfig(num_heads=2)))
     hub.save(model, tmp_path, tokenizer)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == tokenizer.eos_id

@@ -155,9 +155,9 @@ def tiny_gpt(**overrides) -> GPT:
 GPT_VARIANTS = {
     "learned": (dict(), {0: [1, 2], 1: [0]}, [(2, 2), (3, 3)]),
     # layer 0 loses the group of kv head 0; layer 1 one query head of each group
-    "alibi-gqa": (dict(positions="alibi", num_kv_heads=2), {0: [0, 1], 1: [1, 2]}, [(2, 1), (2, 2)]),
-    "rope-mqa-no-bias": (dict(positions="rope", num_kv_heads=1, bias=False), {0: [1, 2], 1: [0]},
-                         [(2, 1), (3, 1)]),
+    "alibi-gqa": (dict(positions="alibi", attention=dict(num_kv_heads=2)), {0: [0, 1], 1: [1, 2]}, [(2, 1), (2, 2)]),
+    "rope-mqa-no-bias": (dict(positions="rope", attention=dict(num_kv_heads=1, bias=False), ffn=dict(bias=False)),
+                         {0: [1, 2], 1: [0]}, [(2, 1), (3, 1)]),
 }
 
 
@@ -178,11 +178,11 @@ def test_pruned_gpt_equals_zeroed_heads_and_decodes_with_a_cache(variant):
     assert_close(torch.cat(steps, dim=1), full, atol=F64_ATOL * magnitude(full), what=f"{variant} cached")
     prompt = ids[:, :4]
     torch.testing.assert_close(model.generate(prompt, 6), model.generate(prompt, 6, use_cache=False), rtol=0, atol=0)
-    assert model.config.num_heads == 4  # the config describes the model as built (see prune_heads)
+    assert model.config.attention.num_heads == 4  # the config describes the model as built (see prune_heads)
 
 
 def test_pruned_gpt_parameter_count():
-    model = tiny_gpt(positions="alibi", num_kv_heads=2)  # dim 32, 4 heads of 8, 2 kv heads, biases
+    model = tiny_gpt(positions="alibi", attention=dict(num_kv_heads=2))  # dim 32, 4 heads of 8, 2 kv heads, biases
     before = model.num_parameters()
     prune_heads(model, {0: [2, 3], 1: [0, 2]})
     # layer 0 loses a whole group: 2 q heads, 2 out_proj slices, 1 k and 1 v head; layer 1 only 2 q heads
@@ -309,7 +309,7 @@ def loss_with_head_scaled(model: GPT, ids: torch.Tensor, layer: int, head: int, 
 
 
 def test_head_importance_equals_finite_differences():
-    model = tiny_gpt(num_kv_heads=2)
+    model = tiny_gpt(attention=dict(num_kv_heads=2))
     prune_heads(model, {1: [2, 3]})  # layers of 4 and 2 heads: the scores are padded with NaN
     with torch.no_grad():
         attention_layers(model)[0][1].out_proj.weight[:, 8:16] = 0.0  # head 1 of layer 0 does nothing

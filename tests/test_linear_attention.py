@@ -436,7 +436,8 @@ def test_causal_gradients_save_no_quadratic_tensor():
 
 
 def small_gpt(kernel):
-    config = models.GPTConfig(vocab_size=50, max_seq_len=16, dim=32, num_layers=2, num_heads=4, num_kv_heads=2)
+    config = models.GPTConfig(vocab_size=50, max_seq_len=16, dim=32, num_layers=2,
+                              attention=models.AttentionConfig(num_heads=4, num_kv_heads=2))
     torch.manual_seed(0)
     return set_kernel(models.GPT(config).eval(), kernel)
 

@@ -11,11 +11,12 @@ from helpers import fit, parameters_without_gradient
 
 VARIANTS = {
     "gpt2": dict(),
-    "rope-gqa": dict(positions="rope", num_kv_heads=2, norm="rms", activation="swiglu", bias=False),
-    "alibi-window": dict(positions="alibi", window=3),
-    "rope-window": dict(positions="rope", window=4, tie_embeddings=False),
+    "rope-gqa": dict(positions="rope", attention=dict(num_kv_heads=2, bias=False), norm=dict(kind="rms"),
+                     ffn=dict(activation="swiglu", bias=False)),
+    "alibi-window": dict(positions="alibi", attention=dict(window=3)),
+    "rope-window": dict(positions="rope", attention=dict(window=4), tie_embeddings=False),
     # eval-mode MoE drops nothing, so no token's output depends on the other tokens of the call
-    "moe": dict(moe_layers=(0, 1), num_experts=4, capacity_factor=1.0),
+    "moe": dict(moe=dict(layers=(0, 1), num_experts=4, capacity_factor=1.0)),
 }
 
 
@@ -26,15 +27,16 @@ def tiny(**overrides) -> GPT:
 
 def test_presets_and_overrides():
     config = GPTConfig.preset("llama-tiny", num_layers=2)
-    assert (config.positions, config.norm, config.num_kv_heads, config.num_layers) == ("rope", "rms", 2, 2)
-    with pytest.raises(ValueError, match="moe_layers"):
-        GPTConfig.preset("nano", moe_layers=(7,))
-    with pytest.raises(ValueError, match="GPTConfig.num_heads=5 must divide dim=32"):
-        GPTConfig.preset("nano", dim=32, num_heads=5)
-    with pytest.raises(ValueError, match="num_kv_heads=3 must be a positive int dividing num_heads=4"):
-        GPTConfig.preset("nano", num_kv_heads=3)
-    with pytest.raises(ValueError, match="GPTConfig.window must be a positive int, got 0"):
-        GPTConfig.preset("nano", window=0)
+    assert (config.positions, config.norm.kind, config.attention.num_kv_heads, config.num_layers) == \
+        ("rope", "rms", 2, 2)
+    with pytest.raises(ValueError, match=r"GPTConfig.moe.layers \[7\] are not layer indices"):
+        GPTConfig.preset("nano", moe=dict(layers=(7,)))
+    with pytest.raises(ValueError, match="GPTConfig.attention.num_heads=5 must divide dim=32"):
+        GPTConfig.preset("nano", dim=32, attention=dict(num_heads=5))
+    with pytest.raises(ValueError, match="AttentionConfig.num_kv_heads=3 must divide num_heads=4"):
+        GPTConfig.preset("nano", attention=dict(num_kv_heads=3))
+    with pytest.raises(ValueError, match="AttentionConfig.window must be a positive int, got 0"):
+        GPTConfig.preset("nano", attention=dict(window=0))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -42,7 +44,7 @@ def test_cached_logits_equal_recomputation(variant):
     model = tiny(**VARIANTS[variant]).double()
     ids = torch.randint(0, 61, (2, 12))
     full = model(ids).logits
-    kinds = ["static", "growing"] + (["ring"] if model.config.window is not None else [])
+    kinds = ["static", "growing"] + (["ring"] if model.config.attention.window is not None else [])
     for kind in kinds:
         cache = model.new_cache(kind, max_len=12)
         with torch.no_grad():
@@ -71,7 +73,7 @@ def test_generate_with_cache_left_padding_equals_one_by_one(variant):
 def test_left_padded_cached_logits_equal_unpadded(kind):
     """Per-sequence logits of a left-padded batch decoded through each cache equal each sequence's own
     full forward."""
-    model = tiny(positions="rope", window=3 if kind == "ring" else None).double()
+    model = tiny(positions="rope", attention=dict(window=3 if kind == "ring" else None)).double()
     seqs = [torch.randint(0, 61, (n,)) for n in (9, 5)]
     batch = torch.zeros(2, 9, dtype=torch.long)
     mask = torch.zeros(2, 9, dtype=torch.long)
@@ -133,7 +135,7 @@ def test_length_limits_are_explained():
 
 
 def test_moe_layers_return_aux_loss():
-    model = tiny(moe_layers=(1,), num_experts=4)
+    model = tiny(moe=dict(layers=(1,), num_experts=4))
     out = model(torch.randint(0, 61, (2, 8)))
     assert out.aux_loss is not None and out.aux_loss.item() >= 0.99  # Switch loss: >= 1 up to noise
     assert tiny()(torch.randint(0, 61, (2, 8))).aux_loss is None
@@ -143,7 +145,8 @@ def test_moe_layers_return_aux_loss():
 def test_overfits_a_tiny_batch(kernel):
     """30 Adam steps on 4 fixed sequences: next-token loss from ~log(61) = 4.1 to below 0.3, and every
     parameter receives a gradient."""
-    model = tiny(positions="rope", num_kv_heads=2, moe_layers=(0,), num_experts=2, kernel=kernel).train()
+    model = tiny(positions="rope", attention=dict(num_kv_heads=2), moe=dict(layers=(0,), num_experts=2),
+                 kernel=kernel).train()
     data = torch.randint(0, 61, (4, 12), generator=torch.Generator().manual_seed(1))
 
     def loss_fn():

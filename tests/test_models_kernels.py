@@ -16,7 +16,8 @@ from helpers import small_tiles
 
 def gpt():
     return models.GPT(models.GPTConfig.preset("nano", vocab_size=40, dim=32, num_layers=2, positions="alibi",
-                                              window=5, num_kv_heads=2)), (torch.randint(0, 40, (2, 19)),)
+                                              attention=dict(window=5, num_kv_heads=2))), \
+        (torch.randint(0, 40, (2, 19)),)
 
 
 def gpt_padded():
