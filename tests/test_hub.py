@@ -22,7 +22,7 @@ from attnkit import hub
 from attnkit.hub import CheckpointError
 from attnkit.hub.architectures import architecture_of
 from attnkit.hub.files import write_checkpoint
-from attnkit.models import BERT, GPT, BERTConfig, GPTConfig
+from attnkit.models import BERT, GPT, AttentionConfig, BERTConfig, FeedForwardConfig, GPTConfig
 from helpers import assert_close, magnitude
 
 transformers = pytest.importorskip("transformers")
@@ -145,7 +145,7 @@ def test_bert_masked_lm_checkpoint_builds_the_head_and_warns_about_the_pooler(tm
 def test_gpt2_matches_transformers_left_padded(hf_gpt2, kernel):
     hf, directory = hf_gpt2
     model, _ = hub.load(directory, kernel=kernel)
-    assert isinstance(model, GPT) and not model.training and model.config.activation == "gelu_tanh"
+    assert isinstance(model, GPT) and not model.training and model.config.ffn.activation == "gelu_tanh"
     ids, mask, lengths = left_padded()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)  # transformers takes them from the caller
     with torch.no_grad():
@@ -265,7 +265,8 @@ def _ours_bert() -> BERT:
 
 
 def _ours_gpt() -> GPT:
-    model = GPT(GPTConfig(vocab_size=VOCAB, max_seq_len=32, dim=32, num_layers=2, num_heads=4, hidden=48)).eval()
+    model = GPT(GPTConfig(vocab_size=VOCAB, max_seq_len=32, dim=32, num_layers=2, attention=AttentionConfig(num_heads=4),
+                          ffn=FeedForwardConfig(hidden=48))).eval()
     _peaked(model, 0.2)
     return model
 
@@ -311,10 +312,20 @@ def test_the_rules_cover_every_parameter(make):
     assert set(covered) == untied
 
 
-def test_save_refuses_what_gpt2_cannot_express(tmp_path):
-    model = GPT(GPTConfig.preset("llama-tiny", num_layers=1))
-    with pytest.raises(ValueError, match=r"model: .*positions='rope'.*norm='rms'.*num_kv_heads=2.*'swiglu'"):
+def test_save_refuses_what_no_format_can_express(tmp_path):
+    """ALiBi and mixture-of-experts layers have no Hugging Face model_type here: the error names what the closest
+    format would change; a model_type named explicitly must express the model."""
+    model = GPT(GPTConfig.preset("nano", num_layers=2, positions="alibi", moe={"layers": (1,)}))
+    with pytest.raises(ValueError, match=r"model: .*no supported model_type .*gpt2.*llama.*moe.*positions='alibi'"):
         hub.save(model, tmp_path)
+    llama = GPT(GPTConfig.preset("llama-tiny", num_layers=1))
+    with pytest.raises(ValueError, match=r"model_type='gpt2': .*activation_function='swiglu' is not supported"):
+        hub.save(llama, tmp_path, model_type="gpt2")
+    with pytest.raises(ValueError, match=r"model_type='gpt2': .*positions='rope' \(gpt2 gives 'learned'\)"):
+        hub.save(GPT(GPTConfig.preset("nano", num_layers=1, positions="rope")), tmp_path, model_type="gpt2")
+    with pytest.raises(ValueError, match=r"model_type='bert' cannot hold a GPT; choose one of gpt2, llama"):
+        hub.save(llama, tmp_path, model_type="bert")
+    assert not tmp_path.joinpath("config.json").exists()
     with pytest.raises(TypeError, match="model must be an attnkit BERT or GPT"):
         hub.save(torch.nn.Linear(2, 2), tmp_path)
 

@@ -1,5 +1,6 @@
-"""Hugging Face-style checkpoints in attnkit models: load real weights (BERT, MiniLM, RoBERTa, GPT-2) into
-attnkit's own implementations, and save attnkit models so that ``transformers`` reads them.
+"""Hugging Face-style checkpoints in attnkit models: load real weights (BERT, MiniLM, RoBERTa, GPT-2, and the
+Llama family: Llama, Mistral, Qwen 2/3, Gemma 2/3, Phi-3) into attnkit's own implementations, and save attnkit
+models so that ``transformers`` reads them.
 
     >>> from attnkit import hub
     >>> model, tok = hub.load("sentence-transformers/all-MiniLM-L6-v2")   # bundled: no download
@@ -9,7 +10,8 @@ attnkit's own implementations, and save attnkit models so that ``transformers`` 
     >>> hub.save(gpt, "/tmp/copy", tok)                                   # config.json + model.safetensors
 
 Files: ``resolve`` (name -> directory), ``errors`` (CheckpointError), ``files`` (config.json and weight files),
-``rules`` (tensor mapping machinery), ``architectures`` (BERT / RoBERTa / GPT-2 specifics), ``tokenizer``,
+``rules`` (tensor mapping machinery), ``architectures`` (BERT / RoBERTa / GPT-2 specifics and the table),
+``llama`` (the Llama family), ``rope`` (config.json's RoPE settings), ``tokenizer``,
 ``checkpoint`` (load/save).
 """
 

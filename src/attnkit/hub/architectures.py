@@ -22,6 +22,7 @@ padding_idx + 1 rows (so inputs must be right-padded, as for BERT), and it is sa
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from typing import Any, TypeAlias
 
 from ..models.base import Model
 from ..models.bert import BERT, BERTConfig
-from ..models.gpt import GPT, GPTConfig
+from ..models.gpt import GPT, AttentionConfig, FeedForwardConfig, GPTConfig
+from ..nn.norms import NormConfig
+from . import llama
 from .errors import CheckpointError
 from .rules import Layout, Rule, fused, offset_rows, rename, transposed
 
@@ -177,28 +180,21 @@ def _gpt2_config(hf: dict[str, Any], names: set[str], kernel: str, source: str) 
     if problems:
         raise CheckpointError(source, problems=problems)
     return GPTConfig(vocab_size=hf.get("vocab_size", 50257), max_seq_len=hf.get("n_positions", 1024),
-                     dim=hf.get("n_embd", 768), num_layers=hf.get("n_layer", 12), num_heads=hf.get("n_head", 12),
-                     hidden=hf.get("n_inner"), activation=activation,  # type: ignore[arg-type]
-                     norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
+                     dim=hf.get("n_embd", 768), num_layers=hf.get("n_layer", 12),
+                     attention=AttentionConfig(num_heads=hf.get("n_head", 12)),
+                     ffn=FeedForwardConfig(hidden=hf.get("n_inner"), activation=activation),  # type: ignore[arg-type]
+                     norm=NormConfig("layer", hf.get("layer_norm_epsilon", 1e-5)), dropout=hf.get("resid_pdrop", 0.1),
                      tie_embeddings=hf.get("tie_word_embeddings", True), kernel=kernel)
 
 
 def _gpt2_to_hf(config: GPTConfig) -> dict[str, Any]:
-    """GPT-2's config.json; a ValueError naming every field GPT-2 cannot express."""
-    needed = {"positions": "learned", "norm": "layer", "bias": True, "qk_norm": False, "window": None,
-              "moe_layers": ()}
-    off = [f"{k}={getattr(config, k)!r} (GPT-2 needs {v!r})" for k, v in needed.items() if getattr(config, k) != v]
-    if config.num_kv_heads not in (None, config.num_heads):
-        off.append(f"num_kv_heads={config.num_kv_heads} (GPT-2 has no grouped-query attention)")
-    if config.activation not in _GPT2_NAMES:
-        off.append(f"activation={config.activation!r} (GPT-2 supports {', '.join(_GPT2_NAMES)})")
-    if off:
-        raise ValueError(f"model: this GPT cannot be saved as a Hugging Face GPT-2 checkpoint: {'; '.join(off)}")
+    """GPT-2's config.json (what it cannot express is found by reading it back: see ``unsaved``)."""
     eos = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.max_seq_len, "n_embd": config.dim, "n_layer": config.num_layers,
-            "n_head": config.num_heads, "n_inner": config.hidden, "activation_function": _GPT2_NAMES[config.activation],
-            "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+            "n_head": config.attention.num_heads, "n_inner": config.ffn.hidden,
+            "activation_function": _GPT2_NAMES.get(config.ffn.activation, config.ffn.activation),
+            "layer_norm_epsilon": config.norm.eps, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
             "attn_pdrop": config.dropout, "tie_word_embeddings": config.tie_embeddings, "scale_attn_weights": True,
             "initializer_range": 0.02, "bos_token_id": eos, "eos_token_id": eos}
 
@@ -222,10 +218,45 @@ class Architecture:
     layer_index: re.Pattern[str]
     layers_key: str
     normalize: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda state: state)
+    # whether ``save`` may choose this architecture for any model that ``config_to_hf`` expresses exactly (read
+    # back to the same config); False: only the first architecture of the model's class is written (BERT)
+    round_trips: bool = False
 
     def layers_held(self, names: Iterable[str]) -> int:
         """How many distinct layers the checkpoint tensor ``names`` hold tensors of (at most one per name)."""
         return len({int(m.group(1)) for n in names if (m := self.layer_index.search(n))})
+
+    def unsaved(self, config: HubConfig) -> list[str]:
+        """What of ``config`` this architecture's config.json would lose: each field that reads back otherwise,
+        as ``name=ours (model_type gives theirs)``; empty when it is expressed exactly."""
+        model_type = self.model_types[0]
+        hf = self.config_to_hf(config)
+        try:
+            back = self.config_from_hf(hf, set(), "auto", "config.json")
+        except (TypeError, ValueError) as error:  # CheckpointError included: a value the format cannot hold
+            return [str(error).splitlines()[-1].strip()]
+        ours, theirs = _flat(config.to_dict()), _flat(back.to_dict())
+        return [f"{name}={ours.get(name)!r} ({model_type} gives {theirs.get(name)!r})"
+                for name in sorted(set(ours) | set(theirs))
+                if name != "kernel" and not _same(ours.get(name), theirs.get(name))]
+
+
+def _flat(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config fields as one dict with dotted names ("attention.rope.base")."""
+    flat: dict[str, Any] = {}
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[prefix + name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, floats to 1e-9 relative (a value written as 1/x² and read back as x^-1/2 may differ in its last bit)."""
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return bool(a == b)
 
 
 def _bert_family(name: str, model_types: tuple[str, ...], family: str) -> Architecture:
@@ -235,11 +266,20 @@ def _bert_family(name: str, model_types: tuple[str, ...], family: str) -> Archit
                         partial(_legacy_bert_names, family=family))
 
 
+def _llama_family(name: str, family: llama.Family) -> Architecture:
+    return Architecture(name, (family.model_type,), GPT, llama.config_from_hf, partial(llama.layout, family=family),
+                        partial(llama.config_to_hf, family=family), llama.LAYER_INDEX, "num_hidden_layers",
+                        round_trips=True)
+
+
 ARCHITECTURES = (
     _bert_family("BERT", ("bert",), "bert"),
     _bert_family("RoBERTa", ("roberta", "xlm-roberta"), "roberta"),
     Architecture("GPT-2", ("gpt2",), GPT, _gpt2_config, _gpt2_layout, _gpt2_to_hf, re.compile(r"(?:^|\.)h\.(\d+)\."),
-                 "n_layer"),
+                 "n_layer", round_trips=True),
+    *(_llama_family(name, llama.FAMILIES[t]) for name, t in (
+        ("Llama", "llama"), ("Mistral", "mistral"), ("Qwen 2", "qwen2"), ("Qwen 3", "qwen3"), ("Gemma 2", "gemma2"),
+        ("Gemma 3", "gemma3_text"), ("Phi-3", "phi3"))),
 )
 
 
@@ -254,13 +294,42 @@ def architecture_for(hf: dict[str, Any], source: str) -> Architecture:
     raise CheckpointError(source, problems=[problem])
 
 
-def architecture_of(model: Model) -> Architecture:
-    """The architecture ``save`` writes ``model`` as (BERT for every BERT, GPT-2 for GPT)."""
-    for arch in ARCHITECTURES:
-        if type(model) is arch.model_class:
-            return arch  # the first match: a BERT is saved as BERT, never as RoBERTa
-    raise TypeError(f"model must be an attnkit BERT or GPT to save as a Hugging Face checkpoint, got "
-                    f"{type(model).__name__}")
+def architecture_of(model: Model, model_type: str | None = None, *, preferred: str | None = None) -> Architecture:
+    """The architecture ``save`` writes ``model`` as.
+
+    ``model_type`` names it (a ValueError if it cannot express the model); otherwise ``preferred`` (the
+    model_type the model was loaded from) when it expresses the model exactly, else the first architecture of
+    the model's class that does: a BERT is saved as BERT, never as RoBERTa; a GPT as GPT-2 when GPT-2 expresses
+    it, else as the first of the Llama family that does (llama, mistral, qwen2, ...).
+    """
+    candidates = [a for a in ARCHITECTURES if type(model) is a.model_class]
+    if not candidates:
+        raise TypeError(f"model must be an attnkit BERT or GPT to save as a Hugging Face checkpoint, got "
+                        f"{type(model).__name__}")
+    config = model.config
+    assert isinstance(config, (BERTConfig, GPTConfig))  # the configs of BERT and GPT
+    if model_type is not None:
+        named = [a for a in candidates if model_type in a.model_types]
+        if not named:
+            known = ", ".join(t for a in candidates for t in a.model_types)
+            raise ValueError(f"model_type={model_type!r} cannot hold a {type(model).__name__}; choose one of {known}")
+        lost = named[0].unsaved(config) if named[0].round_trips else []
+        if lost:
+            raise ValueError(f"model: this {type(model).__name__} cannot be saved as model_type={model_type!r}: "
+                             f"{'; '.join(lost)}")
+        return named[0]
+    if not candidates[0].round_trips:
+        return candidates[0]
+    ordered = sorted(candidates, key=lambda a: preferred not in a.model_types)  # stable: the preferred first
+    losses = {a.model_types[0]: a.unsaved(config) for a in ordered}
+    for arch in ordered:
+        if not losses[arch.model_types[0]]:
+            return arch
+    # the format that keeps most; one whose config.json cannot even be read back (an unknown activation) last
+    closest = min(losses, key=lambda t: (losses[t][0].startswith("config.json"), len(losses[t])))
+    raise ValueError(f"model: this {type(model).__name__} cannot be saved as a Hugging Face checkpoint: no supported "
+                     f"model_type ({', '.join(losses)}) expresses it; the closest, {closest}, would change "
+                     f"{'; '.join(losses[closest])}")
 
 
 __all__ = ["Architecture", "ARCHITECTURES", "HubConfig", "architecture_for", "architecture_of"]

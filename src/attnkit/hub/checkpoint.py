@@ -20,6 +20,7 @@ import dataclasses
 import os
 import re
 import warnings
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from torch import Tensor
 from ..files import atomic_directory
 from ..functional.registry import Kernel
 from ..models.base import Model
+from ..models.gpt import GPTConfig
 from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, HubConfig, architecture_for, architecture_of
 from .errors import CheckpointError
@@ -37,6 +39,11 @@ from .files import WEIGHT_FILES, read_config, read_shapes, read_tensors, weight_
 from .resolve import local_path, resolve
 from .rules import check_shapes, to_checkpoint, to_ours
 from .tokenizer import TOKENIZER_FILES, Tokenizer, load_tokenizer
+
+
+# the model_type each loaded model came from: save writes it back as that one when it can (a Mistral whose window
+# was turned off is still saved as a Mistral, not as the Llama that expresses it too)
+_loaded_as: weakref.WeakKeyDictionary[Model, str] = weakref.WeakKeyDictionary()
 
 
 def _stored_dtype(state: dict[str, Tensor]) -> torch.dtype:
@@ -111,6 +118,7 @@ def _load_model(directory: Path, hf_config: dict[str, Any], dtype: torch.dtype |
                       f"initialization (for BERT: pooler_output is meaningless, last_hidden_state is exact)",
                       stacklevel=3)
     model.load_state_dict(_fill(model, ours), strict=True)
+    _loaded_as[model] = arch.model_types[0] if hf_config.get("model_type") is None else hf_config["model_type"]
     return model.to(dtype or _stored_dtype(state)).eval()
 
 
@@ -134,8 +142,9 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
         kernel: the attention kernel every layer uses ("auto", "dense", "sdpa", "tiled" or a kernel object).
 
     Returns:
-        ``(model, tokenizer)``: an :class:`~attnkit.models.BERT` (model_type bert, roberta) or
-        :class:`~attnkit.models.GPT` (gpt2) in eval mode, whose ``forward(input_ids, attention_mask=None)``
+        ``(model, tokenizer)``: an :class:`~attnkit.models.BERT` (model_type bert, roberta, xlm-roberta) or
+        :class:`~attnkit.models.GPT` (gpt2 and the Llama family: llama, mistral, qwen2, qwen3, gemma2,
+        gemma3_text, phi3) in eval mode, whose ``forward(input_ids, attention_mask=None)``
         (attention_mask (B, N): 1 = token, 0 = padding) returns ``.last_hidden_state`` (B, N, dim) or
         ``.logits`` (B, N, vocab); the :class:`Tokenizer`, or None when the directory has no tokenizer files.
 
@@ -188,29 +197,39 @@ def _save_target(directory: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _check_saveable(model: Model, tokenizer: Tokenizer | None) -> Architecture:
-    arch = architecture_of(model)
+def _check_saveable(model: Model, tokenizer: Tokenizer | None, model_type: str | None) -> Architecture:
+    if model_type is not None and not isinstance(model_type, str):
+        raise TypeError(f"model_type must be a str or None, got {type(model_type).__name__}")
+    arch = architecture_of(model, model_type, preferred=_loaded_as.get(model))
     config = model.config
     assert isinstance(config, HubConfig)  # architecture_of accepted the model: a BERT or a GPT
-    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)} - {config.num_heads})
+    heads = config.attention.num_heads if isinstance(config, GPTConfig) else config.num_heads
+    pruned = sorted({m.num_heads for m in model.modules() if isinstance(m, MultiHeadAttention)} - {heads})
     if pruned:
         raise ValueError(f"this model has pruned attention heads (layers with {pruned} heads, config says "
-                         f"{config.num_heads}), which the Hugging Face layout cannot express here; "
+                         f"{heads}), which the Hugging Face layout cannot express here; "
                          f"save it with torch.save(model, path)")
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
         raise TypeError(f"tokenizer must be an attnkit.hub.Tokenizer or None, got {type(tokenizer).__name__}")
     return arch
 
 
-def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None) -> Path:
-    """Write ``model`` (a BERT or a GPT-2-shaped GPT) as a Hugging Face-style checkpoint.
+def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer | None = None, *,
+         model_type: str | None = None) -> Path:
+    """Write ``model`` (a BERT or a GPT) as a Hugging Face-style checkpoint.
 
-    ``directory`` receives config.json (transformers' field names, ``model_type`` "bert" or "gpt2") and
-    model.safetensors under transformers' tensor names (tied weights stored once, as transformers does), and
-    the tokenizer's files when one is given. ``load(save(m))`` gives back the same weights, so bitwise the same
-    outputs, and ``transformers.AutoModel.from_pretrained(directory)`` reads it. A BERT with an MLM head is
-    written as ``BertForMaskedLM`` (its pooler included), otherwise as ``BertModel``; a GPT as
-    ``GPT2LMHeadModel``. A GPT whose options GPT-2 lacks (RoPE, RMSNorm, GQA, ...) raises a ValueError listing them.
+    ``directory`` receives config.json (transformers' field names and ``model_type``) and model.safetensors under
+    transformers' tensor names (tied weights stored once, as transformers does), and the tokenizer's files when
+    one is given. ``load(save(m))`` gives back the same weights, so bitwise the same outputs, and
+    ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (``AutoModel`` for a BERT) reads it. A BERT
+    with an MLM head is written as ``BertForMaskedLM`` (its pooler included), otherwise as ``BertModel``.
+
+    A GPT is written as ``model_type`` when given ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2",
+    "gemma3_text", "phi3"); otherwise as the model_type ``load`` read it from, or else the first of those that
+    expresses its config exactly (a config.json read back gives the same GPTConfig): GPT-2 for learned
+    positions and LayerNorm, Llama for the ``llama-tiny`` layout, Mistral when every layer has a sliding window, and
+    so on. A config that no model_type expresses (ALiBi, mixture-of-experts layers, ...) raises a ValueError naming
+    the fields the closest one would change.
 
     The checkpoint is written whole or not at all: every file goes into a new directory beside ``directory``
     (same filesystem, so its parent must be writable), is fsynced, and the new directory replaces the old one
@@ -229,7 +248,7 @@ def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer |
     Example:
         >>> save(attnkit.models.BERT(attnkit.models.BERTConfig.preset("tiny")), "/tmp/tiny-bert")
     """
-    arch = _check_saveable(model, tokenizer)
+    arch = _check_saveable(model, tokenizer, model_type)
     target = _save_target(directory)
     hf_config = arch.config_to_hf(model.config)
     params = model.state_dict()

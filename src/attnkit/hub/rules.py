@@ -58,11 +58,14 @@ def transposed(hf: str, ours: str, *, in_base: bool = True, optional: bool = Fal
     return Rule(hf, (ours,), lambda t: (t.t(),), lambda ts: ts[0].t(), in_base=in_base, optional=optional)
 
 
-def fused(hf: str, ours: tuple[str, ...], *, transpose: bool) -> Rule:
+def fused(hf: str, ours: tuple[str, ...], *, transpose: bool, sizes: tuple[int, ...] | None = None) -> Rule:
     """One tensor holding several projections side by side along the output features, e.g. GPT-2's
-    ``c_attn`` (dim, 3 * dim) = [q | k | v]; its bias (3 * dim,) splits the same way."""
+    ``c_attn`` (dim, 3 * dim) = [q | k | v]; its bias (3 * dim,) splits the same way. ``sizes``: each part's
+    output features when they differ (Phi-3's qkv_proj with fewer key/value heads); default equal parts."""
     def split(t: Tensor) -> tuple[Tensor, ...]:
-        return (t.t() if transpose else t).chunk(len(ours), dim=0)  # each (out, in) or (out,)
+        whole = t.t() if transpose else t
+        # each (out, in) or (out,)
+        return whole.split(list(sizes), dim=0) if sizes is not None else whole.chunk(len(ours), dim=0)
 
     def join(ts: tuple[Tensor, ...]) -> Tensor:
         whole = torch.cat(ts, dim=0)  # (n * out, in) or (n * out,)

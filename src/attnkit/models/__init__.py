@@ -7,7 +7,7 @@ attention kernel of any of them with ``model.set_kernel(name)`` or the config's 
 
 from .base import Config, Model
 from .bert import BERT, BERTConfig, BERTOutput
-from .gpt import GPT, GPTConfig, GPTOutput
+from .gpt import GPT, AttentionConfig, FeedForwardConfig, GPTConfig, GPTOutput, MoEConfig, RopeConfig
 from .han import HAN, HANConfig, HANOutput
 from .hybrid import HybridConfig, HybridLM, HybridOutput
 from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig, Seq2SeqOutput
@@ -15,7 +15,8 @@ from .transformer import BeamSearchOutput, Transformer, TransformerConfig, Trans
 from .vit import ViT, ViTConfig, ViTOutput
 
 __all__ = [
-    "Config", "Model", "GPT", "GPTConfig", "GPTOutput", "HybridLM", "HybridConfig", "HybridOutput",
+    "Config", "Model", "GPT", "GPTConfig", "GPTOutput", "AttentionConfig", "FeedForwardConfig", "MoEConfig",
+    "RopeConfig", "HybridLM", "HybridConfig", "HybridOutput",
     "HAN", "HANConfig", "HANOutput", "RNNSeq2Seq", "RNNSeq2SeqConfig", "Seq2SeqOutput",
     "Transformer", "TransformerConfig", "TransformerOutput", "BeamSearchOutput", "BERT", "BERTConfig", "BERTOutput",
     "ViT", "ViTConfig", "ViTOutput",

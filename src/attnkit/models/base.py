@@ -20,6 +20,7 @@ class Config:
     """Base of every model config: a dataclass whose ``PRESETS`` maps a name to field overrides.
 
         >>> GPTConfig.preset("gpt2-small", num_layers=2)   # a preset, with overrides
+        >>> GPTConfig.preset("nano", attention={"num_kv_heads": 2})   # a dict updates a sub-config's fields
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -33,7 +34,11 @@ class Config:
         unknown = sorted(set(overrides) - fields)
         if unknown:
             raise TypeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
+        merged = dict(cls.PRESETS[name])
+        for key, value in overrides.items():  # a sub-config given as a dict updates the preset's fields
+            base = merged.get(key)
+            merged[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+        return cls(**merged)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,89 +1,250 @@
-"""GPT: a decoder-only language model (Radford et al. 2019), with the modern options as config fields:
-RoPE or ALiBi instead of learned positions, grouped-query attention, RMSNorm, SwiGLU, sliding windows,
-mixture-of-experts layers. Generation with a KV cache, greedy or sampled.
+"""GPT: a decoder-only language model (Radford et al. 2019) and the Llama family's layout, with the modern options
+in typed sub-configs (attention, feed-forward, norm, mixture of experts): RoPE (with its context-extension
+scalings) or ALiBi instead of learned positions, grouped-query attention, RMSNorm (Gemma's 1 + weight form),
+SwiGLU/GeGLU, per-layer sliding windows, soft-capping, q/k norms, sandwich norms, mixture-of-experts layers.
+Generation with a KV cache, greedy or sampled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import check_int
+from ..functional.checks import check_int, is_positive_finite
+from ..nn.activations import Activation, check_activation
+from ..nn.attention import MultiHeadAttention
 from ..nn.cache import CacheKind, KVCache, make_cache
-from ..nn.layers import Activation, EncoderLayer
+from ..nn.layers import Block, FeedForward
 from ..nn.linear import Linear
 from ..nn.moe import MoE, check_routing
-from ..nn.norms import NormKind, make_norm
+from ..nn.norms import NormConfig
 from ..nn.positions import (
     ALiBiPositions,
     LearnedPositions,
+    RopeScaling,
     RotaryEmbedding,
     default_position_ids,
     position_ids_from_mask,
 )
-from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_heads,
-                   require_kernel, require_positive, require_positive_float)
+from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_kernel,
+                   require_positive, require_positive_float)
 from .sampling import check_prompt, check_sampling, extend, next_token
 
 
 @dataclass
+class RopeConfig:
+    """Rotary positions (``GPTConfig.positions == "rope"``).
+
+    Args:
+        base: the frequency base θ.
+        scaling: a context-extension scheme (:class:`~attnkit.nn.positions.RopeScaling`: linear, dynamic NTK,
+            YaRN, Llama 3, LongRoPE), or None.
+        fraction: the share of each head's features that rotate (partial rotary, e.g. 0.5); the rest pass
+            through unchanged.
+    """
+
+    base: float = 10000.0
+    scaling: RopeScaling | None = None
+    fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scaling, dict):
+            self.scaling = RopeScaling(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.scaling.items()})
+        if not is_positive_finite(self.base):
+            raise ValueError(f"RopeConfig.base must be > 0 and finite, got {self.base!r}")
+        if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 1.0):
+            raise ValueError(f"RopeConfig.fraction must be in (0, 1], got {self.fraction!r}")
+
+    def rotary_dim(self, head_dim: int) -> int:
+        """How many features of a ``head_dim``-wide head rotate (as transformers rounds: down)."""
+        return int(head_dim * self.fraction)
+
+    def make(self, head_dim: int) -> RotaryEmbedding:
+        return RotaryEmbedding(head_dim, self.base, self.scaling, rotary_dim=self.rotary_dim(head_dim))
+
+
+@dataclass
+class AttentionConfig:
+    """The attention of every :class:`GPT` layer.
+
+    Args:
+        num_heads: query heads.
+        num_kv_heads: key/value heads (fewer = grouped-query attention; 1 = multi-query); None = num_heads.
+        head_dim: each head's size; None = dim // num_heads (which must then divide).
+        bias: biases on the q, k, v projections; out_bias: on the output projection (None = ``bias``).
+        qk_norm: RMS-normalize each query and key head (Qwen 3, Gemma 3), with the model's norm settings.
+        rope: the rotary positions (used when ``GPTConfig.positions == "rope"``).
+        local_rope: the rotary positions of the windowed layers when they differ (Gemma 3); None = ``rope``.
+        window: sliding window: each token sees itself and the ``window`` tokens before it; None = no window.
+        window_layers: the layers that use ``window`` (Gemma's alternating local and global layers, Qwen 2's
+            ``max_window_layers``); None = every layer.
+        softcap: logits -> softcap · tanh(logits / softcap) (Gemma 2); None = off.
+        scale: the logit scale; None = 1 / sqrt(head_dim) (Gemma: query_pre_attn_scalar ** -0.5).
+    """
+
+    num_heads: int = 12
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    bias: bool = True
+    out_bias: bool | None = None
+    qk_norm: bool = False
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    local_rope: RopeConfig | None = None
+    window: int | None = None
+    window_layers: tuple[int, ...] | None = None
+    softcap: float | None = None
+    scale: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rope = _sub(RopeConfig, self.rope, "AttentionConfig.rope")
+        if self.local_rope is not None:
+            self.local_rope = _sub(RopeConfig, self.local_rope, "AttentionConfig.local_rope")
+        require_positive(self, "num_heads")
+        for name in ("num_kv_heads", "head_dim", "window"):
+            if getattr(self, name) is not None:
+                require_positive(self, name)
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"AttentionConfig.num_kv_heads={self.num_kv_heads} must divide "
+                             f"num_heads={self.num_heads}")
+        if self.window_layers is not None:
+            self.window_layers = tuple(self.window_layers)
+        for name in ("softcap", "scale"):
+            if getattr(self, name) is not None:
+                require_positive_float(self, name)
+
+    def windowed(self, layer: int) -> bool:
+        """Whether ``layer`` attends through the sliding window."""
+        return self.window is not None and (self.window_layers is None or layer in self.window_layers)
+
+
+@dataclass
+class FeedForwardConfig:
+    """The feed-forward of every :class:`GPT` layer (see ``attnkit.nn.FeedForward``).
+
+    Args:
+        hidden: inner width; None = 4 * dim.
+        activation: "gelu_tanh" (GPT-2), "gelu", "relu", "silu", or gated "swiglu" (Llama), "geglu",
+            "geglu_tanh" (Gemma).
+        bias: biases on the projections.
+    """
+
+    hidden: int | None = None
+    activation: Activation = "gelu_tanh"
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hidden is not None:
+            require_positive(self, "hidden")
+        check_activation(self.activation)
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-experts feed-forwards (``attnkit.nn.MoE``) in the layers ``layers``."""
+
+    layers: tuple[int, ...] = ()
+    num_experts: int = 8
+    top_k: int = 2  # experts each token is routed to
+    capacity_factor: float | None = 1.25  # expert capacity while training; None = unlimited
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(self.layers)
+        check_routing(self.num_experts, self.top_k, self.capacity_factor,
+                      names=("MoEConfig.num_experts", "MoEConfig.top_k", "MoEConfig.capacity_factor"))
+
+
+_S = TypeVar("_S")
+
+
+def _sub(cls: type[_S], value: object, name: str) -> _S:
+    """A sub-config given as itself or as a dict of its fields (what ``to_dict`` and presets hold)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise TypeError(f"{name}: {cls.__name__} has no field(s) {', '.join(unknown)}")
+        return cls(**value)
+    raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
+@dataclass
 class GPTConfig(Config):
-    """Configuration of :class:`GPT`; defaults are GPT-2 small's."""
+    """Configuration of :class:`GPT`; defaults are GPT-2 small's. The parts of each layer are typed
+    sub-configs (a dict of their fields is accepted too, and presets take them as overrides):
+
+        >>> GPTConfig(dim=256, attention=AttentionConfig(num_heads=8, num_kv_heads=2), positions="rope",
+        ...           ffn=FeedForwardConfig(hidden=688, activation="swiglu", bias=False), norm=NormConfig("rms"))
+        >>> GPTConfig.preset("llama-tiny", attention={"window": 128})    # merged into the preset's attention
+    """
 
     vocab_size: int = 50257
     max_seq_len: int = 1024  # longest input; the learned position table's length
     dim: int = 768
     num_layers: int = 12
-    num_heads: int = 12
-    num_kv_heads: int | None = None  # fewer key/value heads = grouped-query attention; None = num_heads
-    hidden: int | None = None  # feed-forward width; None = 4 * dim
     positions: Literal["learned", "rope", "alibi"] = "learned"
-    rope_base: float = 10000.0  # RoPE's frequency base θ (positions="rope")
-    window: int | None = None  # sliding window: each token sees itself and the `window` tokens before it
-    activation: Activation = "gelu_tanh"
-    norm: NormKind = "layer"
-    norm_eps: float = 1e-5
-    bias: bool = True  # biases in projections
-    qk_norm: bool = False  # RMS-normalize query and key heads before attention
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    ffn: FeedForwardConfig = field(default_factory=FeedForwardConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    moe: MoEConfig | None = None
     tie_embeddings: bool = True  # the output head shares the token embedding
-    dropout: float = 0.0
-    moe_layers: tuple[int, ...] = ()  # indices of layers whose feed-forward is a mixture of experts
-    num_experts: int = 8  # experts per MoE layer
-    moe_top_k: int = 2  # experts each token is routed to
-    capacity_factor: float | None = 1.25  # MoE expert capacity while training; None = unlimited
+    embedding_scale: float | None = None  # token embeddings are multiplied by it (Gemma: sqrt(dim))
+    logit_softcap: float | None = None  # final logits -> cap · tanh(logits / cap) (Gemma 2)
+    dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     kernel: str = "auto"  # handed to every attention layer unchanged
 
     PRESETS = {
-        "gpt2-small": dict(dim=768, num_layers=12, num_heads=12),
-        "gpt2-medium": dict(dim=1024, num_layers=24, num_heads=16),
-        "gpt2-large": dict(dim=1280, num_layers=36, num_heads=20),
-        "nano": dict(vocab_size=256, max_seq_len=256, dim=128, num_layers=4, num_heads=4),
-        # a LLaMA-style layout at a small size: RoPE, GQA, RMSNorm, SwiGLU, no biases, untied head
-        "llama-tiny": dict(vocab_size=32000, max_seq_len=2048, dim=256, num_layers=4, num_heads=8, num_kv_heads=2,
-                           hidden=688, positions="rope", activation="swiglu", norm="rms", norm_eps=1e-6,
-                           bias=False, tie_embeddings=False),
+        "gpt2-small": dict(dim=768, num_layers=12, attention=dict(num_heads=12)),
+        "gpt2-medium": dict(dim=1024, num_layers=24, attention=dict(num_heads=16)),
+        "gpt2-large": dict(dim=1280, num_layers=36, attention=dict(num_heads=20)),
+        "nano": dict(vocab_size=256, max_seq_len=256, dim=128, num_layers=4, attention=dict(num_heads=4)),
+        # a Llama-style layout at a small size: RoPE, GQA, RMSNorm, SwiGLU, no biases, untied head
+        "llama-tiny": dict(vocab_size=32000, max_seq_len=2048, dim=256, num_layers=4, positions="rope",
+                           attention=dict(num_heads=8, num_kv_heads=2, bias=False),
+                           ffn=dict(hidden=688, activation="swiglu", bias=False), norm=dict(kind="rms", eps=1e-6),
+                           tie_embeddings=False),
     }
 
     def __post_init__(self) -> None:
-        require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads")
-        require_heads(self, self.dim, self.num_heads, self.num_kv_heads, rope=self.positions == "rope")
+        self.attention = _sub(AttentionConfig, self.attention, "GPTConfig.attention")
+        self.ffn = _sub(FeedForwardConfig, self.ffn, "GPTConfig.ffn")
+        self.norm = _sub(NormConfig, self.norm, "GPTConfig.norm")
+        if self.moe is not None:
+            self.moe = _sub(MoEConfig, self.moe, "GPTConfig.moe")
+        require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers")
         require_dropout(self, "dropout")
-        require_positive_float(self, "norm_eps", "rope_base")  # <= 0 gives NaN logits
         require_kernel(self)
-        self.moe_layers = tuple(self.moe_layers)
-        bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
-        if bad:
-            raise ValueError(f"GPTConfig.moe_layers {bad} are not layer indices 0..{self.num_layers - 1}")
-        check_routing(self.num_experts, self.moe_top_k, self.capacity_factor,
-                      names=("GPTConfig.num_experts", "GPTConfig.moe_top_k", "GPTConfig.capacity_factor"))
         if self.positions not in ("learned", "rope", "alibi"):
             raise ValueError(f"GPTConfig.positions must be 'learned', 'rope' or 'alibi', got {self.positions!r}")
-        if self.window is not None:
-            require_positive(self, "window")
+        a = self.attention
+        if a.head_dim is None and self.dim % a.num_heads:
+            raise ValueError(f"GPTConfig.attention.num_heads={a.num_heads} must divide dim={self.dim} "
+                             f"(or set attention.head_dim)")
+        if self.positions == "rope":
+            for rope in (a.rope, a.local_rope):
+                if rope is not None and rope.rotary_dim(self.head_dim) % 2:
+                    raise ValueError(f"GPTConfig: RoPE rotates pairs, so the rotated part of each head "
+                                     f"({rope.rotary_dim(self.head_dim)} of head_dim={self.head_dim}) must be even")
+        layers = {"attention.window_layers": a.window_layers or (),
+                  "moe.layers": self.moe.layers if self.moe is not None else ()}
+        for name, indices in layers.items():
+            bad = [i for i in indices if not 0 <= i < self.num_layers]
+            if bad:
+                raise ValueError(f"GPTConfig.{name} {bad} are not layer indices 0..{self.num_layers - 1}")
+        for name in ("embedding_scale", "logit_softcap"):
+            if getattr(self, name) is not None:
+                require_positive_float(self, name)
+
+    @property
+    def head_dim(self) -> int:
+        """The size of each attention head."""
+        return self.attention.head_dim or self.dim // self.attention.num_heads
 
 
 @dataclass
@@ -108,36 +269,50 @@ class GPT(Model):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
-        head_dim = c.dim // c.num_heads
         self.token_embedding = nn.Embedding(c.vocab_size, c.dim)
         self.position_embedding = LearnedPositions(c.max_seq_len, c.dim) if c.positions == "learned" else None
         self.dropout = nn.Dropout(c.dropout)
-        self.layers = nn.ModuleList(self._layer(i, head_dim) for i in range(c.num_layers))
-        self.final_norm = make_norm(c.norm, c.dim, c.norm_eps)
+        # one RotaryEmbedding shared by the layers it serves: its angle table (and dynamic scaling's state) is one
+        rope = c.attention.rope.make(c.head_dim) if c.positions == "rope" else None
+        local = c.attention.local_rope
+        local_rope = local.make(c.head_dim) if rope is not None and local is not None else rope
+        self.layers = nn.ModuleList(self._block(i, local_rope if c.attention.windowed(i) else rope)
+                                    for i in range(c.num_layers))
+        self.final_norm = c.norm.make(c.dim)
         self.head = Linear(c.dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.head.weight = self.token_embedding.weight
         self.apply(init_weights)
 
-    def _layer(self, index: int, head_dim: int) -> EncoderLayer:
-        c = self.config
-        hidden = c.hidden or 4 * c.dim
-        positions = RotaryEmbedding(head_dim, c.rope_base) if c.positions == "rope" else \
-            ALiBiPositions(c.num_heads) if c.positions == "alibi" else None
-        ffn = MoE(c.dim, hidden, c.num_experts, c.moe_top_k, capacity_factor=c.capacity_factor,
-                  activation=c.activation, bias=c.bias) if index in c.moe_layers else None
-        return EncoderLayer(c.dim, c.num_heads, hidden, num_kv_heads=c.num_kv_heads, activation=c.activation,
-                            norm=c.norm, eps=c.norm_eps, bias=c.bias, dropout=c.dropout, attn_dropout=c.dropout,
-                            qk_norm=c.qk_norm, positions=positions, kernel=c.kernel, ffn=ffn)
+    def _block(self, index: int, rope: RotaryEmbedding | None) -> Block:
+        c, a, f = self.config, self.config.attention, self.config.ffn
+        positions = ALiBiPositions(a.num_heads) if c.positions == "alibi" else rope
+        qk_norm = (NormConfig("rms", c.norm.eps, unit_offset=c.norm.unit_offset) if c.norm.kind == "rms"
+                   else NormConfig("rms", 1e-6)) if a.qk_norm else False
+        attn = MultiHeadAttention(c.dim, a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim, bias=a.bias,
+                                  out_bias=a.out_bias, dropout=c.dropout, qk_norm=qk_norm, positions=positions,
+                                  kernel=c.kernel, scale=a.scale, softcap=a.softcap)
+        hidden = f.hidden or 4 * c.dim
+        moe = c.moe
+        ffn: nn.Module = MoE(c.dim, hidden, moe.num_experts, moe.top_k, capacity_factor=moe.capacity_factor,
+                             activation=f.activation, bias=f.bias) if moe is not None and index in moe.layers else \
+            FeedForward(c.dim, hidden, activation=f.activation, bias=f.bias)
+        sandwich = c.norm.make(c.dim) if c.norm.sandwich else None, c.norm.make(c.dim) if c.norm.sandwich else None
+        return Block(attn, ffn, c.norm.make(c.dim), c.norm.make(c.dim), post_attn_norm=sandwich[0],
+                     post_ffn_norm=sandwich[1], dropout=c.dropout,
+                     window=(a.window, 0) if a.window is not None and a.windowed(index) else None)
 
     def new_cache(self, kind: CacheKind = "static", *,
                   max_len: int | None = None) -> list[KVCache]:
         """One KV cache per layer. ``"static"`` holds ``max_len`` tokens (default ``max_seq_len``);
-        ``"ring"`` needs ``config.window`` and holds that many past tokens."""
-        if kind == "ring" and self.config.window is None:
-            raise ValueError("a ring cache serves sliding-window models; this GPTConfig has window=None")
+        ``"ring"`` needs ``config.attention.window`` and holds that many past tokens in the windowed layers
+        (the others get a static cache)."""
+        window = self.config.attention.window
+        if kind == "ring" and window is None:
+            raise ValueError("a ring cache serves sliding-window models; this GPTConfig has attention.window=None")
         max_len = self.config.max_seq_len if max_len is None else max_len
-        return [make_cache(kind, max_len=max_len, size=self.config.window) for _ in self.layers]
+        return [make_cache("static" if kind == "ring" and not self.config.attention.windowed(i) else kind,
+                           max_len=max_len, size=window) for i in range(len(self.layers))]
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 cache: list[KVCache] | None = None, position_ids: Tensor | None = None) -> GPTOutput:
@@ -158,16 +333,21 @@ class GPT(Model):
             position_ids = position_ids_from_mask(attention_mask)[:, -n:] if attention_mask is not None else \
                 default_position_ids(b, n, past, input_ids.device)
         x = self.token_embedding(input_ids)  # (B, N, dim)
+        if self.config.embedding_scale is not None:  # rounded to x's dtype first, as Gemma does
+            x = x * torch.tensor(self.config.embedding_scale, dtype=x.dtype)
         if self.position_embedding is not None:
             x = x + self.position_embedding(position_ids)
         x = self.dropout(x)
-        window = None if self.config.window is None else (self.config.window, 0)
         aux: list[Tensor] = []
         for i, layer in enumerate(self.layers):
-            x = layer(x, causal=True, window=window, cache=None if cache is None else cache[i],
-                      position_ids=position_ids, key_padding=attention_mask, aux_losses=aux)
+            x = layer(x, causal=True, cache=None if cache is None else cache[i], position_ids=position_ids,
+                      key_padding=attention_mask, aux_losses=aux)
         x = self.final_norm(x)
-        return GPTOutput(self.head(x), x, torch.stack(aux).sum() if aux else None)
+        logits = self.head(x)
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return GPTOutput(logits, x, torch.stack(aux).sum() if aux else None)
 
     @torch.no_grad()
     def stream(self, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
@@ -187,7 +367,7 @@ class GPT(Model):
         mask = None if attention_mask is None else check_attention_mask(attention_mask)
         cache = None
         if use_cache:
-            kind = cache_kind or ("ring" if self.config.window is not None else "static")
+            kind = cache_kind or ("ring" if self.config.attention.window is not None else "static")
             cache = self.new_cache(kind, max_len=total)
         ids, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
@@ -220,4 +400,4 @@ class GPT(Model):
                                              generator=generator))
 
 
-__all__ = ["GPT", "GPTConfig", "GPTOutput"]
+__all__ = ["GPT", "GPTConfig", "GPTOutput", "AttentionConfig", "FeedForwardConfig", "MoEConfig", "RopeConfig"]

@@ -10,10 +10,10 @@ from .activations import Activation
 from .attention import AttentionCall, MultiHeadAttention, Recorder, set_kernel
 from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, make_cache
 from .classic import AdditiveAttention, AttentionPooling, HierarchicalAttention, HierarchicalOutput, LuongAttention
-from .layers import DecoderLayer, EncoderLayer, FeedForward
+from .layers import Block, DecoderLayer, EncoderLayer, FeedForward
 from .linear import Linear, use_onednn
 from .moe import MoE, MoEStats
-from .norms import RMSNorm, make_norm
+from .norms import NormConfig, RMSNorm, make_norm
 from .positions import (
                         ALiBiPositions,
                         LearnedPositions,
@@ -30,7 +30,7 @@ __all__ = [
     "MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel",
     "StaticCache", "GrowingCache", "RingCache", "ContextCache", "CacheView", "KVCache", "make_cache",
     "Linear", "use_onednn",
-    "FeedForward", "EncoderLayer", "DecoderLayer", "RMSNorm", "make_norm",
+    "FeedForward", "Block", "EncoderLayer", "DecoderLayer", "RMSNorm", "NormConfig", "make_norm",
     "SinusoidalPositions", "LearnedPositions", "RelativePositions", "RotaryEmbedding", "ALiBiPositions",
     "T5RelativeBias", "sinusoidal_table", "position_ids_from_mask", "Activation",
     "MoE", "MoEStats", "SelectiveSSM", "SSMState", "selective_scan_chunked", "selective_scan_reference",

@@ -25,7 +25,7 @@ from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel, get_kernel
 from .cache import CacheView, ContextCache, KVCache, RingCache
 from .linear import Linear
-from .norms import RMSNorm
+from .norms import NormConfig
 from .positions import RelativePositions, default_position_ids
 
 Window = tuple[int | None, int | None]
@@ -89,8 +89,10 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads: key/value heads, dividing ``num_heads`` (default ``num_heads``).
         head_dim: size of each head (default ``dim // num_heads``, which must then divide exactly).
         bias: whether the four projections have biases.
+        out_bias: whether the output projection has one (default ``bias``; Qwen 2 biases q, k, v only).
         dropout: attention-probability dropout while training.
-        qk_norm: RMS-normalize each query and key head before attention (OLMo-2, Qwen-3 style).
+        qk_norm: normalize each query and key head before attention (OLMo-2, Qwen-3 style): True for an
+            RMSNorm, or a :class:`~attnkit.nn.NormConfig` (Gemma 3: ``NormConfig("rms", eps, unit_offset=True)``).
         positions: a relative scheme applied in self-attention: ``RotaryEmbedding``, ``ALiBiPositions``,
             ``T5RelativeBias`` (absolute positions belong to the embedding, not here).
         kernel: handed to ``attnkit.attention`` unchanged: "auto", a registered name or a kernel object.
@@ -104,10 +106,10 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, *, num_kv_heads: int | None = None, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, qk_norm: bool = False,
-                 positions: RelativePositions | None = None, kernel: str | Kernel = "auto",
-                 context_dim: int | None = None, cross_attention: bool = False, scale: float | None = None,
-                 softcap: float | None = None):
+                 bias: bool = True, out_bias: bool | None = None, dropout: float = 0.0,
+                 qk_norm: bool | NormConfig = False, positions: RelativePositions | None = None,
+                 kernel: str | Kernel = "auto", context_dim: int | None = None, cross_attention: bool = False,
+                 scale: float | None = None, softcap: float | None = None):
         super().__init__()
         check_kernel(kernel)
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -121,9 +123,10 @@ class MultiHeadAttention(nn.Module):
         self.q_proj = Linear(dim, num_heads * head_dim, bias=bias)
         self.k_proj = Linear(context_dim, num_kv_heads * head_dim, bias=bias)
         self.v_proj = Linear(context_dim, num_kv_heads * head_dim, bias=bias)
-        self.out_proj = Linear(num_heads * head_dim, dim, bias=bias)
-        self.q_norm = RMSNorm(head_dim) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim) if qk_norm else None
+        self.out_proj = Linear(num_heads * head_dim, dim, bias=bias if out_bias is None else out_bias)
+        norm = NormConfig("rms", 1e-6) if qk_norm is True else qk_norm or None
+        self.q_norm = norm.make(head_dim) if norm is not None else None
+        self.k_norm = norm.make(head_dim) if norm is not None else None
         self.positions = positions
         self._recorders: OrderedDict[int, Recorder] = OrderedDict()
 

@@ -1,6 +1,6 @@
-"""Feed-forward blocks and the two transformer layers: ``EncoderLayer`` (self-attention + FFN; with
-``causal=True`` it is also the decoder-only GPT block) and ``DecoderLayer`` (masked self-attention +
-cross-attention + FFN), each with pre- or post-norm residuals.
+"""Feed-forward blocks and the transformer layers: ``Block`` (self-attention + FFN from the modules given; with
+``causal=True`` it is the decoder-only GPT block), ``EncoderLayer`` (a Block built from sizes) and ``DecoderLayer``
+(masked self-attention + cross-attention + FFN), each with pre- or post-norm residuals.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class FeedForward(nn.Module):
 
     Args:
         dim: input and output width; hidden: inner width.
-        activation: "gelu" (exact), "gelu_tanh" (GPT-2's approximation), "relu", "silu", "swiglu", "geglu".
+        activation: "gelu" (exact), "gelu_tanh" (GPT-2's approximation), "relu", "silu", "swiglu", "geglu",
+            "geglu_tanh" (GeGLU with the tanh approximation, Gemma's).
         bias: biases on the projections; dropout: on the output.
     """
 
@@ -56,27 +57,30 @@ def _ffn_output(ffn: nn.Module, x: Tensor, aux_losses: list[Tensor] | None) -> T
     return out
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention then feed-forward, each in a residual branch.
+class Block(nn.Module):
+    """Self-attention then feed-forward, each in a residual branch, built from the modules it is given.
 
-    ``norm_first=True`` (pre-norm, GPT-2 and most modern models): x + f(norm(x)).
-    ``norm_first=False`` (post-norm, the 2017 Transformer and BERT): norm(x + f(x)).
-    ``ffn`` replaces the FeedForward (e.g. an ``attnkit.nn.MoE``); its auxiliary loss goes to the
-    ``aux_losses`` list passed to forward.
+    ``norm_first=True`` (pre-norm, GPT-2 and most modern models): x + f(norm(x)); with ``post_attn_norm`` and
+    ``post_ffn_norm`` (Gemma 2 and 3's "sandwich"), each branch's output is normalized too:
+    x + post_norm(f(norm(x))). ``norm_first=False`` (post-norm, the 2017 Transformer and BERT): norm(x + f(x)).
+    ``window``: this block's sliding window (``(left, right)`` as in ``attnkit.attention``), for models whose
+    layers differ (Gemma's alternating local and global layers); a window passed to ``forward`` replaces it.
+    ``ffn`` may be an ``attnkit.nn.MoE``: its auxiliary loss goes to the ``aux_losses`` list passed to forward.
+
+        >>> block = Block(MultiHeadAttention(64, 4), FeedForward(64, 256), nn.LayerNorm(64), nn.LayerNorm(64))
+        >>> block(torch.randn(2, 10, 64), causal=True).shape
+        torch.Size([2, 10, 64])
     """
 
-    def __init__(self, dim: int, num_heads: int, hidden: int, *, num_kv_heads: int | None = None,
-                 head_dim: int | None = None, activation: Activation = "gelu", norm: NormKind = "layer",
-                 norm_first: bool = True, eps: float = 1e-5, bias: bool = True, dropout: float = 0.0,
-                 attn_dropout: float = 0.0, qk_norm: bool = False, positions: RelativePositions | None = None,
-                 kernel: str | Kernel = "auto", ffn: nn.Module | None = None):
+    def __init__(self, attn: MultiHeadAttention, ffn: nn.Module, attn_norm: nn.Module, ffn_norm: nn.Module, *,
+                 post_attn_norm: nn.Module | None = None, post_ffn_norm: nn.Module | None = None,
+                 norm_first: bool = True, dropout: float = 0.0, window: Window | None = None):
         super().__init__()
-        self.norm_first = norm_first
-        self.attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, bias=bias,
-                                       dropout=attn_dropout, qk_norm=qk_norm, positions=positions, kernel=kernel)
-        self.attn_norm = make_norm(norm, dim, eps)
-        self.ffn = ffn if ffn is not None else FeedForward(dim, hidden, activation=activation, bias=bias)
-        self.ffn_norm = make_norm(norm, dim, eps)
+        if not norm_first and (post_attn_norm is not None or post_ffn_norm is not None):
+            raise ValueError("post_attn_norm and post_ffn_norm (sandwich norms) need norm_first=True")
+        self.norm_first, self.window = norm_first, window
+        self.attn, self.attn_norm, self.ffn, self.ffn_norm = attn, attn_norm, ffn, ffn_norm
+        self.post_attn_norm, self.post_ffn_norm = post_attn_norm, post_ffn_norm
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, *, mask: Tensor | Mask | None = None, causal: bool = False,
@@ -85,6 +89,8 @@ class EncoderLayer(nn.Module):
                 aux_losses: list[Tensor] | None = None) -> Tensor:
         """x (B, N, dim) -> (B, N, dim); the options (``bias``: an additive tensor, an ``attnkit.bias`` object or
         a score function) go to ``MultiHeadAttention.forward``."""
+        window = self.window if window is None else window
+
         def attend(h: Tensor) -> Tensor:
             return self.dropout(self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
                                           position_ids=position_ids, key_padding=key_padding, bias=bias))
@@ -92,11 +98,31 @@ class EncoderLayer(nn.Module):
         def feed(h: Tensor) -> Tensor:
             return self.dropout(_ffn_output(self.ffn, h, aux_losses))
 
-        if self.norm_first:
-            x = x + attend(self.attn_norm(x))
-            return x + feed(self.ffn_norm(x))
-        x = self.attn_norm(x + attend(x))
-        return self.ffn_norm(x + feed(x))
+        if not self.norm_first:
+            x = self.attn_norm(x + attend(x))
+            return self.ffn_norm(x + feed(x))
+        h = attend(self.attn_norm(x))
+        x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
+        h = feed(self.ffn_norm(x))
+        return x + (h if self.post_ffn_norm is None else self.post_ffn_norm(h))
+
+
+class EncoderLayer(Block):
+    """A :class:`Block` built from sizes: ``MultiHeadAttention`` and ``FeedForward`` (or the ``ffn`` given, e.g. an
+    ``attnkit.nn.MoE``) with two norms of kind ``norm``. Pre-norm by default (``norm_first=True``); BERT and the
+    2017 Transformer are post-norm.
+    """
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, *, num_kv_heads: int | None = None,
+                 head_dim: int | None = None, activation: Activation = "gelu", norm: NormKind = "layer",
+                 norm_first: bool = True, eps: float = 1e-5, bias: bool = True, dropout: float = 0.0,
+                 attn_dropout: float = 0.0, qk_norm: bool = False, positions: RelativePositions | None = None,
+                 kernel: str | Kernel = "auto", ffn: nn.Module | None = None):
+        attn = MultiHeadAttention(dim, num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, bias=bias,
+                                  dropout=attn_dropout, qk_norm=qk_norm, positions=positions, kernel=kernel)
+        ffn = ffn if ffn is not None else FeedForward(dim, hidden, activation=activation, bias=bias)
+        super().__init__(attn, ffn, make_norm(norm, dim, eps), make_norm(norm, dim, eps), norm_first=norm_first,
+                         dropout=dropout)
 
 
 class DecoderLayer(nn.Module):
@@ -145,4 +171,4 @@ class DecoderLayer(nn.Module):
         return x
 
 
-__all__ = ["FeedForward", "EncoderLayer", "DecoderLayer", "Activation"]
+__all__ = ["FeedForward", "Block", "EncoderLayer", "DecoderLayer", "Activation"]
