@@ -265,8 +265,8 @@ def _ours_bert() -> BERT:
 
 
 def _ours_gpt() -> GPT:
-    model = GPT(GPTConfig(vocab_size=VOCAB, max_seq_len=32, dim=32, num_layers=2, attention=AttentionConfig(num_heads=4),
-                          ffn=FeedForwardConfig(hidden=48))).eval()
+    model = GPT(GPTConfig(vocab_size=VOCAB, max_seq_len=32, dim=32, num_layers=2,
+                          attention=AttentionConfig(num_heads=4), ffn=FeedForwardConfig(hidden=48))).eval()
     _peaked(model, 0.2)
     return model
 

