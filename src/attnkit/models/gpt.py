@@ -349,6 +349,15 @@ class GPT(Model):
             logits = torch.tanh(logits / cap) * cap
         return GPTOutput(logits, x, torch.stack(aux).sum() if aux else None)
 
+    def _rope_switch(self) -> int | None:
+        """The trained context of a LongRoPE model, past which its frequencies change; None for any other."""
+        a = self.config.attention
+        for rope in (a.rope, a.local_rope):
+            if self.config.positions == "rope" and rope is not None and rope.scaling is not None \
+                    and rope.scaling.kind == "longrope":
+                return rope.scaling.original_max_len
+        return None
+
     @torch.no_grad()
     def stream(self, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -370,7 +379,17 @@ class GPT(Model):
             kind = cache_kind or ("ring" if self.config.attention.window is not None else "static")
             cache = self.new_cache(kind, max_len=total)
         ids, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        switch = self._rope_switch()
+        history = input_ids if switch is not None and cache is not None else None  # every token so far
         for _ in range(max_new_tokens):
+            if switch is not None and history is not None and cache is not None \
+                    and 0 < cache[0].length <= switch < history.shape[1]:
+                # LongRoPE changes every frequency once the sequence outgrows the trained context: the cached keys
+                # were rotated with the short factors, so the whole sequence is encoded again (as transformers'
+                # Phi-3 does), and the cache holds long-factor keys from then on
+                for layer_cache in cache:
+                    layer_cache.reset()
+                ids = history
             logits = self(ids, mask, cache=cache).logits[:, -1]  # (B, V)
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_token_id is not None:
@@ -379,6 +398,8 @@ class GPT(Model):
             yield token
             # with a cache the next forward takes only the new token; without, the whole sequence again
             ids = token[:, None] if use_cache else torch.cat((ids, token[:, None]), dim=1)
+            if history is not None:
+                history = torch.cat((history, token[:, None]), dim=1)
             if mask is not None:
                 mask = torch.cat((mask, mask.new_ones(b, 1)), dim=1)
             if eos_token_id is not None and bool(done.all()):
