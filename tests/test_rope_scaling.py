@@ -221,21 +221,44 @@ def _calls(trained: int) -> list[torch.Tensor]:
             span(trained + 4, trained + 5), span(trained - 1, trained), span(0, 3)]
 
 
-# Whether transformers' frequencies differ from the trained ones after each call of _calls: dynamic grows past
-# the trained length, keeps what it grew to while L <= the longest seen (and L == trained is not "shorter"),
-# and resets only for L < trained; longrope picks long or short afresh at every call.
-STATE = {"dynamic": [0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0], "longrope": [0, 1, 1, 1, 1, 0, 0, 1, 0, 1, 0, 0]}
+# Whether transformers' frequencies differ from the trained ones after each call of _calls: longrope picks long or
+# short afresh at every call.
+LONGROPE_STATE = [0, 1, 1, 1, 1, 0, 0, 1, 0, 1, 0, 0]
 
 
-@pytest.mark.parametrize("name", ["dynamic", "partial-dynamic", "longrope", "partial-longrope"])
-def test_stateful_scaling_follows_transformers_through_generation(name):
+@pytest.mark.parametrize("name", ["longrope", "partial-longrope"])
+def test_longrope_follows_transformers_through_calls(name):
     case = CASES[name]
     ours, hf = case.rope(), hf_module(case.config())
     changed = []
     for step, position_ids in enumerate(_calls(case.trained)):
         check_float64(ours, hf, position_ids, f"{name}, call {step} (positions up to {int(position_ids.max())})")
         changed.append(int(not torch.equal(hf.inv_freq, hf.original_inv_freq)))
-    assert changed == STATE[name.removeprefix("partial-")]
+    assert changed == LONGROPE_STATE
+
+
+@pytest.mark.parametrize("name", ["dynamic", "partial-dynamic"])
+def test_dynamic_follows_transformers_through_generation(name):
+    """Decoding: a prefill shorter than the trained length, then one token per call past it; positions only grow,
+    so one transformers module (which keeps the longest length it has seen) and ours agree at every step."""
+    case = CASES[name]
+    ours, hf = case.rope(), hf_module(case.config())
+    calls = [torch.arange(case.trained - 3)[None]] + [torch.tensor([[t]]) for t in range(case.trained - 3,
+                                                                                          case.trained + 6)]
+    for step, position_ids in enumerate(calls):
+        check_float64(ours, hf, position_ids, f"{name}, step {step} (position {int(position_ids.max())})")
+    assert not torch.equal(hf.inv_freq, hf.original_inv_freq)  # the steps went past the trained length
+
+
+@pytest.mark.parametrize("name", ["dynamic", "partial-dynamic"])
+def test_dynamic_depends_on_each_call_alone(name):
+    """Unlike transformers' module, ours keeps no history: each call equals a fresh transformers module's, also
+    a short input after a long one (which transformers would rotate with the long input's frequencies)."""
+    case = CASES[name]
+    ours = case.rope()
+    for step, position_ids in enumerate(_calls(case.trained)):
+        check_float64(ours, hf_module(case.config()), position_ids,
+                      f"{name}, call {step} (positions up to {int(position_ids.max())})")
 
 
 def counting_angles(rope: RotaryEmbedding) -> list[int]:

@@ -117,7 +117,7 @@ class RopeScaling:
 
     - ``"linear"``: position interpolation, every frequency / ``factor``.
     - ``"ntk"``: base · factor^(d / (d - 2)), d the rotary dimension.
-    - ``"dynamic"``: NTK with the factor grown from the longest input seen (stateful, see ``RotaryEmbedding``).
+    - ``"dynamic"``: NTK with the factor grown from each input's length (see ``RotaryEmbedding``).
     - ``"yarn"``: frequencies that turn fewer than ``beta_slow`` times over the trained context are divided by
       ``factor``, those that turn more than ``beta_fast`` times are kept, a linear ramp between; cos and sin
       are multiplied by ``attention_factor``.
@@ -300,11 +300,12 @@ class RotaryEmbedding(RelativePositions):
         rotary_dim: partial rotary (GPT-NeoX, Phi): only the first ``rotary_dim`` (even, <= head_dim) features
             of each head rotate, half-split among themselves; the rest pass unchanged. Default head_dim.
 
-    Stateful like transformers' ``dynamic_rope_update``, once per ``rotate`` call, with L = max(position_ids) + 1:
-    ``"dynamic"`` recomputes its frequencies for L when L exceeds the longest input so far (starting at
-    ``original_max_len``), keeps them while L does not exceed it, and returns to the trained ones when
-    L < original_max_len; ``"longrope"`` uses ``long_factor`` when L > original_max_len, else ``short_factor``,
-    decided afresh at each call. Keys already in a KV cache keep the rotation they were given.
+    Each ``rotate`` call picks its frequencies from L = max(position_ids) + 1 alone: ``"dynamic"`` uses the trained
+    ones while L <= original_max_len and frequencies grown for L beyond; ``"longrope"`` uses ``long_factor`` when
+    L > original_max_len, else ``short_factor``. Keys already in a KV cache keep the rotation they were given.
+    Decoding therefore gives what transformers' ``dynamic_rope_update`` gives (its positions only grow there),
+    while a forward never depends on the calls before it (transformers keeps the longest L it has seen: a short
+    input after a long one is rotated with the long input's frequencies).
 
         >>> rope = RotaryEmbedding(96, 10000.0, RopeScaling("longrope", 32.0, original_max_len=4096,
         ...                        short_factor=(1.0,) * 24, long_factor=(4.0,) * 24), rotary_dim=48)
@@ -333,7 +334,6 @@ class RotaryEmbedding(RelativePositions):
         self._trained = rope_frequencies(rotary_dim, base, self.scaling)
         self._set: str | float = "trained"
         self._frequencies, self._scale = self._trained
-        self._longest = float(self.scaling.original_max_len or 0) if self.scaling is not None else 0.0
         # cos and sin (already times the attention factor) of positions 0 .. P-1 per (frequency set, dtype,
         # device), computed in float64 and grown by doubling: every decoding step looks positions up instead of
         # recomputing float64 trigonometry. A plain attribute, not a buffer, so that module.half() cannot round it.
@@ -359,12 +359,8 @@ class RotaryEmbedding(RelativePositions):
         trained = s.original_max_len
         if s.kind == "longrope":
             chosen: str | float = "long" if longest > trained else "trained"
-        elif longest > self._longest:  # grow
-            chosen = self._longest = longest
-        elif longest < trained and self._longest > trained:  # back to the trained frequencies
-            chosen, self._longest = "trained", float(trained)
-        else:
-            return
+        else:  # dynamic: grown for this call's longest position only
+            chosen = longest if longest > trained else "trained"
         if chosen != self._set:
             self._set = chosen
             self._frequencies, self._scale = self._trained if chosen == "trained" else \
