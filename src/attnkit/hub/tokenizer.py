@@ -13,14 +13,20 @@ to), else ``model_max_length`` from ``tokenizer_config.json``; ``encode`` trunca
     ['[CLS]', 'hello', 'world', '!', '[SEP]']
     >>> tok.decode(ids[0], skip_special_tokens=True)
     'hello world!'
+
+Chat models keep a Jinja chat template in ``config["chat_template"]`` (tokenizer_config.json's, or a GGUF file's
+``tokenizer.chat_template``); ``apply_chat_template`` renders a conversation with it as transformers does and
+``chat_ids`` gives the ids ``transformers``' ``apply_chat_template(..., tokenize=True)`` gives.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tokenizers
 import torch
@@ -31,6 +37,9 @@ from ..functional.checks import check_int
 from ..files import atomic_path, write_text
 from .errors import CheckpointError
 from .files import read_json
+
+if TYPE_CHECKING:
+    import jinja2
 
 Side = Literal["right", "left"]
 _NO_LIMIT = 10 ** 12  # transformers writes int(1e30) for "no limit"
@@ -123,6 +132,84 @@ def _built(source: Path, what: str, build: Callable[[], tokenizers.Tokenizer]) -
     except Exception as error:  # tokenizers raises plain Exception ("expected `,` at line 1 column 5")
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(str(source), problems=[f"{what} ({reason})"]) from error
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_template(source: str) -> jinja2.Template:
+    """A chat template compiled in the environment transformers renders chat templates in
+    (``utils/chat_template_utils.py``): a sandbox in which the template cannot change its inputs, block tags that
+    take their line's indentation and newline with them, ``raise_exception``, ``strftime_now``, a ``tojson`` that
+    keeps non-ASCII text, a ``namespace`` without underscore attributes, loop controls, and ``{% generation %}``
+    blocks (which mark the assistant's text for training masks and render as their content)."""
+    try:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as error:  # a dependency of torch, so normally present
+        raise ImportError("chat templates need jinja2: pip install jinja2") from error
+
+    class GenerationTag(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> list[jinja2.nodes.Node]:
+            next(parser.stream)  # the tag's name
+            return list(parser.parse_statements(("name:endgeneration",), drop_needle=True))
+
+    class Namespace(jinja2.utils.Namespace):
+        def __setitem__(self, name: str, value: Any) -> None:
+            if name.startswith("_"):  # no way into the interpreter's internals through a namespace
+                raise jinja2.exceptions.SecurityError(f"a chat template cannot set {name!r} on a namespace")
+            super().__setitem__(name, value)
+
+    def namespace(*args: Any, **kwargs: Any) -> Namespace:
+        bad = [name for name in dict(*args, **kwargs) if isinstance(name, str) and name.startswith("_")]
+        if bad:
+            raise jinja2.exceptions.SecurityError(f"a chat template cannot set {bad[0]!r} on a namespace")
+        return Namespace(*args, **kwargs)
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    class Dict:  # dict(...) and dict.fromkeys(...), and nothing else of the dict type
+        def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any) -> dict[Any, Any]:
+            return dict.fromkeys(*args)
+
+    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, namespace=namespace,
+                       strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                       dict=Dict())
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as error:
+        raise ValueError(f"the chat template is not valid Jinja (line {error.lineno}: {error.message})") from None
+
+
+def _plain_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The conversation as fresh dicts of strings (what the template sees: nothing else can reach the sandbox);
+    keys whose value is None are dropped, as transformers drops them."""
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got "
+                        f"{type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages is empty: a conversation needs at least one message")
+    plain = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{i}] must be a dict, got {type(message).__name__}")
+        kept = {k: v for k, v in message.items() if v is not None}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in kept.items()):
+            raise TypeError(f"messages[{i}] must map strings to strings, got {message!r}")
+        plain.append({str(k): str(v) for k, v in kept.items()})
+    return plain
 
 
 def _stored_limit(value: Any) -> int | None:
@@ -253,6 +340,65 @@ class Tokenizer:
                                  f"at a time")
             ids = ids.tolist()
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template of ``config["chat_template"]``; None when the tokenizer has none. Of a list of
+        named templates (older tokenizer_config.json files), the one named "default", as transformers picks."""
+        template = self.config.get("chat_template")
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        return template if isinstance(template, str) else None
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *,
+                            add_generation_prompt: bool = True) -> str:
+        """A conversation as the text the model was trained on, rendered with its chat template exactly as
+        ``transformers``' ``apply_chat_template(messages, tokenize=False)`` renders it (the same sandboxed Jinja
+        environment; the special tokens ``bos_token``, ``eos_token``, ... as variables).
+
+        Args:
+            messages: ``[{"role": "system" | "user" | "assistant", "content": text}, ...]``, at least one.
+            add_generation_prompt: end with the header of an assistant turn, for the model to write the reply
+                (transformers' default is False; here True, since generating is what this is for).
+
+        Raises:
+            ValueError: the tokenizer has no chat template; an empty conversation; a template that is not valid
+                Jinja, refuses the conversation (``raise_exception``, e.g. roles that do not alternate) or tries
+                something the sandbox forbids.
+            TypeError: a message that is not a dict of strings.
+
+        Example:
+            >>> model, tok = hub.load("HuggingFaceTB/SmolLM2-135M-Instruct")
+            >>> print(tok.apply_chat_template([{"role": "user", "content": "Hi"}]))
+            <|im_start|>system
+            You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>
+            <|im_start|>user
+            Hi<|im_end|>
+            <|im_start|>assistant
+            <BLANKLINE>
+        """
+        template = self.chat_template
+        if template is None:
+            raise ValueError("this tokenizer has no chat template (config['chat_template']): it is not a chat "
+                             "model's, or its checkpoint keeps the template elsewhere")
+        plain = _plain_messages(messages)
+        compiled = _compiled_template(template)
+        import jinja2  # importable: _compiled_template imported it
+
+        variables = {name: self.special_tokens[name] for name in _SPECIAL_NAMES if name in self.special_tokens}
+        try:
+            return compiled.render(messages=plain, tools=None, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **variables)
+        except jinja2.TemplateError as error:  # raise_exception's message, or the sandbox's SecurityError
+            raise ValueError(f"the chat template refused the conversation: {error}") from None
+
+    def chat_ids(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+        """The token ids of ``apply_chat_template(messages)``: the special tokens come from the template (none
+        are added) and nothing is truncated, as ``transformers``' ``apply_chat_template(..., tokenize=True)``.
+        ``torch.tensor([ids])`` is a prompt (1, N) for ``GPT.generate``."""
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.ids([text], truncation=False, add_special_tokens=False)[0]
 
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json and tokenizer_config.json (and sentence_bert_config.json when the truncation
