@@ -1,5 +1,5 @@
 """The one thing pyproject.toml cannot say: the optional C extension behind the tiled kernel's native
-forward (src/attnkit/csrc/tiled_fwd.c). It needs neither Python's nor PyTorch's headers, and
+forward (src/attnkit/csrc/tiled_fwd.c) and the decoding matmuls (src/attnkit/csrc/gemv.c). It needs neither Python's nor PyTorch's headers, and
 ``optional=True`` lets attnkit install without a C compiler, keeping the PyTorch path."""
 
 from setuptools import Extension, setup
@@ -8,7 +8,7 @@ setup(
     ext_modules=[
         Extension(
             "attnkit._native",
-            sources=["src/attnkit/csrc/tiled_fwd.c"],
+            sources=["src/attnkit/csrc/tiled_fwd.c", "src/attnkit/csrc/gemv.c"],
             extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", "-fopenmp"],
             # resolves at run time to the libgomp.so.1 PyTorch ships and has loaded: its thread pool
             extra_link_args=["-fopenmp"],

@@ -54,12 +54,12 @@ def test_gradients_small_sizes_float64_and_switched_off_take_f_linear():
     out.sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     small = _layer(32, 32)
-    tiny = torch.randn(2, 32)
+    tiny = torch.randn(9, 32)  # more rows than a decoding step's C matmul takes
     with torch.no_grad():
         assert not linear_module._large(tiny, small.weight)  # below the crossover: F.linear
         assert torch.equal(small(tiny), F.linear(tiny, small.weight, small.bias))
         double = _layer(768, 1024, dtype=torch.float64)
-        xd = torch.randn(3, 768, dtype=torch.float64)
+        xd = torch.randn(3, 768, dtype=torch.float64)  # float64: neither the C matmul nor oneDNN
         assert torch.equal(double(xd), F.linear(xd, double.weight, double.bias))
         previous = use_onednn(False)
         try:

@@ -19,7 +19,7 @@ from ..functional.checks import check_int, is_positive_finite
 from ..nn.activations import Activation, check_activation
 from ..nn.attention import MultiHeadAttention
 from ..nn.cache import CacheKind, KVCache, make_cache
-from ..nn.layers import Block, FeedForward
+from ..nn.layers import Block, FeedForward, dropped
 from ..nn.linear import Linear
 from ..nn.moe import MoE, check_routing
 from ..nn.norms import NormConfig
@@ -337,7 +337,7 @@ class GPT(Model):
             x = x * torch.tensor(self.config.embedding_scale, dtype=x.dtype)
         if self.position_embedding is not None:
             x = x + self.position_embedding(position_ids)
-        x = self.dropout(x)
+        x = dropped(self.dropout, x)
         aux: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             x = layer(x, causal=True, cache=None if cache is None else cache[i], position_ids=position_ids,

@@ -23,7 +23,7 @@ from ..functional.bias import ALiBi, Bias, as_bias
 from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel, get_kernel
-from .cache import CacheView, ContextCache, KVCache, RingCache
+from .cache import CacheView, ContextCache, KVCache, RingCache, stream_positions
 from .linear import Linear
 from .norms import NormConfig
 from .positions import RelativePositions, default_position_ids
@@ -186,7 +186,7 @@ class MultiHeadAttention(nn.Module):
             k, v = self._context_kv(context, cache)
             mask = _with_key_padding(mask, key_padding, k.shape[2])
             call = AttentionCall(q, k, mask, causal, window, bias, self.scale, self.softcap,
-                                 torch.arange(k.shape[2], device=k.device))
+                                 stream_positions(k.shape[2], k.device))
         else:
             call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias)
         for recorder in list(self._recorders.values()):
@@ -229,7 +229,7 @@ class MultiHeadAttention(nn.Module):
                 position_ids = default_position_ids(b, n, cache.length if cache is not None else 0, x.device)
             q, k = self.positions.rotate(position_ids, q, k)
         view = cache.update(k, v) if cache is not None else \
-            CacheView(k, v, torch.arange(n, device=x.device), ordered=True)
+            CacheView(k, v, stream_positions(n, x.device), ordered=True)
         q_pos = view.positions[-n:]
         if view.ordered:
             mask = _with_key_padding(mask, key_padding, view.k.shape[2])

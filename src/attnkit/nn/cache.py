@@ -25,6 +25,19 @@ from torch import Tensor
 from ..functional.checks import check_int
 
 
+_POSITIONS: dict[torch.device, Tensor] = {}
+
+
+def stream_positions(n: int, device: torch.device) -> Tensor:
+    """0 .. n-1 (long) on ``device``: a view of one shared table grown by doubling, so that every layer of every
+    decoding step does not build its own. Read-only: do not write into it."""
+    table = _POSITIONS.get(device)
+    if table is None or table.shape[0] < n:
+        table = _POSITIONS[device] = torch.arange(max(n, 2 * (0 if table is None else table.shape[0]), 1024),
+                                                  device=device)
+    return table[:n]
+
+
 @dataclass
 class CacheView:
     """The keys and values to attend over after an update."""
@@ -89,8 +102,7 @@ class _Buffered(_Stored):
         k_buf[:, :, self.length: end] = k
         v_buf[:, :, self.length: end] = v
         self.length = end
-        positions = torch.arange(end, device=k.device)
-        return CacheView(k_buf[:, :, :end], v_buf[:, :, :end], positions, ordered=True)
+        return CacheView(k_buf[:, :, :end], v_buf[:, :, :end], stream_positions(end, k.device), ordered=True)
 
 
 class StaticCache(_Buffered):

@@ -18,6 +18,12 @@ from .norms import NormKind, make_norm
 from .positions import RelativePositions
 
 
+def dropped(dropout: nn.Dropout, x: Tensor) -> Tensor:
+    """``dropout(x)``, skipped (not even called) where it does nothing: in eval mode or with p = 0. A decoding
+    step passes through a few dropouts per layer; each module call costs more than the step's small tensors."""
+    return dropout(x) if dropout.training and dropout.p > 0 else x
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP: ``down(act(up(x)))``, or gated ``down(act(gate(x)) * up(x))`` for SwiGLU/GeGLU
     (Shazeer 2020).
@@ -44,7 +50,7 @@ class FeedForward(nn.Module):
             hidden = GATED[self.activation](self.gate(x)) * self.up(x)
         else:
             hidden = PLAIN[self.activation](self.up(x))
-        return self.dropout(self.down(hidden))
+        return dropped(self.dropout, self.down(hidden))
 
 
 def _ffn_output(ffn: nn.Module, x: Tensor, aux_losses: list[Tensor] | None) -> Tensor:
@@ -92,11 +98,11 @@ class Block(nn.Module):
         window = self.window if window is None else window
 
         def attend(h: Tensor) -> Tensor:
-            return self.dropout(self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
+            return dropped(self.dropout, self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
                                           position_ids=position_ids, key_padding=key_padding, bias=bias))
 
         def feed(h: Tensor) -> Tensor:
-            return self.dropout(_ffn_output(self.ffn, h, aux_losses))
+            return dropped(self.dropout, _ffn_output(self.ffn, h, aux_losses))
 
         if not self.norm_first:
             x = self.attn_norm(x + attend(x))
@@ -156,14 +162,14 @@ class DecoderLayer(nn.Module):
         to the self-attention, as in ``EncoderLayer``.
         """
         def attend_self(h: Tensor) -> Tensor:
-            return self.dropout(self.self_attn(h, mask=mask, causal=causal, cache=cache, position_ids=position_ids,
-                                               key_padding=key_padding, bias=bias))
+            return dropped(self.dropout, self.self_attn(h, mask=mask, causal=causal, cache=cache,
+                                                        position_ids=position_ids, key_padding=key_padding, bias=bias))
 
         def attend_context(h: Tensor) -> Tensor:
-            return self.dropout(self.cross_attn(h, context, cache=context_cache, key_padding=context_padding))
+            return dropped(self.dropout, self.cross_attn(h, context, cache=context_cache, key_padding=context_padding))
 
         def feed(h: Tensor) -> Tensor:
-            return self.dropout(_ffn_output(self.ffn, h, aux_losses))
+            return dropped(self.dropout, _ffn_output(self.ffn, h, aux_losses))
 
         for branch, norm in ((attend_self, self.self_norm), (attend_context, self.cross_norm),
                              (feed, self.ffn_norm)):

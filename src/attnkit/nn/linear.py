@@ -8,7 +8,12 @@ when nothing needs a gradient — float32 or bfloat16 CPU tensors, under ``torch
 ``torch.inference_mode()`` or with frozen weights — and ``F.linear`` otherwise, so training and autograd
 are untouched. Results are float32 matmuls either way (they differ from MKL's in the last bits only).
 
-``use_onednn(False)`` turns the path off (e.g. to compare); it is off where the op does not exist.
+A decoding step multiplies one to eight rows by each weight: there both read the weights at about half the
+memory bandwidth, so those rows go to attnkit's own C matmul instead (``functional.kernels.native.gemv``: the
+weight read once, front to back, by both threads), which reads them at about the speed of ``torch.sum``.
+
+``use_onednn(False)`` turns both inference paths off (e.g. to compare); oneDNN's is off where the op does not
+exist, the C matmul's where the extension was not built or the CPU lacks AVX-512 (or ``ATTNKIT_NATIVE=0``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..functional.kernels import native
 
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _enabled = _AVAILABLE
@@ -41,15 +48,33 @@ def _large(x: Tensor, weight: Tensor) -> bool:
     return size >= 1 << 19 or size * (x.numel() // max(1, x.shape[-1])) >= 1 << 22
 
 
+def _rows(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
+    """A decoding step's few rows through attnkit's C matmul (``native.gemv``: the weight read once, at memory
+    speed), or None when it does not take them."""
+    rows = x.numel() // x.shape[-1]
+    if not 1 <= rows <= native.GEMV_ROWS or (x.dtype != torch.float32 and x.dtype != weight.dtype):
+        return None
+    flat = x.reshape(rows, x.shape[-1])
+    y = native.gemv(flat if x.dtype == torch.float32 else flat.float(), weight)
+    if y is None:
+        return None
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``; through oneDNN when no gradient is needed and the product is large
-    enough to gain (see the module docstring)."""
+    """``F.linear(x, weight, bias)``; when no gradient is needed, a decoding step's few rows through attnkit's C
+    matmul and large products through oneDNN (see the module docstring)."""
     if (_enabled and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.numel() > 0 and weight.is_contiguous()
-            and _large(x, weight)
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        y = _rows(x, weight, bias)
+        if y is not None:
+            return y
+        if _large(x, weight):
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

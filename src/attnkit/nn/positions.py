@@ -338,6 +338,9 @@ class RotaryEmbedding(RelativePositions):
         # device), computed in float64 and grown by doubling: every decoding step looks positions up instead of
         # recomputing float64 trigonometry. A plain attribute, not a buffer, so that module.half() cannot round it.
         self._tables: dict[tuple[str, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        # the last position_ids rotated by (and its version), their range, and their cos/sin rows by (set, dtype)
+        self._memo: tuple[Tensor, int, float, float, dict[tuple[str | float, torch.dtype], tuple[Tensor, Tensor]]] \
+            | None = None
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base}, scaling={self.scaling}"
@@ -384,19 +387,27 @@ class RotaryEmbedding(RelativePositions):
         for x in xs:
             if x.shape[-1] != self.head_dim:
                 raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
-        low, high = (float(v) for v in torch.aminmax(position_ids)) if position_ids.numel() else (0.0, 0.0)
+        # every layer of a model rotates by the same position_ids tensor: its range and its cos/sin rows are
+        # looked up once per forward, not once per layer
+        memo = self._memo
+        if memo is None or memo[0] is not position_ids or memo[1] != position_ids._version:
+            low, high = (float(v) for v in torch.aminmax(position_ids)) if position_ids.numel() else (0.0, 0.0)
+            memo = self._memo = (position_ids, position_ids._version, low, high, {})
+        _, _, low, high, rows = memo
         if position_ids.numel():
             self._follow(high + 1)
-        tables: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         out = []
         r, half = self.rotary_dim, self.rotary_dim // 2
         for x in xs:
-            if x.dtype not in tables:
-                tables[x.dtype] = self._lookup(position_ids, x.dtype, low, high)
-            cos, sin = tables[x.dtype]
+            key = (self._set, x.dtype)
+            if key not in rows:
+                cos, sin = self._lookup(position_ids, x.dtype, low, high)
+                rows[key] = cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+            cos, signed_sin = rows[key]
             turning = x[..., :r]  # (B, H, N, R)
-            rotated = torch.cat((-turning[..., half:], turning[..., :half]), dim=-1)
-            y = turning * cos + rotated * sin
+            # rotate_half(x) · sin = [x2, x1] · [-sin, sin] (the sign moved onto sin: the same products, bitwise)
+            swapped = torch.cat((turning[..., half:], turning[..., :half]), dim=-1)
+            y = turning * cos + swapped * signed_sin
             out.append(y if r == self.head_dim else torch.cat((y, x[..., r:]), dim=-1))  # (B, H, N, D)
         return tuple(out)
 

@@ -66,6 +66,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         return None, "this CPU lacks AVX-512"
     lib.attnkit_tiled_fwd.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
     lib.attnkit_tiled_fwd.restype = ctypes.c_int
+    if hasattr(lib, "attnkit_gemv"):
+        lib.attnkit_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, _i64, _i64, ctypes.c_void_p, _i64, _i64,
+                                     ctypes.c_void_p, _i64, ctypes.c_int]
+        lib.attnkit_gemv.restype = ctypes.c_int
     return lib, ""
 
 
@@ -74,6 +78,30 @@ def status() -> str:
     if os.environ.get("ATTNKIT_NATIVE", "1") == "0":
         return "turned off by ATTNKIT_NATIVE=0"
     return _library()[1]
+
+
+GEMV_ROWS = 8  # the most rows of x attnkit_gemv takes (a decoding step's batch)
+_GEMV_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the weight types it reads; x and y are float32
+
+
+def gemv(x: Tensor, weight: Tensor) -> Tensor | None:
+    """``x @ weight.T`` for x (rows, in) float32 with 1 <= rows <= GEMV_ROWS and a contiguous float32 or bfloat16
+    ``weight`` (out, in), in C (csrc/gemv.c: the weight read once, at memory speed); None when the extension
+    cannot take it (not built, no AVX-512, turned off by ATTNKIT_NATIVE=0, other shapes or types). No autograd:
+    for inference only."""
+    rows = x.shape[0]
+    if (x.dim() != 2 or not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or weight.dim() != 2
+            or weight.dtype not in _GEMV_DTYPES or x.device.type != "cpu" or weight.device.type != "cpu"
+            or not weight.is_contiguous() or x.stride(1) != 1 or weight.shape[1] != x.shape[1]):
+        return None
+    lib, why = _library()
+    if lib is None or not hasattr(lib, "attnkit_gemv") or os.environ.get("ATTNKIT_NATIVE", "1") == "0":
+        return None
+    out = weight.shape[0]
+    y = x.new_empty(rows, out)
+    status = lib.attnkit_gemv(weight.data_ptr(), _GEMV_DTYPES[weight.dtype], out, weight.shape[1], x.data_ptr(),
+                              x.stride(0), rows, y.data_ptr(), out, torch.get_num_threads())
+    return y if status == 0 else None
 
 
 def serves(req: AttentionRequest, backward: bool = False) -> bool:

@@ -1,0 +1,101 @@
+/* y = x Wᵀ for the few rows of a decoding step, on x86-64 CPUs with AVX-512 (plain C with OpenMP, called through
+ * ctypes like tiled_fwd.c).
+ *
+ * Decoding multiplies one to eight rows by every weight matrix of the model, so a step is bound by reading the
+ * weights from memory once; PyTorch's CPU matmuls stream them at about half the memory bandwidth for so few
+ * rows (benchmarks/RESULTS.md). Here each thread takes a contiguous band of W's rows (output features) and
+ * reads it once, front to back: R rows at a time, 16 input features per vector, every row of x against each
+ * loaded vector (x stays in L1), so W is read exactly once however many rows x has. R x B accumulators stay in
+ * registers (R = 8 for one row of x, fewer for more); the tail of the input features is a masked load.
+ *
+ * W is float32 or bfloat16 (widened as read: bf16 is the top half of a float32); x and y are float32. The sums
+ * run in float32 with fused multiply-adds, 16 lanes, then a lane reduction: the rounding differs from a BLAS in
+ * the last bits only. */
+
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#include <omp.h>
+
+#define GEMV_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define GEMV_INLINE static inline __attribute__((always_inline))
+
+GEMV_INLINE GEMV_TARGET __m512 load_w(const void *w, int64_t offset, int bf16, __mmask16 m) {
+    if (bf16) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + offset);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_maskz_loadu_ps(m, (const float *)w + offset);
+}
+
+/* y[b, o .. o+R) for b < B: rows o .. o+R of W against the B rows of x. */
+#define PANEL(R, B)                                                                                              \
+    GEMV_INLINE GEMV_TARGET void panel_##R##_##B(const void *w, int bf16, int64_t in, const float *x,           \
+                                                 int64_t x_stride, float *y, int64_t y_stride, int64_t o) {      \
+        __m512 acc[R][B];                                                                                         \
+        for (int r = 0; r < R; r++)                                                                               \
+            for (int b = 0; b < B; b++) acc[r][b] = _mm512_setzero_ps();                                         \
+        for (int64_t i = 0; i < in; i += 16) {                                                                    \
+            const __mmask16 m = in - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - i)) - 1);           \
+            __m512 xv[B];                                                                                         \
+            for (int b = 0; b < B; b++) xv[b] = _mm512_maskz_loadu_ps(m, x + b * x_stride + i);                  \
+            for (int r = 0; r < R; r++) {                                                                         \
+                const __m512 wv = load_w(w, (o + r) * in + i, bf16, m);                                          \
+                for (int b = 0; b < B; b++) acc[r][b] = _mm512_fmadd_ps(wv, xv[b], acc[r][b]);                  \
+            }                                                                                                     \
+        }                                                                                                         \
+        for (int r = 0; r < R; r++)                                                                               \
+            for (int b = 0; b < B; b++) y[b * y_stride + o + r] = _mm512_reduce_add_ps(acc[r][b]);              \
+    }
+
+PANEL(8, 1) PANEL(1, 1)
+PANEL(4, 2) PANEL(1, 2)
+PANEL(4, 3) PANEL(1, 3)
+PANEL(4, 4) PANEL(1, 4)
+PANEL(2, 5) PANEL(1, 5)
+PANEL(2, 6) PANEL(1, 6)
+PANEL(2, 7) PANEL(1, 7)
+PANEL(2, 8) PANEL(1, 8)
+
+/* Rows lo .. hi of W (a band): panels of R rows, then single rows. */
+#define BAND(R, B)                                                                                               \
+    for (o = lo; o + R <= hi; o += R) panel_##R##_##B(w, bf16, in, x, x_stride, y, y_stride, o);                \
+    for (; o < hi; o++) panel_1_##B(w, bf16, in, x, x_stride, y, y_stride, o);                                  \
+    break;
+
+/* y (B, out) = x (B, in) · W (out, in)ᵀ. W contiguous, element type: bf16 = 0 float32, 1 bfloat16; rows of x and y
+ * ``x_stride`` / ``y_stride`` floats apart; 1 <= B <= 8. Returns 0, or 1 for a B it does not take. */
+GEMV_TARGET int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, const float *x, int64_t x_stride,
+                             int64_t B, float *y, int64_t y_stride, int threads) {
+    if (B < 1 || B > 8) return 1;
+    if (threads < 1 || out < 64 * threads) threads = 1; /* a small matrix is not worth waking the other threads */
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t lo = out * t / n / 8 * 8, hi = t == n - 1 ? out : out * (t + 1) / n / 8 * 8;
+        int64_t o;
+        switch (B) {
+            case 1: BAND(8, 1)
+            case 2: BAND(4, 2)
+            case 3: BAND(4, 3)
+            case 4: BAND(4, 4)
+            case 5: BAND(2, 5)
+            case 6: BAND(2, 6)
+            case 7: BAND(2, 7)
+            default: BAND(2, 8)
+        }
+    }
+    return 0;
+}
+
+#else
+
+int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, const float *x, int64_t x_stride, int64_t B,
+                 float *y, int64_t y_stride, int threads) {
+    (void)w, (void)bf16, (void)out, (void)in, (void)x, (void)x_stride, (void)B, (void)y, (void)y_stride;
+    (void)threads;
+    return 2; /* not built for this CPU: the caller uses PyTorch */
+}
+
+#endif
