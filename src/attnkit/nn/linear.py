@@ -25,15 +25,17 @@ from torch import Tensor, nn
 from ..functional.kernels import native
 
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_enabled = _AVAILABLE
+_switched_on = True  # use_onednn's setting: both inference paths (the C matmul and oneDNN)
+_enabled = _AVAILABLE  # oneDNN's path: switched on and available
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def use_onednn(enabled: bool) -> bool:
     """Turn the oneDNN inference path on or off for every ``Linear``; returns the previous setting. Turning it
     on where PyTorch lacks the op leaves it off."""
-    global _enabled
-    previous, _enabled = _enabled, bool(enabled) and _AVAILABLE
+    global _enabled, _switched_on
+    previous, _switched_on = _enabled, bool(enabled)
+    _enabled = _switched_on and _AVAILABLE
     return previous
 
 
@@ -66,14 +68,14 @@ def _rows(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``; when no gradient is needed, a decoding step's few rows through attnkit's C
     matmul and large products through oneDNN (see the module docstring)."""
-    if (_enabled and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
+    if (_switched_on and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.numel() > 0 and weight.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))):
         y = _rows(x, weight, bias)
         if y is not None:
             return y
-        if _large(x, weight):
+        if _enabled and _large(x, weight):
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 

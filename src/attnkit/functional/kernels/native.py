@@ -89,8 +89,10 @@ def gemv(x: Tensor, weight: Tensor) -> Tensor | None:
     ``weight`` (out, in), in C (csrc/gemv.c: the weight read once, at memory speed); None when the extension
     cannot take it (not built, no AVX-512, turned off by ATTNKIT_NATIVE=0, other shapes or types). No autograd:
     for inference only."""
+    if x.dim() != 2:
+        return None
     rows = x.shape[0]
-    if (x.dim() != 2 or not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or weight.dim() != 2
+    if (not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or weight.dim() != 2
             or weight.dtype not in _GEMV_DTYPES or x.device.type != "cpu" or weight.device.type != "cpu"
             or not weight.is_contiguous() or x.stride(1) != 1 or weight.shape[1] != x.shape[1]):
         return None
