@@ -64,32 +64,61 @@ PANEL(2, 8) PANEL(1, 8)
     for (; o < hi; o++) panel_1_##B(w, bf16, in, x, x_stride, y, y_stride, o);                                  \
     break;
 
-/* y (B, out) = x (B, in) · W (out, in)ᵀ. W contiguous, element type: bf16 = 0 float32, 1 bfloat16; rows of x and y
- * ``x_stride`` / ``y_stride`` floats apart; 1 <= B <= 8. Returns 0, or 1 for a B it does not take. */
-GEMV_TARGET int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, const float *x, int64_t x_stride,
-                             int64_t B, float *y, int64_t y_stride, int threads) {
+GEMV_INLINE GEMV_TARGET void band(const void *w, int bf16, int64_t in, const float *x, int64_t x_stride, int64_t B,
+                                  float *y, int64_t y_stride, int64_t lo, int64_t hi) {
+    int64_t o;
+    switch (B) {
+        case 1: BAND(8, 1)
+        case 2: BAND(4, 2)
+        case 3: BAND(4, 3)
+        case 4: BAND(4, 4)
+        case 5: BAND(2, 5)
+        case 6: BAND(2, 6)
+        case 7: BAND(2, 7)
+        default: BAND(2, 8)
+    }
+}
+
+/* y (B, sum of outs) = x (B, in) · [W_0; W_1; ...]ᵀ for ``count`` weights W_m (outs[m], in), each contiguous, side by
+ * side in y's columns (a layer's q, k and v projections in one call: one fork of the threads instead of three).
+ * Element type of every W: bf16 = 0 float32, 1 bfloat16; rows of x and y ``x_stride`` / ``y_stride`` floats apart;
+ * 1 <= B <= 8. Each thread takes a band of every W (bands of multiples of 8 rows). Returns 0, or 1 for a B it does
+ * not take. */
+GEMV_TARGET int attnkit_gemv_many(int64_t count, const void *const *ws, const int64_t *outs, int bf16, int64_t in,
+                                  const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride,
+                                  int threads) {
     if (B < 1 || B > 8) return 1;
-    if (threads < 1 || out < 64 * threads) threads = 1; /* a small matrix is not worth waking the other threads */
+    int64_t total = 0;
+    for (int64_t m = 0; m < count; m++) total += outs[m];
+    if (threads < 1 || total < 64 * threads) threads = 1; /* a small product is not worth waking the other threads */
 #pragma omp parallel num_threads(threads)
     {
         const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t lo = out * t / n / 8 * 8, hi = t == n - 1 ? out : out * (t + 1) / n / 8 * 8;
-        int64_t o;
-        switch (B) {
-            case 1: BAND(8, 1)
-            case 2: BAND(4, 2)
-            case 3: BAND(4, 3)
-            case 4: BAND(4, 4)
-            case 5: BAND(2, 5)
-            case 6: BAND(2, 6)
-            case 7: BAND(2, 7)
-            default: BAND(2, 8)
+        int64_t column = 0;
+        for (int64_t m = 0; m < count; m++) {
+            const int64_t out = outs[m];
+            const int64_t lo = out * t / n / 8 * 8, hi = t == n - 1 ? out : out * (t + 1) / n / 8 * 8;
+            band(ws[m], bf16, in, x, x_stride, B, y + column, y_stride, lo, hi);
+            column += out;
         }
     }
     return 0;
 }
 
+/* One weight: y (B, out) = x (B, in) · W (out, in)ᵀ (see attnkit_gemv_many). */
+GEMV_TARGET int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, const float *x, int64_t x_stride,
+                             int64_t B, float *y, int64_t y_stride, int threads) {
+    return attnkit_gemv_many(1, &w, &out, bf16, in, x, x_stride, B, y, y_stride, threads);
+}
+
 #else
+
+int attnkit_gemv_many(int64_t count, const void *const *ws, const int64_t *outs, int bf16, int64_t in,
+                      const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride, int threads) {
+    (void)count, (void)ws, (void)outs, (void)bf16, (void)in, (void)x, (void)x_stride, (void)B, (void)y;
+    (void)y_stride, (void)threads;
+    return 2; /* not built for this CPU: the caller uses PyTorch */
+}
 
 int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, const float *x, int64_t x_stride, int64_t B,
                  float *y, int64_t y_stride, int threads) {

@@ -70,6 +70,10 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         lib.attnkit_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, _i64, _i64, ctypes.c_void_p, _i64, _i64,
                                      ctypes.c_void_p, _i64, ctypes.c_int]
         lib.attnkit_gemv.restype = ctypes.c_int
+    if hasattr(lib, "attnkit_gemv_many"):
+        lib.attnkit_gemv_many.argtypes = [_i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, _i64,
+                                          ctypes.c_void_p, _i64, _i64, ctypes.c_void_p, _i64, ctypes.c_int]
+        lib.attnkit_gemv_many.restype = ctypes.c_int
     return lib, ""
 
 
@@ -89,20 +93,31 @@ def gemv(x: Tensor, weight: Tensor) -> Tensor | None:
     ``weight`` (out, in), in C (csrc/gemv.c: the weight read once, at memory speed); None when the extension
     cannot take it (not built, no AVX-512, turned off by ATTNKIT_NATIVE=0, other shapes or types). No autograd:
     for inference only."""
-    if x.dim() != 2:
+    return gemv_many(x, (weight,))
+
+
+def gemv_many(x: Tensor, weights: Sequence[Tensor]) -> Tensor | None:
+    """``x @ cat(weights).T`` without the concatenation: the products with each weight side by side in one
+    (rows, sum of outs) result, in one call (a layer's q, k and v). Each weight as in :func:`gemv`, all of one
+    dtype and width; None when the extension cannot take them."""
+    if x.dim() != 2 or not weights:
         return None
-    rows = x.shape[0]
-    if (not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or weight.dim() != 2
-            or weight.dtype not in _GEMV_DTYPES or x.device.type != "cpu" or weight.device.type != "cpu"
-            or not weight.is_contiguous() or x.stride(1) != 1 or weight.shape[1] != x.shape[1]):
+    rows, dtype = x.shape[0], weights[0].dtype
+    if (not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or dtype not in _GEMV_DTYPES
+            or x.device.type != "cpu" or x.stride(1) != 1
+            or any(w.dim() != 2 or w.dtype != dtype or w.device.type != "cpu" or not w.is_contiguous()
+                   or w.shape[1] != x.shape[1] for w in weights)):
         return None
     lib, why = _library()
-    if lib is None or not hasattr(lib, "attnkit_gemv") or os.environ.get("ATTNKIT_NATIVE", "1") == "0":
+    if lib is None or not hasattr(lib, "attnkit_gemv_many") or os.environ.get("ATTNKIT_NATIVE", "1") == "0":
         return None
-    out = weight.shape[0]
-    y = x.new_empty(rows, out)
-    status = lib.attnkit_gemv(weight.data_ptr(), _GEMV_DTYPES[weight.dtype], out, weight.shape[1], x.data_ptr(),
-                              x.stride(0), rows, y.data_ptr(), out, torch.get_num_threads())
+    outs = [w.shape[0] for w in weights]
+    total = sum(outs)
+    y = x.new_empty(rows, total)
+    count = len(weights)
+    status = lib.attnkit_gemv_many(count, (ctypes.c_void_p * count)(*(w.data_ptr() for w in weights)),
+                                   (_i64 * count)(*outs), _GEMV_DTYPES[dtype], x.shape[1], x.data_ptr(),
+                                   x.stride(0), rows, y.data_ptr(), total, torch.get_num_threads())
     return y if status == 0 else None
 
 
