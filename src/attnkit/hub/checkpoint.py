@@ -16,13 +16,14 @@ directory as a whole, or leaves it as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +91,6 @@ def _check_fits(arch: Architecture, config: HubConfig, shapes: dict[str, tuple[i
     check_shapes(shapes, arch.layout(config), shaped.state_dict(), source, problems)
 
 
-def _fill(model: Model, ours: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A complete state dict: tied names (e.g. the GPT head = token embedding) take their source's tensor,
-    parameters that the checkpoint left out (optional ones) keep their current value."""
-    params = model.state_dict(keep_vars=True)
-    first: dict[int, str] = {}
-    for name, tensor in params.items():
-        first.setdefault(id(tensor), name)
-    return {name: ours.get(name, ours.get(first[id(tensor)], tensor)) for name, tensor in params.items()}
-
-
 def _build(arch: Architecture, hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]],
            read: Callable[[], dict[str, Tensor]], sources: tuple[str, str], dtype: torch.dtype | None,
            kernel: str | Kernel) -> Model:
@@ -111,17 +102,66 @@ def _build(arch: Architecture, hf_config: dict[str, Any], shapes: dict[str, tupl
     config = _config(arch, hf_config, set(shapes), kernel, config_file)
     _check_fits(arch, config, shapes, weights_file)
     state = read()
-    model = arch.model_class(config)
-    if not isinstance(kernel, str):
-        model.set_kernel(kernel)
-    ours, absent = to_ours(state, arch.layout(model.config), model.state_dict(), weights_file)
+    layout = arch.layout(config)
+    with torch.device("meta"):  # the parameters' shapes and names only: nothing of the model's size allocated
+        shaped = arch.model_class(config).state_dict()
+    ours, absent = to_ours(state, layout, shaped, weights_file)
     if absent:
         warnings.warn(f"{weights_file}: no {', '.join(absent)} in the checkpoint; those parameters keep their random "
                       f"initialization (for BERT: pooler_output is meaningless, last_hidden_state is exact)",
                       stacklevel=4)
-    model.load_state_dict(_fill(model, ours), strict=True)
+        model = arch.model_class(config)  # initialized: the absent parameters need values
+    else:
+        with _uninitialized():  # every parameter is about to take a checkpoint tensor: no values written twice
+            model = arch.model_class(config)
+    if not isinstance(kernel, str):
+        model.set_kernel(kernel)
+    _take(model, ours)
     _loaded_as[model] = arch.model_types[0] if hf_config.get("model_type") is None else hf_config["model_type"]
     return model.to(dtype or _stored_dtype(state)).eval()
+
+
+@contextlib.contextmanager
+def _uninitialized() -> Iterator[None]:
+    """Build modules without writing their initial values (torch.nn.init's functions do nothing): the parameters'
+    pages are then never touched, and the checkpoint's tensors take their place without the memory of a second
+    copy (transformers' no_init_weights does the same)."""
+    names = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+             "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def _take(model: Model, ours: dict[str, Tensor]) -> None:
+    """Make the checkpoint's tensors ``ours`` the model's parameters and buffers, without a copy (one that is not
+    contiguous is made so: the fast matmuls want contiguous weights). Tied names (the GPT head = the token
+    embedding) stay one parameter, whichever of their names the checkpoint gives; names it lacks keep their
+    current value. ``load`` casts the model to one dtype afterwards."""
+    params = model.state_dict(keep_vars=True)
+    names: dict[int, list[str]] = {}
+    for name, tensor in params.items():
+        names.setdefault(id(tensor), []).append(name)
+    for group in names.values():
+        new = next((ours[name] for name in group if name in ours), None)
+        if new is None:
+            continue
+        old = params[group[0]]
+        value = new.detach().contiguous()
+        shared = torch.nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, torch.nn.Parameter) \
+            else value
+        for name in group:
+            owner_name, _, attribute = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            if isinstance(shared, torch.nn.Parameter):
+                setattr(owner, attribute, shared)
+            else:
+                owner.register_buffer(attribute, shared, persistent=attribute not in owner._non_persistent_buffers_set)
 
 
 def _load_model(path: Path, dtype: torch.dtype | None, kernel: str | Kernel) -> tuple[Model, Tokenizer | None]:
