@@ -15,6 +15,7 @@ from torch import Tensor
 
 from attnkit.functional.kernels import native
 from attnkit.nn import Linear
+from attnkit.nn.linear import linears
 from helpers import assert_close, baseline_atol, magnitude
 
 
@@ -316,3 +317,53 @@ def test_training_never_takes_gemv_and_has_float64_gradients(monkeypatch):
     x = torch.randn(2, 70, generator=_gen(17), requires_grad=True)
     frozen = _layer(70, 90, False, seed=18).requires_grad_(False)
     assert frozen(x).grad_fn is not None  # x alone requiring grad also keeps autograd
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# several weights in one call: native.gemv_many and nn.linear.linears
+
+
+@needs_gemv
+@pytest.mark.parametrize("n_threads", [1, 2], ids=lambda n: f"{n}thr")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=DTYPE_IDS.get)
+def test_gemv_many_is_the_separate_products_side_by_side(dtype, n_threads, threads):
+    """Each weight's columns of the result are bitwise what gemv gives it alone (every row runs the same sums,
+    whatever band or panel it falls in), and all of them match float64."""
+    threads(n_threads)
+    for outs, n_in in (((64, 16, 16), 48), ((7, 9, 130), 33), ((576, 192, 192), 576), ((1,), 1)):
+        weights = [_weight(out, n_in, dtype, seed=20 + i) for i, out in enumerate(outs)]
+        for rows in range(1, native.GEMV_ROWS + 1):
+            x = _padded_x(rows, n_in, seed=rows)
+            y = native.gemv_many(x, weights)
+            assert y is not None and y.shape == (rows, sum(outs)), f"outs={outs}, rows={rows}"
+            start = 0
+            for w in weights:
+                alone = native.gemv(x, w)
+                assert alone is not None
+                assert torch.equal(y[:, start:start + w.shape[0]], alone), f"outs={outs}, rows={rows}"
+                _check(y[:, start:start + w.shape[0]].contiguous(), x, w, f"outs={outs}, rows={rows}")
+                start += w.shape[0]
+
+
+def test_gemv_many_refuses_mixed_weights():
+    x = torch.randn(2, 16)
+    assert native.gemv_many(x, []) is None
+    assert native.gemv_many(x, [torch.randn(8, 16), torch.randn(8, 16).bfloat16()]) is None  # two dtypes
+    assert native.gemv_many(x, [torch.randn(8, 16), torch.randn(8, 17)]) is None  # two widths
+    assert native.gemv_many(x, [torch.randn(8, 16), torch.randn(16, 8).T]) is None  # one not contiguous
+
+
+@needs_gemv
+def test_linears_equal_the_layers_and_stay_out_of_training():
+    layers = [_layer(40, out, bias, seed=30 + out) for out, bias in ((24, True), (8, False), (8, True))]
+    for rows in (1, 3, 8):
+        x = torch.randn(rows, 1, 40, generator=_gen(rows))
+        with torch.no_grad():
+            together = linears(x, layers)
+            assert together is not None
+            for layer, y in zip(layers, together):
+                assert torch.equal(y, layer(x)) and y.shape == (rows, 1, layer.out_features)
+    x = torch.randn(9, 1, 40)
+    with torch.no_grad():
+        assert linears(x, layers) is None  # more rows than a decoding step: the caller calls the layers
+    assert linears(torch.randn(2, 1, 40), layers) is None  # the weights want gradients

@@ -24,7 +24,7 @@ from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
 from ..functional.registry import Kernel, get_kernel
 from .cache import CacheView, ContextCache, KVCache, RingCache, stream_positions
-from .linear import Linear
+from .linear import Linear, linears
 from .norms import NormConfig
 from .positions import RelativePositions, default_position_ids
 
@@ -139,14 +139,17 @@ class MultiHeadAttention(nn.Module):
         self._recorders[handle.id] = recorder
         return handle
 
-    def _heads(self, x: Tensor, proj: nn.Linear, heads: int) -> Tensor:
+    def _heads(self, x: Tensor, proj: nn.Linear, heads: int, projected: Tensor | None = None) -> Tensor:
+        """``proj(x)`` (or ``projected``, computed already) split into heads: (B, heads, N, Dh)."""
         b, n, _ = x.shape
-        return proj(x).view(b, n, heads, self.head_dim).transpose(1, 2)  # (B, heads, N, Dh)
+        y = proj(x) if projected is None else projected
+        return y.view(b, n, heads, self.head_dim).transpose(1, 2)
 
-    def _keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, Hkv, M, Dh) keys (normalized with qk_norm) and values of ``source`` (B, M, ·)."""
-        k = self._heads(source, self.k_proj, self.num_kv_heads)
-        v = self._heads(source, self.v_proj, self.num_kv_heads)
+    def _keys_values(self, source: Tensor, projected: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """(B, Hkv, M, Dh) keys (normalized with qk_norm) and values of ``source`` (B, M, ·); ``projected``: the
+        q, k and v projections of ``source``, computed already."""
+        k = self._heads(source, self.k_proj, self.num_kv_heads, None if projected is None else projected[1])
+        v = self._heads(source, self.v_proj, self.num_kv_heads, None if projected is None else projected[2])
         return (k if self.k_norm is None else self.k_norm(k)), v
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | Mask | None = None,
@@ -179,7 +182,10 @@ class MultiHeadAttention(nn.Module):
                             f"{mask.dtype}; pass an additive float mask as bias=")
         if self.cross_attention and context is None and not (isinstance(cache, ContextCache) and cache.filled):
             raise ValueError("this is a cross-attention layer: pass context (B, M, context_dim)")
-        q = self._heads(x, self.q_proj, self.num_heads)  # (B, H, N, Dh)
+        # a decoding step's self-attention: q, k and v in one call of the C matmul (None where it does not apply)
+        projected = None if context is not None or self.cross_attention else \
+            linears(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = self._heads(x, self.q_proj, self.num_heads, None if projected is None else projected[0])  # (B, H, N, Dh)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if context is not None or self.cross_attention:
@@ -188,7 +194,7 @@ class MultiHeadAttention(nn.Module):
             call = AttentionCall(q, k, mask, causal, window, bias, self.scale, self.softcap,
                                  stream_positions(k.shape[2], k.device))
         else:
-            call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias)
+            call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias, projected)
         for recorder in list(self._recorders.values()):
             recorder(self, call)
         out = attention_fn(call.q, call.k, v, mask=call.mask, causal=call.causal, window=call.window,
@@ -213,11 +219,11 @@ class MultiHeadAttention(nn.Module):
 
     def _self_call(self, x: Tensor, q: Tensor, mask: Tensor | Mask | None, causal: bool, window: Window | None,
                    cache: KVCache | ContextCache | None, position_ids: Tensor | None, key_padding: Tensor | None,
-                   bias: Tensor | Bias | None) -> tuple[AttentionCall, Tensor]:
+                   bias: Tensor | Bias | None, projected: list[Tensor] | None) -> tuple[AttentionCall, Tensor]:
         if isinstance(cache, ContextCache):
             raise TypeError("a ContextCache serves cross-attention; self-attention takes a "
                             "StaticCache, GrowingCache or RingCache")
-        k, v = self._keys_values(x)  # (B, Hkv, N, Dh)
+        k, v = self._keys_values(x, projected)  # (B, Hkv, N, Dh)
         b, n = x.shape[:2]
         if isinstance(cache, RingCache):  # checked before the cache takes the new keys
             _check_ring_window(cache, window)

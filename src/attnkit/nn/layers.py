@@ -13,7 +13,7 @@ from ..functional.registry import Kernel
 from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
-from .linear import Linear
+from .linear import Linear, linears
 from .norms import NormKind, make_norm
 from .positions import RelativePositions
 
@@ -47,7 +47,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is not None:
-            hidden = GATED[self.activation](self.gate(x)) * self.up(x)
+            both = linears(x, (self.gate, self.up))  # a decoding step: one call of the C matmul
+            gate, up = both if both is not None else (self.gate(x), self.up(x))
+            hidden = GATED[self.activation](gate) * up
         else:
             hidden = PLAIN[self.activation](self.up(x))
         return dropped(self.dropout, self.down(hidden))

@@ -18,6 +18,8 @@ exist, the C matmul's where the extension was not built or the CPU lacks AVX-512
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,6 +82,34 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+def linears(x: Tensor, layers: Sequence[nn.Linear]) -> list[Tensor] | None:
+    """``[layer(x) for layer in layers]`` in one call of the C matmul when :func:`linear` would send each of them
+    there (a decoding step's few rows, no gradient needed): a layer's q, k and v projections, or a gated
+    feed-forward's gate and up, share one fork of the threads. The results are bitwise those of separate calls.
+    None when that path does not apply (the caller then calls the layers)."""
+    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    weights = [layer.weight for layer in layers]
+    if (not _switched_on or not 1 <= rows <= native.GEMV_ROWS or x.dtype not in _DTYPES or x.device.type != "cpu"
+            or any(w.dtype != x.dtype for w in weights)
+            or (torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)
+                                             or any(layer.bias is not None and layer.bias.requires_grad
+                                                    for layer in layers)))):
+        return None
+    flat = x.reshape(rows, x.shape[-1])
+    y = native.gemv_many(flat if x.dtype == torch.float32 else flat.float(), weights)
+    if y is None:
+        return None
+    out, start = [], 0
+    for layer in layers:
+        end = start + layer.out_features
+        part = y[:, start:end]
+        if layer.bias is not None:
+            part += layer.bias
+        out.append(part.to(x.dtype).reshape(*x.shape[:-1], layer.out_features))
+        start = end
+    return out
+
+
 class Linear(nn.Linear):
     """``torch.nn.Linear`` (same parameters, state dict and initialization) with :func:`linear`'s forward."""
 
@@ -87,4 +117,4 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["Linear", "linear", "onednn_enabled", "use_onednn"]
+__all__ = ["Linear", "linear", "linears", "onednn_enabled", "use_onednn"]
