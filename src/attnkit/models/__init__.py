@@ -9,6 +9,7 @@ from .base import Config, Model
 from .bert import BERT, BERTConfig, BERTOutput
 from .gpt import GPT, AttentionConfig, FeedForwardConfig, GPTConfig, GPTOutput, MoEConfig, RopeConfig
 from .han import HAN, HANConfig, HANOutput
+from .heads import TaskConfig, TaskHead
 from .hybrid import HybridConfig, HybridLM, HybridOutput
 from .rnn import RNNSeq2Seq, RNNSeq2SeqConfig, Seq2SeqOutput
 from .transformer import BeamSearchOutput, Transformer, TransformerConfig, TransformerOutput
@@ -19,5 +20,5 @@ __all__ = [
     "RopeConfig", "HybridLM", "HybridConfig", "HybridOutput",
     "HAN", "HANConfig", "HANOutput", "RNNSeq2Seq", "RNNSeq2SeqConfig", "Seq2SeqOutput",
     "Transformer", "TransformerConfig", "TransformerOutput", "BeamSearchOutput", "BERT", "BERTConfig", "BERTOutput",
-    "ViT", "ViTConfig", "ViTOutput",
+    "ViT", "ViTConfig", "ViTOutput", "TaskConfig", "TaskHead",
 ]

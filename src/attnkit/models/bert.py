@@ -1,5 +1,8 @@
 """BERT (Devlin et al. 2019): a post-norm Transformer encoder over word + position + token-type embeddings,
-with a tanh pooler over the first ([CLS]) token and an optional masked-LM head.
+with a tanh pooler over the first ([CLS]) token and an optional head: masked-LM, or a task head
+(:mod:`attnkit.models.heads`: sequence or token classification, question answering). The same model holds
+RoBERTa, DistilBERT (no token types, no pooler) and ELECTRA's discriminator (embeddings narrower than the layers,
+projected; no pooler).
 
 The modules mirror Hugging Face's ``BertModel`` one to one, so its weights load by renaming:
 
@@ -18,6 +21,7 @@ The modules mirror Hugging Face's ``BertModel`` one to one, so its weights load 
     cls.predictions.transform.dense                 mlm_head.dense
     cls.predictions.transform.LayerNorm             mlm_head.norm
     cls.predictions.bias (= decoder.bias)           mlm_head.decoder.bias  (weight tied to word_embeddings)
+    classifier / qa_outputs                         task_head.out  (task heads: see attnkit.hub for every family)
 
     >>> model = BERT(BERTConfig.preset("tiny", mlm_head=True)).eval()
     >>> ids = torch.randint(1, 128, (2, 10))
@@ -41,6 +45,7 @@ from ..nn.linear import Linear
 from ..nn.positions import LearnedPositions, default_position_ids
 from .base import (Config, Model, check_attention_mask, check_ids, check_range, init_weights, require_dropout,
                    require_heads, require_kernel, require_positive, require_positive_float, require_token_ids)
+from .heads import TaskConfig, TaskHead, masked_lm_loss, task_config, task_loss
 
 
 @dataclass
@@ -49,7 +54,7 @@ class BERTConfig(Config):
 
     vocab_size: int = 30522
     max_seq_len: int = 512  # the learned position table's length (HF max_position_embeddings)
-    type_vocab_size: int = 2  # token types (segments): 0 = first sentence, 1 = second
+    type_vocab_size: int = 2  # token types (segments): 0 = first sentence, 1 = second; none at all: 0 (DistilBERT)
     dim: int = 768
     num_layers: int = 12
     num_heads: int = 12
@@ -59,6 +64,11 @@ class BERTConfig(Config):
     pad_id: int = 0  # its embedding row starts at zero; the default padding (see BERT) is input_ids == pad_id
     mlm_head: bool = False  # build the masked-LM head (HF BertForMaskedLM's cls.predictions); else no mlm_logits
     kernel: str = "auto"  # handed to every attention layer unchanged
+    pooler: bool = True  # build the tanh pooler (pooler_output); DistilBERT and ELECTRA have none
+    # the embeddings' width when narrower than dim (ELECTRA's embedding_size): a Linear projects them to dim;
+    # None = dim
+    embedding_dim: int | None = None
+    task: TaskConfig | None = None  # a task head (attnkit.models.heads); its dropout None = this dropout
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "bert-base": {"dim": 768, "num_layers": 12, "num_heads": 12, "hidden": 3072},
@@ -69,13 +79,29 @@ class BERTConfig(Config):
     }
 
     def __post_init__(self) -> None:
-        require_positive(self, "vocab_size", "max_seq_len", "type_vocab_size", "dim", "num_layers", "num_heads",
-                         "hidden")
+        require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers", "num_heads", "hidden")
+        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) \
+                or self.type_vocab_size < 0:
+            raise ValueError(f"BERTConfig.type_vocab_size must be an int >= 0 (0: no token types), got "
+                             f"{self.type_vocab_size!r}")
         require_heads(self, self.dim, self.num_heads)
         require_dropout(self, "dropout")
         require_positive_float(self, "norm_eps")
         require_token_ids(self, {"pad_id": self.vocab_size})
         require_kernel(self)
+        if self.embedding_dim is not None:
+            require_positive(self, "embedding_dim")
+            self.embedding_dim = None if self.embedding_dim == self.dim else self.embedding_dim
+        self.task = task_config(self.task, "BERTConfig", self.dropout, "pooler")
+        if self.mlm_head and (self.task is not None or self.embedding_dim is not None):
+            raise ValueError("BERTConfig: mlm_head=True takes neither a task head nor an embedding_dim other than "
+                             "dim (the decoder shares the word embedding matrix)")
+        pooling = self.task.pooling if self.task is not None else None
+        if pooling == "last_token":
+            raise ValueError("BERTConfig.task: pooling='last_token' is a decoder's (GPT); BERT classifies from the "
+                             "first token: 'pooler', 'roberta', 'electra' or 'distilbert'")
+        if pooling == "pooler" and not self.pooler:
+            raise ValueError("BERTConfig.task: pooling='pooler' reads the pooler, but pooler=False")
 
 
 @dataclass
@@ -83,8 +109,10 @@ class BERTOutput:
     """What :meth:`BERT.forward` returns."""
 
     last_hidden_state: Tensor  # (B, N, dim), after the last layer's LayerNorm
-    pooler_output: Tensor  # (B, dim): tanh(Linear(last_hidden_state[:, 0]))
+    pooler_output: Tensor | None  # (B, dim): tanh(Linear(last_hidden_state[:, 0])); None with pooler=False
     mlm_logits: Tensor | None  # (B, N, vocab_size) with config.mlm_head, else None
+    logits: Tensor | None = None  # the head's: mlm_logits, or the task head's (see attnkit.models.heads)
+    loss: Tensor | None = None  # the head's loss against forward's labels; None without labels
 
 
 class MaskedLMHead(nn.Module):
@@ -114,9 +142,12 @@ class BERT(Model):
       :meth:`forward`: the caller who lays out the row says where padding is, and a key padding that hides
       nothing would still cost a dense mask in every layer). Positions count from 0 at the first column,
       as in ``BertModel``: pad on the right;
-    - token_type_ids (B, N) in [0, type_vocab_size); default all 0.
+    - token_type_ids (B, N) in [0, type_vocab_size); default all 0;
+    - labels: the head's targets (masked-LM: (B, N), -100 = not predicted; a task head: see
+      :mod:`attnkit.models.heads`), for ``loss``.
 
-    Returns :class:`BERTOutput`; ``mlm_logits`` only when built with ``BERTConfig(mlm_head=True)``.
+    Returns :class:`BERTOutput`; ``mlm_logits`` only when built with ``BERTConfig(mlm_head=True)``, ``logits`` with
+    either head.
     """
 
     config: BERTConfig  # Model.config, typed as this model's config
@@ -126,16 +157,19 @@ class BERT(Model):
         if not isinstance(config, BERTConfig):
             raise TypeError(f"config must be a BERTConfig, got {type(config).__name__}")
         self.config = c = config
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.dim, padding_idx=c.pad_id)
-        self.position_embeddings = LearnedPositions(c.max_seq_len, c.dim)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.dim)
-        self.embedding_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        width = c.embedding_dim or c.dim
+        self.word_embeddings = nn.Embedding(c.vocab_size, width, padding_idx=c.pad_id)
+        self.position_embeddings = LearnedPositions(c.max_seq_len, width)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, width) if c.type_vocab_size else None
+        self.embedding_norm = nn.LayerNorm(width, eps=c.norm_eps)
+        self.embedding_project = Linear(width, c.dim) if c.embedding_dim is not None else None
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(c.dim, c.num_heads, c.hidden, activation="gelu", norm_first=False, eps=c.norm_eps,
                          dropout=c.dropout, attn_dropout=c.dropout, kernel=c.kernel) for _ in range(c.num_layers))
-        self.pooler = Linear(c.dim, c.dim)
+        self.pooler = Linear(c.dim, c.dim) if c.pooler else None
         self.mlm_head = MaskedLMHead(self.word_embeddings, c.norm_eps) if c.mlm_head else None
+        self.task_head = TaskHead(c.task, c.dim) if c.task is not None else None
         self.apply(init_weights)  # BERT's: N(0, 0.02) weights, zero biases, unit LayerNorms
         with torch.no_grad():
             self.word_embeddings.weight[c.pad_id].zero_()
@@ -164,7 +198,7 @@ class BERT(Model):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, *, position_ids: Tensor | None = None,
-                mask: Mask | Tensor | None = None) -> BERTOutput:
+                mask: Mask | Tensor | None = None, labels: Tensor | None = None) -> BERTOutput:
         """``position_ids`` (B, N) and ``mask`` (an ``attnkit.masks`` mask or bool tensor, True = may attend,
         ANDed with the padding) serve packed rows: several sequences in one row, each with positions from
         0 and ``masks.document(ids)`` keeping their attention apart. With ``position_ids`` the padding comes
@@ -179,14 +213,25 @@ class BERT(Model):
             raise ValueError(f"position_ids must have input_ids' shape {(b, n)}, got {tuple(position_ids.shape)}")
         else:
             positions = position_ids
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) \
-            + self.token_type_embeddings(token_type_ids)  # (B, N, dim)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, N, embedding width)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
         x = self.dropout(self.embedding_norm(x))
+        if self.embedding_project is not None:
+            x = self.embedding_project(x)  # (B, N, dim)
         for layer in self.layers:
             x = layer(x, mask=mask, key_padding=key_padding)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # (B, dim)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, dim)
         mlm_logits = self.mlm_head(x) if self.mlm_head is not None else None
-        return BERTOutput(x, pooled, mlm_logits)
+        if self.task_head is not None:
+            logits = self.task_head(x, pooled=pooled)
+            loss = task_loss(self.task_head.config, logits, labels) if labels is not None else None
+            return BERTOutput(x, pooled, None, logits, loss)
+        if labels is not None and mlm_logits is None:
+            raise ValueError("labels need a head: this BERT has neither an MLM head nor a task head (BERTConfig's "
+                             "mlm_head, task)")
+        loss = masked_lm_loss(mlm_logits, labels) if labels is not None and mlm_logits is not None else None
+        return BERTOutput(x, pooled, mlm_logits, mlm_logits, loss)
 
 
 __all__ = ["BERTConfig", "BERT", "BERTOutput", "MaskedLMHead"]

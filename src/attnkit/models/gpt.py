@@ -33,6 +33,7 @@ from ..nn.positions import (
 )
 from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_kernel,
                    require_positive, require_positive_float)
+from .heads import TaskConfig, TaskHead, task_config, task_loss
 from .sampling import check_prompt, check_sampling, extend, next_token
 
 
@@ -198,6 +199,9 @@ class GPTConfig(Config):
     logit_softcap: float | None = None  # final logits -> cap · tanh(logits / cap) (Gemma 2)
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
     kernel: str = "auto"  # handed to every attention layer unchanged
+    # a sequence-classification head in place of the LM head (attnkit.models.heads; transformers'
+    # *ForSequenceClassification): logits (B, num_labels) at each row's last token
+    task: TaskConfig | None = None
 
     PRESETS = {
         "gpt2-small": dict(dim=768, num_layers=12, attention=dict(num_heads=12)),
@@ -240,6 +244,10 @@ class GPTConfig(Config):
         for name in ("embedding_scale", "logit_softcap"):
             if getattr(self, name) is not None:
                 require_positive_float(self, name)
+        self.task = task_config(self.task, "GPTConfig", self.dropout, "last_token")
+        if self.task is not None and (self.task.kind, self.task.pooling) != ("sequence_classification", "last_token"):
+            raise ValueError(f"GPTConfig.task: a GPT takes a sequence-classification head at the last token "
+                             f"(pooling='last_token'), got kind={self.task.kind!r}, pooling={self.task.pooling!r}")
 
     @property
     def head_dim(self) -> int:
@@ -251,9 +259,10 @@ class GPTConfig(Config):
 class GPTOutput:
     """What :meth:`GPT.forward` returns."""
 
-    logits: Tensor  # (B, N, vocab_size)
+    logits: Tensor  # (B, N, vocab_size); with config.task: (B, num_labels), each row's class logits
     last_hidden_state: Tensor  # (B, N, dim), after the final norm
     aux_loss: Tensor | None  # the MoE layers' load-balancing loss, summed; None without MoE
+    loss: Tensor | None = None  # config.task's loss against forward's labels; None without labels
 
 
 class GPT(Model):
@@ -279,9 +288,11 @@ class GPT(Model):
         self.layers = nn.ModuleList(self._block(i, local_rope if c.attention.windowed(i) else rope)
                                     for i in range(c.num_layers))
         self.final_norm = c.norm.make(c.dim)
-        self.head = Linear(c.dim, c.vocab_size, bias=False)
-        if c.tie_embeddings:
+        # the LM head; with config.task a classification head takes its place (no vocab-sized matrix built)
+        self.head: Linear | None = Linear(c.dim, c.vocab_size, bias=False) if c.task is None else None
+        if self.head is not None and c.tie_embeddings:
             self.head.weight = self.token_embedding.weight
+        self.task_head = TaskHead(c.task, c.dim) if c.task is not None else None
         self.apply(init_weights)
 
     def _block(self, index: int, rope: RotaryEmbedding | None) -> Block:
@@ -315,10 +326,12 @@ class GPT(Model):
                            max_len=max_len, size=window) for i in range(len(self.layers))]
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                cache: list[KVCache] | None = None, position_ids: Tensor | None = None) -> GPTOutput:
+                cache: list[KVCache] | None = None, position_ids: Tensor | None = None,
+                labels: Tensor | None = None) -> GPTOutput:
         """input_ids (B, N) long; ``attention_mask`` (B, N_total) with 1 = token, 0 = padding (left padding
         for generation; bool or numbers, any other value is refused), covering the cached tokens too when
-        ``cache`` is given."""
+        ``cache`` is given. ``labels``: the targets of ``config.task`` (see ``attnkit.models.heads``) for
+        ``loss``."""
         b, n = check_ids(input_ids, self.config.vocab_size)
         past = cache[0].length if cache else 0
         if attention_mask is not None:
@@ -343,11 +356,23 @@ class GPT(Model):
             x = layer(x, causal=True, cache=None if cache is None else cache[i], position_ids=position_ids,
                       key_padding=attention_mask, aux_losses=aux)
         x = self.final_norm(x)
+        if self.task_head is not None or labels is not None:
+            return self._classified(x, input_ids, labels, torch.stack(aux).sum() if aux else None)
+        assert self.head is not None  # built whenever there is no task head
         logits = self.head(x)
         cap = self.config.logit_softcap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return GPTOutput(logits, x, torch.stack(aux).sum() if aux else None)
+
+    def _classified(self, x: Tensor, input_ids: Tensor, labels: Tensor | None, aux_loss: Tensor | None) -> GPTOutput:
+        """config.task's logits (B, num_labels) at each row's last token, and their loss against ``labels``."""
+        if self.task_head is None:
+            raise ValueError("labels need GPTConfig.task (a classification head); a language model's loss is not "
+                             "computed here")
+        logits = self.task_head(x, input_ids=input_ids)
+        loss = task_loss(self.task_head.config, logits, labels) if labels is not None else None
+        return GPTOutput(logits, x, aux_loss, loss)
 
     def _rope_switch(self) -> int | None:
         """The trained context of a LongRoPE model, past which its frequencies change; None for any other."""
