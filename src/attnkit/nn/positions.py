@@ -390,9 +390,10 @@ class RotaryEmbedding(RelativePositions):
         # every layer of a model rotates by the same position_ids tensor: its range and its cos/sin rows are
         # looked up once per forward, not once per layer
         memo = self._memo
-        if memo is None or memo[0] is not position_ids or memo[1] != position_ids._version:
+        version = -1 if position_ids.is_inference() else position_ids._version  # inference tensors keep none
+        if memo is None or memo[0] is not position_ids or memo[1] != version:
             low, high = (float(v) for v in torch.aminmax(position_ids)) if position_ids.numel() else (0.0, 0.0)
-            memo = self._memo = (position_ids, position_ids._version, low, high, {})
+            memo = self._memo = (position_ids, version, low, high, {})
         _, _, low, high, rows = memo
         if position_ids.numel():
             self._follow(high + 1)
