@@ -1,27 +1,30 @@
-"""The Hugging Face architectures attnkit reads and writes: the BERT family (BERT, MiniLM, RoBERTa) as
-:class:`~attnkit.models.BERT` and GPT-2 as :class:`~attnkit.models.GPT`. For each: the config.json fields
--> an attnkit config (rejecting values that would compute something else), the tensor :class:`Layout`,
-and the way back.
+"""The Hugging Face architectures attnkit reads and writes, and the heads on them: the BERT family (BERT, MiniLM,
+RoBERTa, XLM-R, DistilBERT, ELECTRA; bert_family.py) as :class:`~attnkit.models.BERT`, GPT-2 (here) and the Llama
+family (llama.py) as :class:`~attnkit.models.GPT`. For each: the config.json fields -> an attnkit config
+(rejecting values that would compute something else), the tensor :class:`Layout`, and the way back.
 
-    HF config.json (bert)             BERTConfig            HF config.json (gpt2)     GPTConfig
-    vocab_size                        vocab_size            vocab_size                vocab_size
-    hidden_size                       dim                   n_embd                    dim
-    num_hidden_layers                 num_layers            n_layer                   num_layers
-    num_attention_heads               num_heads             n_head                    num_heads
-    intermediate_size                 hidden                n_inner (null = 4 dim)    hidden
-    max_position_embeddings           max_seq_len           n_positions               max_seq_len
-    type_vocab_size                   type_vocab_size       layer_norm_epsilon        norm_eps
-    layer_norm_eps                    norm_eps              activation_function       activation
-    hidden_dropout_prob               dropout                 "gelu_new" -> "gelu_tanh", "gelu" -> "gelu"
-    pad_token_id                      pad_id                resid_pdrop               dropout
-    hidden_act: only "gelu" (exact)                         tie_word_embeddings       tie_embeddings
+    HF config.json (gpt2)     GPTConfig
+    vocab_size                vocab_size
+    n_embd                    dim
+    n_layer                   num_layers
+    n_head                    num_heads
+    n_inner (null = 4 dim)    hidden
+    n_positions               max_seq_len
+    layer_norm_epsilon        norm_eps
+    activation_function       activation: "gelu_new" -> "gelu_tanh", "gelu" -> "gelu"
+    resid_pdrop               dropout
+    tie_word_embeddings       tie_embeddings
 
-RoBERTa is BERT with positions counted from padding_idx + 1: its position table loses its first
-padding_idx + 1 rows (so inputs must be right-padded, as for BERT), and it is saved back as a BERT.
+Each architecture lists its transformers classes as :class:`Head` rows: the head each class puts on the base model
+(none, BERT's masked-LM head, or a :class:`~attnkit.models.heads.TaskConfig`). A checkpoint's head is the class
+config.json's ``architectures`` names, else the one whose tensors it holds (``Head.marker``); the task's fields
+(``id2label``, ``problem_type``, the classifier's dropout, GPT's ``pad_token_id``) are read from config.json and
+written back with the class's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -32,107 +35,13 @@ from typing import Any, TypeAlias
 from ..models.base import Model
 from ..models.bert import BERT, BERTConfig
 from ..models.gpt import GPT, AttentionConfig, FeedForwardConfig, GPTConfig
+from ..models.heads import Pooling, Task, TaskConfig
 from ..nn.norms import NormConfig
-from . import llama
+from . import bert_family, llama
 from .errors import CheckpointError
-from .rules import Layout, Rule, fused, offset_rows, rename, transposed
+from .rules import Layout, fused, rename, transposed
 
 HubConfig: TypeAlias = BERTConfig | GPTConfig  # the configs of the models a checkpoint loads into and saves from
-
-# --------------------------------------------------------------------------------------------------
-# BERT family
-
-_BERT_EMBEDDINGS = (("word_embeddings.weight", "word_embeddings.weight"),
-                    ("token_type_embeddings.weight", "token_type_embeddings.weight"),
-                    ("LayerNorm.weight", "embedding_norm.weight"), ("LayerNorm.bias", "embedding_norm.bias"))
-_BERT_LAYER = (("attention.self.query", "attn.q_proj"), ("attention.self.key", "attn.k_proj"),
-               ("attention.self.value", "attn.v_proj"), ("attention.output.dense", "attn.out_proj"),
-               ("attention.output.LayerNorm", "attn_norm"), ("intermediate.dense", "ffn.up"),
-               ("output.dense", "ffn.down"), ("output.LayerNorm", "ffn_norm"))
-# masked-LM heads: BERT's cls.predictions.* and RoBERTa's lm_head.*; their decoder weight is the (tied) word
-# embedding matrix and their decoder bias the same tensor as the head's own bias
-_MLM_HEADS = {
-    "bert": {"transform.dense": "mlm_head.dense", "transform.LayerNorm": "mlm_head.norm"},
-    "roberta": {"dense": "mlm_head.dense", "layer_norm": "mlm_head.norm"},
-}
-_MLM_PREFIX = {"bert": "cls.predictions.", "roberta": "lm_head."}
-_EXACT_GELU = ("gelu", "gelu_python")  # both are erf-based GELU in transformers
-_BERT_LAYER_INDEX = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
-
-
-def _position_offset(family: str, pad_id: int) -> int:
-    """Rows of the checkpoint's position table before the first real position: RoBERTa counts positions from
-    padding_idx + 1 (its pad_token_id, our pad_id), BERT from 0."""
-    return pad_id + 1 if family == "roberta" else 0
-
-
-def _bert_layout(config: BERTConfig, family: str) -> Layout:
-    rules: list[Rule] = [rename(f"embeddings.{hf}", ours) for hf, ours in _BERT_EMBEDDINGS]
-    positions = ("embeddings.position_embeddings.weight", "position_embeddings.table.weight")
-    offset = _position_offset(family, config.pad_id)
-    rules.append(offset_rows(*positions, offset) if offset else rename(*positions))
-    for i in range(config.num_layers):
-        rules += [rename(f"encoder.layer.{i}.{hf}.{kind}", f"layers.{i}.{ours}.{kind}")
-                  for hf, ours in _BERT_LAYER for kind in ("weight", "bias")]
-    rules += [rename(f"pooler.dense.{kind}", f"pooler.{kind}", optional=True) for kind in ("weight", "bias")]
-    head = _MLM_PREFIX[family]
-    if config.mlm_head:
-        rules += [rename(f"{head}{hf}.{kind}", f"{ours}.{kind}", in_base=False)
-                  for hf, ours in _MLM_HEADS[family].items() for kind in ("weight", "bias")]
-        rules.append(rename(f"{head}bias", "mlm_head.decoder.bias", in_base=False))
-    skipped = [r"(^|\.)embeddings\.position_ids$", rf"^{re.escape(head)}decoder\.(weight|bias)$"]
-    if family == "bert":
-        skipped.append(r"^cls\.seq_relationship\.")  # BertForPreTraining's next-sentence head: not modelled
-    return Layout(rules, re.compile("|".join(skipped)), f"{family}.", "bert." if config.mlm_head else "")
-
-
-def _legacy_bert_names(state: dict[str, Any], family: str) -> dict[str, Any]:
-    """TF-era names (LayerNorm.gamma / .beta) as transformers renames them; a head bias stored only as
-    ``decoder.bias`` under the head's own name."""
-    state = {re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k)): v
-             for k, v in state.items()}
-    head = _MLM_PREFIX[family]
-    if f"{head}decoder.bias" in state and f"{head}bias" not in state:
-        state[f"{head}bias"] = state.pop(f"{head}decoder.bias")
-    return state
-
-
-def _bert_config(hf: dict[str, Any], names: set[str], kernel: str, source: str, family: str) -> BERTConfig:
-    problems = []
-    if hf.get("hidden_act", "gelu") not in _EXACT_GELU:
-        problems.append(f"hidden_act={hf.get('hidden_act')!r} is not supported: attnkit BERT uses exact GELU "
-                        f"(hidden_act 'gelu')")
-    if hf.get("position_embedding_type", "absolute") != "absolute":
-        problems.append(f"position_embedding_type={hf['position_embedding_type']!r} is not supported "
-                        f"(only 'absolute')")
-    for flag in ("is_decoder", "add_cross_attention"):
-        if hf.get(flag):
-            problems.append(f"{flag}=true is not supported: attnkit BERT is an encoder without cross-attention")
-    mlm = any(n.startswith(_MLM_PREFIX[family]) for n in names)
-    if mlm and hf.get("tie_word_embeddings") is False:
-        problems.append("tie_word_embeddings=false is not supported: attnkit's MLM decoder shares the word "
-                        "embedding matrix")
-    pad_id = hf.get("pad_token_id")
-    pad_id = (1 if family == "roberta" else 0) if pad_id is None else pad_id
-    if problems:
-        raise CheckpointError(source, problems=problems)
-    return BERTConfig(vocab_size=hf.get("vocab_size", 30522),
-                      max_seq_len=hf.get("max_position_embeddings", 512) - _position_offset(family, pad_id),
-                      type_vocab_size=hf.get("type_vocab_size", 2), dim=hf.get("hidden_size", 768),
-                      num_layers=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
-                      hidden=hf.get("intermediate_size", 3072), dropout=hf.get("hidden_dropout_prob", 0.1),
-                      norm_eps=hf.get("layer_norm_eps", 1e-12), pad_id=pad_id, mlm_head=mlm, kernel=kernel)
-
-
-def _bert_to_hf(config: BERTConfig) -> dict[str, Any]:
-    return {"architectures": ["BertForMaskedLM" if config.mlm_head else "BertModel"], "model_type": "bert",
-            "vocab_size": config.vocab_size, "hidden_size": config.dim, "num_hidden_layers": config.num_layers,
-            "num_attention_heads": config.num_heads, "intermediate_size": config.hidden, "hidden_act": "gelu",
-            "hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout,
-            "max_position_embeddings": config.max_seq_len, "type_vocab_size": config.type_vocab_size,
-            "layer_norm_eps": config.norm_eps, "pad_token_id": config.pad_id, "position_embedding_type": "absolute",
-            "initializer_range": 0.02, "tie_word_embeddings": True}
-
 
 # --------------------------------------------------------------------------------------------------
 # GPT-2
@@ -159,7 +68,9 @@ def _gpt2_layout(config: GPTConfig) -> Layout:
         rules += [rename(f"{h}{hf}.{kind}", f"{ours}{norm}.{kind}")
                   for hf, norm in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")) for kind in ("weight", "bias")]
     skipped = [r"(^|\.)attn\.(bias|masked_bias)$"]  # the causal-mask buffers older checkpoints stored
-    if config.tie_embeddings:
+    if config.task is not None:  # GPT2ForSequenceClassification: no LM head
+        rules.append(rename("score.weight", "task_head.out.weight", in_base=False))
+    elif config.tie_embeddings:
         skipped.append(r"^lm_head\.weight$")  # a copy of wte
     else:
         rules.append(rename("lm_head.weight", "head.weight", in_base=False))
@@ -190,13 +101,120 @@ def _gpt2_config(hf: dict[str, Any], names: set[str], kernel: str, source: str) 
 def _gpt2_to_hf(config: GPTConfig) -> dict[str, Any]:
     """GPT-2's config.json (what it cannot express is found by reading it back: see ``unsaved``)."""
     eos = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
-    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+    return {"model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.max_seq_len, "n_embd": config.dim, "n_layer": config.num_layers,
             "n_head": config.attention.num_heads, "n_inner": config.ffn.hidden,
             "activation_function": _GPT2_NAMES.get(config.ffn.activation, config.ffn.activation),
             "layer_norm_epsilon": config.norm.eps, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
             "attn_pdrop": config.dropout, "tie_word_embeddings": config.tie_embeddings, "scale_attn_weights": True,
             "initializer_range": 0.02, "bos_token_id": eos, "eos_token_id": eos}
+
+
+# --------------------------------------------------------------------------------------------------
+# heads
+
+
+@dataclass(frozen=True)
+class Head:
+    """One transformers class of an architecture: the head it puts on the base model."""
+
+    hf_class: str  # config.json's "architectures" entry, e.g. "BertForSequenceClassification"
+    task: Task | None = None  # the TaskConfig.kind it loads as; None: no task head
+    pooling: Pooling | None = None  # sequence classification's (see attnkit.models.heads)
+    mlm: bool = False  # BERT's masked-LM head (BERTConfig.mlm_head)
+    pooler: bool = True  # BERT's pooler (BERTConfig.pooler); a class without one may still be given a stored one
+    marker: str | None = None  # a regex only this head's tensor names match: the head when config.json names none
+    dropout_key: str | None = None  # config.json's field for TaskConfig.dropout; None: transformers has no setting
+
+    def holds(self, config: HubConfig) -> bool:
+        """Whether this class has the head ``config`` describes."""
+        task = config.task
+        if (self.task, self.pooling) != ((task.kind, task.pooling) if task is not None else (None, None)):
+            return False
+        return not isinstance(config, BERTConfig) or (self.mlm, self.pooler) == (config.mlm_head, config.pooler)
+
+
+def _bert_heads(prefix: str, family: str) -> tuple[Head, ...]:
+    """The classes of a BERT-family model_type (``prefix``: transformers' class prefix, e.g. "Roberta")."""
+    pooler = family in ("bert", "roberta")  # DistilBERT and ELECTRA have none
+    distil = family == "distilbert"
+    mlm = {"bert": r"^cls\.predictions\.", "roberta": r"^lm_head\.", "distilbert": r"^vocab_(transform|projector)\."}
+    pooling: dict[str, Pooling] = {"bert": "pooler", "roberta": "roberta", "electra": "electra",
+                                   "distilbert": "distilbert"}
+    heads = [Head(f"{prefix}Model", pooler=pooler)]
+    if family in mlm:  # the pooler stays (a stored one is read, else it is initialized and a warning says so)
+        heads.append(Head(f"{prefix}ForMaskedLM", mlm=True, pooler=pooler, marker=mlm[family]))
+    if family == "bert":
+        heads.append(Head("BertForPreTraining", mlm=True))  # next-sentence head skipped
+    sequence = {"bert": None, "roberta": r"^classifier\.out_proj\.", "electra": r"^classifier\.out_proj\.",
+                "distilbert": r"^pre_classifier\."}
+    return (*heads,
+            Head(f"{prefix}ForSequenceClassification", "sequence_classification", pooling[family],
+                 pooler=family == "bert", marker=sequence[family],
+                 dropout_key="seq_classif_dropout" if distil else "classifier_dropout"),
+            Head(f"{prefix}ForTokenClassification", "token_classification", pooler=False,
+                 dropout_key=None if distil else "classifier_dropout"),
+            Head(f"{prefix}ForQuestionAnswering", "question_answering", pooler=False, marker=r"^qa_outputs\.",
+                 dropout_key="qa_dropout" if distil else None))
+
+
+def _gpt_heads(lm_class: str, classifier_class: str) -> tuple[Head, ...]:
+    return (Head(lm_class), Head(classifier_class, "sequence_classification", "last_token", marker=r"^score\."))
+
+
+def _declared(hf: dict[str, Any]) -> str | None:
+    names = hf.get("architectures")
+    return names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+
+
+def _named_head(heads: tuple[Head, ...], hf: dict[str, Any]) -> Head | None:
+    """The head config.json's ``architectures`` names (another model_type's spelling of the class, such as
+    XLMRobertaForSequenceClassification, counts; a class without "For", such as GPT2Model, is the bare model)."""
+    declared = _declared(hf)
+    if declared is None:
+        return None
+    if "For" not in declared:
+        return heads[0]
+    task = declared[declared.find("For"):]
+    return next((h for h in heads if h.hf_class == declared or h.hf_class.endswith(task)), None)
+
+
+def _head_of(heads: tuple[Head, ...], hf: dict[str, Any], names: set[str]) -> Head:
+    """The head config.json names, else the one whose tensors ``names`` holds, else the bare model."""
+    named = _named_head(heads, hf)
+    if named is not None:
+        return named
+    return next((h for h in heads if h.marker and any(re.search(h.marker, n) for n in names)), heads[0])
+
+
+def _task_from_hf(head: Head, hf: dict[str, Any]) -> TaskConfig | None:
+    if head.task is None:
+        return None
+    id2label = hf.get("id2label") or {}
+    return TaskConfig(head.task, num_labels=len(id2label) if id2label else hf.get("num_labels", 2),
+                      problem_type=hf.get("problem_type"), id2label=id2label,
+                      dropout=hf.get(head.dropout_key) if head.dropout_key else None, pooling=head.pooling,
+                      pad_id=hf.get("pad_token_id") if head.pooling == "last_token" else None)
+
+
+def _task_to_hf(head: Head, task: TaskConfig | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"architectures": [head.hf_class]}
+    if task is None:
+        return fields
+    fields.update(id2label={str(i): name for i, name in task.id2label.items()},
+                  label2id={name: i for i, name in task.id2label.items()}, problem_type=task.problem_type)
+    if head.dropout_key is not None:
+        fields[head.dropout_key] = task.dropout
+    if task.pooling == "last_token":
+        fields["pad_token_id"] = task.pad_id
+    return fields
+
+
+def _describe(config: HubConfig) -> str:
+    if isinstance(config, BERTConfig) and config.mlm_head:
+        return "a masked-LM head"
+    head = f"a {config.task.kind} head (pooling={config.task.pooling!r})" if config.task else "no head"
+    return f"{head}{', no pooler' if isinstance(config, BERTConfig) and not config.pooler else ''}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,17 +228,41 @@ class Architecture:
     name: str
     model_types: tuple[str, ...]
     model_class: type[Model]
-    # (config.json's fields, the checkpoint's tensor names, kernel, source for messages) -> attnkit config
-    config_from_hf: Callable[[dict[str, Any], set[str], str, str], HubConfig]
-    layout: Callable[[Any], Layout]  # attnkit config -> tensor layout
-    config_to_hf: Callable[[Any], dict[str, Any]]
+    # (config.json's fields, the checkpoint's tensor names, kernel, source for messages) -> the base model's config
+    read_base: Callable[[dict[str, Any], set[str], str, str], HubConfig]
+    layout: Callable[[Any], Layout]  # attnkit config -> tensor layout (the head's tensors included)
+    write_base: Callable[[Any], dict[str, Any]]  # attnkit config -> the base model's config.json fields
     # a layer's tensors in the checkpoint (group 1: the layer index), and config.json's field for their count
     layer_index: re.Pattern[str]
     layers_key: str
+    heads: tuple[Head, ...]  # the transformers classes; the first is the default (no head, or GPT's LM head)
     normalize: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda state: state)
-    # whether ``save`` may choose this architecture for any model that ``config_to_hf`` expresses exactly (read
-    # back to the same config); False: only the first architecture of the model's class is written (BERT)
-    round_trips: bool = False
+
+    def config_from_hf(self, hf: dict[str, Any], names: set[str], kernel: str, source: str) -> HubConfig:
+        """The attnkit config of config.json's fields ``hf`` and the checkpoint's tensor ``names``, with its head."""
+        head = _head_of(self.heads, hf, names)
+        base = self.read_base(hf, names, kernel, source)
+        task = _task_from_hf(head, hf)
+        if not isinstance(base, BERTConfig):
+            return dataclasses.replace(base, task=task)
+        if head.mlm and hf.get("tie_word_embeddings") is False:
+            raise CheckpointError(source, problems=["tie_word_embeddings=false is not supported: attnkit's MLM "
+                                                    "decoder shares the word embedding matrix"])
+        return dataclasses.replace(base, mlm_head=head.mlm, pooler=head.pooler, task=task)
+
+    def config_to_hf(self, config: HubConfig) -> dict[str, Any]:
+        """``config`` as this architecture's config.json; a ValueError when none of its classes has the head."""
+        head = next((h for h in self.heads if h.holds(config)), None)
+        if head is None:
+            raise ValueError(f"no transformers class of {self.model_types[0]} has {_describe(config)}; its classes: "
+                             f"{', '.join(h.hf_class for h in self.heads)}")
+        return {**self.write_base(config), **_task_to_hf(head, config.task)}
+
+    def unknown_class(self, hf: dict[str, Any]) -> str | None:
+        """config.json's ``architectures`` class when it is none of this architecture's (the head is then found
+        from the tensors)."""
+        declared = _declared(hf)
+        return declared if declared is not None and _named_head(self.heads, hf) is None else None
 
     def layers_held(self, names: Iterable[str]) -> int:
         """How many distinct layers the checkpoint tensor ``names`` hold tensors of (at most one per name)."""
@@ -230,9 +272,8 @@ class Architecture:
         """What of ``config`` this architecture's config.json would lose: each field that reads back otherwise,
         as ``name=ours (model_type gives theirs)``; empty when it is expressed exactly."""
         model_type = self.model_types[0]
-        hf = self.config_to_hf(config)
         try:
-            back = self.config_from_hf(hf, set(), "auto", "config.json")
+            back = self.config_from_hf(self.config_to_hf(config), set(), "auto", "config.json")
         except (TypeError, ValueError) as error:  # CheckpointError included: a value the format cannot hold
             return [str(error).splitlines()[-1].strip()]
         ours, theirs = _flat(config.to_dict()), _flat(back.to_dict())
@@ -248,7 +289,7 @@ def _flat(fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{name}."))
         else:
-            flat[prefix + name] = tuple(value) if isinstance(value, list) else value
+            flat[prefix + str(name)] = tuple(value) if isinstance(value, list) else value
     return flat
 
 
@@ -259,24 +300,27 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _bert_family(name: str, model_types: tuple[str, ...], family: str) -> Architecture:
-    """BERT and RoBERTa differ only in ``family``: head names, default pad id, position offset."""
-    return Architecture(name, model_types, BERT, partial(_bert_config, family=family),
-                        partial(_bert_layout, family=family), _bert_to_hf, _BERT_LAYER_INDEX, "num_hidden_layers",
-                        partial(_legacy_bert_names, family=family))
+def _bert_family(name: str, model_types: tuple[str, ...], family: str, prefix: str) -> Architecture:
+    """BERT, RoBERTa, DistilBERT and ELECTRA: one model class, each family's names (bert_family.py)."""
+    return Architecture(name, model_types, BERT, partial(bert_family.config_from_hf, family=family),
+                        partial(bert_family.layout, family=family), partial(bert_family.config_to_hf, family=family),
+                        bert_family.LAYER_INDEX[family], bert_family.LAYERS_KEY[family], _bert_heads(prefix, family),
+                        partial(bert_family.normalize, family=family))
 
 
 def _llama_family(name: str, family: llama.Family) -> Architecture:
     return Architecture(name, (family.model_type,), GPT, llama.config_from_hf, partial(llama.layout, family=family),
                         partial(llama.config_to_hf, family=family), llama.LAYER_INDEX, "num_hidden_layers",
-                        round_trips=True)
+                        _gpt_heads(family.hf_class, family.classifier_class))
 
 
 ARCHITECTURES = (
-    _bert_family("BERT", ("bert",), "bert"),
-    _bert_family("RoBERTa", ("roberta", "xlm-roberta"), "roberta"),
+    _bert_family("BERT", ("bert",), "bert", "Bert"),
+    _bert_family("RoBERTa", ("roberta", "xlm-roberta"), "roberta", "Roberta"),
+    _bert_family("DistilBERT", ("distilbert",), "distilbert", "DistilBert"),
+    _bert_family("ELECTRA", ("electra",), "electra", "Electra"),
     Architecture("GPT-2", ("gpt2",), GPT, _gpt2_config, _gpt2_layout, _gpt2_to_hf, re.compile(r"(?:^|\.)h\.(\d+)\."),
-                 "n_layer", round_trips=True),
+                 "n_layer", _gpt_heads("GPT2LMHeadModel", "GPT2ForSequenceClassification")),
     *(_llama_family(name, llama.FAMILIES[t]) for name, t in (
         ("Llama", "llama"), ("Mistral", "mistral"), ("Qwen 2", "qwen2"), ("Qwen 3", "qwen3"), ("Gemma 2", "gemma2"),
         ("Gemma 3", "gemma3_text"), ("Phi-3", "phi3"))),
@@ -299,8 +343,9 @@ def architecture_of(model: Model, model_type: str | None = None, *, preferred: s
 
     ``model_type`` names it (a ValueError if it cannot express the model); otherwise ``preferred`` (the
     model_type the model was loaded from) when it expresses the model exactly, else the first architecture of
-    the model's class that does: a BERT is saved as BERT, never as RoBERTa; a GPT as GPT-2 when GPT-2 expresses
-    it, else as the first of the Llama family that does (llama, mistral, qwen2, ...).
+    the model's class that does: a BERT as BERT (a RoBERTa loaded as such stays one; a BERT without token types as
+    DistilBERT, one without pooler as ELECTRA); a GPT as GPT-2 when GPT-2 expresses it, else as the first of the
+    Llama family that does (llama, mistral, qwen2, ...).
     """
     candidates = [a for a in ARCHITECTURES if type(model) is a.model_class]
     if not candidates:
@@ -313,13 +358,11 @@ def architecture_of(model: Model, model_type: str | None = None, *, preferred: s
         if not named:
             known = ", ".join(t for a in candidates for t in a.model_types)
             raise ValueError(f"model_type={model_type!r} cannot hold a {type(model).__name__}; choose one of {known}")
-        lost = named[0].unsaved(config) if named[0].round_trips else []
+        lost = named[0].unsaved(config)
         if lost:
             raise ValueError(f"model: this {type(model).__name__} cannot be saved as model_type={model_type!r}: "
                              f"{'; '.join(lost)}")
         return named[0]
-    if not candidates[0].round_trips:
-        return candidates[0]
     ordered = sorted(candidates, key=lambda a: preferred not in a.model_types)  # stable: the preferred first
     losses = {a.model_types[0]: a.unsaved(config) for a in ordered}
     for arch in ordered:
@@ -332,4 +375,4 @@ def architecture_of(model: Model, model_type: str | None = None, *, preferred: s
                      f"{'; '.join(losses[closest])}")
 
 
-__all__ = ["Architecture", "ARCHITECTURES", "HubConfig", "architecture_for", "architecture_of"]
+__all__ = ["Architecture", "ARCHITECTURES", "Head", "HubConfig", "architecture_for", "architecture_of"]

@@ -36,11 +36,11 @@ from ..models.base import Model
 from ..models.gpt import GPTConfig
 from ..nn.attention import MultiHeadAttention
 from .architectures import Architecture, HubConfig, architecture_for, architecture_of
-from .errors import CheckpointError
+from .errors import CheckpointError, grouped
 from .gguf import read_gguf
 from .files import WEIGHT_FILES, read_config, read_shapes, read_tensors, weight_files, write_checkpoint
 from .resolve import local_path, resolve
-from .rules import check_shapes, to_checkpoint, to_ours
+from .rules import Layout, check_shapes, to_checkpoint, to_ours
 from .tokenizer import TOKENIZER_FILES, Tokenizer, load_tokenizer
 
 
@@ -73,12 +73,14 @@ def _config(arch: Architecture, hf_config: dict[str, Any], names: set[str], kern
         raise CheckpointError(source, problems=[f"does not describe a valid {arch.name}: {error}"]) from error
 
 
-def _check_fits(arch: Architecture, config: HubConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+def _check_fits(arch: Architecture, config: HubConfig, shapes: dict[str, tuple[int, ...]], source: str,
+                strict: bool) -> tuple[list[str], list[str]]:
     """Compare the checkpoint's tensor shapes with those ``config`` implies before anything of the model's size
     is allocated: the model is built on the meta device (shapes, no storage). A config.json asking for more
     layers than the checkpoint has tensors (10**6, say) is built with the layers the checkpoint holds, so it
     costs what the file's header does, not an hour of building modules. One CheckpointError lists every
-    mismatch."""
+    mismatch; without ``strict``, only wrong shapes and other problems raise it, and the tensors missing and those
+    the model has no place for are returned: ``(missing, unexpected)``."""
     problems = []
     held = arch.layers_held(shapes)
     if config.num_layers > held:
@@ -88,28 +90,53 @@ def _check_fits(arch: Architecture, config: HubConfig, shapes: dict[str, tuple[i
         config = dataclasses.replace(config, num_layers=max(held, 1))
     with torch.device("meta"):
         shaped = arch.model_class(config)
-    check_shapes(shapes, arch.layout(config), shaped.state_dict(), source, problems)
+    try:
+        check_shapes(shapes, arch.layout(config), shaped.state_dict(), source, problems)
+    except CheckpointError as error:
+        if strict or error.wrong_shapes or error.problems:
+            raise
+        return error.missing, error.unexpected
+    return [], []
+
+
+def _tolerant(layout: Layout, missing: list[str]) -> Layout:
+    """``layout`` with the rules of the ``missing`` checkpoint tensors optional: their parameters keep their
+    initialization (``missing`` holds checkpoint names, with the base prefix when the checkpoint has it)."""
+    absent = set(missing)
+    rules = [dataclasses.replace(r, optional=True) if {r.hf, layout.base_prefix + r.hf} & absent else r
+             for r in layout.rules]
+    return dataclasses.replace(layout, rules=rules)
 
 
 def _build(arch: Architecture, hf_config: dict[str, Any], shapes: dict[str, tuple[int, ...]],
            read: Callable[[], dict[str, Tensor]], sources: tuple[str, str], dtype: torch.dtype | None,
-           kernel: str | Kernel) -> Model:
+           kernel: str | Kernel, strict: bool) -> Model:
     """The model of ``hf_config`` with the weights ``read`` returns; names and shapes are checked from ``shapes``
-    (the files' headers) first, so the weights are read and the model built only when they fit. ``sources``:
-    the config's and the weights' files, for messages. Called from both public functions through one helper,
-    so the warning's stacklevel=4 names their caller."""
+    (the files' headers) first, so the weights are read and the model built only when they fit (without
+    ``strict``: the tensors that fit). ``sources``: the config's and the weights' files, for messages. Called from
+    both public functions through one helper, so the warnings' stacklevel=4 names their caller."""
     config_file, weights_file = sources
     config = _config(arch, hf_config, set(shapes), kernel, config_file)
-    _check_fits(arch, config, shapes, weights_file)
+    unknown = arch.unknown_class(hf_config)
+    if unknown is not None:
+        warnings.warn(f"{config_file}: architectures {unknown!r} is not supported (supported: "
+                      f"{', '.join(h.hf_class for h in arch.heads)}); the head is read from the tensors",
+                      stacklevel=4)
+    missing, ignored = _check_fits(arch, config, shapes, weights_file, strict)
     state = read()
-    layout = arch.layout(config)
+    if ignored:
+        state = {name: t for name, t in state.items() if name not in set(ignored)}
+        warnings.warn(f"{weights_file}: strict=False: {len(ignored)} tensor(s) that the model has no place for are "
+                      f"ignored: {', '.join(grouped(ignored))}", stacklevel=4)
+    layout = _tolerant(arch.layout(config), missing)
     with torch.device("meta"):  # the parameters' shapes and names only: nothing of the model's size allocated
         shaped = arch.model_class(config).state_dict()
     ours, absent = to_ours(state, layout, shaped, weights_file)
     if absent:
-        warnings.warn(f"{weights_file}: no {', '.join(absent)} in the checkpoint; those parameters keep their random "
-                      f"initialization (for BERT: pooler_output is meaningless, last_hidden_state is exact)",
-                      stacklevel=4)
+        pooler = " (for BERT: pooler_output is meaningless, last_hidden_state is exact)" \
+            if any("pooler" in name for name in absent) else ""
+        warnings.warn(f"{weights_file}: no {', '.join(grouped(absent))} in the checkpoint; those parameters keep "
+                      f"their random initialization{pooler}", stacklevel=4)
         model = arch.model_class(config)  # initialized: the absent parameters need values
     else:
         with _uninitialized():  # every parameter is about to take a checkpoint tensor: no values written twice
@@ -164,33 +191,36 @@ def _take(model: Model, ours: dict[str, Tensor]) -> None:
                 owner.register_buffer(attribute, shared, persistent=attribute not in owner._non_persistent_buffers_set)
 
 
-def _load_model(path: Path, dtype: torch.dtype | None, kernel: str | Kernel) -> tuple[Model, Tokenizer | None]:
+def _load_model(path: Path, dtype: torch.dtype | None, kernel: str | Kernel,
+                strict: bool) -> tuple[Model, Tokenizer | None]:
     """The model and tokenizer of a checkpoint directory or a GGUF file."""
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
     if path.suffix.lower() == ".gguf" and path.is_file():
         checkpoint = read_gguf(path)
         arch = architecture_for(checkpoint.config, str(path))
         shapes = {name: tuple(t.shape) for name, t in checkpoint.tensors.items()}
         model = _build(arch, checkpoint.config, shapes, lambda: checkpoint.tensors, (str(path), str(path)), dtype,
-                       kernel)
+                       kernel, strict)
         return model, checkpoint.tokenizer
     hf_config = read_config(path)
     config_file = str(path / "config.json")
     arch = architecture_for(hf_config, config_file)
     files, weights = weight_files(path)
     model = _build(arch, hf_config, arch.normalize(read_shapes(files)), lambda: arch.normalize(read_tensors(files)),
-                   (config_file, str(weights)), dtype, kernel)
+                   (config_file, str(weights)), dtype, kernel, strict)
     return model, load_tokenizer(path, model_type=hf_config.get("model_type"))
 
 
 def load_model(directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
-               kernel: str | Kernel = "auto") -> Model:
+               kernel: str | Kernel = "auto", strict: bool = True) -> Model:
     """The model of a local checkpoint directory or GGUF file, in eval mode (see :func:`load`)."""
     _check_dtype(dtype)
-    return _load_model(local_path(directory, "directory"), dtype, kernel)[0]
+    return _load_model(local_path(directory, "directory"), dtype, kernel, strict)[0]
 
 
 def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = None,
-         kernel: str | Kernel = "auto") -> tuple[Model, Tokenizer | None]:
+         kernel: str | Kernel = "auto", strict: bool = True) -> tuple[Model, Tokenizer | None]:
     """Load a Hugging Face-style checkpoint into an attnkit model, with its tokenizer.
 
     Args:
@@ -202,17 +232,25 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
             huggingface_hub when installed and online.
         dtype: the model's floating dtype; None = the dtype the checkpoint stores.
         kernel: the attention kernel every layer uses ("auto", "dense", "sdpa", "tiled" or a kernel object).
+        strict: every tensor of the checkpoint must have a place in the model and every parameter a tensor.
+            False: tensors the model has no place for are ignored and parameters without a tensor keep their
+            initialization, each named in a warning; wrong shapes still raise.
 
     Returns:
-        ``(model, tokenizer)``: an :class:`~attnkit.models.BERT` (model_type bert, roberta, xlm-roberta) or
-        :class:`~attnkit.models.GPT` (gpt2 and the Llama family: llama, mistral, qwen2, qwen3, gemma2,
-        gemma3_text, phi3) in eval mode, whose ``forward(input_ids, attention_mask=None)``
-        (attention_mask (B, N): 1 = token, 0 = padding) returns ``.last_hidden_state`` (B, N, dim) or
-        ``.logits`` (B, N, vocab); the :class:`Tokenizer`, or None when the directory has no tokenizer files.
+        ``(model, tokenizer)``: an :class:`~attnkit.models.BERT` (model_type bert, roberta, xlm-roberta,
+        distilbert, electra) or :class:`~attnkit.models.GPT` (gpt2 and the Llama family: llama, mistral, qwen2,
+        qwen3, gemma2, gemma3_text, phi3) in eval mode, whose ``forward(input_ids, attention_mask=None)``
+        (attention_mask (B, N): 1 = token, 0 = padding) returns ``.last_hidden_state`` (B, N, dim) and
+        ``.logits``: the LM's (B, N, vocab), or the head's of a fine-tuned checkpoint (config.json's
+        ``architectures``: ``BertForSequenceClassification``, ``...ForTokenClassification``,
+        ``...ForQuestionAnswering``, ``...ForMaskedLM``, ``LlamaForSequenceClassification``, ...; the
+        model's ``config.task`` describes it, ``labels=`` gives ``.loss``); the :class:`Tokenizer`, or None when
+        the directory has no tokenizer files.
 
     Raises:
         CheckpointError: unknown model_type, unsupported config values, or tensors missing, unexpected or
-            of the wrong shape (all listed in one message); a file that cannot be read (not JSON, not
+            of the wrong shape (all listed in one message; with ``strict=False`` only the wrong shapes); a file
+            that cannot be read (not JSON, not
             safetensors, not a pickle of tensors, a shard outside the directory), named in the message.
         FileNotFoundError: no such directory, no config.json or weights in it, or a remote name that cannot be
             fetched (the message says how to pass a local path).
@@ -224,7 +262,7 @@ def load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | None = No
         >>> model(ids, attention_mask=mask).last_hidden_state.shape     # (1, 7, 384)
     """
     _check_dtype(dtype)
-    return _load_model(resolve(name_or_path), dtype, kernel)
+    return _load_model(resolve(name_or_path), dtype, kernel, strict)
 
 
 # What a directory may hold for ``save`` to replace it: the files of a Hugging Face checkpoint (transformers'
@@ -281,7 +319,11 @@ def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer |
     transformers' tensor names (tied weights stored once, as transformers does), and the tokenizer's files when
     one is given. ``load(save(m))`` gives back the same weights, so bitwise the same outputs, and
     ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (``AutoModel`` for a BERT) reads it. A BERT
-    with an MLM head is written as ``BertForMaskedLM`` (its pooler included), otherwise as ``BertModel``.
+    with an MLM head is written as ``BertForMaskedLM`` (its pooler included), otherwise as ``BertModel``; a model
+    with a task head as its transformers class (``BertForSequenceClassification``, ``RobertaForTokenClassification``,
+    ``LlamaForSequenceClassification``, ...), with ``id2label``/``label2id``, ``problem_type`` and the classifier's
+    dropout, so ``AutoModelFor<Task>`` reads it. A BERT-family model is written as the model_type it was loaded
+    from when that expresses it, else as the first of bert, roberta, distilbert, electra that does.
 
     A GPT is written as ``model_type`` when given ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2",
     "gemma3_text", "phi3"); otherwise as the model_type ``load`` read it from, or else the first of those that
@@ -309,7 +351,9 @@ def save(model: Model, directory: str | os.PathLike[str], tokenizer: Tokenizer |
     """
     arch = _check_saveable(model, tokenizer, model_type)
     target = _save_target(directory)
-    hf_config = arch.config_to_hf(model.config)
+    config = model.config
+    assert isinstance(config, HubConfig)  # _check_saveable accepted the model: a BERT or a GPT
+    hf_config = arch.config_to_hf(config)
     params = model.state_dict()
     hf_config["dtype"] = str(_stored_dtype(params)).removeprefix("torch.")
     if tokenizer is not None and "eos_token_id" in hf_config and tokenizer.eos_id is not None:

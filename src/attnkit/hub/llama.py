@@ -69,6 +69,12 @@ class Family:
     def act_key(self) -> str:
         return "hidden_activation" if self.gemma else "hidden_act"
 
+    @property
+    def classifier_class(self) -> str:
+        """transformers' sequence-classification class (``score`` on the last token; Gemma 3's text-only one)."""
+        name = self.hf_class.removesuffix("ForCausalLM")
+        return f"{name}{'Text' if self.model_type == 'gemma3_text' else ''}ForSequenceClassification"
+
 
 FAMILIES = {f.model_type: f for f in (
     Family("llama", "LlamaForCausalLM"),
@@ -246,7 +252,9 @@ def layout(config: GPTConfig, family: Family) -> Layout:
                      "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffn_norm"}
         rules += [rename(f"{hf}{theirs}.weight", f"{ours}{mine}.weight") for theirs, mine in norms.items()]
     skipped = [r"(^|\.)rotary_emb\.inv_freq$"]  # a buffer older checkpoints stored
-    if config.tie_embeddings:
+    if config.task is not None:  # <Family>ForSequenceClassification: score in place of the LM head
+        rules.append(rename("score.weight", "task_head.out.weight", in_base=False))
+    elif config.tie_embeddings:
         skipped.append(r"^lm_head\.weight$")  # a copy of embed_tokens
     else:
         rules.append(rename("lm_head.weight", "head.weight", in_base=False))
