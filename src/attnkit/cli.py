@@ -537,12 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="what a model attends to: table, interactive HTML, PNG/SVG figures",
                        description="Run a text through a pretrained model (attnkit's own implementation) and show "
                                    "what one token attends to: per layer, per head, and through all layers "
-                                   "(rollout). Writes DIR/attention.html (self-contained, works offline) and "
+                                   "(rollout). A decoder's token attends only to the tokens up to it, and its "
+                                   "maps show later tokens as masked; when most of its attention goes to the "
+                                   "first token (an attention sink), the report says so and ranks the others "
+                                   "without it. Writes DIR/attention.html (self-contained, works offline) and "
                                    "PNG/SVG figures.")
     p.add_argument("text", nargs="?", default=SEED_SENTENCE, help=f"the text (default: {SEED_SENTENCE!r})")
-    p.add_argument("--model", help="checkpoint name or directory: a BERT-family encoder or a GPT-2 decoder "
-                                   "(default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--focus", help="the word to explain (default: the last pronoun, else the last content word)")
+    p.add_argument("--model", help="checkpoint name or directory: a BERT-family encoder, or a decoder: GPT-2 or "
+                                   "the Llama family, e.g. HuggingFaceTB/SmolLM2-135M-Instruct (default: the "
+                                   "bundled all-MiniLM-L6-v2)")
+    p.add_argument("--focus", help="the word to explain (default: the last pronoun, else an encoder's last content "
+                                   "word, a decoder's last token)")
     p.add_argument("--focus-index", type=int, help="the token index to explain (instead of --focus)")
     p.add_argument("--layer", type=int, help="layer of the detail map, from 0 (default: chosen from the data)")
     p.add_argument("--head", type=int, help="head of the detail map, from 0 (default: chosen from the data)")

@@ -9,6 +9,16 @@ are reduced as they are recorded, so memory stays at one layer's (H, N, N) howev
   queries' rows, its column the sum over its keys, so pooled rows still sum to 1;
 - the head-averaged map, for rollout.
 
+Decoders (every attention call causal, as ``capture`` records it; GPT-2, the Llama family with grouped-query
+heads and RoPE, ...) are shown as they compute: the focus token attends only to itself and the tokens before
+it, so rankings cover those tokens, and the views draw later tokens as masked, never as zero weights. A
+decoder's default focus is the last pronoun, as for an encoder (its antecedent comes before it), else the
+last token, from which the next token is predicted. When most of the focus token's attention goes to the
+first token (>= half, averaged over heads, in some layer or in the rollout) -- the "attention sink" of Xiao
+et al. 2023 -- :meth:`Explanation.sink` measures it from the maps, the report says so in one sentence, and
+the tables rank the other tokens beside it. A tokenizer that adds no BOS token (SmolLM2's) leaves the text's
+first word as the first token, and that word then takes the sink's role.
+
     >>> e = explain("The animal didn't cross the street because it was too tired")
     >>> print(e.summary())                 # the focus token "it", per layer, standout heads, rollout
     >>> e.maps.shape                       # (6, 12, 15, 15): layers, heads, tokens, tokens
@@ -16,7 +26,7 @@ are reduced as they are recorded, so memory stays at one layer's (H, N, N) howev
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -38,6 +48,59 @@ STOPWORDS = frozenset("a an the and or but if of to in on at by for with from as
                       "has have had s t n't don didn doesn isn wasn".split())
 
 
+SINK_SHARE = 0.5  # "most of the attention": at least half of it, averaged over heads
+
+
+@dataclass(frozen=True)
+class Sink:
+    """The focus token's attention to the first token, where that is most of it: where decoders park attention
+    that nothing else needs (the "attention sink" of Xiao et al. 2023, "Efficient Streaming Language Models
+    with Attention Sinks").
+
+    Attributes:
+        token: the first token's display string.
+        layers: the layers whose head-averaged weight from the focus token to the first token is >= SINK_SHARE.
+        num_layers: the model's layer count.
+        share: that weight averaged over ``layers`` (0.0 when there are none: the rollout alone qualifies).
+        rollout: the focus token's rollout weight on the first token.
+    """
+
+    token: str
+    layers: tuple[int, ...]
+    num_layers: int
+    share: float
+    rollout: float
+
+    def sentence(self, focus: str, also: str) -> str:
+        """One plain sentence for the report: ``focus`` names the focus token, ``also`` ends the sentence."""
+        if not self.layers:  # the rollout alone: no layer sinks, rollout's own arithmetic drains there
+            return (f"Most of the rollout of {focus} ({self.rollout:.0%}) goes to the first token, {self.token!r}, "
+                    f"though no layer gives it half: rollout drains toward a decoder's first token, which sees "
+                    f"only itself; {also}.")
+        where = [f"{self.share:.0%} {_layer_span(self.layers, self.num_layers)}"]
+        if self.rollout >= SINK_SHARE:
+            where.append(f"{self.rollout:.0%} of the rollout")
+        return (f"Most of the attention from {focus} ({'; '.join(where)}) goes to the first token, {self.token!r}: "
+                f"decoders park attention there when nothing else is relevant (an 'attention sink', Xiao et al. "
+                f"2023); {also}.")
+
+
+def _layer_span(layers: tuple[int, ...], total: int) -> str:
+    """'in all 30 layers', 'in layer 3', 'in layers 3-29' or 'in 21 of 30 layers: 3-8, 13-15, 17-29'."""
+    if len(layers) == total:
+        return f"in all {total} layers"
+    if len(layers) == 1:
+        return f"in layer {layers[0]}"
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    spans = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
+    return f"in layers {spans[0]}" if len(runs) == 1 else f"in {len(layers)} of {total} layers: {', '.join(spans)}"
+
+
 @dataclass
 class Explanation:
     """The attention of one text through one model, ready for the terminal, HTML and figures.
@@ -45,14 +108,16 @@ class Explanation:
     Attributes:
         text: the input text (truncated texts keep only what the model saw; see ``truncated``).
         model_name: the checkpoint name or path, for titles.
-        tokens: N display strings: each token's span of ``text`` (special tokens as themselves).
+        tokens: N display strings: each token's span of ``text`` (special tokens as themselves; a token of
+            whitespace alone as visible marks, e.g. "␣", "↵").
         special: N flags: True for special tokens ([CLS], [SEP], <s>, ...).
         focus: index of the focus token.
         layer, head: the layer and head shown in detail (0-based).
         causal: whether the model is a decoder (query i sees tokens 0..i): every attention layer's call was
             causal, as ``capture`` recorded it.
         maps: (L, H, M, M) float32 every head's map; M == N unless the text is longer than ``max_tokens``
-            tokens, then the maps are pooled into the M token ranges ``bins``.
+            tokens, then the maps are pooled into the M token ranges ``bins``. A grouped-query model's maps
+            have one head per query head.
         bins: M half-open token ranges [start, end); (i, i + 1) for every token when not pooled.
         focus_rows: (L, H, N) float32 the focus token's attention to every token, at full resolution.
         rollout: (M, M) float32 attention rollout (Abnar & Zuidema 2020), pooled like ``maps``.
@@ -88,9 +153,20 @@ class Explanation:
     def pooled(self) -> bool:
         return len(self.bins) != len(self.tokens)
 
+    @property
+    def visible(self) -> int:
+        """How many tokens the focus token attends to: tokens 0..focus in a decoder, all in an encoder."""
+        return self.focus + 1 if self.causal else len(self.tokens)
+
     def bin_labels(self) -> list[str]:
         """A label per bin: the token itself, or "first…last" for a pooled range."""
         return [self.tokens[a] if b - a == 1 else f"{self.tokens[a]}…{self.tokens[b - 1]}" for a, b in self.bins]
+
+    def masked_cells(self) -> Tensor:
+        """(M, M) bool: the cells of ``maps`` that no query of the row's bin may attend to, every key of the
+        column's bin coming after all of them (a decoder's upper triangle); all False for an encoder."""
+        starts, ends = torch.tensor(self.bins, dtype=torch.long).reshape(-1, 2).T  # (M,) each
+        return (starts[None, :] >= ends[:, None]) & self.causal  # (M query bins, M key bins)
 
     def top_targets(self, row: Tensor, k: int) -> list[tuple[int, float]]:
         """The k largest entries of a length-N row as (token index, weight), largest first."""
@@ -101,10 +177,12 @@ class Explanation:
         """Heads whose strongest target (from the focus token) stands out: at least ``ratio`` times the next
         weight, and neither a special token, the focus itself, nor (in a decoder) the first token — those
         are where heads park attention they do not use (Clark et al. 2019; Xiao et al. 2023, "attention
-        sinks"). Returns (layer, head, target, weight, next weight), strongest first."""
-        top = self.focus_rows.topk(min(2, len(self.tokens)), dim=-1)  # (L, H, 2) for every head at once
+        sinks"). Only the tokens the focus sees compete. Returns (layer, head, target, weight, next weight),
+        strongest first."""
+        seen = self.focus_rows[..., :self.visible]  # (L, H, visible): a decoder's later tokens are masked
+        top = seen.topk(min(2, self.visible), dim=-1)  # (L, H, 2) for every head at once
         weight, target = top.values[..., 0], top.indices[..., 0]
-        second = top.values[..., 1] if len(self.tokens) > 1 else torch.zeros_like(weight)
+        second = top.values[..., 1] if self.visible > 1 else torch.zeros_like(weight)
         found = [(layer, head, int(target[layer, head]), float(weight[layer, head]), float(second[layer, head]))
                  for layer, head in (weight >= ratio * second).nonzero().tolist()]
         return sorted((f for f in found if self._informative(f[2])), key=lambda f: -f[3])
@@ -112,37 +190,97 @@ class Explanation:
     def _informative(self, target: int) -> bool:
         return not self.special[target] and target != self.focus and not (self.causal and target == 0)
 
+    def sink(self) -> Sink | None:
+        """The first token's share of the focus token's attention, where it is most of it (>= SINK_SHARE
+        averaged over heads, in some layer or in the rollout), measured on ``focus_rows`` and ``rollout_row``.
+        None for an encoder, for a focus that is the first token (it sees only itself), and when no layer and
+        not the rollout gives the first token that much."""
+        if not self.causal or self.focus == 0:
+            return None
+        weight = self.focus_rows[:, :, 0].mean(1)  # (L,) each layer's head-averaged weight on the first token
+        layers = tuple((weight >= SINK_SHARE).nonzero().flatten().tolist())
+        rolled = float(self.rollout_row[0])
+        if not layers and rolled < SINK_SHARE:
+            return None
+        share = float(weight[list(layers)].mean()) if layers else 0.0
+        return Sink(self.tokens[0], layers, self.num_layers, share, rolled)
+
+    def sink_sentence(self, also: str = "the tables below also rank the tokens without it") -> str | None:
+        """:meth:`Sink.sentence` for the focus token, or None when there is no sink."""
+        sink = self.sink()
+        return None if sink is None else sink.sentence(repr(self.tokens[self.focus]), also)
+
+    def rollout_rest(self) -> Tensor:
+        """(N,) the focus token's rollout without the first token: each other token's share of what does not go
+        to the first token (all zeros when nothing is left). In a decoder, rollout drains toward the first
+        token (it sees only itself, so what flows there stays), which this view sets aside."""
+        rest = self.rollout_row.clone()
+        rest[0] = 0.0
+        total = rest.sum()  # summed from the small entries: exact where 1 - rollout_row[0] would round to 0
+        return rest / total if total > 0 else rest
+
+    def layer_table(self, top: int = 3) -> tuple[list[str], list[list[str]]]:
+        """(header, rows) of the per-layer table: the focus token's most-attended tokens (mean over heads)
+        among the tokens it sees; with a sink, the first token's weight in a column of its own, then the
+        other tokens ranked without it."""
+        skip = 1 if self.sink() is not None else 0
+        rows = []
+        for layer in range(self.num_layers):
+            row = self.focus_rows[layer].mean(0)[:self.visible]  # (visible,)
+            best = [(t + skip, w) for t, w in self.top_targets(row[skip:], top)]
+            rows.append([str(layer), *([f"{float(row[0]):.2f}"] * skip),
+                         *(f"{self.tokens[t]} {w:.2f}" for t, w in best)])
+        first = [f"first: {self.tokens[0]}"] * skip
+        return ["layer", *first, *(_ordinal(i + 1) for i in range(min(top, self.visible - skip)))], rows
+
     def summary(self, top: int = 3, max_heads: int = 10) -> str:
         """The terminal report: per layer, the focus token's most-attended tokens (mean over heads); the
-        standout heads; the rollout ranking."""
+        standout heads; the rollout ranking. A decoder's report says which tokens the focus sees, and names
+        an attention sink when there is one (:meth:`sink`)."""
         name = lambda i: repr(self.tokens[i])  # noqa: E731
+        focus = name(self.focus)
+        seen = (f"; a decoder: it attends to the {self.visible} tokens up to it (0-{self.focus}), none after"
+                if self.causal else "")
+        sink = self.sink_sentence()
         lines = [f"model: {self.model_name} ({self.num_layers} layers x {self.num_heads} heads, "
                  f"{'decoder (causal)' if self.causal else 'encoder'})",
                  f"tokens ({len(self.tokens)}): {' '.join(self.tokens) if len(self.tokens) <= 64 else '...'}",
-                 f"focus: {name(self.focus)} (token {self.focus})", *self.notes, ""]
-        lines.append(f"Most-attended tokens from {name(self.focus)}, per layer (mean over heads):")
-        rows = []
-        for layer in range(self.num_layers):
-            best = self.top_targets(self.focus_rows[layer].mean(0), top)
-            rows.append([str(layer), *(f"{self.tokens[t]} {w:.2f}" for t, w in best)])
-        lines.append(format_table(rows, ["layer", *(_ordinal(i + 1) for i in range(len(rows[0]) - 1))]))
+                 f"focus: {focus} (token {self.focus}){seen}", *self.notes, *([sink] if sink else []), ""]
+        among = f", among the {self.visible} tokens up to it" if self.causal else ""
+        split = "; the first token's weight, then the others ranked without it" if sink else ""
+        lines.append(f"Most-attended tokens from {focus}, per layer (mean over heads{among}){split}:")
+        lines.append(format_table(*self.layer_table(top)[::-1]))
         lines.append("")
         heads = self.standout_heads()
         if heads:
-            lines.append(f"Heads whose strongest target from {name(self.focus)} stands out (>= 2x the next):")
+            lines.append(f"Heads whose strongest target from {focus} stands out (>= 2x the next):")
             rows = [[str(l), str(h), self.tokens[t], f"{w:.2f}", f"{s:.2f}"] for l, h, t, w, s in heads[:max_heads]]
             lines.append(format_table(rows, ["layer", "head", "target", "weight", "next"]))
             if len(heads) > max_heads:
                 lines.append(f"... and {len(heads) - max_heads} more")
         else:
-            lines.append(f"No head's strongest target from {name(self.focus)} stands out (>= 2x the next) "
-                         f"beyond special tokens and itself.")
+            lines.append(f"No head's strongest target from {focus} stands out (>= 2x the next) "
+                         f"beyond special tokens{', the first token' if self.causal else ''} and itself.")
         lines.append("")
-        ranking = [(t, w) for t, w in self.top_targets(self.rollout_row, len(self.tokens)) if self._informative(t)]
-        lines.append(f"Rollout (Abnar & Zuidema 2020), what {name(self.focus)} draws on through all layers "
-                     f"(excluding itself and special tokens):")
-        lines.append("  " + ", ".join(f"{self.tokens[t]} {w:.3f}" for t, w in ranking[:max(top, 5)]))
+        lines += self._rollout_lines(top)
         return "\n".join(lines)
+
+    def _rollout_lines(self, top: int) -> list[str]:
+        focus = repr(self.tokens[self.focus])
+        head = f"Rollout (Abnar & Zuidema 2020), what {focus} draws on through all layers"
+        if not self.causal:
+            ranking = [(t, w) for t, w in self.top_targets(self.rollout_row, len(self.tokens)) if self._informative(t)]
+            return [f"{head} (excluding itself and special tokens):",
+                    "  " + ", ".join(f"{self.tokens[t]} {w:.3f}" for t, w in ranking[:max(top, 5)])]
+        if self.focus == 0:
+            return [f"{head}: only itself (the first token of a decoder sees nothing else)."]
+        rest = self.rollout_rest()
+        ranking = [(t, w) for t, w in self.top_targets(rest[:self.visible], self.visible) if self._informative(t)]
+        left = float(self.rollout_row[1:].sum())
+        first = f"the first token, {self.tokens[0]!r}, {float(self.rollout_row[0]):.3f}"
+        return [f"{head}: {first} (rollout drains toward a decoder's first token, which sees only itself); the "
+                f"others (excluding itself and special tokens) as shares of the remaining {left:.2g}:",
+                "  " + (", ".join(f"{self.tokens[t]} {w:.3f}" for t, w in ranking[:max(top, 5)]) or "none")]
 
 
 def _ordinal(n: int) -> str:
@@ -169,25 +307,50 @@ def pool(probs: Tensor, bins: list[tuple[int, int]]) -> Tensor:
     return mean @ probs @ member.T
 
 
-def _display(text: str, encoding, special_ids: set[int]) -> tuple[list[str], list[bool], list[int | None]]:
-    """Each token's display string (its span of the text; special tokens as themselves), flags, words."""
-    tokens, special = [], []
+# A token of whitespace alone (byte-level BPE has them: "Ġ", "Ċ", "ĉ") shows as these marks, not as nothing.
+_VISIBLE_SPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def _visible(span: str) -> str:
+    """A token's text as shown: stripped of the spaces around it; whitespace alone as visible marks."""
+    return span.strip() or "".join(_VISIBLE_SPACE.get(c, "␣") for c in span)
+
+
+def _display(text: str, encoding, special_ids: set[int],
+             decode: Callable[[int], str]) -> tuple[list[str], list[bool], list[int | None], list[str]]:
+    """Each token's display string, special flag, word id, and the text it adds for word matching.
+
+    A token shows its span of the text (byte-level BPE's "Ġ" space marker never appears: the span is the
+    text itself), special tokens as themselves, a token with no span as ``decode`` of its id. A character
+    split into several byte-level tokens shows in each of them; only the first adds it to the word.
+    """
+    tokens, special, pieces, seen = [], [], [], 0
     for token_id, token, (start, end) in zip(encoding.ids, encoding.tokens, encoding.offsets):
         is_special = token_id in special_ids
-        shown = token if is_special else text[start:end].strip() or token
+        if is_special:
+            shown = piece = token
+        elif end > start:
+            shown, piece = _visible(text[start:end]), text[max(start, seen):end].strip()
+        else:  # a token the tokenizer added, not read from the text
+            shown = piece = _visible(decode(token_id)) or token
         tokens.append(shown)
         special.append(is_special)
-    return tokens, special, list(encoding.word_ids)
+        pieces.append(piece)
+        seen = max(seen, end)
+    return tokens, special, list(encoding.word_ids), pieces
 
 
-def choose_focus(tokens: list[str], special: list[bool], words: list[int | None], focus: str | int | None) -> int:
+def choose_focus(tokens: list[str], special: list[bool], words: list[int | None], focus: str | int | None,
+                 *, causal: bool = False) -> int:
     """The focus token: an index; else the first token of the word ``focus`` (case-insensitive; its first
-    occurrence); else, by default, the last pronoun, or the last content word, or the last non-special token."""
+    occurrence); else, by default, the last pronoun, or else for an encoder the last content word, for a
+    decoder (``causal``) the last token (the next token is predicted from it), or else the last non-special
+    token."""
     if isinstance(focus, int) and not isinstance(focus, bool):
         if not -len(tokens) <= focus < len(tokens):
             raise ValueError(f"focus index {focus} is out of range for {len(tokens)} tokens")
         return focus % len(tokens)
-    firsts = [i for i, w in enumerate(words) if not special[i] and (i == 0 or words[i - 1] != w)]
+    firsts = _word_starts(tokens, special, words)
     word_text = {i: _word(tokens, words, i).lower() for i in firsts}
     if focus is not None:
         if not isinstance(focus, str):
@@ -199,12 +362,25 @@ def choose_focus(tokens: list[str], special: list[bool], words: list[int | None]
             shown = ", ".join(repr(_word(tokens, words, i)) for i in firsts[:40])
             raise ValueError(f"focus word {focus!r} is not in the text; its words: {shown}")
         return matches[0]
-    for pick in (lambda w: w in PRONOUNS, lambda w: w.isalpha() and w not in STOPWORDS):
+    rules = [lambda w: w in PRONOUNS] + ([] if causal else [lambda w: w.isalpha() and w not in STOPWORDS])
+    for pick in rules:
         chosen = [i for i in firsts if pick(word_text[i])]
         if chosen:
             return chosen[-1]
     plain = [i for i, s in enumerate(special) if not s]
     return plain[-1] if plain else len(tokens) - 1
+
+
+def _word_starts(tokens: list[str], special: list[bool], words: list[int | None]) -> list[int]:
+    """The first token of each word that has text: a word's leading tokens without any (byte-level BPE's lone
+    space token "Ġ" ahead of "it") are skipped, so that the word's focus token is one that shows it."""
+    firsts, pending = [], False
+    for i, w in enumerate(words):
+        pending = pending or i == 0 or words[i - 1] != w  # a new word begins at i
+        if pending and not special[i] and tokens[i].strip():
+            firsts.append(i)
+            pending = False
+    return firsts
 
 
 def _word(tokens: list[str], words: list[int | None], first: int) -> str:
@@ -252,9 +428,10 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
     Args:
         text: the input text.
         model: None (the bundled all-MiniLM-L6-v2), a name or directory for ``attnkit.hub.load`` (BERT-family
-            encoders, GPT-2 decoders), a ``(model, tokenizer)`` pair, or an attnkit BERT / GPT with ``tokenizer``.
+            encoders; decoders: GPT-2 and the Llama family, e.g. "HuggingFaceTB/SmolLM2-135M-Instruct"), a
+            ``(model, tokenizer)`` pair, or an attnkit BERT / GPT with ``tokenizer``.
         focus: the token to explain: a word of the text (its first occurrence), a token index, or None for
-            the last pronoun / content word.
+            the last pronoun, else an encoder's last content word or a decoder's last token.
         layer, head: the map shown in detail; None = the head whose focus row stands out most (else the
             last layer's head 0).
         kernel: attention kernel for the forward ("dense", "sdpa", "tiled", ...); the maps are the same.
@@ -270,16 +447,19 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
     encoding = tokenizer.encoding(text, max_length=max_length)
     truncated = bool(encoding.overflowing)
     special_ids = {tokenizer.backend.token_to_id(t) for t in tokenizer.special_tokens.values()}
-    tokens, special, words = _display(text, encoding, special_ids)
+    decode = lambda i: tokenizer.backend.decode([i], skip_special_tokens=False)  # noqa: E731
+    tokens, special, words, pieces = _display(text, encoding, special_ids, decode)
     n = len(tokens)
     if n == 0:
         raise ValueError("the text has no tokens")
-    focus = choose_focus(tokens, special, words, focus)
+    # the default focus differs for a decoder, known only once the layers have run: record both candidates' rows
+    by_kind = {causal: choose_focus(pieces, special, words, focus, causal=causal) for causal in (False, True)}
+    candidates = sorted(set(by_kind.values()))
     bins = make_bins(n, max_tokens)
 
     def reduce(index: int, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         probs = probs[0].float()  # (H, N, N)
-        return pool(probs, bins), probs[:, focus], probs.mean(0)
+        return pool(probs, bins), probs[:, candidates], probs.mean(0)  # (H, M, M), (H, C, N), (N, N)
 
     ids = torch.tensor([encoding.ids])
     with capture(model, reduce=reduce) as record, _kernel(model, kernel):
@@ -288,11 +468,13 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
         raise ValueError(f"{name}: only {sum(m is not None for m in record.maps)} of {len(record.maps)} attention "
                          f"layers ran on a text (an encoder-decoder needs its own explain)")
     maps = torch.stack([m[0] for m in record.maps])  # (L, H, M, M)
-    focus_rows = torch.stack([m[1] for m in record.maps])  # (L, H, N)
+    causal = all(record.causal)
+    focus = by_kind[causal]
+    focus_rows = torch.stack([m[1][:, candidates.index(focus)] for m in record.maps])  # (L, H, N)
     rolled = rollout([m[2][None] for m in record.maps])[0]  # (N, N)
     explanation = Explanation(
         text=text, model_name=name, tokens=tokens, special=special, focus=focus, layer=0, head=0,
-        causal=all(record.causal), maps=maps, bins=bins, focus_rows=focus_rows, rollout=pool(rolled, bins),
+        causal=causal, maps=maps, bins=bins, focus_rows=focus_rows, rollout=pool(rolled, bins),
         rollout_row=rolled[focus].clone(), truncated=truncated)
     explanation.layer, explanation.head = _detail(explanation, layer, head)
     if truncated:

@@ -4,6 +4,10 @@ text in the SVG, so labels stay editable), written without a display.
     >>> write_figures(explain("The animal didn't cross the street because it was too tired"), "out/")
     [PosixPath('out/head_L5_H11.png'), PosixPath('out/head_L5_H11.svg'), PosixPath('out/layers_mean.png'), ...]
 
+A decoder's maps draw the cells a query cannot see (later tokens) grey and say so in the title: masked, not
+zero weights. Its rollout bars list only the tokens up to the focus token; with an attention sink
+(``Explanation.sink``), a third panel ranks the tokens without the first one.
+
 matplotlib is an optional dependency (``pip install "attnkit[viz]"``).
 """
 
@@ -14,6 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 
 from ..files import atomic_path
@@ -21,6 +26,7 @@ from .explanation import Explanation
 
 FORMATS = ("png", "svg")
 MAX_LABELS = 60  # more token labels than this on an axis are thinned out
+MASKED = "#dedede"  # cells a decoder's query cannot see: grey, apart from every colour a weight can take
 
 
 def _pyplot():
@@ -47,11 +53,30 @@ def _ticks(ax, labels: Sequence[str], *, x: bool = True, y: bool = True) -> None
         ax.set_yticklabels(shown, fontsize=size, parse_math=False)
 
 
-def _heatmap(ax, matrix: Tensor, labels: Sequence[str], title: str, *, x: bool = True, y: bool = True):
-    image = ax.imshow(matrix.numpy(), cmap="viridis", vmin=0.0, interpolation="nearest", aspect="equal")
+def _heatmap(ax, matrix: Tensor, labels: Sequence[str], title: str, masked: Tensor, *, x: bool = True,
+             y: bool = True):
+    """``matrix`` (M, M) as an image; cells where ``masked`` (M, M) is True are drawn ``MASKED``."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=MASKED)
+    values = np.ma.masked_array(matrix.numpy(), mask=masked.numpy())
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, interpolation="nearest", aspect="equal")
     ax.set_title(title, fontsize=9, parse_math=False)
     _ticks(ax, labels, x=x, y=y)
     return image
+
+
+def _bars(ax, e: Explanation, row: Tensor, candidates: range, title: str, xlabel: str) -> None:
+    """Horizontal bars of ``row`` (N,) for the tokens in ``candidates``: all of them in text order, or the
+    MAX_LABELS largest, largest on top."""
+    index = list(candidates)
+    order = index[::-1] if len(index) <= MAX_LABELS else \
+        [index[i] for i in row[index].topk(MAX_LABELS).indices.flip(0).tolist()]
+    ax.barh(range(len(order)), row[order].numpy(), color="#3b6fb6")
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([e.tokens[i] for i in order], fontsize=7, parse_math=False)
+    ax.set_title(title, fontsize=9, parse_math=False)
+    ax.set_xlabel(xlabel)
 
 
 def _save(plt, fig, stem: Path, formats: Sequence[str]) -> list[Path]:
@@ -92,13 +117,16 @@ def write_figures(e: Explanation, directory: str | os.PathLike[str], formats: Se
     directory = Path(directory)
     labels = e.bin_labels()
     title = e.model_name
+    masked = e.masked_cells()  # (M, M)
+    grey = "\n(grey: masked, a decoder's token sees no later token)" if e.causal else ""
     written: list[Path] = []
     # user text (the model's path, tokens) is drawn as it is: parse_math=False on every Text built from it, and
     # no LaTeX, where $ _ ^ % & # are markup too
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "attnkit", "font.size": 8, "text.usetex": False}):
         size = min(12.0, 3.0 + 0.22 * len(labels))
         fig, ax = plt.subplots(figsize=(size + 1.2, size))
-        image = _heatmap(ax, e.maps[e.layer, e.head], labels, f"{title}: layer {e.layer}, head {e.head}")
+        image = _heatmap(ax, e.maps[e.layer, e.head], labels, f"{title}: layer {e.layer}, head {e.head}{grey}",
+                         masked)
         ax.set_xlabel("key (attended to)")
         ax.set_ylabel("query (attending)")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -112,20 +140,20 @@ def write_figures(e: Explanation, directory: str | os.PathLike[str], formats: Se
             if layer >= e.num_layers:
                 ax.axis("off")
                 continue
-            _heatmap(ax, e.maps[layer].mean(0), labels, f"layer {layer} (mean of {e.num_heads} heads)",
+            _heatmap(ax, e.maps[layer].mean(0), labels, f"layer {layer} (mean of {e.num_heads} heads)", masked,
                      x=layer + columns >= e.num_layers, y=layer % columns == 0)
-        fig.suptitle(f"{title}: head-averaged attention per layer", fontsize=10, parse_math=False)
+        fig.suptitle(f"{title}: head-averaged attention per layer{grey}", fontsize=10, parse_math=False)
         written += _save(plt, fig, directory / "layers_mean", formats)
 
-        fig, (ax_map, ax_bar) = plt.subplots(1, 2, figsize=(2 * size + 1, size),
-                                             gridspec_kw={"width_ratios": [1, 0.6]})
-        _heatmap(ax_map, e.rollout, labels, f"{title}: attention rollout (Abnar & Zuidema 2020)")
-        order = list(range(len(e.tokens)))[::-1] if len(e.tokens) <= MAX_LABELS else \
-            e.rollout_row.topk(MAX_LABELS).indices.flip(0).tolist()
-        ax_bar.barh(range(len(order)), e.rollout_row[order].numpy(), color="#3b6fb6")
-        ax_bar.set_yticks(range(len(order)))
-        ax_bar.set_yticklabels([e.tokens[i] for i in order], fontsize=7, parse_math=False)
-        ax_bar.set_title(f"rollout of {e.tokens[e.focus]!r} (token {e.focus})", fontsize=9, parse_math=False)
-        ax_bar.set_xlabel("share of the final representation")
+        rest = e.sink() is not None and e.visible > 1  # a third panel: the bars without the first token
+        fig, axes = plt.subplots(1, 3 if rest else 2, figsize=((2.6 if rest else 2) * size + 1, size),
+                                 gridspec_kw={"width_ratios": [1, 0.6, 0.6] if rest else [1, 0.6]})
+        _heatmap(axes[0], e.rollout, labels, f"{title}: attention rollout (Abnar & Zuidema 2020){grey}", masked)
+        seen = f",\nof the {e.visible} tokens up to it" if e.causal else ""
+        _bars(axes[1], e, e.rollout_row, range(e.visible), f"rollout of {e.tokens[e.focus]!r} (token {e.focus}){seen}",
+              "share of the final representation")
+        if rest:
+            _bars(axes[2], e, e.rollout_rest(), range(1, e.visible), f"without the first token, {e.tokens[0]!r}",
+                  "share of what the first token leaves")
         written += _save(plt, fig, directory / "rollout", formats)
     return written

@@ -6,10 +6,13 @@ Content-Security-Policy allows only that one inline script (by its hash) and no 
 Token text reaches the page only through JSON and ``textContent``, so a token such as ``</script>`` or
 ``<img onerror=...>`` shows as text and runs nothing.
 
-Views: a header (model, text, focus, notes); the head view (BertViz-style lines from each query token to
+Views: a header (model, text, focus, notes, an attention sink in one sentence when there is one); the focus
+token's per-layer table (as in the terminal); the head view (BertViz-style lines from each query token to
 the key tokens, one colour per head; when the text is pooled, only the focus token's full-resolution row);
 the model view (every layer x head as a small heatmap; click one to show it in detail); the detail heatmap;
-the rollout heatmap with the focus token's rollout bars.
+the rollout heatmap with the focus token's rollout bars. A decoder's maps draw the cells a query cannot see
+(later tokens) grey, as masked, not as zero weights; its bars list only the tokens up to the focus, and with a
+sink the bars without the first token beside them.
 
     >>> from attnkit.inspect import explain
     >>> from attnkit.inspect.html import write_html
@@ -57,16 +60,21 @@ _PAGE = """<!DOCTYPE html>
 <dt>shape</dt><dd id="shape"></dd>
 </dl>
 <ul id="notes"></ul>
+<p id="sink" hidden></p>
 <noscript>This view needs JavaScript.</noscript>
 </header>
 <main>
+<section id="layer-table"><h2>Focus token, per layer</h2>
+<p class="hint" id="table-hint"></p>
+<table id="focus-table"></table>
+</section>
 <section id="head-view"><h2>Head view</h2>
 <div class="controls"><label>layer <select id="head-layer"></select></label><span id="head-chips"></span></div>
 <p class="hint" id="head-hint"></p>
 <svg id="head-svg"></svg>
 </section>
 <section id="model-view"><h2>Model view</h2>
-<p class="hint">Every head's map (rows: queries, columns: keys; colour ~ sqrt(weight)).
+<p class="hint" id="model-hint">Every head's map (rows: queries, columns: keys; colour ~ sqrt(weight)).
 Click one to show it in detail.</p>
 <div id="model-grid"></div>
 </section>
@@ -77,7 +85,8 @@ Click one to show it in detail.</p>
 </section>
 <section id="rollout-view"><h2>Rollout</h2>
 <p class="hint" id="rollout-hint"></p>
-<div class="side-by-side"><div id="rollout-map"></div><div id="rollout-bars"></div></div>
+<div class="side-by-side"><div id="rollout-map"></div><div id="rollout-bars" class="bars"></div>
+<div id="rollout-rest" class="bars" hidden></div></div>
 </section>
 </main>
 <div id="tip" hidden></div>
@@ -118,15 +127,21 @@ def _check(e: Explanation) -> None:
 
 
 def _payload(e: Explanation) -> dict:
+    header, rows = e.layer_table()
+    sink = e.sink_sentence(also="the table and the rollout bars below also rank the tokens without it")
     return {
         "model": e.model_name, "text": e.text, "tokens": list(e.tokens), "special": [bool(s) for s in e.special],
         "focus": e.focus, "layer": e.layer, "head": e.head, "causal": bool(e.causal), "pooled": e.pooled,
-        "notes": list(e.notes), "bins": [list(b) for b in e.bins],
+        "notes": list(e.notes), "bins": [list(b) for b in e.bins], "visible": e.visible, "sink": sink,
+        "table": {"header": header, "rows": rows},
         "binLabels": e.bin_labels(),
         "maps": _pack(e.maps, 1),  # (L, H, M, M)
         "focusRows": _pack(e.focus_rows, 2),  # (L, H, N)
         "rollout": _pack(e.rollout, 2),  # (M, M)
         "rolloutRow": _pack(e.rollout_row, 2),  # (N,)
+        # (N,) a decoder's rollout without the first token, renormalized: its own entries are too small for
+        # uint16 when the first token takes nearly all (a 30-layer decoder leaves it ~1e-6)
+        "rolloutRest": _pack(e.rollout_rest(), 2) if e.causal else None,
     }
 
 

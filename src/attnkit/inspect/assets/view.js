@@ -8,6 +8,7 @@
   const ROW = 18;             // head-view row height (px)
   const LEFT_X = 170, RIGHT_X = 430, SVG_WIDTH = 600;
   const TOP_BARS = 30;        // rollout bars shown
+  const MASKED = [222, 222, 222];  // a cell a decoder's query cannot see: grey, apart from the white of weight 0
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf", "#393b79", "#ad494a"];
 
@@ -34,7 +35,14 @@
   const focusRows = decode(data.focusRows);  // (L, H, N)
   const rollout = decode(data.rollout);      // (M, M)
   const rolloutRow = decode(data.rolloutRow);  // (N,)
+  const rolloutRest = data.rolloutRest ? decode(data.rolloutRest) : null;  // (N,) decoders: without the first token
   const focusBin = data.bins.findIndex((b) => b[0] <= data.focus && data.focus < b[1]);
+  // (M, M) 1 where a decoder's query bin sees none of the key bin (every key after every query): masked, not 0
+  const masked = new Uint8Array(M * M);
+  if (data.causal) {
+    for (let q = 0; q < M; q++) for (let k = 0; k < M; k++) masked[q * M + k] = data.bins[k][0] >= data.bins[q][1];
+  }
+  const SEES_EARLIER = "in a decoder a token attends only to itself and earlier tokens";
 
   function mapOf(layer, head) {  // (M, M) view of one head's map
     const start = (layer * H + head) * M * M;
@@ -81,11 +89,34 @@
     document.getElementById("model").textContent = data.model + " \u2014 " + L + " layers \u00d7 " + H +
       " heads, " + (data.causal ? "decoder (causal)" : "encoder");
     document.getElementById("text").textContent = data.text;
-    document.getElementById("focus").textContent = quoted(data.focus) + " (token " + data.focus + ")";
+    document.getElementById("focus").textContent = quoted(data.focus) + " (token " + data.focus + ")" +
+      (data.causal ? "; a decoder: it attends to the " + data.visible + " tokens up to it (0\u2013" + data.focus +
+                     "), none after" : "");
     document.getElementById("shape").textContent = N + " tokens" +
       (data.pooled ? ", heatmaps pooled into " + M + " token ranges" : "");
     const notes = document.getElementById("notes");
     for (const note of data.notes) notes.appendChild(el("li", "", note));
+    if (data.sink) {
+      const sink = document.getElementById("sink");
+      sink.textContent = data.sink;
+      sink.hidden = false;
+    }
+  }
+
+  // ---- the focus token's table, per layer (the terminal's) ---------------------------------------------
+  function renderTable() {
+    const table = document.getElementById("focus-table");
+    const header = table.appendChild(el("thead")).appendChild(el("tr"));
+    for (const name of data.table.header) header.appendChild(el("th", "", name));
+    const body = table.appendChild(el("tbody"));
+    for (const row of data.table.rows) {
+      const line = body.appendChild(el("tr"));
+      for (const cell of row) line.appendChild(el("td", "", cell));
+    }
+    document.getElementById("table-hint").textContent = "The tokens " + quoted(data.focus) +
+      " attends to most in each layer (mean over heads" +
+      (data.causal ? ", among the " + data.visible + " tokens up to it" : "") + ")" +
+      (data.sink ? "; the first token's weight, then the others ranked without it." : ".");
   }
 
   // ---- heatmaps -----------------------------------------------------------------------------------------
@@ -97,13 +128,13 @@
       : [107 - (107 - 8) * (2 * t - 1), 174 - (174 - 48) * (2 * t - 1), 214 - (214 - 107) * (2 * t - 1)];
   }
 
-  function paint(canvas, values, size) {  // values: (size, size), one pixel per cell; CSS scales it up
+  function paint(canvas, values, size) {  // values: (M, M), one pixel per cell; CSS scales it up
     canvas.width = size;
     canvas.height = size;
     const context = canvas.getContext("2d");
     const image = context.createImageData(size, size);
     for (let i = 0; i < size * size; i++) {
-      const c = colour(values[i]);
+      const c = masked[i] ? MASKED : colour(values[i]);
       image.data[4 * i] = c[0];
       image.data[4 * i + 1] = c[1];
       image.data[4 * i + 2] = c[2];
@@ -135,7 +166,10 @@
     canvas.addEventListener("mousemove", (event) => {
       const q = Math.floor(event.offsetY / canvas.clientHeight * M);
       const k = Math.floor(event.offsetX / canvas.clientWidth * M);
-      if (current && q >= 0 && q < M && k >= 0 && k < M) showTip(event, describe(q, k, current[q * M + k]));
+      if (!current || q < 0 || q >= M || k < 0 || k >= M) return;
+      showTip(event, masked[q * M + k]
+        ? data.binLabels[q] + " cannot see " + data.binLabels[k] + ": masked (" + SEES_EARLIER + ")"
+        : describe(q, k, current[q * M + k]));
     });
     canvas.addEventListener("mouseleave", hideTip);
     return (values) => { current = values; paint(canvas, values, M); };
@@ -169,6 +203,9 @@
   }
 
   function renderModelView() {
+    if (data.causal) {
+      document.getElementById("model-hint").append(" Grey cells are masked: " + SEES_EARLIER + ".");
+    }
     const grid = document.getElementById("model-grid");
     grid.style.gridTemplateColumns = "auto repeat(" + H + ", auto)";
     grid.appendChild(el("div"));
@@ -287,32 +324,53 @@
         "Hover a token to see only its links."
       : "Each line: a query (left) attending to a key (right), opacity = weight (links under " + MIN_LINK +
         " not drawn). Hover a token to see only its links.";
+    if (data.causal) {
+      document.getElementById("head-hint").append(" Every line goes across or up: " + SEES_EARLIER + ".");
+    }
     drawLinks();
   }
 
   // ---- rollout ------------------------------------------------------------------------------------------
+  // Bars for the tokens in candidates, the TOP_BARS largest by values (an (N,) array), largest first.
+  function bars(container, values, candidates) {
+    const order = candidates.slice().sort((a, b) => values[b] - values[a] || a - b);
+    const shown = order.slice(0, TOP_BARS);
+    const largest = Math.max(shown.length ? values[shown[0]] : 0, 1e-9);
+    for (const i of shown) {
+      const klass = "bar-row" + (i === data.focus ? " focus" : "") + (data.special[i] ? " special" : "");
+      const row = container.appendChild(el("div", klass));
+      row.dataset.tokenIndex = String(i);
+      row.append(el("span", "bar-label", tokens[i] + " #" + i), el("span", "bar-track"),
+                 el("span", "bar-value", values[i].toFixed(3)));
+      row.children[1].appendChild(el("div", "bar")).style.width = (100 * values[i] / largest) + "%";
+    }
+    return shown.length;
+  }
+
   function renderRollout() {
     const show = heatmap(document.getElementById("rollout-map"), (q, k, v) =>
       data.binLabels[q] + " draws " + v.toFixed(3) + " from " + data.binLabels[k]);
     show(rollout.values);
-    const order = tokens.map((_, i) => i).sort((a, b) => rolloutRow.values[b] - rolloutRow.values[a] || a - b);
-    const shown = order.slice(0, Math.min(N, TOP_BARS));
-    const largest = Math.max(rolloutRow.values[order[0]], 1e-9);
-    const bars = document.getElementById("rollout-bars");
-    for (const i of shown) {
-      const klass = "bar-row" + (i === data.focus ? " focus" : "") + (data.special[i] ? " special" : "");
-      const row = bars.appendChild(el("div", klass));
-      row.dataset.tokenIndex = String(i);
-      row.append(el("span", "bar-label", tokens[i] + " #" + i), el("span", "bar-track"),
-                 el("span", "bar-value", rolloutRow.values[i].toFixed(3)));
-      row.children[1].appendChild(el("div", "bar")).style.width = (100 * rolloutRow.values[i] / largest) + "%";
+    const seen = tokens.map((_, i) => i).slice(0, data.visible);  // a decoder's later tokens are masked
+    const all = document.getElementById("rollout-bars");
+    if (data.sink) all.appendChild(el("div", "bars-title", "all " + data.visible + " tokens up to " + quoted(data.focus)));
+    const count = bars(all, rolloutRow.values, seen);
+    if (data.sink && rolloutRest && data.visible > 1) {
+      const rest = document.getElementById("rollout-rest");
+      rest.hidden = false;
+      rest.appendChild(el("div", "bars-title", "without the first token, " + quoted(0) +
+                                               ": each token's share of what is left"));
+      bars(rest, rolloutRest.values, seen.slice(1));
     }
     document.getElementById("rollout-hint").textContent = "Attention rollout (Abnar & Zuidema 2020): what " +
-      quoted(data.focus) + " draws on through all layers; the " + shown.length + " largest of " + N + " tokens.";
+      quoted(data.focus) + " draws on through all layers; the " + count + " largest of " +
+      (data.causal ? "the " + data.visible + " tokens up to it (rollout drains toward a decoder's first token, " +
+                     "which sees only itself)." : N + " tokens.");
   }
 
   try {
     renderHeader();
+    renderTable();
     renderHeadView();
     renderModelView();
     renderDetail();
