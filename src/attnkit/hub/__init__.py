@@ -1,6 +1,6 @@
-"""Hugging Face-style checkpoints in attnkit models: load real weights (BERT, MiniLM, RoBERTa, GPT-2, and the
-Llama family: Llama, Mistral, Qwen 2/3, Gemma 2/3, Phi-3) into attnkit's own implementations, and save attnkit
-models so that ``transformers`` reads them.
+"""Hugging Face-style checkpoints in attnkit models: load real weights (BERT, MiniLM, RoBERTa, XLM-R, DistilBERT,
+ELECTRA, GPT-2, and the Llama family: Llama, Mistral, Qwen 2/3, Gemma 2/3, Phi-3), fine-tuned ones with their task
+heads, into attnkit's own implementations, and save attnkit models so that ``transformers`` reads them.
 
     >>> from attnkit import hub
     >>> model, tok = hub.load("sentence-transformers/all-MiniLM-L6-v2")   # bundled: no download
@@ -10,9 +10,9 @@ models so that ``transformers`` reads them.
     >>> hub.save(gpt, "/tmp/copy", tok)                                   # config.json + model.safetensors
 
 Files: ``resolve`` (name -> directory), ``errors`` (CheckpointError), ``files`` (config.json and weight files),
-``rules`` (tensor mapping machinery), ``architectures`` (BERT / RoBERTa / GPT-2 specifics and the table),
-``llama`` (the Llama family), ``rope`` (config.json's RoPE settings), ``tokenizer``,
-``checkpoint`` (load/save).
+``rules`` (tensor mapping machinery), ``architectures`` (GPT-2, the heads of each transformers class, and the
+table), ``bert_family`` (BERT, RoBERTa, DistilBERT, ELECTRA), ``llama`` (the Llama family), ``rope`` (config.json's
+RoPE settings), ``tokenizer``, ``checkpoint`` (load/save; ``strict=False``).
 """
 
 from .checkpoint import load, load_model, save

@@ -214,7 +214,9 @@ def _describe(config: HubConfig) -> str:
     if isinstance(config, BERTConfig) and config.mlm_head:
         return "a masked-LM head"
     head = f"a {config.task.kind} head (pooling={config.task.pooling!r})" if config.task else "no head"
-    return f"{head}{', no pooler' if isinstance(config, BERTConfig) and not config.pooler else ''}"
+    if not isinstance(config, BERTConfig):
+        return head
+    return f"{head} and {'a' if config.pooler else 'no'} pooler"
 
 
 # --------------------------------------------------------------------------------------------------

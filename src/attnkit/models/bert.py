@@ -64,7 +64,9 @@ class BERTConfig(Config):
     pad_id: int = 0  # its embedding row starts at zero; the default padding (see BERT) is input_ids == pad_id
     mlm_head: bool = False  # build the masked-LM head (HF BertForMaskedLM's cls.predictions); else no mlm_logits
     kernel: str = "auto"  # handed to every attention layer unchanged
-    pooler: bool = True  # build the tanh pooler (pooler_output); DistilBERT and ELECTRA have none
+    # build the tanh pooler (pooler_output); None = as transformers' class for the head: with no head, the MLM head
+    # or the "pooler" classifier, not with the other task heads (DistilBERT and ELECTRA never have one)
+    pooler: bool | None = None
     # the embeddings' width when narrower than dim (ELECTRA's embedding_size): a Linear projects them to dim;
     # None = dim
     embedding_dim: int | None = None
@@ -93,6 +95,8 @@ class BERTConfig(Config):
             require_positive(self, "embedding_dim")
             self.embedding_dim = None if self.embedding_dim == self.dim else self.embedding_dim
         self.task = task_config(self.task, "BERTConfig", self.dropout, "pooler")
+        if self.pooler is None:
+            self.pooler = self.task is None or self.task.pooling == "pooler"
         if self.mlm_head and (self.task is not None or self.embedding_dim is not None):
             raise ValueError("BERTConfig: mlm_head=True takes neither a task head nor an embedding_dim other than "
                              "dim (the decoder shares the word embedding matrix)")
