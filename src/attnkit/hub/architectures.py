@@ -122,7 +122,7 @@ class Head:
     task: Task | None = None  # the TaskConfig.kind it loads as; None: no task head
     pooling: Pooling | None = None  # sequence classification's (see attnkit.models.heads)
     mlm: bool = False  # BERT's masked-LM head (BERTConfig.mlm_head)
-    pooler: bool = True  # BERT's pooler (BERTConfig.pooler); a class without one may still be given a stored one
+    pooler: bool = True  # BERT's pooler (BERTConfig.pooler); False: a stored one (older checkpoints) is ignored
     marker: str | None = None  # a regex only this head's tensor names match: the head when config.json names none
     dropout_key: str | None = None  # config.json's field for TaskConfig.dropout; None: transformers has no setting
 
