@@ -146,18 +146,18 @@ def gpt2(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 # SmolLM2-135M-Instruct from its GGUF file (--model smollm2)
 
-# hub.load in a fresh process: its time and the process's peak RSS (ru_maxrss, kB on Linux), and the RSS before
-# it (Python, torch and attnkit imported), one JSON line on stdout
+# hub.load in a fresh process: its time and the process's peak RSS (VmHWM, kB; not ru_maxrss, which Linux carries
+# over from the parent through fork and exec: it would report this benchmark's own 2.6 GB), and the RSS before it
+# (Python, torch and attnkit imported), one JSON line on stdout
 LOAD_CHILD = """\
-import json, resource, sys, time
+import json, sys, time
 from attnkit import hub
 from attnkit.bench.measure import read_status
 before_kb = read_status("VmRSS")
 t0 = time.perf_counter()
 hub.load(sys.argv[1])
 seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "before_kb": before_kb,
-                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"seconds": seconds, "before_kb": before_kb, "peak_kb": read_status("VmHWM")}))
 """
 
 
