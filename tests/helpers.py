@@ -289,3 +289,35 @@ def assert_raises_naming(exc: type[Exception], words: list[str], fn, *args, **kw
         fn(*args, **kwargs)
     missing = [w for w in words if w not in str(info.value)]
     assert not missing, f"{exc.__name__} message {str(info.value)!r} does not name {missing}"
+
+
+_LOAD_CAPPED = """
+import json, resource, sys, time
+from attnkit import hub
+# cap the address space at what is mapped now + 1 GiB: an allocation of the config's size fails
+mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (mapped + 2 ** 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+results = []
+for directory in sys.argv[1:]:
+    start = time.perf_counter()
+    try:
+        hub.load(directory)
+        results.append(["loaded", "", 0.0])
+    except BaseException as error:
+        results.append([type(error).__name__, str(error), time.perf_counter() - start])
+print(json.dumps(results))
+"""
+
+
+def load_with_memory_capped(directories: list[str]) -> list[tuple[str, str, float]]:
+    """``hub.load`` of each directory in one child process whose address space is capped at what it maps after its
+    imports + 1 GiB (Linux): for each, ("loaded", "", 0) or (the error's class name, its message, seconds taken)."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _LOAD_CAPPED, *directories], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return [tuple(result) for result in json.loads(run.stdout)]
+

@@ -30,9 +30,7 @@ import contextlib
 import copy
 import json
 import shutil
-import subprocess
 import sys
-import textwrap
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ from attnkit.functional.registry import get_kernel, is_exact, kernels
 from attnkit.hub import CheckpointError
 from attnkit.models import GPT, GPTConfig
 from attnkit.nn import set_kernel
-from helpers import assert_close, magnitude, max_abs_error
+from helpers import assert_close, load_with_memory_capped, magnitude, max_abs_error
 
 transformers = pytest.importorskip("transformers")
 
@@ -485,24 +483,6 @@ def test_an_unknown_model_type_lists_the_supported_ones(tmp_path):
     assert not missing, f"not listed as supported: {sorted(missing)} in {supported!r}"
 
 
-_CHILD = textwrap.dedent("""
-    import json, resource, sys, time
-    from attnkit import hub
-    # cap the address space at what is mapped now + 1 GiB: an allocation of the config's size fails
-    mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + 2 ** 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    results = []
-    for directory in sys.argv[1:]:
-        start = time.perf_counter()
-        try:
-            hub.load(directory)
-            results.append(["loaded", "", 0.0])
-        except BaseException as error:
-            results.append([type(error).__name__, str(error), time.perf_counter() - start])
-    print(json.dumps(results))
-""")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps the address space through /proc and rlimit")
 def test_a_config_asking_for_gigabytes_fails_before_allocating(tmp_path):
     """intermediate_size=10**8 asks for 3 x 48 x 10**8 floats a layer (~58 GB): the error comes from the headers."""
@@ -514,10 +494,7 @@ def test_a_config_asking_for_gigabytes_fails_before_allocating(tmp_path):
         directory = _saved(built, tmp_path / case.name)
         _edit_config(directory, {**case.edit, "intermediate_size": 10 ** 8})
         directories.append(directory)
-    run = subprocess.run([sys.executable, "-c", _CHILD, *map(str, directories)], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    for case, (kind, text, seconds) in zip(CASES, json.loads(run.stdout)):
+    for case, (kind, text, seconds) in zip(CASES, load_with_memory_capped([str(d) for d in directories])):
         assert kind == "CheckpointError", f"{case.name}: {kind}: {text[:500]}"
         assert "wrong shapes" in text and "100000000" in text and "mlp" in text, f"{case.name}: {text[:500]}"
         assert seconds < 10, f"{case.name}: {seconds:.1f} s"

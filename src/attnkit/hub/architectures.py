@@ -39,7 +39,7 @@ from ..models.heads import Pooling, Task, TaskConfig
 from ..nn.norms import NormConfig
 from . import bert_family, llama
 from .errors import CheckpointError
-from .rules import Layout, fused, rename, transposed
+from .rules import Layout, causal_lm_output, fused, rename, transposed
 
 HubConfig: TypeAlias = BERTConfig | GPTConfig  # the configs of the models a checkpoint loads into and saves from
 
@@ -67,13 +67,10 @@ def _gpt2_layout(config: GPTConfig) -> Layout:
                   rename(f"{h}mlp.c_proj.bias", f"{ours}ffn.down.bias")]
         rules += [rename(f"{h}{hf}.{kind}", f"{ours}{norm}.{kind}")
                   for hf, norm in (("ln_1", "attn_norm"), ("ln_2", "ffn_norm")) for kind in ("weight", "bias")]
-    skipped = [r"(^|\.)attn\.(bias|masked_bias)$"]  # the causal-mask buffers older checkpoints stored
-    if config.task is not None:  # GPT2ForSequenceClassification: no LM head
-        rules.append(rename("score.weight", "task_head.out.weight", in_base=False))
-    elif config.tie_embeddings:
-        skipped.append(r"^lm_head\.weight$")  # a copy of wte
-    else:
-        rules.append(rename("lm_head.weight", "head.weight", in_base=False))
+    # GPT2ForSequenceClassification's score in place of the LM head; the causal-mask buffers older checkpoints stored
+    output, skipped = causal_lm_output(task=config.task is not None, tied=config.tie_embeddings)
+    rules += output
+    skipped.append(r"(^|\.)attn\.(bias|masked_bias)$")
     return Layout(rules, re.compile("|".join(skipped)), "transformer.", "transformer.")
 
 

@@ -41,7 +41,7 @@ from ..models.gpt import AttentionConfig, FeedForwardConfig, GPTConfig, RopeConf
 from ..nn.norms import NormConfig
 from .errors import CheckpointError
 from .rope import rope_from_hf, rope_to_hf
-from .rules import Layout, Rule, fused, rename
+from .rules import Layout, Rule, causal_lm_output, fused, rename
 
 # transformers' hidden_act of the gated feed-forward -> attnkit's gated activation
 _GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh",
@@ -251,13 +251,10 @@ def layout(config: GPTConfig, family: Family) -> Layout:
             norms = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attn_norm",
                      "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffn_norm"}
         rules += [rename(f"{hf}{theirs}.weight", f"{ours}{mine}.weight") for theirs, mine in norms.items()]
-    skipped = [r"(^|\.)rotary_emb\.inv_freq$"]  # a buffer older checkpoints stored
-    if config.task is not None:  # <Family>ForSequenceClassification: score in place of the LM head
-        rules.append(rename("score.weight", "task_head.out.weight", in_base=False))
-    elif config.tie_embeddings:
-        skipped.append(r"^lm_head\.weight$")  # a copy of embed_tokens
-    else:
-        rules.append(rename("lm_head.weight", "head.weight", in_base=False))
+    # <Family>ForSequenceClassification's score in place of the LM head; older checkpoints stored rotary_emb's buffer
+    output, skipped = causal_lm_output(task=config.task is not None, tied=config.tie_embeddings)
+    rules += output
+    skipped.append(r"(^|\.)rotary_emb\.inv_freq$")
     return Layout(rules, re.compile("|".join(skipped)), "model.", "model.")
 
 

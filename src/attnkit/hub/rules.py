@@ -84,6 +84,17 @@ def offset_rows(hf: str, ours: str, rows: int) -> Rule:
     return Rule(hf, (ours,), lambda t: (t[rows:],), join)
 
 
+def causal_lm_output(*, task: bool, tied: bool) -> tuple[list[Rule], list[str]]:
+    """The rules and the ignored-name patterns of a causal LM checkpoint's output: a sequence classifier's
+    ``score`` (attnkit's task head), a head tied to the embedding (the checkpoint's ``lm_head`` a copy, ignored),
+    or an untied ``lm_head``."""
+    if task:
+        return [rename("score.weight", "task_head.out.weight", in_base=False)], []
+    if tied:
+        return [], [r"^lm_head\.weight$"]
+    return [rename("lm_head.weight", "head.weight", in_base=False)], []
+
+
 @dataclass(frozen=True)
 class Layout:
     """Everything needed to move between one model and its checkpoint."""
@@ -155,5 +166,5 @@ def to_checkpoint(layout: Layout, params: dict[str, Tensor]) -> dict[str, Tensor
                 for rule in layout.rules}
 
 
-__all__ = ["Rule", "Layout", "rename", "transposed", "fused", "offset_rows", "expected_shapes", "check_shapes",
-           "to_ours", "to_checkpoint"]
+__all__ = ["Rule", "Layout", "causal_lm_output", "rename", "transposed", "fused", "offset_rows", "expected_shapes",
+           "check_shapes", "to_ours", "to_checkpoint"]
