@@ -102,23 +102,38 @@ def gemv_many(x: Tensor, weights: Sequence[Tensor]) -> Tensor | None:
     dtype and width; None when the extension cannot take them."""
     if x.dim() != 2 or not weights:
         return None
-    rows, dtype = x.shape[0], weights[0].dtype
+    rows, width, dtype = x.shape[0], x.shape[1], weights[0].dtype
     if (not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or dtype not in _GEMV_DTYPES
-            or x.device.type != "cpu" or x.stride(1) != 1
-            or any(w.dim() != 2 or w.dtype != dtype or w.device.type != "cpu" or not w.is_contiguous()
-                   or w.shape[1] != x.shape[1] for w in weights)):
+            or x.device.type != "cpu" or x.stride(1) != 1):
         return None
-    lib, why = _library()
-    if lib is None or not hasattr(lib, "attnkit_gemv_many") or os.environ.get("ATTNKIT_NATIVE", "1") == "0":
+    for w in weights:
+        if w.dim() != 2 or w.dtype != dtype or w.device.type != "cpu" or not w.is_contiguous() or w.shape[1] != width:
+            return None
+    lib = _gemv_library()
+    if lib is None:
         return None
-    outs = [w.shape[0] for w in weights]
-    total = sum(outs)
+    pointers, outs, total = _operands(tuple(w.data_ptr() for w in weights), tuple(w.shape[0] for w in weights))
     y = x.new_empty(rows, total)
-    count = len(weights)
-    status = lib.attnkit_gemv_many(count, (ctypes.c_void_p * count)(*(w.data_ptr() for w in weights)),
-                                   (_i64 * count)(*outs), _GEMV_DTYPES[dtype], x.shape[1], x.data_ptr(),
+    status = lib.attnkit_gemv_many(len(weights), pointers, outs, _GEMV_DTYPES[dtype], width, x.data_ptr(),
                                    x.stride(0), rows, y.data_ptr(), total, torch.get_num_threads())
     return y if status == 0 else None
+
+
+def _gemv_library() -> ctypes.CDLL | None:
+    """The extension when it has attnkit_gemv_many and is not turned off by ATTNKIT_NATIVE=0."""
+    lib = _library()[0]
+    if lib is None or not hasattr(lib, "attnkit_gemv_many") or os.environ.get("ATTNKIT_NATIVE") == "0":
+        return None
+    return lib
+
+
+@lru_cache(maxsize=4096)
+def _operands(pointers: tuple[int, ...], outs: tuple[int, ...]) -> tuple[ctypes.Array[ctypes.c_void_p],
+                                                                         ctypes.Array[ctypes.c_int64], int]:
+    """attnkit_gemv_many's arrays of weight addresses and row counts, and their total, built once per set of
+    weights: a decoding step hands the same weights over every step. Keyed by the addresses themselves, so a
+    freed weight whose memory is reused is still described rightly."""
+    return (ctypes.c_void_p * len(pointers))(*pointers), (_i64 * len(outs))(*outs), sum(outs)
 
 
 def serves(req: AttentionRequest, backward: bool = False) -> bool:
