@@ -263,9 +263,9 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> nn.Modu
     Mind:
         - The pruned projections get new ``Parameter`` objects: build optimizers after pruning.
         - KV caches filled before pruning hold the old heads: start new ones.
-        - A model's ``config`` keeps the head count it was built with (``config.num_heads`` sets every layer
-          alike, with ``head_dim = dim // num_heads``; a pruned model's layers differ and keep their head
-          size, which no config field can say). The config therefore describes the model before pruning: a
+        - A model's ``config`` keeps the head count it was built with (``num_heads`` — ``config.attention.num_heads``
+          for a GPT — sets every layer alike; a pruned model's layers differ and keep their head size, which no
+          config field can say). The config therefore describes the model before pruning: a
           pruned model cannot be rebuilt from its config, nor saved with ``attnkit.hub.save`` and loaded
           again. Keep it with ``torch.save(model)``, or save the unpruned model and re-apply the pruning.
 
