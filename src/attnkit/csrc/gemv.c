@@ -12,6 +12,7 @@
  * run in float32 with fused multiply-adds, 16 lanes, then a lane reduction: the rounding differs from a BLAS in
  * the last bits only. */
 
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -111,12 +112,85 @@ GEMV_TARGET int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, c
     return attnkit_gemv_many(1, &w, &out, bf16, in, x, x_stride, B, y, y_stride, threads);
 }
 
+/* The second half of a pre-norm decoder layer for a decoding step's B <= 8 rows, in one call (attnkit.nn.Block's
+ * decoding path): o = attn · Woᵀ (+ bo); with a sandwich norm o = norm(o); x += o; h = norm(x); g, u = h · [Wg; Wu]ᵀ
+ * (+ biases); a = act(g) · u; d = a · Wdᵀ (+ bd); with a sandwich norm d = norm(d); x += d. The norms are RMSNorm:
+ * v · rsqrt(mean(v²) + eps) · w, or · (1 + w) with unit_offset (Gemma). act: 0 SiLU, 1 GELU (erf), 2 GELU (tanh).
+ * Weights float32, contiguous; x updated in place. Float32 throughout: equal to PyTorch's ops up to rounding. */
+struct attnkit_ffn_args {
+    int64_t B, dim, hd, hidden;
+    const float *attn; int64_t attn_stride;        /* (B, hd): the attention's merged heads */
+    const float *wo, *bo;                          /* (dim, hd), (dim) or NULL */
+    const float *post_attn_w;                      /* (dim) or NULL: Gemma's norm of the attention branch */
+    float *x; int64_t x_stride;                    /* (B, dim), the residual stream */
+    const float *norm_w;                           /* (dim): the feed-forward's norm */
+    float eps; int64_t unit_offset;
+    const float *wg, *wu, *wd, *bg, *bu, *bd;      /* (hidden, dim), (hidden, dim), (dim, hidden); biases or NULL */
+    int64_t act;
+    const float *post_ffn_w;                       /* (dim) or NULL */
+    float *scratch;                                /* B * (3 * dim + 2 * hidden) floats */
+};
+
+static void rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim, const float *w, float eps,
+                     int64_t unit_offset) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = v + b * v_stride;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < dim; i++) sum += row[i] * row[i];
+        const float scale = 1.0f / sqrtf(sum / (float)dim + eps);
+        for (int64_t i = 0; i < dim; i++)
+            out[b * dim + i] = unit_offset ? (row[i] * scale) * (1.0f + w[i]) : w[i] * (row[i] * scale);
+    }
+}
+
+static float activate(float g, int64_t act) {
+    if (act == 0) return g / (1.0f + expf(-g));
+    if (act == 1) return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
+    return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g)));
+}
+
+GEMV_TARGET int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads) {
+    const int64_t B = a->B, dim = a->dim, hidden = a->hidden;
+    if (B < 1 || B > 8 || a->act < 0 || a->act > 2) return 1;
+    float *o = a->scratch, *h = o + B * dim, *gu = h + B * dim, *d = gu + B * 2 * hidden;
+    /* o = attn · Woᵀ */
+    if (attnkit_gemv(a->wo, 0, dim, a->hd, a->attn, a->attn_stride, B, o, dim, threads)) return 1;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < dim; i++) o[b * dim + i] += a->bo ? a->bo[i] : 0.0f;
+    if (a->post_attn_w) rms_rows(o, dim, o, B, dim, a->post_attn_w, a->eps, a->unit_offset);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += o[b * dim + i];
+    /* h = norm(x); [g | u] = h · [Wg; Wu]ᵀ */
+    rms_rows(a->x, a->x_stride, h, B, dim, a->norm_w, a->eps, a->unit_offset);
+    const void *gate_up[2] = {a->wg, a->wu};
+    const int64_t outs[2] = {hidden, hidden};
+    if (attnkit_gemv_many(2, gate_up, outs, 0, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
+    for (int64_t b = 0; b < B; b++) {
+        float *g = gu + b * 2 * hidden, *u = g + hidden;
+        for (int64_t i = 0; i < hidden; i++)
+            g[i] = activate(g[i] + (a->bg ? a->bg[i] : 0.0f), a->act) * (u[i] + (a->bu ? a->bu[i] : 0.0f));
+    }
+    /* d = a · Wdᵀ */
+    if (attnkit_gemv(a->wd, 0, dim, hidden, gu, 2 * hidden, B, d, dim, threads)) return 1;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < dim; i++) d[b * dim + i] += a->bd ? a->bd[i] : 0.0f;
+    if (a->post_ffn_w) rms_rows(d, dim, d, B, dim, a->post_ffn_w, a->eps, a->unit_offset);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += d[b * dim + i];
+    return 0;
+}
+
 #else
 
 int attnkit_gemv_many(int64_t count, const void *const *ws, const int64_t *outs, int bf16, int64_t in,
                       const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride, int threads) {
     (void)count, (void)ws, (void)outs, (void)bf16, (void)in, (void)x, (void)x_stride, (void)B, (void)y;
     (void)y_stride, (void)threads;
+    return 2; /* not built for this CPU: the caller uses PyTorch */
+}
+
+int attnkit_decode_ffn(const void *a, int threads) {
+    (void)a, (void)threads;
     return 2; /* not built for this CPU: the caller uses PyTorch */
 }
 

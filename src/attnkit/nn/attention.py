@@ -175,6 +175,15 @@ class MultiHeadAttention(nn.Module):
         Returns:
             (B, N, dim).
         """
+        return self.out_proj(self.merged_heads(x, context, mask=mask, causal=causal, window=window, cache=cache,
+                                               position_ids=position_ids, key_padding=key_padding, bias=bias))
+
+    def merged_heads(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | Mask | None = None,
+                     causal: bool = False, window: Window | None = None,
+                     cache: KVCache | ContextCache | None = None, position_ids: Tensor | None = None,
+                     key_padding: Tensor | None = None, bias: Tensor | Bias | None = None) -> Tensor:
+        """``forward`` without the output projection: the heads' outputs side by side, (B, N, H * head_dim)
+        (a decoding step's block fuses the projection with what follows it)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (B, N, dim={self.dim}), got {tuple(x.shape)}")
         if isinstance(mask, Tensor) and mask.dtype != torch.bool:  # before key_padding is ANDed into it
@@ -201,7 +210,7 @@ class MultiHeadAttention(nn.Module):
                            bias=call.bias, scale=self.scale, softcap=self.softcap,
                            dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
         b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))  # (B, N, H*Dh)
+        return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, H*Dh)
 
     def _context_kv(self, context: Tensor | None, cache: KVCache | ContextCache | None) -> tuple[Tensor, Tensor]:
         if isinstance(cache, ContextCache) and cache.filled:

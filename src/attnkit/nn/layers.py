@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+from ..functional.kernels import native
 
 from ..functional.bias import Bias
 from ..functional.masks import Mask
@@ -14,7 +17,7 @@ from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
 from .linear import Linear, linears
-from .norms import NormKind, make_norm
+from .norms import NormKind, RMSNorm, make_norm
 from .positions import RelativePositions
 
 
@@ -98,6 +101,13 @@ class Block(nn.Module):
         """x (B, N, dim) -> (B, N, dim); the options (``bias``: an additive tensor, an ``attnkit.bias`` object or
         a score function) go to ``MultiHeadAttention.forward``."""
         window = self.window if window is None else window
+        if mask is None and bias is None and self._fusable(x):
+            merged = self.attn.merged_heads(self.attn_norm(x), causal=causal, window=window, cache=cache,
+                                            position_ids=position_ids, key_padding=key_padding)
+            y = x.clone()  # the C call adds into it: the caller's x stays as it was
+            if self._fused_rest(merged, y):
+                return y
+            return self._rest(merged, x, aux_losses)
 
         def attend(h: Tensor) -> Tensor:
             return dropped(self.dropout, self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
@@ -113,6 +123,43 @@ class Block(nn.Module):
         x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
         h = feed(self.ffn_norm(x))
         return x + (h if self.post_ffn_norm is None else self.post_ffn_norm(h))
+
+
+    def _fusable(self, x: Tensor) -> bool:
+        """Whether a decoding step's rest of the block (output projection, residuals, the feed-forward's norm and
+        gated feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 rows, pre-norm, RMSNorms,
+        a gated FeedForward, nothing that records or drops out."""
+        ffn, norms = self.ffn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
+        return (not self.training and not torch.is_grad_enabled() and self.norm_first and x.dtype == torch.float32
+                and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
+                and isinstance(ffn, FeedForward) and ffn.gate is not None and ffn.activation in native.FFN_ACTIVATIONS
+                and isinstance(self.ffn_norm, RMSNorm)
+                and all(n is None or (isinstance(n, RMSNorm) and n.eps == self.ffn_norm.eps
+                                      and n.unit_offset == self.ffn_norm.unit_offset) for n in norms)
+                and not self.attn._recorders)
+
+    def _fused_rest(self, merged: Tensor, x: Tensor) -> bool:
+        """x += the attention branch (``merged`` through the output projection) and the feed-forward branch, in
+        place, in C; False (x untouched) when the C call cannot take it."""
+        ffn, out = self.ffn, self.attn.out_proj
+        assert isinstance(ffn, FeedForward) and ffn.gate is not None and isinstance(self.ffn_norm, RMSNorm)
+        rows = x.shape[0] * x.shape[1]
+        return native.decode_ffn(native.FFNCall(
+            merged.reshape(rows, merged.shape[-1]).contiguous(), x.view(rows, x.shape[2]), out.weight, out.bias,
+            _norm_weight(self.post_attn_norm), self.ffn_norm.weight, self.ffn_norm.eps, self.ffn_norm.unit_offset,
+            ffn.gate.weight, ffn.up.weight, ffn.down.weight, ffn.gate.bias, ffn.up.bias, ffn.down.bias,
+            ffn.activation, _norm_weight(self.post_ffn_norm)))
+
+    def _rest(self, merged: Tensor, x: Tensor, aux_losses: list[Tensor] | None) -> Tensor:
+        """The block after ``merged`` in PyTorch, as forward computes it (where the C call declines)."""
+        h = self.attn.out_proj(merged)
+        x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
+        f = _ffn_output(self.ffn, self.ffn_norm(x), aux_losses)
+        return x + (f if self.post_ffn_norm is None else self.post_ffn_norm(f))
+
+
+def _norm_weight(norm: nn.Module | None) -> Tensor | None:
+    return None if norm is None else norm.weight if isinstance(norm, RMSNorm) else None
 
 
 class EncoderLayer(Block):

@@ -70,6 +70,9 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         lib.attnkit_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, _i64, _i64, ctypes.c_void_p, _i64, _i64,
                                      ctypes.c_void_p, _i64, ctypes.c_int]
         lib.attnkit_gemv.restype = ctypes.c_int
+    if hasattr(lib, "attnkit_decode_ffn"):
+        lib.attnkit_decode_ffn.argtypes = [ctypes.POINTER(_FFNArgs), ctypes.c_int]
+        lib.attnkit_decode_ffn.restype = ctypes.c_int
     if hasattr(lib, "attnkit_gemv_many"):
         lib.attnkit_gemv_many.argtypes = [_i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, _i64,
                                           ctypes.c_void_p, _i64, _i64, ctypes.c_void_p, _i64, ctypes.c_int]
@@ -117,6 +120,71 @@ def gemv_many(x: Tensor, weights: Sequence[Tensor]) -> Tensor | None:
     status = lib.attnkit_gemv_many(len(weights), pointers, outs, _GEMV_DTYPES[dtype], width, x.data_ptr(),
                                    x.stride(0), rows, y.data_ptr(), total, torch.get_num_threads())
     return y if status == 0 else None
+
+
+class _FFNArgs(ctypes.Structure):
+    _fields_ = [
+        ("B", _i64), ("dim", _i64), ("hd", _i64), ("hidden", _i64),
+        ("attn", ctypes.c_void_p), ("attn_stride", _i64), ("wo", ctypes.c_void_p), ("bo", ctypes.c_void_p),
+        ("post_attn_w", ctypes.c_void_p), ("x", ctypes.c_void_p), ("x_stride", _i64), ("norm_w", ctypes.c_void_p),
+        ("eps", ctypes.c_float), ("unit_offset", _i64),
+        ("wg", ctypes.c_void_p), ("wu", ctypes.c_void_p), ("wd", ctypes.c_void_p),
+        ("bg", ctypes.c_void_p), ("bu", ctypes.c_void_p), ("bd", ctypes.c_void_p),
+        ("act", _i64), ("post_ffn_w", ctypes.c_void_p), ("scratch", ctypes.c_void_p),
+    ]
+
+
+FFN_ACTIVATIONS = {"swiglu": 0, "geglu": 1, "geglu_tanh": 2}  # the gated activations attnkit_decode_ffn computes
+
+
+@dataclass
+class FFNCall:
+    """The second half of a pre-norm decoder layer for a decoding step (``attnkit_decode_ffn`` in csrc/gemv.c):
+    ``x += post_attn(attn · Woᵀ + bo)``, then ``x += post_ffn(down(act(gate(h)) · up(h)))`` with ``h = norm(x)``;
+    RMSNorms with ``eps`` (``unit_offset``: Gemma's 1 + w). Every tensor float32 and contiguous; x (rows, dim) is
+    updated in place."""
+
+    attn: Tensor  # (rows, hd)
+    x: Tensor  # (rows, dim)
+    wo: Tensor
+    bo: Tensor | None
+    post_attn_w: Tensor | None
+    norm_w: Tensor
+    eps: float
+    unit_offset: bool
+    wg: Tensor
+    wu: Tensor
+    wd: Tensor
+    bg: Tensor | None
+    bu: Tensor | None
+    bd: Tensor | None
+    activation: str
+    post_ffn_w: Tensor | None
+
+
+def _address(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def decode_ffn(call: FFNCall) -> bool:
+    """Run ``call`` in C; False (nothing done) when the extension cannot (not built, no AVX-512, ATTNKIT_NATIVE=0,
+    more than GEMV_ROWS rows, an activation it lacks, a tensor that is not float32 and contiguous)."""
+    lib = _gemv_library()
+    rows, dim = call.x.shape
+    tensors = [t for t in (call.attn, call.x, call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu,
+                           call.wd, call.bg, call.bu, call.bd, call.post_ffn_w) if t is not None]
+    if (lib is None or not hasattr(lib, "attnkit_decode_ffn") or not 1 <= rows <= GEMV_ROWS
+            or call.activation not in FFN_ACTIVATIONS
+            or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors)):
+        return False
+    hidden = call.wg.shape[0]
+    scratch = call.x.new_empty(rows * (3 * dim + 2 * hidden))
+    args = _FFNArgs(rows, dim, call.attn.shape[1], hidden, call.attn.data_ptr(), call.attn.shape[1],
+                    call.wo.data_ptr(), _address(call.bo), _address(call.post_attn_w), call.x.data_ptr(), dim,
+                    call.norm_w.data_ptr(), call.eps, int(call.unit_offset), call.wg.data_ptr(), call.wu.data_ptr(),
+                    call.wd.data_ptr(), _address(call.bg), _address(call.bu), _address(call.bd),
+                    FFN_ACTIVATIONS[call.activation], _address(call.post_ffn_w), scratch.data_ptr())
+    return lib.attnkit_decode_ffn(ctypes.byref(args), torch.get_num_threads()) == 0
 
 
 def _gemv_library() -> ctypes.CDLL | None:

@@ -1,0 +1,90 @@
+"""A decoding step's block after the attention (output projection, residuals, RMSNorms, gated feed-forward, Gemma's
+sandwich norms) runs as one C call (``native.decode_ffn``): its result equals the PyTorch path's within float32
+rounding, for every gated activation, with biases and with Gemma's norms, and the caller's input is left alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_close
+
+from attnkit.functional.kernels import native
+from attnkit.models import GPT, GPTConfig
+
+
+def _why_not() -> str:
+    lib, why = native._library()
+    return why or ("" if hasattr(lib, "attnkit_decode_ffn") else "the extension predates attnkit_decode_ffn")
+
+
+needs_native = pytest.mark.skipif(bool(_why_not()), reason=_why_not() or "native")
+
+VARIANTS = {
+    "llama-swiglu": dict(attention=dict(num_heads=4, num_kv_heads=2, bias=False),
+                         ffn=dict(hidden=48, activation="swiglu", bias=False), norm=dict(kind="rms", eps=1e-6)),
+    "biases-geglu": dict(attention=dict(num_heads=4, bias=True), ffn=dict(hidden=40, activation="geglu", bias=True),
+                         norm=dict(kind="rms", eps=1e-5)),
+    "gemma-sandwich": dict(attention=dict(num_heads=4, num_kv_heads=1, head_dim=12),
+                           ffn=dict(hidden=56, activation="geglu_tanh", bias=False),
+                           norm=dict(kind="rms", eps=1e-6, unit_offset=True, sandwich=True), embedding_scale=5.6),
+}
+
+
+def _model(name: str) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=71, max_seq_len=64, dim=32, num_layers=2, positions="rope",
+                          **VARIANTS[name])).eval()
+    with torch.no_grad():
+        for module in model.modules():  # norms away from their initial 1 (or 0 for Gemma's form)
+            if type(module).__name__ == "RMSNorm":
+                module.weight.normal_(0.0, 0.5)
+    return model
+
+
+@needs_native
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fused_decoding_equals_the_pytorch_path(name, monkeypatch):
+    model = _model(name)
+    calls = []
+    real = native.decode_ffn
+    def counting(call: native.FFNCall) -> bool:  # the C calls that ran
+        done = real(call)
+        if done:
+            calls.append(tuple(call.x.shape))
+        return done
+
+    monkeypatch.setattr(native, "decode_ffn", counting)
+    for batch in (1, 3, 8):
+        ids = torch.randint(0, 71, (batch, 9), generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            fused = model.generate(ids, 6)
+            cache = model.new_cache(max_len=16)
+            model(ids[:, :8], cache=cache)
+            step_fused = model(ids[:, 8:], cache=cache).logits
+        assert calls, "the decoding steps did not take the C call"
+        calls.clear()
+        monkeypatch.setenv("ATTNKIT_NATIVE", "0")  # the C call declines: the same block in PyTorch
+        with torch.no_grad():
+            plain = model.generate(ids, 6)
+            cache = model.new_cache(max_len=16)
+            model(ids[:, :8], cache=cache)
+            step_plain = model(ids[:, 8:], cache=cache).logits
+        monkeypatch.delenv("ATTNKIT_NATIVE")
+        assert not calls
+        assert torch.equal(fused, plain), name
+        assert_close(step_fused, step_plain, atol=2e-5 * max(1.0, float(step_plain.abs().max())), what=name)
+
+
+@needs_native
+def test_the_callers_input_is_left_alone_and_training_takes_pytorch(monkeypatch):
+    model = _model("llama-swiglu")
+    block = model.layers[0]
+    x = torch.randn(2, 1, 32)
+    before = x.clone()
+    with torch.no_grad():
+        y = block(x, causal=True)
+    assert torch.equal(x, before) and not torch.equal(y, x)
+    monkeypatch.setattr(native, "decode_ffn", lambda call: pytest.fail("training must not take the C call"))
+    model.train()
+    out = block(torch.randn(2, 1, 32, requires_grad=True), causal=True)
+    assert out.grad_fn is not None
