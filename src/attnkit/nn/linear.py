@@ -52,19 +52,33 @@ def _large(x: Tensor, weight: Tensor) -> bool:
     return size >= 1 << 19 or size * (x.numel() // max(1, x.shape[-1])) >= 1 << 22
 
 
-def _rows(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
-    """A decoding step's few rows through attnkit's C matmul (``native.gemv``: the weight read once, at memory
-    speed), or None when it does not take them."""
+def _inference(x: Tensor, tensors: Sequence[Tensor | None]) -> bool:
+    """No gradient is wanted from x or any of ``tensors`` (weights and biases; None skipped)."""
+    return not (torch.is_grad_enabled()
+                and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)))
+
+
+def _rows(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor] | None:
+    """``x @ w.T + b`` for each weight and bias, a decoding step's few rows through attnkit's C matmul (the weights
+    read once, at memory speed; several in one call), or None when it does not take them. The caller has checked
+    device, dtypes and that no gradient is wanted."""
     rows = x.numel() // x.shape[-1]
-    if not 1 <= rows <= native.GEMV_ROWS or (x.dtype != torch.float32 and x.dtype != weight.dtype):
+    if not 1 <= rows <= native.GEMV_ROWS:
         return None
     flat = x.reshape(rows, x.shape[-1])
-    y = native.gemv(flat if x.dtype == torch.float32 else flat.float(), weight)
+    flat = flat if x.dtype == torch.float32 else flat.float()
+    y = native.gemv(flat, weights[0]) if len(weights) == 1 else native.gemv_many(flat, weights)
     if y is None:
         return None
-    if bias is not None:
-        y += bias
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    out, start = [], 0
+    for weight, bias in zip(weights, biases):
+        end = start + weight.shape[0]
+        part = y[:, start:end]
+        if bias is not None:
+            part += bias
+        out.append(part.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0]))
+        start = end
+    return out
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -72,11 +86,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     matmul and large products through oneDNN (see the module docstring)."""
     if (_switched_on and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.numel() > 0 and weight.is_contiguous()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad)))):
-        y = _rows(x, weight, bias)
+            and _inference(x, (weight, bias))):
+        y = _rows(x, (weight,), (bias,))
         if y is not None:
-            return y
+            return y[0]
         if _enabled and _large(x, weight):
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -87,27 +100,12 @@ def linears(x: Tensor, layers: Sequence[nn.Linear]) -> list[Tensor] | None:
     there (a decoding step's few rows, no gradient needed): a layer's q, k and v projections, or a gated
     feed-forward's gate and up, share one fork of the threads. The results are bitwise those of separate calls.
     None when that path does not apply (the caller then calls the layers)."""
-    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
     weights = [layer.weight for layer in layers]
-    if (not _switched_on or not 1 <= rows <= native.GEMV_ROWS or x.dtype not in _DTYPES or x.device.type != "cpu"
-            or any(w.dtype != x.dtype for w in weights)
-            or (torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)
-                                             or any(layer.bias is not None and layer.bias.requires_grad
-                                                    for layer in layers)))):
+    biases = [layer.bias for layer in layers]
+    if (not _switched_on or not x.dim() or not x.shape[-1] or x.dtype not in _DTYPES or x.device.type != "cpu"
+            or any(w.dtype != x.dtype for w in weights) or not _inference(x, (*weights, *biases))):
         return None
-    flat = x.reshape(rows, x.shape[-1])
-    y = native.gemv_many(flat if x.dtype == torch.float32 else flat.float(), weights)
-    if y is None:
-        return None
-    out, start = [], 0
-    for layer in layers:
-        end = start + layer.out_features
-        part = y[:, start:end]
-        if layer.bias is not None:
-            part += layer.bias
-        out.append(part.to(x.dtype).reshape(*x.shape[:-1], layer.out_features))
-        start = end
-    return out
+    return _rows(x, weights, biases)
 
 
 class Linear(nn.Linear):
