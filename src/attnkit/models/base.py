@@ -44,6 +44,23 @@ class Config:
         return dataclasses.asdict(self)
 
 
+_S = TypeVar("_S")
+
+
+def sub_config(cls: type[_S], value: object, name: str) -> _S:
+    """A config's part given as itself or as a dict of its fields (what ``to_dict`` and presets hold); a
+    TypeError naming ``name`` and any unknown field otherwise."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise TypeError(f"{name}: {cls.__name__} has no field(s) {', '.join(unknown)}")
+        return cls(**value)
+    raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+
+
 def require_positive(config: object, *names: str) -> None:
     """Raise a ValueError naming the first field of ``config`` that is not a positive int."""
     for name in names:

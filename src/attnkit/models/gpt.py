@@ -7,10 +7,9 @@ Generation with a KV cache, greedy or sampled.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +31,7 @@ from ..nn.positions import (
     position_ids_from_mask,
 )
 from .base import (Config, Model, check_attention_mask, check_ids, init_weights, require_dropout, require_kernel,
-                   require_positive, require_positive_float)
+                   require_positive, require_positive_float, sub_config)
 from .heads import TaskConfig, TaskHead, task_config, task_loss
 from .sampling import check_prompt, check_sampling, extend, next_token
 
@@ -54,8 +53,8 @@ class RopeConfig:
     fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.scaling, dict):
-            self.scaling = RopeScaling(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.scaling.items()})
+        if self.scaling is not None:
+            self.scaling = sub_config(RopeScaling, self.scaling, "RopeConfig.scaling")
         if not is_positive_finite(self.base):
             raise ValueError(f"RopeConfig.base must be > 0 and finite, got {self.base!r}")
         if not (isinstance(self.fraction, (int, float)) and 0.0 < self.fraction <= 1.0):
@@ -102,9 +101,9 @@ class AttentionConfig:
     scale: float | None = None
 
     def __post_init__(self) -> None:
-        self.rope = _sub(RopeConfig, self.rope, "AttentionConfig.rope")
+        self.rope = sub_config(RopeConfig, self.rope, "AttentionConfig.rope")
         if self.local_rope is not None:
-            self.local_rope = _sub(RopeConfig, self.local_rope, "AttentionConfig.local_rope")
+            self.local_rope = sub_config(RopeConfig, self.local_rope, "AttentionConfig.local_rope")
         require_positive(self, "num_heads")
         for name in ("num_kv_heads", "head_dim", "window"):
             if getattr(self, name) is not None:
@@ -159,22 +158,6 @@ class MoEConfig:
                       names=("MoEConfig.num_experts", "MoEConfig.top_k", "MoEConfig.capacity_factor"))
 
 
-_S = TypeVar("_S")
-
-
-def _sub(cls: type[_S], value: object, name: str) -> _S:
-    """A sub-config given as itself or as a dict of its fields (what ``to_dict`` and presets hold)."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(value) - fields)
-        if unknown:
-            raise TypeError(f"{name}: {cls.__name__} has no field(s) {', '.join(unknown)}")
-        return cls(**value)
-    raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
-
-
 @dataclass
 class GPTConfig(Config):
     """Configuration of :class:`GPT`; defaults are GPT-2 small's. The parts of each layer are typed
@@ -216,11 +199,11 @@ class GPTConfig(Config):
     }
 
     def __post_init__(self) -> None:
-        self.attention = _sub(AttentionConfig, self.attention, "GPTConfig.attention")
-        self.ffn = _sub(FeedForwardConfig, self.ffn, "GPTConfig.ffn")
-        self.norm = _sub(NormConfig, self.norm, "GPTConfig.norm")
+        self.attention = sub_config(AttentionConfig, self.attention, "GPTConfig.attention")
+        self.ffn = sub_config(FeedForwardConfig, self.ffn, "GPTConfig.ffn")
+        self.norm = sub_config(NormConfig, self.norm, "GPTConfig.norm")
         if self.moe is not None:
-            self.moe = _sub(MoEConfig, self.moe, "GPTConfig.moe")
+            self.moe = sub_config(MoEConfig, self.moe, "GPTConfig.moe")
         require_positive(self, "vocab_size", "max_seq_len", "dim", "num_layers")
         require_dropout(self, "dropout")
         require_kernel(self)

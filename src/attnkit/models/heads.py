@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.linear import Linear
+from .base import sub_config
 
 Task = Literal["sequence_classification", "token_classification", "question_answering"]
 ProblemType = Literal["regression", "single_label_classification", "multi_label_classification"]
@@ -134,13 +135,7 @@ def _labels(id2label: object, num_labels: int) -> dict[int, str]:
 
 def task_config(value: object, owner: str, model_dropout: float, pooling: Pooling) -> TaskConfig | None:
     """A model config's ``task`` field (a TaskConfig, a dict of its fields, or None), resolved for the model."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        value = TaskConfig(**value)
-    if not isinstance(value, TaskConfig):
-        raise TypeError(f"{owner}.task must be a TaskConfig, a dict of its fields or None, got {type(value).__name__}")
-    return value.resolved(model_dropout, pooling)
+    return None if value is None else sub_config(TaskConfig, value, f"{owner}.task").resolved(model_dropout, pooling)
 
 
 def last_tokens(input_ids: Tensor, pad_id: int | None) -> Tensor:
