@@ -363,8 +363,9 @@ def architecture_of(model: Model, model_type: str | None = None, *, preferred: s
                              f"{'; '.join(lost)}")
         return named[0]
     ordered = sorted(candidates, key=lambda a: preferred not in a.model_types)  # stable: the preferred first
-    losses = {a.model_types[0]: a.unsaved(config) for a in ordered}
+    losses: dict[str, list[str]] = {}  # each candidate's read-back is computed only until one fits
     for arch in ordered:
+        losses[arch.model_types[0]] = arch.unsaved(config)
         if not losses[arch.model_types[0]]:
             return arch
     # the format that keeps most; one whose config.json cannot even be read back (an unknown activation) last

@@ -42,7 +42,6 @@ from ..models.bert import BERTConfig
 from .errors import CheckpointError
 from .rules import Layout, Rule, offset_rows, rename
 
-FAMILIES = ("bert", "roberta", "distilbert", "electra")  # also the base model's prefix in task checkpoints
 LAYER_INDEX = {"distilbert": re.compile(r"(?:^|\.)transformer\.layer\.(\d+)\."),
                **{f: re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.") for f in ("bert", "roberta", "electra")}}
 LAYERS_KEY = {"bert": "num_hidden_layers", "roberta": "num_hidden_layers", "electra": "num_hidden_layers",
@@ -208,5 +207,5 @@ def config_to_hf(config: BERTConfig, family: str) -> dict[str, Any]:
     return hf
 
 
-__all__ = ["FAMILIES", "LAYER_INDEX", "LAYERS_KEY", "position_offset", "layout", "normalize", "config_from_hf",
+__all__ = ["LAYER_INDEX", "LAYERS_KEY", "position_offset", "layout", "normalize", "config_from_hf",
            "config_to_hf"]

@@ -125,7 +125,8 @@ def _build(arch: Architecture, hf_config: dict[str, Any], shapes: dict[str, tupl
     missing, ignored = _check_fits(arch, config, shapes, weights_file, strict)
     state = read()
     if ignored:
-        state = {name: t for name, t in state.items() if name not in set(ignored)}
+        dropped = set(ignored)
+        state = {name: t for name, t in state.items() if name not in dropped}
         warnings.warn(f"{weights_file}: strict=False: {len(ignored)} tensor(s) that the model has no place for are "
                       f"ignored: {', '.join(grouped(ignored))}", stacklevel=4)
     layout = _tolerant(arch.layout(config), missing)

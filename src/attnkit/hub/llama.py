@@ -40,14 +40,13 @@ from typing import Any
 from ..models.gpt import AttentionConfig, FeedForwardConfig, GPTConfig, RopeConfig
 from ..nn.norms import NormConfig
 from .errors import CheckpointError
-from .rope import rope_from_hf, rope_to_hf
+from .rope import FULL, SLIDING, rope_from_hf, rope_to_hf
 from .rules import Layout, Rule, causal_lm_output, fused, rename
 
 # transformers' hidden_act of the gated feed-forward -> attnkit's gated activation
 _GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh",
           "gelu_new": "geglu_tanh"}
 _ACT_NAMES = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_pytorch_tanh"}
-SLIDING, FULL = "sliding_attention", "full_attention"
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def config_to_hf(config: GPTConfig, family: Family) -> dict[str, Any]:
     a, n = config.attention, config.num_layers
     sliding = [a.windowed(i) for i in range(n)]
     hf: dict[str, Any] = {
-        "architectures": [family.hf_class], "model_type": family.model_type, "vocab_size": config.vocab_size,
+        "model_type": family.model_type, "vocab_size": config.vocab_size,
         "hidden_size": config.dim, "intermediate_size": config.ffn.hidden or 4 * config.dim, "num_hidden_layers": n,
         "num_attention_heads": a.num_heads, "num_key_value_heads": a.num_kv_heads or a.num_heads,
         "head_dim": config.head_dim, "max_position_embeddings": config.max_seq_len,
@@ -203,10 +202,7 @@ def config_to_hf(config: GPTConfig, family: Family) -> dict[str, Any]:
 
 def _rope_parameters(rope: RopeConfig) -> dict[str, Any]:
     """One layer type's entry of Gemma 3's per-layer-type rope_parameters."""
-    fields = rope_to_hf(rope.base, rope.scaling, rope.fraction)
-    params = dict(fields.get("rope_parameters") or {})
-    params.setdefault("rope_theta", rope.base)
-    return params
+    return dict(rope_to_hf(rope.base, rope.scaling, rope.fraction)["rope_parameters"])
 
 
 def layout(config: GPTConfig, family: Family) -> Layout:
