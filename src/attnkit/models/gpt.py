@@ -291,9 +291,11 @@ class GPT(Model):
         ffn: nn.Module = MoE(c.dim, hidden, moe.num_experts, moe.top_k, capacity_factor=moe.capacity_factor,
                              activation=f.activation, bias=f.bias) if moe is not None and index in moe.layers else \
             FeedForward(c.dim, hidden, activation=f.activation, bias=f.bias)
-        sandwich = c.norm.make(c.dim) if c.norm.sandwich else None, c.norm.make(c.dim) if c.norm.sandwich else None
-        return Block(attn, ffn, c.norm.make(c.dim), c.norm.make(c.dim), post_attn_norm=sandwich[0],
-                     post_ffn_norm=sandwich[1], dropout=c.dropout,
+        def post() -> nn.Module | None:  # Gemma's norm of each branch's output
+            return c.norm.make(c.dim) if c.norm.sandwich else None
+
+        return Block(attn, ffn, c.norm.make(c.dim), c.norm.make(c.dim), post_attn_norm=post(),
+                     post_ffn_norm=post(), dropout=c.dropout,
                      window=(a.window, 0) if a.window is not None and a.windowed(index) else None)
 
     def new_cache(self, kind: CacheKind = "static", *,
@@ -397,7 +399,7 @@ class GPT(Model):
                 # Phi-3 does), and the cache holds long-factor keys from then on
                 for layer_cache in cache:
                     layer_cache.reset()
-                ids = history
+                ids, history = history, None  # encoded once: the cache holds long-factor keys from now on
             logits = self(ids, mask, cache=cache).logits[:, -1]  # (B, V)
             token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_token_id is not None:
@@ -406,8 +408,8 @@ class GPT(Model):
             yield token
             # with a cache the next forward takes only the new token; without, the whole sequence again
             ids = token[:, None] if use_cache else torch.cat((ids, token[:, None]), dim=1)
-            if history is not None:
-                history = torch.cat((history, token[:, None]), dim=1)
+            if history is not None and cache is not None and switch is not None:  # kept only until the switch
+                history = None if cache[0].length > switch else torch.cat((history, token[:, None]), dim=1)
             if mask is not None:
                 mask = torch.cat((mask, mask.new_ones(b, 1)), dim=1)
             if eos_token_id is not None and bool(done.all()):

@@ -159,7 +159,9 @@ class Block(nn.Module):
 
 
 def _norm_weight(norm: nn.Module | None) -> Tensor | None:
-    return None if norm is None else norm.weight if isinstance(norm, RMSNorm) else None
+    """An RMSNorm's weight (``_fusable`` admitted only RMSNorms), or None."""
+    assert norm is None or isinstance(norm, RMSNorm)
+    return None if norm is None else norm.weight
 
 
 class EncoderLayer(Block):
