@@ -169,6 +169,16 @@ needs_native = pytest.mark.skipif(bool(native.status()) and os.environ.get("ATTN
                                   reason=f"native forward unavailable: {native.status()}")
 
 
+def needs_native_symbol(symbol: str) -> pytest.MarkDecorator:
+    """Skip where the extension cannot run ``symbol`` (a C function of attnkit._native), except in CI, which sets
+    ATTNKIT_REQUIRE_NATIVE=1 so that a build without it fails there, as needs_native."""
+    lib = native._library()[0]
+    why = native.status() or ("" if lib is not None and hasattr(lib, symbol) else
+                              f"the native extension predates {symbol}")
+    return pytest.mark.skipif(bool(why) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
+                              reason=f"{symbol} unavailable: {why}")
+
+
 def kernel_dtypes(dtypes=DTYPES) -> list:
     """(variant, dtype) parameters: every kernel of KERNELS in every dtype, and "tiled-torch" in float32."""
     pairs = [(variant, dtype) for variant in KERNELS for dtype in dtypes]

