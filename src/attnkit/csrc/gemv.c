@@ -155,8 +155,9 @@ GEMV_TARGET int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads
     float *o = a->scratch, *h = o + B * dim, *gu = h + B * dim, *d = gu + B * 2 * hidden;
     /* o = attn · Woᵀ */
     if (attnkit_gemv(a->wo, 0, dim, a->hd, a->attn, a->attn_stride, B, o, dim, threads)) return 1;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < dim; i++) o[b * dim + i] += a->bo ? a->bo[i] : 0.0f;
+    if (a->bo)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < dim; i++) o[b * dim + i] += a->bo[i];
     if (a->post_attn_w) rms_rows(o, dim, o, B, dim, a->post_attn_w, a->eps, a->unit_offset);
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += o[b * dim + i];
@@ -167,13 +168,17 @@ GEMV_TARGET int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads
     if (attnkit_gemv_many(2, gate_up, outs, 0, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
     for (int64_t b = 0; b < B; b++) {
         float *g = gu + b * 2 * hidden, *u = g + hidden;
-        for (int64_t i = 0; i < hidden; i++)
-            g[i] = activate(g[i] + (a->bg ? a->bg[i] : 0.0f), a->act) * (u[i] + (a->bu ? a->bu[i] : 0.0f));
+        if (a->bg)
+            for (int64_t i = 0; i < hidden; i++) g[i] += a->bg[i];
+        if (a->bu)
+            for (int64_t i = 0; i < hidden; i++) u[i] += a->bu[i];
+        for (int64_t i = 0; i < hidden; i++) g[i] = activate(g[i], a->act) * u[i];
     }
     /* d = a · Wdᵀ */
     if (attnkit_gemv(a->wd, 0, dim, hidden, gu, 2 * hidden, B, d, dim, threads)) return 1;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t i = 0; i < dim; i++) d[b * dim + i] += a->bd ? a->bd[i] : 0.0f;
+    if (a->bd)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < dim; i++) d[b * dim + i] += a->bd[i];
     if (a->post_ffn_w) rms_rows(d, dim, d, B, dim, a->post_ffn_w, a->eps, a->unit_offset);
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += d[b * dim + i];

@@ -28,7 +28,7 @@ from ..request import AttentionRequest
 from .plan import Row
 
 _i64 = ctypes.c_int64
-_ABI = 6  # attnkit_native_abi() of a build whose argument layout matches _Args
+_ABI = 7  # attnkit_native_abi() of a build with these functions (gemv.c's included) and this _Args layout
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -66,17 +66,15 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
         return None, "this CPU lacks AVX-512"
     lib.attnkit_tiled_fwd.argtypes = [ctypes.POINTER(_Args), ctypes.c_int]
     lib.attnkit_tiled_fwd.restype = ctypes.c_int
-    if hasattr(lib, "attnkit_gemv"):
-        lib.attnkit_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, _i64, _i64, ctypes.c_void_p, _i64, _i64,
-                                     ctypes.c_void_p, _i64, ctypes.c_int]
-        lib.attnkit_gemv.restype = ctypes.c_int
-    if hasattr(lib, "attnkit_decode_ffn"):
-        lib.attnkit_decode_ffn.argtypes = [ctypes.POINTER(_FFNArgs), ctypes.c_int]
-        lib.attnkit_decode_ffn.restype = ctypes.c_int
-    if hasattr(lib, "attnkit_gemv_many"):
-        lib.attnkit_gemv_many.argtypes = [_i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, _i64,
-                                          ctypes.c_void_p, _i64, _i64, ctypes.c_void_p, _i64, ctypes.c_int]
-        lib.attnkit_gemv_many.restype = ctypes.c_int
+    # gemv.c's functions (the ABI says they are there); attnkit_gemv is the one-weight case, bound for callers of C
+    lib.attnkit_gemv.argtypes = [ctypes.c_void_p, ctypes.c_int, _i64, _i64, ctypes.c_void_p, _i64, _i64,
+                                 ctypes.c_void_p, _i64, ctypes.c_int]
+    lib.attnkit_gemv.restype = ctypes.c_int
+    lib.attnkit_gemv_many.argtypes = [_i64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, _i64, ctypes.c_void_p,
+                                      _i64, _i64, ctypes.c_void_p, _i64, ctypes.c_int]
+    lib.attnkit_gemv_many.restype = ctypes.c_int
+    lib.attnkit_decode_ffn.argtypes = [ctypes.POINTER(_FFNArgs), ctypes.c_int]
+    lib.attnkit_decode_ffn.restype = ctypes.c_int
     return lib, ""
 
 
@@ -173,7 +171,7 @@ def decode_ffn(call: FFNCall) -> bool:
     rows, dim = call.x.shape
     tensors = [t for t in (call.attn, call.x, call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu,
                            call.wd, call.bg, call.bu, call.bd, call.post_ffn_w) if t is not None]
-    if (lib is None or not hasattr(lib, "attnkit_decode_ffn") or not 1 <= rows <= GEMV_ROWS
+    if (lib is None or not 1 <= rows <= GEMV_ROWS
             or call.activation not in FFN_ACTIVATIONS
             or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors)):
         return False
@@ -188,11 +186,8 @@ def decode_ffn(call: FFNCall) -> bool:
 
 
 def _gemv_library() -> ctypes.CDLL | None:
-    """The extension when it has attnkit_gemv_many and is not turned off by ATTNKIT_NATIVE=0."""
-    lib = _library()[0]
-    if lib is None or not hasattr(lib, "attnkit_gemv_many") or os.environ.get("ATTNKIT_NATIVE") == "0":
-        return None
-    return lib
+    """The extension unless it is turned off by ATTNKIT_NATIVE=0 (or cannot run here)."""
+    return None if os.environ.get("ATTNKIT_NATIVE") == "0" else _library()[0]
 
 
 @lru_cache(maxsize=4096)
