@@ -58,7 +58,8 @@ def hide_unseen(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[T
 
 def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     """Softmax and log-sum-exp that give zeros and -inf for rows with no finite logit, with finite
-    (zero) gradients there. The row max is detached: softmax is shift invariant."""
+    (zero) gradients there; both are differentiable. The row max is detached: softmax and log-sum-exp - max
+    are shift invariant."""
     if logits.shape[dim] == 0:  # no keys at all: every row sees nothing
         return logits.clone(), torch.full_like(logits.sum(dim=dim), float("-inf"))
     m = logits.detach().amax(dim=dim, keepdim=True)
@@ -66,8 +67,10 @@ def safe_softmax(logits: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     e = torch.exp(logits - m)
     denom = e.sum(dim=dim, keepdim=True)
     valid = denom > 0
-    probs = e / torch.where(valid, denom, torch.ones((), dtype=denom.dtype, device=denom.device))
-    lse = torch.where(valid, m + torch.log(denom), torch.full((), float("-inf"), dtype=m.dtype, device=m.device))
+    safe_denom = torch.where(valid, denom, torch.ones((), dtype=denom.dtype, device=denom.device))
+    probs = e / safe_denom
+    # log of the guarded denominator: log(0)'s infinite derivative would make the lse's gradient NaN on empty rows
+    lse = torch.where(valid, m + torch.log(safe_denom), torch.full((), float("-inf"), dtype=m.dtype, device=m.device))
     return probs, lse.squeeze(dim)
 
 

@@ -52,7 +52,7 @@ def dense_attention(req: AttentionRequest, *, return_weights: bool = False) -> T
     if req.dropout > 0:
         probs = F.dropout(probs, req.dropout)
     out = probs.to(v.dtype) @ v  # (B, H, Nq, Dv)
-    return (out, lse.detach()) if req.return_lse else out
+    return (out, lse) if req.return_lse else out  # lse differentiable: d lse / d logits = probs
 
 
 def dense_bytes(req: AttentionRequest, exact: bool = True, *, weights: bool = False) -> int:

@@ -303,9 +303,12 @@ def _forward(tiles: _Tiles, plan: list[Row], backward: bool) -> tuple[Tensor, Te
 
 
 def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out: Tensor,
-              grad_bias: Tensor | None, grad_tensors: list[Tensor | None]) -> tuple[Tensor, Tensor, Tensor]:
+              grad_bias: Tensor | None, grad_tensors: list[Tensor | None], grad_lse: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv; adds the bias tensor's gradient into ``grad_bias``, a score function's tensors' into
-    ``grad_tensors`` (one entry per ``req.bias_tensors``, None until a gradient arrives)."""
+    ``grad_tensors`` (one entry per ``req.bias_tensors``, None until a gradient arrives). ``grad_lse``
+    (B, Hkv, G, Nq, 1): dL/d(natural-log lse), zero on empty rows; d lse / d logits = P adds it to dS = P (dP - Delta)
+    as Delta - grad_lse."""
     stats, req = tiles.stats, tiles.req
     dtype = tiles.q5.dtype
     lse_safe = torch.where(torch.isfinite(lse), lse, 0.0)[..., None]
@@ -314,6 +317,8 @@ def _backward(tiles: _Tiles, plan: list[Row], out: Tensor, lse: Tensor, grad_out
         delta = _delta_by_tiles(tiles, plan, lse_safe, grad_out)
     else:
         delta = _delta(grad_out, out, stats)  # (B, Hkv, G, Nq, 1)
+    if grad_lse is not None:
+        delta = delta - grad_lse
     dq = torch.zeros(tiles.q5.shape, dtype=stats, device=out.device)
     dk = torch.zeros(tiles.k.shape, dtype=stats, device=out.device)
     dv = torch.zeros(tiles.v.shape, dtype=stats, device=out.device)
@@ -431,11 +436,10 @@ class _TiledFunction(torch.autograd.Function):
         ctx.finite_inputs = (tiles.finite_kv, tiles.finite_q) if backward else None
         out = out5.reshape(B, H, Nq, Dv).to(q.dtype)
         lse = lse5.reshape(B, H, Nq) * LN2
-        ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, _grad_lse: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor, grad_lse: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out5, lse5 = ctx.saved_tensors
         req = ctx.req
         B, H, Hkv, Nq, Nk, D, Dv = req.shape
@@ -448,7 +452,10 @@ class _TiledFunction(torch.autograd.Function):
         function_tensors = req.bias_tensors if isinstance(req.bias, ScoreFunction) else ()
         grad_tensors: list[Tensor | None] = [None] * len(function_tensors)
         grad_out5 = grad_out.reshape(B, Hkv, H // Hkv, Nq, Dv)
-        dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias, grad_tensors)
+        lse_grad5 = None
+        if bool(grad_lse.any()):  # the lse was used (context parallelism merges blocks through it); -inf rows get 0
+            lse_grad5 = torch.where(torch.isfinite(lse5), grad_lse.reshape(lse5.shape).to(tiles.stats), 0.0)[..., None]
+        dq, dk, dv = _backward(tiles, ctx.plan, out5, lse5, grad_out5, grad_bias, grad_tensors, lse_grad5)
         if grad_bias is not None:  # need_bias
             grad_bias = grad_bias.reshape(req.bias.tensor.shape).to(req.bias.tensor.dtype)
         grad_tensors = [None if g is None else g.to(t.dtype) for g, t in zip(grad_tensors, function_tensors)]
