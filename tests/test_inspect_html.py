@@ -103,12 +103,14 @@ def test_tokens_never_appear_as_markup(hostile):
 
 def test_data_round_trips(hostile):
     data = embedded(render_html(hostile))
-    assert data["tokens"] == hostile.tokens and data["text"] == hostile.text
-    assert data["focus"] == hostile.focus and data["bins"] == [list(b) for b in hostile.bins]
+    explanation = data["explanation"]  # what only an explanation adds to a view's data
+    assert data["queryTokens"] == hostile.tokens and explanation["text"] == hostile.text
+    assert data["keyTokens"] is None  # self-attention: the keys are the queries
+    assert data["focus"] == hostile.focus and data["queryBins"] == [list(b) for b in hostile.bins]
     for key, tensor, bound in [("maps", hostile.maps, 0.5 / 255), ("focusRows", hostile.focus_rows, 0.5 / 65535),
                                ("rollout", hostile.rollout, 0.5 / 65535),
                                ("rolloutRow", hostile.rollout_row, 0.5 / 65535)]:
-        error = np.abs(unpack(data[key]) - tensor.double().numpy())
+        error = np.abs(unpack((data if key == "maps" else explanation)[key]) - tensor.double().numpy())
         where = np.unravel_index(error.argmax(), error.shape)
         assert error.max() <= bound + 1e-9, f"{key}: max error {error.max():.2e} at {where}"
 

@@ -62,23 +62,24 @@ class Sink:
         layers: the layers whose head-averaged weight from the focus token to the first token is >= SINK_SHARE.
         num_layers: the model's layer count.
         share: that weight averaged over ``layers`` (0.0 when there are none: the rollout alone qualifies).
-        rollout: the focus token's rollout weight on the first token.
+        rollout: the focus token's rollout weight on the first token; None where no rollout was computed (a
+            view of maps that are not a model's consecutive layers).
     """
 
     token: str
     layers: tuple[int, ...]
     num_layers: int
     share: float
-    rollout: float
+    rollout: float | None
 
     def sentence(self, focus: str, also: str) -> str:
         """One plain sentence for the report: ``focus`` names the focus token, ``also`` ends the sentence."""
-        if not self.layers:  # the rollout alone: no layer sinks, rollout's own arithmetic drains there
+        if not self.layers and self.rollout is not None:  # the rollout alone: no layer sinks, rollout drains there
             return (f"Most of the rollout of {focus} ({self.rollout:.0%}) goes to the first token, {self.token!r}, "
                     f"though no layer gives it half: rollout drains toward a decoder's first token, which sees "
                     f"only itself; {also}.")
         where = [f"{self.share:.0%} {_layer_span(self.layers, self.num_layers)}"]
-        if self.rollout >= SINK_SHARE:
+        if self.rollout is not None and self.rollout >= SINK_SHARE:
             where.append(f"{self.rollout:.0%} of the rollout")
         return (f"Most of the attention from {focus} ({'; '.join(where)}) goes to the first token, {self.token!r}: "
                 f"decoders park attention there when nothing else is relevant (an 'attention sink', Xiao et al. "
@@ -86,7 +87,10 @@ class Sink:
 
 
 def _layer_span(layers: tuple[int, ...], total: int) -> str:
-    """'in all 30 layers', 'in layer 3', 'in layers 3-29' or 'in 21 of 30 layers: 3-8, 13-15, 17-29'."""
+    """'in all 30 layers', 'in layer 3', 'in layers 3-29' or 'in 21 of 30 layers: 3-8, 13-15, 17-29'; 'over the
+    heads' for maps of one layer."""
+    if total == 1:
+        return "over the heads"
     if len(layers) == total:
         return f"in all {total} layers"
     if len(layers) == 1:
@@ -99,6 +103,19 @@ def _layer_span(layers: tuple[int, ...], total: int) -> str:
             runs.append([layer])
     spans = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
     return f"in layers {spans[0]}" if len(runs) == 1 else f"in {len(layers)} of {total} layers: {', '.join(spans)}"
+
+
+def find_sink(rows: Tensor, token: str, rollout: float | None = None) -> Sink | None:
+    """The attention sink in one query's rows, if there is one: the layers of ``rows`` (L, H, N) -- that query's
+    attention to every key, per layer and head -- whose head-averaged weight on the first key is >= SINK_SHARE;
+    ``rollout`` (that query's rollout weight on the first token, when one was computed) qualifies on its own.
+    ``token`` is the first key's display string. None when neither does."""
+    weight = rows[:, :, 0].float().mean(1)  # (L,) each layer's head-averaged weight on the first key
+    layers = tuple((weight >= SINK_SHARE).nonzero().flatten().tolist())
+    if not layers and (rollout is None or rollout < SINK_SHARE):
+        return None
+    share = float(weight[list(layers)].mean()) if layers else 0.0
+    return Sink(token, layers, rows.shape[0], share, rollout)
 
 
 @dataclass
@@ -168,6 +185,12 @@ class Explanation:
         starts, ends = torch.tensor(self.bins, dtype=torch.long).reshape(-1, 2).T  # (M,) each
         return (starts[None, :] >= ends[:, None]) & self.causal  # (M query bins, M key bins)
 
+    def _repr_html_(self) -> str:
+        """The interactive page, inline in a notebook (:func:`attnkit.inspect.html.notebook_html`)."""
+        from .html import notebook_html  # the page builds on this module, so it is imported here
+
+        return notebook_html(self)
+
     def top_targets(self, row: Tensor, k: int) -> list[tuple[int, float]]:
         """The k largest entries of a length-N row as (token index, weight), largest first."""
         values, index = row.topk(min(k, row.numel()))
@@ -197,13 +220,7 @@ class Explanation:
         not the rollout gives the first token that much."""
         if not self.causal or self.focus == 0:
             return None
-        weight = self.focus_rows[:, :, 0].mean(1)  # (L,) each layer's head-averaged weight on the first token
-        layers = tuple((weight >= SINK_SHARE).nonzero().flatten().tolist())
-        rolled = float(self.rollout_row[0])
-        if not layers and rolled < SINK_SHARE:
-            return None
-        share = float(weight[list(layers)].mean()) if layers else 0.0
-        return Sink(self.tokens[0], layers, self.num_layers, share, rolled)
+        return find_sink(self.focus_rows, self.tokens[0], float(self.rollout_row[0]))
 
     def sink_sentence(self, also: str = "the tables below also rank the tokens without it") -> str | None:
         """:meth:`Sink.sentence` for the focus token, or None when there is no sink."""
@@ -294,17 +311,23 @@ def make_bins(n: int, max_tokens: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def pool(probs: Tensor, bins: list[tuple[int, int]]) -> Tensor:
-    """(..., N, N) -> (..., M, M): a bin's row is the mean of its queries' rows, its column the sum over its
-    keys (pooled rows still sum to 1). Unchanged when every bin is one token."""
-    n = probs.shape[-1]
-    if len(bins) == n:
+def _members(bins: list[tuple[int, int]], n: int, like: Tensor) -> Tensor:
+    """(M, N) 1.0 where bin m holds token n."""
+    starts, ends = torch.tensor(bins, device=like.device).reshape(-1, 2).T[..., None]  # (M, 1) each
+    tokens = torch.arange(n, device=like.device)
+    return ((tokens >= starts) & (tokens < ends)).to(like.dtype)
+
+
+def pool(probs: Tensor, bins: list[tuple[int, int]], key_bins: list[tuple[int, int]] | None = None) -> Tensor:
+    """(..., Nq, Nk) -> (..., Mq, Mk): a query bin's row is the mean of its queries' rows, a key bin's column the
+    sum over its keys (pooled rows still sum to 1). ``key_bins`` default to ``bins`` (self-attention). Unchanged
+    when every bin is one token."""
+    key_bins = bins if key_bins is None else key_bins
+    nq, nk = probs.shape[-2:]
+    if len(bins) == nq and len(key_bins) == nk:
         return probs
-    starts, ends = torch.tensor(bins, device=probs.device).T[..., None]  # (M, 1) each
-    tokens = torch.arange(n, device=probs.device)
-    member = ((tokens >= starts) & (tokens < ends)).to(probs.dtype)  # (M, N): which tokens each bin holds
-    mean = member / member.sum(1, keepdim=True)
-    return mean @ probs @ member.T
+    rows = _members(bins, nq, probs)  # (Mq, Nq)
+    return (rows / rows.sum(1, keepdim=True)) @ probs @ _members(key_bins, nk, probs).T
 
 
 # A token of whitespace alone (byte-level BPE has them: "Ġ", "Ċ", "ĉ") shows as these marks, not as nothing.
