@@ -20,7 +20,7 @@ import torch
 from attnkit.inspect import Explanation, as_view, capture, render_html, view, write_html
 from attnkit.inspect.explanation import SINK_SHARE, find_sink, make_bins, pool
 from attnkit.inspect.html import notebook_html
-from attnkit.models import Transformer, TransformerConfig
+from attnkit.models import Transformer, TransformerConfig, ViT, ViTConfig
 
 HOSTILE = ["<script>alert(1)</script>", "</script><script>window.__pwned=1</script>",
            "<img src=x onerror=window.__pwned=1>", "<!--", "&amp;", "\u2028", '"\'`${1}']
@@ -244,6 +244,21 @@ def test_vit_self_attention_over_its_patches():
     assert v.image.pixels.shape == (64, 64, 3) and (v.image.pixels == gray[..., None]).all()
     big = view(softmax_maps(1, 1, 4, 4), query_tokens=None, image=np.zeros((2000, 1000, 4), np.uint8))
     assert big.image.pixels.shape == (512, 256, 3)
+
+
+def test_a_captured_vit_over_its_image():
+    """A ViT's captured maps ([CLS] then a 3 x 3 grid of patches, row by row) on its own input image."""
+    torch.manual_seed(0)
+    model = ViT(ViTConfig.preset("tiny", image_size=12, patch_size=4)).eval()
+    pixels = torch.rand(1, 3, 12, 12)
+    with capture(model) as record, torch.no_grad():
+        model(pixels)
+    v = view(record.maps, query_tokens=None, image=pixels[0].permute(1, 2, 0).numpy(), prefix_tokens=1)
+    assert v.image.grid == (3, 3) and v.maps.shape == (2, 4, 10, 10) and v.keys.tokens[6] == "(1,2)"
+    torch.testing.assert_close(v.maps[1], record.maps[1][0].float(), rtol=0, atol=0)
+    assert np.abs(v.image.pixels / 255 - pixels[0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match=r"\(C, H, W\) tensor needs image.permute\(1, 2, 0\)"):
+        view(record.maps, query_tokens=None, image=pixels[0], prefix_tokens=1)
 
 
 def test_patch_axes_are_never_pooled_text_axes_are():
