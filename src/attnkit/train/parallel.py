@@ -1,0 +1,71 @@
+"""Data parallelism on torch.distributed: the process group of a run started by torchrun (gloo on CPU, NCCL on
+CUDA), and ``launch``, which starts such a run from a plain command (``attnkit train ... --nproc N``).
+
+Every process holds the whole model; each computes the gradients of its part of the global batch and DDP
+averages them. A process that dies is noticed by torchrun's agent, which stops the others; a collective that
+waits longer than the timeout (a peer that hangs) raises in the survivors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands: its rank among ``size`` processes and the device it computes on."""
+
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """Only the main process logs, draws the progress bar and writes files."""
+        return self.rank == 0
+
+
+def from_environment(timeout_s: float) -> World:
+    """The process group torchrun describes in the environment (RANK, WORLD_SIZE, ...), joined; one process
+    (no group) when there is none."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return World(dist.get_rank(), dist.get_world_size(), device)
+
+
+def all_sum(value: torch.Tensor, world: World) -> torch.Tensor:
+    """``value`` summed over every process (itself when there is one)."""
+    if world.size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def launch(nproc: int, module_args: list[str]) -> int:
+    """Run ``python -m attnkit <module_args>`` in ``nproc`` processes through torchrun's launcher on this
+    machine and return its exit status (non-zero when any process failed: the agent stops the others)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "--max-restarts=0", "-m", "attnkit", *module_args]  # standalone: a free local port of its own
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, _cpus() // nproc)))}
+    return subprocess.call(command, env=env)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+__all__ = ["World", "from_environment", "all_sum", "launch"]

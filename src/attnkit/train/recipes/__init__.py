@@ -1,0 +1,108 @@
+"""Recipes: each trains the models one of the field's classic papers describes, on data that installs offline,
+and measures the paper's claim. ``attnkit train --list`` lists them; :func:`run` runs one by name.
+
+A recipe is a function of :class:`Options` returning a :class:`Report` (on the main process; None on the
+others): the results table it prints, ``results.json`` and its figures, all in ``Options.out``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...files import write_text
+
+
+class Interrupted(Exception):
+    """SIGINT stopped a recipe's training after writing a checkpoint at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"interrupted; checkpoint in {path}")
+        self.path = path
+
+
+@dataclass
+class Options:
+    """What the command line tells a recipe."""
+
+    out: Path
+    seed: int = 0
+    steps: int | None = None  # None: the recipe's own (the full or the --quick number)
+    quick: bool = False  # a small version for tests: seconds to a minute
+    resume: bool = False
+    checkpoint_every: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Report:
+    """A recipe's results: a table, the same numbers as JSON, the figures it wrote and notes to print."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    results: dict[str, Any]
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        cells = [self.columns, *[[_cell(v) for v in row] for row in self.rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join([self.title, "", *lines])
+
+    def write(self, out: Path) -> Path:
+        return write_text(out / "results.json", json.dumps({"title": self.title, "columns": self.columns,
+                                                            "rows": self.rows, **self.results}, indent=2) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str  # one line for --list
+    run: Callable[[Options], Report | None]
+
+
+def _recipes() -> dict[str, Recipe]:
+    from . import translate, vit_digits  # each imports its data packages only when run
+
+    return {r.name: r for r in (translate.RECIPE, vit_digits.RECIPE)}
+
+
+def names() -> list[str]:
+    return list(_recipes())
+
+
+def get(name: str) -> Recipe:
+    recipes = _recipes()
+    if name not in recipes:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(recipes)} (attnkit train --list)")
+    return recipes[name]
+
+
+def listing() -> str:
+    recipes = _recipes().values()
+    width = max(len(r.name) for r in recipes)
+    return "\n".join(f"{r.name.ljust(width)}  {r.summary}" for r in recipes)
+
+
+def run(name: str, options: Options) -> Report | None:
+    """Run recipe ``name``; on the main process write ``results.json`` and return the report."""
+    report = get(name).run(options)
+    if report is not None:
+        report.write(options.out)
+    return report
+
+
+__all__ = ["Interrupted", "Options", "Report", "Recipe", "names", "get", "listing", "run"]
