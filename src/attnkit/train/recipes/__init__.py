@@ -7,7 +7,9 @@ others): the results table it prints, ``results.json`` and its figures, all in `
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +76,18 @@ class Recipe:
     run: Callable[[Options], Report | None]
 
 
-def _recipes() -> dict[str, Recipe]:
-    from . import translate, vit_digits  # each imports its data packages only when run
+ORDER = ("translate", "vit-digits", "glimpse", "han", "char-lm", "finetune")  # the issue's order, for --list
 
-    return {r.name: r for r in (translate.RECIPE, vit_digits.RECIPE)}
+
+def _recipes() -> dict[str, Recipe]:
+    """Every module of this package that defines ``RECIPE`` (each imports its data packages only when run)."""
+    found = []
+    for module in pkgutil.iter_modules(__path__):
+        recipe = getattr(importlib.import_module(f"{__name__}.{module.name}"), "RECIPE", None)
+        if isinstance(recipe, Recipe):
+            found.append(recipe)
+    found.sort(key=lambda r: (ORDER.index(r.name) if r.name in ORDER else len(ORDER), r.name))
+    return {r.name: r for r in found}
 
 
 def names() -> list[str]:
