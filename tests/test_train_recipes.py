@@ -1,0 +1,139 @@
+"""The recipes glimpse (hard attention by REINFORCE) and han (hierarchical attention): their parts that can fail,
+and each one's --quick run through the command line."""
+
+import json
+
+import pytest
+import torch
+
+from attnkit.cli import main
+from attnkit.train.recipes.glimpse import GlimpseNet, patches, reinforce
+
+
+def _quick(name, out, capsys, *extra):
+    assert main(["train", name, "--quick", "--out", str(out), "--no-progress", *extra]) == 0
+    return capsys.readouterr().out, json.loads((out / "results.json").read_text())
+
+
+def _is_png(path):
+    return path.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- glimpse -----------------------------------------------------------------------------------------------
+
+def test_patches_are_row_major_over_the_grid_and_within_each_patch():
+    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    p = patches(x, 2)  # (1, 16, 4)
+    assert p.shape == (1, 16, 4)
+    assert p[0, 0].tolist() == [0, 1, 8, 9]
+    assert p[0, 1].tolist() == [2, 3, 10, 11]  # the next patch to the right
+    assert p[0, 4].tolist() == [16, 17, 24, 25]  # the first patch of the second row
+
+
+def test_reinforce_raises_the_probability_of_rewarded_glimpses_and_lowers_the_others():
+    logits = torch.zeros(4, requires_grad=True)
+    action = 2
+
+    def gradient(reward, baseline):
+        logits.grad = None
+        log_prob = torch.log_softmax(logits, -1)[action].reshape(1, 1)  # (B=1, k=1)
+        surrogate, _ = reinforce(log_prob, torch.tensor([[baseline]]), torch.tensor([reward]))
+        surrogate.backward()
+        return logits.grad.clone()
+
+    better = gradient(1.0, 0.25)  # better than expected: descending the surrogate raises the action's logit
+    assert better[action] < 0 and all(better[i] > 0 for i in (0, 1, 3))
+    assert better[action].item() == pytest.approx(-0.75 * (1 - 0.25))  # -(R - b) * (1 - p)
+    worse = gradient(0.0, 0.25)  # worse than expected: lowers it
+    assert worse[action] > 0
+    assert gradient(0.5, 0.5).abs().max() == 0  # as expected: no push
+
+
+def test_reinforce_baseline_loss_regresses_on_the_reward_and_the_policy_term_leaves_it():
+    baseline = torch.tensor([[0.2, 0.9]], requires_grad=True)
+    log_prob = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    surrogate, regression = reinforce(log_prob, baseline, torch.tensor([1.0]))
+    assert regression.item() == pytest.approx(0.8 ** 2 + 0.1 ** 2)
+    (surrogate + regression).backward()
+    torch.testing.assert_close(baseline.grad, torch.tensor([[-1.6, -0.2]]))  # 2 (b - R): the squared error's only
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[-0.8, -0.1]]))  # -(R - b), b detached
+
+
+def test_reinforce_learns_a_bandit():
+    """Four arms, reward 1 for arm 1 only: REINFORCE with a running baseline finds it."""
+    torch.manual_seed(0)
+    logits = torch.zeros(4, requires_grad=True)
+    baseline = torch.zeros(1, 1, requires_grad=True)
+    optimizer = torch.optim.SGD([logits, baseline], lr=0.5)
+    for _ in range(200):
+        arms = torch.multinomial(torch.softmax(logits.detach(), -1), 16, replacement=True)  # (16,)
+        log_prob = torch.log_softmax(logits, -1)[arms][:, None]  # (B, 1)
+        surrogate, regression = reinforce(log_prob, baseline.expand(16, 1), (arms == 1).float())
+        optimizer.zero_grad()
+        ((surrogate + regression) / 16).backward()
+        optimizer.step()
+    assert torch.softmax(logits, -1)[1] > 0.9
+
+
+def _digits(n=6, seed=0):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_hard_glimpses_are_distinct_patches_with_log_probs_and_baselines():
+    torch.manual_seed(0)
+    model = GlimpseNet("hard", dim=8, glimpses=5, patch=2)
+    out = model(_digits())
+    assert out.index.shape == (6, 5) and out.log_prob.shape == (6, 5) and out.baseline.shape == (6, 5)
+    assert all(len(set(row)) == 5 for row in out.index.tolist())  # without replacement
+    assert (out.log_prob <= 0).all() and out.log_prob.requires_grad
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(6, 5))
+    greedy = model(_digits(), greedy=True)
+    assert greedy.log_prob is None and torch.equal(greedy.index, model(_digits(), greedy=True).index)
+
+
+def test_a_hard_reader_sees_only_its_glimpses():
+    """Changing every pixel outside the chosen patches changes nothing; changing one inside does."""
+    torch.manual_seed(0)
+    model = GlimpseNet("hard", dim=8, glimpses=3, patch=2).eval()
+    x = _digits(1)
+    out = model(x, greedy=True)
+    seen = torch.zeros(16, dtype=torch.bool)
+    seen[out.index[0]] = True
+    pixel_seen = seen.reshape(4, 4).repeat_interleave(2, 0).repeat_interleave(2, 1)  # (8, 8)
+    elsewhere = torch.where(pixel_seen, x, 1 - x)
+    torch.testing.assert_close(model(elsewhere, greedy=True).logits, out.logits, rtol=0, atol=0)
+    inside = x.clone()
+    inside[0, 0][pixel_seen] = 1 - inside[0, 0][pixel_seen]
+    assert not torch.equal(model(inside, greedy=True).logits, out.logits)
+
+
+def test_random_and_soft_readings():
+    torch.manual_seed(0)
+    random_reader, soft = GlimpseNet("random", dim=8, glimpses=4, patch=2), GlimpseNet("soft", dim=8, glimpses=4,
+                                                                                      patch=2)
+    assert random_reader.policy is None and random_reader.baseline is None  # nothing unused (DDP)
+    a = random_reader(_digits(), generator=torch.Generator().manual_seed(1))
+    b = random_reader(_digits(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.index, b.index) and a.log_prob is None and all(len(set(r)) == 4 for r in a.index.tolist())
+    out = soft(_digits())
+    assert (out.index == -1).all() and out.log_prob is None and out.baseline is None
+    torch.testing.assert_close(out.weights.sum(-1), torch.ones(6, 4))
+    assert (out.weights > 0).all()  # every patch, every step
+    with pytest.raises(ValueError, match="glimpses must be in 1..16"):
+        GlimpseNet("hard", dim=8, glimpses=17, patch=2)
+
+
+def test_glimpse_quick_prints_its_table_and_writes_results_and_figures(tmp_path, capsys):
+    out, results = _quick("glimpse", tmp_path, capsys)
+    assert "glimpse: test accuracy on 449 held-out" in out
+    for row in ("soft attention over all patches", "hard attention (REINFORCE), greedy", "k random patches"):
+        assert row in out
+    assert set(results["accuracy"]) == {"hard", "random", "soft"}
+    assert all(0 <= a <= 1 for a in results["accuracy"].values())
+    assert {"parameters", "glimpses", "patches", "accuracy_hard_sampled", "config"} <= set(results)
+    assert results["glimpses"] == 3 and results["patches"] == 16
+    assert _is_png(tmp_path / "glimpses.png")
+    for part in ("hard", "random", "soft"):
+        assert _is_png(tmp_path / part / "loss.png")
+    again = tmp_path / "again"  # same seed, same numbers
+    assert _quick("glimpse", again, capsys, "--steps", "8")[1]["accuracy"] == results["accuracy"]
