@@ -340,3 +340,21 @@ def test_translate_quick_prints_its_table_and_writes_results_and_figures(tmp_pat
     assert set(results["accuracy"]["gru"]) == {"3", "4"}  # held-out lengths; all numbers < 100 are training data
     for name in ("accuracy_by_length.png", "alignment.png", "gru/loss.png", "transformer/metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_char_lm_windows_predict_the_next_byte_and_quick_run_reports_every_variant(tmp_path, capsys):
+    from attnkit.train.recipes import char_lm
+
+    data = char_lm.make_data(char_lm.QUICK)
+    x, y = data.batch(torch.tensor([0, 3]))
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x one byte on
+    text = char_lm.corpus(char_lm.QUICK.corpus)
+    start = 3 * (data.block // 2)
+    assert bytes(x[1].tolist()) == text[start:start + data.block]
+    assert main(["train", "char-lm", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["variants"]) == {"softmax", "window-16", "linear", "performer"}
+    for name, row in results["variants"].items():
+        assert 0 < row["bits_per_byte"] < 9 and row["parameters"] == results["variants"]["softmax"]["parameters"]
+        assert f"{name} sample:" in out

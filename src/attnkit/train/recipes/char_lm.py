@@ -1,0 +1,160 @@
+"""``char-lm``: a GPT that reads and writes Python, one byte at a time, trained on the sources of the Python standard
+library that every machine has offline. The same model with four attention variants, at equal parameters and
+equal steps (the same tokens in the same order): exact softmax attention, a sliding window of 16 bytes, linear
+attention (elu + 1 features) and Performer (FAVOR+ random features). Validation loss (bits per byte), seconds
+per step, and a sample from each: what exactness buys, and what it costs, on real text.
+
+The corpus is a fixed list of modules (below), read from this interpreter's standard library: its exact bytes
+depend on the Python version, so results.json records the version and the byte count.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...models.gpt import GPT, AttentionConfig, GPTConfig
+from ..config import TrainConfig
+from ..task import Loss, Task
+from . import Options, Recipe, Report
+from .common import fit_part, main_process, seed_everything
+
+MODULES = ("argparse", "textwrap", "string", "shlex", "difflib", "fractions", "statistics", "heapq", "bisect",
+           "calendar", "csv", "dataclasses", "functools", "glob", "fnmatch", "pprint", "reprlib", "queue",
+           "sched", "tokenize", "ast", "copy", "enum", "ipaddress", "locale", "pathlib", "random")
+VARIANTS: dict[str, dict[str, Any]] = {"softmax": {}, "window-16": {"window": 15}, "linear": {"kernel": "linear"},
+            "performer": {"kernel": "performer"}}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    block: int  # bytes of context
+    dim: int
+    layers: int
+    steps: int
+    batch: int
+    corpus: int | None  # bytes of the corpus used; None = all
+
+
+FULL = Sizes(block=96, dim=96, layers=3, steps=300, batch=16, corpus=None)
+QUICK = Sizes(block=32, dim=32, layers=1, steps=6, batch=8, corpus=60_000)
+
+
+def corpus(limit: int | None) -> bytes:
+    """The listed modules' sources, concatenated; an OSError naming the directory when none can be read."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts = [(root / f"{name}.py").read_bytes() for name in MODULES if (root / f"{name}.py").is_file()]
+    if not parts:
+        raise OSError(f"no standard-library sources under {root}: this Python ships without them")
+    text = b"\n".join(parts)
+    return text[:limit] if limit is not None else text
+
+
+@dataclass
+class Data:
+    train: Tensor  # (n,) byte values
+    valid: Tensor  # (m,) the last tenth of the corpus
+    block: int
+
+    def windows(self) -> int:
+        """Training examples: windows starting every half block."""
+        return (len(self.train) - self.block - 1) // (self.block // 2)
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        starts = indices * (self.block // 2)
+        rows = starts[:, None] + torch.arange(self.block + 1)  # (B, block + 1)
+        chunk = self.train[rows]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def validation(self, count: int = 64) -> tuple[Tensor, Tensor]:
+        """``count`` evenly spaced windows of the validation text (the same for every variant)."""
+        starts = torch.linspace(0, len(self.valid) - self.block - 1, count).long()
+        chunk = self.valid[starts[:, None] + torch.arange(self.block + 1)]
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+def make_data(sizes: Sizes) -> Data:
+    text = torch.frombuffer(bytearray(corpus(sizes.corpus)), dtype=torch.uint8).long()
+    split = int(len(text) * 0.9)
+    return Data(text[:split], text[split:], sizes.block)
+
+
+def build(sizes: Sizes, variant: dict[str, Any]) -> GPT:
+    attention = AttentionConfig(num_heads=4, window=variant.get("window"))
+    return GPT(GPTConfig(vocab_size=256, max_seq_len=sizes.block, dim=sizes.dim, num_layers=sizes.layers,
+                         attention=attention, kernel=variant.get("kernel", "auto")))
+
+
+def _loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Loss:
+    x, y = batch
+    logits = model(x).logits  # (B, N, 256)
+    return Loss(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"), y.numel())
+
+
+def make_task(model: GPT, data: Data) -> Task:
+    valid_x, valid_y = data.validation()
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        loss = float(F.cross_entropy(model(valid_x).logits.flatten(0, 1), valid_y.flatten()))
+        return {"loss": loss, "bits_per_byte": loss / math.log(2)}
+
+    return Task(model, size=data.windows(), batch=data.batch, loss=_loss, evaluate=evaluate, unit="tokens",
+                items=lambda b: b[1].numel())
+
+
+def sample(model: GPT, data: Data, length: int, seed: int) -> str:
+    """``length`` bytes sampled at temperature 0.8 after the first validation window's last 16 bytes, by
+    re-running the whole window (the approximate kernels have no KV cache of their own)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = data.valid[: data.block][None, -16:]
+    model.eval()
+    with torch.no_grad():
+        for _ in range(length):
+            logits = model(ids[:, -data.block:]).logits[:, -1] / 0.8
+            ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1, generator=generator)], dim=1)
+    text = bytes(ids[0, 16:].tolist()).decode("utf-8", errors="replace")
+    return "".join(c if c.isprintable() or c in "\n\t" else "\u00b7" for c in text)  # no control bytes to a terminal
+
+
+def run(options: Options) -> Report | None:
+    sizes = QUICK if options.quick else FULL
+    data = make_data(sizes)
+    config = TrainConfig(steps=options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=20,
+                         weight_decay=0.1, seed=options.seed, log_every=10 if not options.quick else 2,
+                         checkpoint_every=options.checkpoint_every)
+    rows: list[list[Any]] = []
+    results: dict[str, Any] = {}
+    for name, variant in VARIANTS.items():
+        seed_everything(options.seed)  # the same initial weights for every variant
+        model = build(sizes, variant)
+        started = time.perf_counter()
+        result = fit_part(options, name, make_task(model, data), config)
+        seconds = time.perf_counter() - started
+        if not main_process():
+            continue
+        text = sample(model, data, 120 if not options.quick else 16, options.seed)
+        parameters = sum(p.numel() for p in model.parameters())
+        rows.append([name, result.evaluation["bits_per_byte"], seconds / max(1, config.steps), parameters])
+        results[name] = {**result.evaluation, "seconds": seconds, "parameters": parameters, "sample": text}
+    if not main_process():
+        return None
+    title = (f"char-lm: a {sizes.layers}-layer byte-level GPT on {len(data.train) + len(data.valid):,} bytes of the "
+             f"Python {sys.version_info.major}.{sys.version_info.minor} standard library, {config.steps} steps of "
+             f"{config.batch_size} x {sizes.block} bytes; validation bits per byte (lower is better)")
+    notes = [f"\n{name} sample:\n{results[name]['sample']}" for name in results]
+    return Report(title, ["attention", "bits/byte", "s/step", "parameters"], rows,
+                  {"variants": results, "python": sys.version.split()[0], "config": config.to_dict(),
+                   "sizes": sizes.__dict__}, notes=notes)
+
+
+RECIPE = Recipe("char-lm", "a byte-level GPT on the Python standard library's sources: softmax vs sliding window vs "
+                "linear vs Performer at equal parameters and steps", run)
