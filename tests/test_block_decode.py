@@ -92,3 +92,28 @@ def test_the_callers_input_is_left_alone_and_training_takes_pytorch(monkeypatch)
     monkeypatch.setattr(native, "decode_ffn", lambda call: pytest.fail("training must not take the C call"))
     model.train()
     block(torch.randn(2, 1, 32, requires_grad=True), causal=True)
+
+
+@needs_native
+def test_a_lora_wrapped_model_decodes_through_its_adapters():
+    """PEFT's LoRA wraps q/k/v, the output projection and the feed-forward: a decoding step must run the adapters'
+    forward (the fused C paths read the bare weights, so they must step aside), equal to the uncached forward."""
+    peft = pytest.importorskip("peft")
+    model = _model("llama-swiglu")
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj", "gate", "up", "down"]
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero (no change): make the adapters matter
+                parameter.normal_(0.0, 0.5)
+    lora.eval()
+    ids = torch.randint(0, 71, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = model.new_cache(max_len=16)
+        model(ids[:, :8], cache=cache)
+        step = model(ids[:, 8:], cache=cache).logits
+        whole = model(ids).logits[:, -1:]
+        with lora.disable_adapter():
+            bare = model(ids).logits[:, -1:]
+    assert (whole - bare).abs().max() > 1e-2  # the adapters change the output
+    assert_close(step, whole, atol=2e-5 * max(1.0, float(whole.abs().max())), what="LoRA decoding step")

@@ -128,11 +128,13 @@ class Block(nn.Module):
     def _fusable(self, x: Tensor) -> bool:
         """Whether a decoding step's rest of the block (output projection, residuals, the feed-forward's norm and
         gated feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 rows, pre-norm, RMSNorms,
-        a gated FeedForward, nothing that records or drops out."""
+        a gated FeedForward of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that records or
+        drops out."""
         ffn, norms = self.ffn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
         return (not self.training and not torch.is_grad_enabled() and self.norm_first and x.dtype == torch.float32
                 and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
                 and isinstance(ffn, FeedForward) and ffn.gate is not None and ffn.activation in native.FFN_ACTIVATIONS
+                and all(isinstance(m, nn.Linear) for m in (self.attn.out_proj, ffn.gate, ffn.up, ffn.down))
                 and isinstance(self.ffn_norm, RMSNorm)
                 and all(n is None or (isinstance(n, RMSNorm) and n.eps == self.ffn_norm.eps
                                       and n.unit_offset == self.ffn_norm.unit_offset) for n in norms)

@@ -100,6 +100,8 @@ def linears(x: Tensor, layers: Sequence[nn.Linear]) -> list[Tensor] | None:
     there (a decoding step's few rows, no gradient needed): a layer's q, k and v projections, or a gated
     feed-forward's gate and up, share one fork of the threads. The results are bitwise those of separate calls.
     None when that path does not apply (the caller then calls the layers)."""
+    if not all(isinstance(layer, nn.Linear) for layer in layers):  # a wrapped layer (a LoRA adapter, a hook
+        return None  # module) adds its own computation to the weight's: only its forward computes it
     weights = [layer.weight for layer in layers]
     biases = [layer.bias for layer in layers]
     if (not _switched_on or not x.dim() or not x.shape[-1] or x.dtype not in _DTYPES or x.device.type != "cpu"
