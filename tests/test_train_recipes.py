@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from attnkit.cli import main
+from attnkit.models.han import HANOutput
 from attnkit.train.recipes.glimpse import GlimpseNet, patches, reinforce
+from attnkit.train.recipes.han import QUICK, Documents, chance, docstring_sentences, make_data, measure, top_hits
 
 
 def _quick(name, out, capsys, *extra):
@@ -137,3 +139,83 @@ def test_glimpse_quick_prints_its_table_and_writes_results_and_figures(tmp_path,
         assert _is_png(tmp_path / part / "loss.png")
     again = tmp_path / "again"  # same seed, same numbers
     assert _quick("glimpse", again, capsys, "--steps", "8")[1]["accuracy"] == results["accuracy"]
+
+
+# --- han ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def han_data():
+    return make_data(QUICK, seed=0)
+
+
+def test_docstring_sentences_are_real_lowercase_words():
+    sentences = docstring_sentences(6)
+    assert len(sentences) > 1000 and list(sentences) == sorted(set(sentences))
+    assert all(4 <= len(s) <= 6 and all(w.isalpha() and w.islower() for w in s) for s in sentences)
+    assert ("return", "the", "square", "root", "of", "x") in sentences  # math.sqrt's docstring
+
+
+def test_each_document_has_exactly_one_deciding_sentence_with_a_cue_of_its_class(han_data):
+    cue_ids = {han_data.vocab.index(w): c for c, words in enumerate(han_data.cues) for w in words}
+    for docs in (han_data.train, han_data.test):
+        real = (docs.ids != 0).any(-1)  # (N, S)
+        counts = real.sum(-1)
+        assert counts.min() >= 3 and counts.max() <= QUICK.sentences
+        assert torch.equal(real, torch.arange(QUICK.sentences) < counts[:, None])  # sentences from the first
+        for d in range(len(docs.label)):
+            holding = [s for s in range(QUICK.sentences) if any(int(w) in cue_ids for w in docs.ids[d, s])]
+            assert holding == [int(docs.deciding[d])], d
+            cue = int(docs.ids[d, docs.deciding[d], docs.cue_position[d]])
+            assert cue_ids.get(cue) == int(docs.label[d]) and sum(int(w) in cue_ids for w in docs.ids[d].flatten()) == 1
+    assert set(han_data.train.label.tolist()) == set(range(QUICK.classes))
+
+
+def test_training_and_test_documents_draw_on_disjoint_sentences(han_data):
+    def distractors(docs):
+        return {tuple(docs.ids[d, s].tolist()) for d in range(len(docs.label))
+                for s in range(int((docs.ids[d] != 0).any(-1).sum())) if s != int(docs.deciding[d])}
+    assert not distractors(han_data.train) & distractors(han_data.test)
+
+
+def test_the_data_follow_the_seed(han_data):
+    again, other = make_data(QUICK, seed=0), make_data(QUICK, seed=1)
+    assert torch.equal(again.train.ids, han_data.train.ids) and again.cues == han_data.cues
+    assert other.cues != han_data.cues
+
+
+def test_top_hits_and_chance_on_a_hand_computed_case():
+    weights = torch.tensor([[0.1, 0.7, 0.2, 0.0], [0.5, 0.5, 0.0, 0.0], [0.2, 0.3, 0.5, 0.0]])
+    assert top_hits(weights, torch.tensor([1, 1, 0])).tolist() == [True, False, False]  # a tie: the first
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).bool()
+    assert chance(mask) == pytest.approx((1 / 3 + 1 / 2 + 1 / 4) / 3)
+
+
+def test_measure_scores_the_attention_against_the_deciding_sentence_and_cue():
+    ids = torch.ones(2, 3, 4, dtype=torch.long)
+    ids[0, 2] = 0  # document 0 has two sentences
+    ids[1, :, 3] = 0  # document 1's sentences have three words
+    docs = Documents(ids, label=torch.tensor([0, 1]), deciding=torch.tensor([1, 0]), cue_position=torch.tensor([2, 0]))
+
+    class Stub(torch.nn.Module):
+        def forward(self, input_ids):
+            sentences = torch.tensor([[0.2, 0.8, 0.0], [0.1, 0.6, 0.3]])  # a hit, then a miss
+            words = torch.full((2, 3, 4), 0.1)
+            words[0, 1, 2] = 0.7  # the cue of document 0: a hit
+            words[1, 0, 1] = 0.7  # not the cue of document 1: a miss
+            return HANOutput(torch.tensor([[2.0, 1.0], [3.0, 1.0]]), words, sentences)
+
+    result = measure(Stub(), docs)
+    assert result["accuracy"] == 0.5 and result["sentence_hits"] == 0.5 and result["word_hits"] == 0.5
+    assert result["sentence_chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert result["word_chance"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+    assert result["deciding_weight"] == pytest.approx((0.8 + 0.1) / 2)
+
+
+def test_han_quick_prints_its_table_and_writes_results_and_figures(tmp_path, capsys):
+    out, results = _quick("han", tmp_path, capsys)
+    assert "han: 60 held-out documents" in out and "most-attended sentence = the deciding one" in out
+    assert {"accuracy", "sentence_hits", "sentence_chance", "word_hits", "word_chance", "cues", "parameters"} <= set(
+        results)
+    assert len(results["cues"]) == QUICK.classes and 0 < results["sentence_chance"] < 1
+    assert [row[0] for row in results["rows"]][:2] == ["test accuracy", "most-attended sentence = the deciding one"]
+    assert _is_png(tmp_path / "attention.png") and _is_png(tmp_path / "han" / "loss.png")
