@@ -2,13 +2,17 @@
 and each one's --quick run through the command line."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
 from attnkit.cli import main
 from attnkit.models.han import HANOutput
-from attnkit.train.recipes.glimpse import GlimpseNet, patches, reinforce
+from attnkit.train import TrainConfig, fit
+from attnkit.train.recipes.glimpse import GlimpseNet, make_task, patches, reinforce
+from attnkit.train.recipes.vit_digits import make_data as make_digits
 from attnkit.train.recipes.han import QUICK, Documents, chance, docstring_sentences, make_data, measure, top_hits
 
 
@@ -123,6 +127,35 @@ def test_random_and_soft_readings():
     assert (out.weights > 0).all()  # every patch, every step
     with pytest.raises(ValueError, match="glimpses must be in 1..16"):
         GlimpseNet("hard", dim=8, glimpses=17, patch=2)
+
+
+def test_hard_glimpse_training_resumes_bitwise_after_an_interruption(tmp_path):
+    """The policy samples from torch's global RNG, which the checkpoint keeps: stop at step 3, resume, and the
+    weights equal those of a run never stopped."""
+    data = make_digits(0)
+    config = TrainConfig(steps=6, batch_size=16, lr=3e-3, seed=0)
+
+    def task():
+        torch.manual_seed(0)
+        return make_task(GlimpseNet("hard", dim=8, glimpses=3, patch=2), data, seed=0)
+
+    whole = task()
+    fit(whole, config, tmp_path / "whole", progress=False)
+    part = task()
+    inner, calls = part.loss, []
+
+    def loss(model, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return inner(model, batch)
+    part.loss = loss
+    assert fit(part, config, tmp_path / "part", progress=False).interrupted
+    resumed = task()
+    torch.manual_seed(123)  # another global RNG state: the checkpoint's must win
+    fit(resumed, config, tmp_path / "part", resume=True, progress=False)
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_glimpse_quick_prints_its_table_and_writes_results_and_figures(tmp_path, capsys):
