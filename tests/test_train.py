@@ -358,3 +358,29 @@ def test_char_lm_windows_predict_the_next_byte_and_quick_run_reports_every_varia
     for name, row in results["variants"].items():
         assert 0 < row["bits_per_byte"] < 9 and row["parameters"] == results["variants"]["softmax"]["parameters"]
         assert f"{name} sample:" in out
+
+
+def test_language_data_has_one_decidable_language_per_phrase():
+    from num2words import num2words
+
+    from attnkit.train.recipes import finetune
+
+    texts, labels, numbers = finetune.language_data(60, seed=1)
+    assert len(texts) == len(set(texts)) == len(labels) == 60
+    assert set(labels) == set(range(len(finetune.LANGUAGES)))
+    for text, label, number in zip(texts, labels, numbers):
+        assert num2words(number, lang=finetune.LANGUAGES[label]) == text
+        others = [lang for lang in finetune.LANGUAGES if num2words(number, lang=lang) == text]
+        assert others == [finetune.LANGUAGES[label]]  # no other language writes this number the same way
+
+
+@pytest.mark.slow
+def test_finetune_quick_runs_both_parts(tmp_path, capsys):
+    pytest.importorskip("peft")
+    assert main(["train", "finetune", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"untrained head", "probe", "finetuned"} <= set(results["minilm"])
+    lora = results["smollm2_lora"]
+    assert 0 < lora["trainable"] < lora["total"] / 20  # adapters only
+    assert "SmolLM2 + LoRA" in out and (tmp_path / "smollm2-lora" / "checkpoint.pt").exists()

@@ -42,7 +42,7 @@ class Sizes:
     dim: int  # embedding size; the GRUs' hidden size and the Transformer's width are 2 * dim
 
 
-FULL = Sizes(digits=9, train=40_000, test=100, steps=1000, batch=64, dim=64)
+FULL = Sizes(digits=12, train=40_000, test=100, steps=800, batch=64, dim=64)
 QUICK = Sizes(digits=4, train=600, test=8, steps=12, batch=16, dim=16)
 
 
