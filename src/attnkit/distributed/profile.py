@@ -25,6 +25,7 @@ class Hop:
     peer: int  # the rank whose keys were used (ring), or -1
     blocks: int  # (query chunk, key chunk) pairs computed: 0 when the hop's tiles are all empty
     compute_s: float  # seconds between receiving this hop's keys and asking for the next ones
+    compute_cpu_s: float  # this thread's CPU seconds in that time (what the hop cost where processes share cores)
     wait_s: float  # seconds spent waiting for this hop's transfer after the compute it overlapped
     bytes_sent: int
     bytes_received: int

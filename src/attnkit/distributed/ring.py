@@ -74,10 +74,11 @@ def kv_hops(p: Problem, k: Tensor, v: Tensor, phase: str) -> Iterator[tuple[int,
             waited = time.perf_counter() - began
             kv = (got[0], got[1]) if got else (None, None)
             sent, received = transfer.bytes_sent, transfer.bytes_received
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         yield t, (r - t) % P, kv[0], kv[1]
         blocks = len(p.pairs(r, (r - t) % P))
-        record(Hop("ring", phase, t, (r - t) % P, blocks, time.perf_counter() - began, waited, sent, received))
+        record(Hop("ring", phase, t, (r - t) % P, blocks, time.perf_counter() - began, time.thread_time() - cpu,
+                   waited, sent, received))
 
 
 def ring_forward(p: Problem, q: Tensor, k: Tensor, v: Tensor, bias_tensor: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -51,7 +51,7 @@ def heads_to_seq(p: Problem, y: Tensor) -> Tensor:
 
 def _record(x: Tensor, began: float) -> None:
     moved = x.numel() * x.element_size()  # this rank's tensor, all but 1/P of it leaves
-    record(Hop("ulysses", "all-to-all", 0, -1, 0, 0.0, time.perf_counter() - began, moved, moved))
+    record(Hop("ulysses", "all-to-all", 0, -1, 0, 0.0, 0.0, time.perf_counter() - began, moved, moved))
 
 
 class _SeqToHeads(torch.autograd.Function):
