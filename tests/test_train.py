@@ -311,6 +311,7 @@ def test_nproc_2_through_the_command_line(tmp_path, capsys):
     assert done.stdout.count("vit-digits: test accuracy on") == 1  # the table, printed by rank 0 only
     assert load(out / "vit" / "checkpoint.pt")["world_size"] == 2
     assert json.loads((out / "results.json").read_text())["parameters"] > 0
+    assert (out / "rollout.png").exists() and "<html" in (out / "attention.html").read_text()
 
 
 # --- the command line -------------------------------------------------------------------------------------------
@@ -338,7 +339,8 @@ def test_translate_quick_prints_its_table_and_writes_results_and_figures(tmp_pat
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["accuracy"]) == {"gru", "gru-attention", "transformer"}
     assert set(results["accuracy"]["gru"]) == {"3", "4"}  # held-out lengths; all numbers < 100 are training data
-    for name in ("accuracy_by_length.png", "alignment.png", "gru/loss.png", "transformer/metrics.jsonl"):
+    for name in ("accuracy_by_length.png", "alignment.png", "alignment.html", "gru/loss.png",
+                 "transformer/metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
 
 

@@ -45,7 +45,7 @@ class Sizes:
     corpus: int | None  # bytes of the corpus used; None = all
 
 
-FULL = Sizes(block=96, dim=96, layers=3, steps=300, batch=16, corpus=None)
+FULL = Sizes(block=96, dim=96, layers=3, steps=600, batch=16, corpus=None)
 QUICK = Sizes(block=32, dim=32, layers=1, steps=6, batch=8, corpus=60_000)
 
 

@@ -218,6 +218,7 @@ def _report(sizes: Sizes, config: TrainConfig, data: Data, accuracy: dict[str, d
 
 
 def _figures(out: Path, models: dict[str, nn.Module], data: Data, accuracy: dict[str, dict[int, float]]) -> list[Path]:
+    from ...inspect import view
     from .figures import alignment_grid, lines  # matplotlib, only when drawing
 
     paths = [lines(out / "accuracy_by_length.png", {n: sorted(a.items()) for n, a in accuracy.items()},
@@ -233,6 +234,10 @@ def _figures(out: Path, models: dict[str, nn.Module], data: Data, accuracy: dict
         out_words = [data.tgt_vocab[t] for t in tokens[0].tolist()]
         maps.append((weights[0], list(str(numbers[i])), out_words))
     paths.append(alignment_grid(out / "alignment.png", maps, title="Additive attention: learned alignments"))
+    weights, digits, out_words = maps[0]  # the interactive page of the first: a cross-attention view
+    page = view(weights[None, :len(out_words), :len(digits)], query_tokens=out_words, key_tokens=digits,
+                title=f"{''.join(digits)} -> French: additive attention's alignment")
+    paths.append(page.save(out / "alignment.html"))
     return paths
 
 

@@ -107,7 +107,8 @@ def run(options: Options) -> Report | None:
     result = fit_part(options, "vit", make_task(model, data, augment=True), config)
     if not main_process():
         return None
-    figures = [_rollout_figure(options.out / "rollout.png", model, data)]
+    figures = [_rollout_figure(options.out / "rollout.png", model, data),
+               _page(options.out / "attention.html", model, data)]
     parameters = sum(p.numel() for p in model.parameters())
     rows: list[list[Any]] = [["ViT (from scratch)", result.evaluation["accuracy"], parameters]]
     title = (f"vit-digits: test accuracy on {len(data.test_y)} held-out 8x8 digits ({config.steps} steps of "
@@ -128,6 +129,20 @@ def _rollout_figure(path: Path, model: ViT, data: Data) -> Path:
     captions = [f"{int(y)} -> {p}" for y, p in zip(data.test_y[picks], predicted)]
     return image_grid(path, list(x[:, 0]), list(overlays), captions,
                       title="Attention rollout from [CLS] over the patches (label -> prediction)")
+
+
+def _page(path: Path, model: ViT, data: Data) -> Path:
+    """The interactive page of one test digit: every layer's and head's attention, the keys drawn over the image."""
+    from ...inspect import view
+
+    image = data.test_x[:1]  # (1, 1, 8, 8)
+    model.eval()
+    with torch.no_grad(), capture(model) as recorded:
+        model(image)
+    side = model.config.image_size // model.config.patch_size
+    title = f"ViT on a test digit ({int(data.test_y[0])}): attention over its {side}x{side} patches"
+    page = view(recorded, query_tokens=None, image=image[0, 0], patch_grid=(side, side), prefix_tokens=1, title=title)
+    return page.save(path)
 
 
 RECIPE = Recipe("vit-digits", "Dosovitskiy et al. 2021: a ViT on scikit-learn's 8x8 digits; test accuracy and "
