@@ -28,6 +28,7 @@ from torch import Tensor
 from .comm import TAG_DKV, TAG_KV, Transfer, all_reduce_sum, exchange
 from .problem import Problem, block_attention, block_bias
 from .profile import Hop, record
+from .views import bias_block
 
 NEG_INF = float("-inf")
 
@@ -170,7 +171,7 @@ def ring_backward(p: Problem, q: Tensor, k: Tensor, v: Tensor, bias_tensor: Tens
                 _add(dv[:, :, keys], dv_b)
                 if g.dbias is not None and dbias is not None:
                     t4 = g.dbias.view((1,) * (4 - g.dbias.dim()) + tuple(g.dbias.shape))
-                    _add(block_bias(p, t4, p.region(a, src, b), p.chunk_q, p.chunk_k), dbias)  # type: ignore[arg-type]
+                    _add(bias_block(t4, p.region(a, src, b), p.chunk_q, p.chunk_k), dbias)
         if t == 0:
             if dk is not None and dv is not None:
                 g.dk += dk
