@@ -356,10 +356,15 @@ def test_char_lm_windows_predict_the_next_byte_and_quick_run_reports_every_varia
     assert main(["train", "char-lm", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["variants"]) == {"softmax", "window-16", "linear", "performer"}
-    for name, row in results["variants"].items():
-        assert 0 < row["bits_per_byte"] < 9 and row["parameters"] == results["variants"]["softmax"]["parameters"]
-        assert f"{name} sample:" in out
+    variants = results["variants"]
+    assert set(variants) == {"softmax", "window-16", "linear", "performer", "ssm-hybrid"}
+    for name, row in variants.items():
+        assert 0 < row["bits_per_byte"] < 9 and f"{name} sample:" in out
+        if name != "ssm-hybrid":  # the GPT variants: the same parameters, the same steps
+            softmax = variants["softmax"]
+            assert (row["parameters"], row["steps"]) == (softmax["parameters"], softmax["steps"])
+    assert variants["ssm-hybrid"]["steps"] == max(1, variants["softmax"]["steps"] // char_lm.HYBRID_STEPS)
+    assert (tmp_path / "validation.png").stat().st_size > 0
 
 
 def test_language_data_has_one_decidable_language_per_phrase():

@@ -4,6 +4,11 @@ equal steps (the same tokens in the same order): exact softmax attention, a slid
 attention (elu + 1 features) and Performer (FAVOR+ random features). Validation loss (bits per byte), seconds
 per step, and a sample from each: what exactness buys, and what it costs, on real text.
 
+A fifth model, an SSM hybrid (``HybridLM``: selective state-space layers around one attention layer, Jamba's
+pattern at this size), runs at about *equal time* instead: its selective scan steps through the sequence in
+Python, about 9x the softmax model's time per step here, so it gets a ninth of the steps (the same number on
+every run, not a timer, so the results stay reproducible).
+
 The corpus is a fixed list of modules (below), read from this interpreter's standard library: its exact bytes
 depend on the Python version, so results.json records the version and the byte count.
 """
@@ -23,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...models.gpt import GPT, AttentionConfig, GPTConfig
+from ...models.hybrid import HybridConfig, HybridLM
 from ..config import TrainConfig
+from ..loop import read_metrics
 from ..task import Loss, Task
 from . import Options, Recipe, Report
 from .common import fit_part, main_process, seed_everything
@@ -32,7 +39,8 @@ MODULES = ("argparse", "textwrap", "string", "shlex", "difflib", "fractions", "s
            "calendar", "csv", "dataclasses", "functools", "glob", "fnmatch", "pprint", "reprlib", "queue",
            "sched", "tokenize", "ast", "copy", "enum", "ipaddress", "locale", "pathlib", "random")
 VARIANTS: dict[str, dict[str, Any]] = {"softmax": {}, "window-16": {"window": 15}, "linear": {"kernel": "linear"},
-            "performer": {"kernel": "performer"}}
+                                       "performer": {"kernel": "performer"}, "ssm-hybrid": {"hybrid": True}}
+HYBRID_STEPS = 9  # the hybrid runs steps // 9: about the softmax model's wall time (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class Sizes:
     corpus: int | None  # bytes of the corpus used; None = all
 
 
-FULL = Sizes(block=96, dim=96, layers=3, steps=600, batch=16, corpus=None)
+FULL = Sizes(block=96, dim=96, layers=3, steps=500, batch=16, corpus=None)
 QUICK = Sizes(block=32, dim=32, layers=1, steps=6, batch=8, corpus=60_000)
 
 
@@ -88,7 +96,11 @@ def make_data(sizes: Sizes) -> Data:
     return Data(text[:split], text[split:], sizes.block)
 
 
-def build(sizes: Sizes, variant: dict[str, Any]) -> GPT:
+def build(sizes: Sizes, variant: dict[str, Any]) -> nn.Module:
+    if variant.get("hybrid"):  # SSM, attention, SSM: about the GPT's parameter count
+        return HybridLM(HybridConfig(vocab_size=256, dim=sizes.dim, pattern="MAM"[:max(1, sizes.layers)],
+                                     num_heads=4, state_dim=4, expand=1, hidden=4 * sizes.dim, activation="gelu",
+                                     norm="layer"))
     attention = AttentionConfig(num_heads=4, window=variant.get("window"))
     return GPT(GPTConfig(vocab_size=256, max_seq_len=sizes.block, dim=sizes.dim, num_layers=sizes.layers,
                          attention=attention, kernel=variant.get("kernel", "auto")))
@@ -100,7 +112,7 @@ def _loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Loss:
     return Loss(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"), y.numel())
 
 
-def make_task(model: GPT, data: Data) -> Task:
+def make_task(model: nn.Module, data: Data) -> Task:
     valid_x, valid_y = data.validation()
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -111,7 +123,7 @@ def make_task(model: GPT, data: Data) -> Task:
                 items=lambda b: b[1].numel())
 
 
-def sample(model: GPT, data: Data, length: int, seed: int) -> str:
+def sample(model: nn.Module, data: Data, length: int, seed: int) -> str:
     """``length`` bytes sampled at temperature 0.8 after the first validation window's last 16 bytes, by
     re-running the whole window (the approximate kernels have no KV cache of their own)."""
     generator = torch.Generator().manual_seed(seed)
@@ -128,13 +140,17 @@ def sample(model: GPT, data: Data, length: int, seed: int) -> str:
 def run(options: Options) -> Report | None:
     sizes = QUICK if options.quick else FULL
     data = make_data(sizes)
-    config = TrainConfig(steps=options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=20,
-                         weight_decay=0.1, seed=options.seed, log_every=10 if not options.quick else 2,
-                         checkpoint_every=options.checkpoint_every)
     rows: list[list[Any]] = []
     results: dict[str, Any] = {}
+    curves: dict[str, list[tuple[float, float]]] = {}
     for name, variant in VARIANTS.items():
-        seed_everything(options.seed)  # the same initial weights for every variant
+        steps = options.steps or sizes.steps
+        if variant.get("hybrid"):
+            steps = max(1, steps // HYBRID_STEPS)
+        config = TrainConfig(steps=steps, batch_size=sizes.batch, lr=3e-3, warmup=min(20, steps // 10),
+                             weight_decay=0.1, seed=options.seed, log_every=10 if not options.quick else 2,
+                             eval_every=max(1, steps // 6), checkpoint_every=options.checkpoint_every)
+        seed_everything(options.seed)  # the same initial weights for every GPT variant
         model = build(sizes, variant)
         started = time.perf_counter()
         result = fit_part(options, name, make_task(model, data), config)
@@ -143,18 +159,30 @@ def run(options: Options) -> Report | None:
             continue
         text = sample(model, data, 120 if not options.quick else 16, options.seed)
         parameters = sum(p.numel() for p in model.parameters())
-        rows.append([name, result.evaluation["bits_per_byte"], seconds / max(1, config.steps), parameters])
-        results[name] = {**result.evaluation, "seconds": seconds, "parameters": parameters, "sample": text}
+        rows.append([name, steps, result.evaluation["bits_per_byte"], seconds / steps, seconds, parameters])
+        results[name] = {**result.evaluation, "steps": steps, "seconds": seconds, "parameters": parameters,
+                         "sample": text}
+        curves[name] = [(seconds * r["step"] / steps, r["bits_per_byte"])
+                        for r in read_metrics(options.out / name) if r.get("kind") == "eval"]
     if not main_process():
         return None
-    title = (f"char-lm: a {sizes.layers}-layer byte-level GPT on {len(data.train) + len(data.valid):,} bytes of the "
-             f"Python {sys.version_info.major}.{sys.version_info.minor} standard library, {config.steps} steps of "
-             f"{config.batch_size} x {sizes.block} bytes; validation bits per byte (lower is better)")
+    return _report(sizes, data, rows, results, curves, options)
+
+
+def _report(sizes: Sizes, data: Data, rows: list[list[Any]], results: dict[str, Any],
+            curves: dict[str, list[tuple[float, float]]], options: Options) -> Report:
+    from .figures import lines
+
+    figure = lines(options.out / "validation.png", curves, xlabel="seconds of training (the step's share of the run)",
+                   ylabel="validation bits per byte", title="char-lm: validation loss against training time")
+    title = (f"char-lm: a {sizes.layers}-layer byte-level model on {len(data.train) + len(data.valid):,} bytes of the "
+             f"Python {sys.version_info.major}.{sys.version_info.minor} standard library, batches of "
+             f"{sizes.batch} x {sizes.block} bytes; validation bits per byte (lower is better)")
     notes = [f"\n{name} sample:\n{results[name]['sample']}" for name in results]
-    return Report(title, ["attention", "bits/byte", "s/step", "parameters"], rows,
-                  {"variants": results, "python": sys.version.split()[0], "config": config.to_dict(),
-                   "sizes": sizes.__dict__}, notes=notes)
+    return Report(title, ["model", "steps", "bits/byte", "s/step", "seconds", "parameters"], rows,
+                  {"variants": results, "python": sys.version.split()[0], "sizes": sizes.__dict__},
+                  figures=[figure], notes=notes)
 
 
 RECIPE = Recipe("char-lm", "a byte-level GPT on the Python standard library's sources: softmax vs sliding window vs "
-                "linear vs Performer at equal parameters and steps", run)
+                "linear vs Performer at equal parameters and steps, and an SSM hybrid at about equal time", run)

@@ -3,7 +3,7 @@ whole or not at all."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def lines(path: Path, series: dict[str, Sequence[tuple[float, float]]], *, xlabel: str, ylabel: str,
+def lines(path: Path, series: Mapping[str, Sequence[tuple[float, float]]], *, xlabel: str, ylabel: str,
           title: str) -> Path:
     """One line per named series of (x, y) points."""
     plt = _pyplot()
