@@ -391,3 +391,4 @@ def test_finetune_quick_runs_both_parts(tmp_path, capsys):
     lora = results["smollm2_lora"]
     assert 0 < lora["trainable"] < lora["total"] / 20  # adapters only
     assert "SmolLM2 + LoRA" in out and (tmp_path / "smollm2-lora" / "checkpoint.pt").exists()
+    assert (tmp_path / "accuracy.png").stat().st_size > 0

@@ -76,3 +76,24 @@ def image_grid(path: Path, images: Sequence[Tensor], overlays: Sequence[Tensor] 
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def bars(path: Path, groups: Mapping[str, Mapping[str, float]], *, ylabel: str, title: str) -> Path:
+    """Grouped bars: one group per key of ``groups``, one bar per key of its mapping, the value written above."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    x = 0.0
+    ticks, labels = [], []
+    for group, values in groups.items():
+        for i, (name, value) in enumerate(values.items()):
+            ax.bar(x + i, value, width=0.8, color=f"C{i}")
+            ax.text(x + i, value, f"{value:.2f}\n{name}", ha="center", va="bottom", fontsize=7)
+        ticks.append(x + (len(values) - 1) / 2)
+        labels.append(group)
+        x += len(values) + 1
+    ax.set_xticks(ticks, labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.25)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

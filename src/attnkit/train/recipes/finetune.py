@@ -200,9 +200,17 @@ def run(options: Options) -> Report | None:
     title = ("finetune: accuracy before and after fine-tuning (MiniLM: the untrained head, a linear probe on the "
              f"frozen encoder, all weights; SmolLM2: LoRA r=8 on {', '.join(LORA_TARGETS)}, {adapted['trainable']:,} "
              f"trainable of {adapted['total']:,} parameters)")
+    from .figures import bars
+
+    figure = bars(options.out / "accuracy.png",
+                  {"MiniLM: language of a number": {"untrained head": classified["untrained head"],
+                                                    "linear probe": classified["probe"],
+                                                    "fine-tuned": classified["finetuned"]},
+                   "SmolLM2: number -> French": {"before": adapted["before"], "LoRA": adapted["after"]}},
+                  ylabel="test accuracy", title="Fine-tuning pretrained models: before and after")
     return Report(title, ["task", "test set", "before", "probe", "after"], rows,
                   {"minilm": classified, "smollm2_lora": adapted, "languages": list(LANGUAGES),
-                   "sizes": sizes.__dict__})
+                   "sizes": sizes.__dict__}, figures=[figure])
 
 
 RECIPE = Recipe("finetune", "fine-tuning pretrained models: MiniLM + a classification head (language of a number in "
