@@ -35,7 +35,12 @@ from torch import Tensor, nn
 
 from ..functional.checks import check_index, check_int
 from .capture import capture, multi_head_layers
+from .pooling import make_bins, pool
 from .rollout import rollout
+from .sink import SINK_SHARE as SINK_SHARE  # where the sink rule's threshold was first defined: still importable
+from .sink import Sink, find_sink
+from .viewdata import Axis
+from .views import View
 from ..text import format_table
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -46,76 +51,6 @@ STOPWORDS = frozenset("a an the and or but if of to in on at by for with from as
                       "did not no so too very than then that this these those there here what which who whom "
                       "when where why how all any some such can could will would shall should may might must "
                       "has have had s t n't don didn doesn isn wasn".split())
-
-
-SINK_SHARE = 0.5  # "most of the attention": at least half of it, averaged over heads
-
-
-@dataclass(frozen=True)
-class Sink:
-    """The focus token's attention to the first token, where that is most of it: where decoders park attention
-    that nothing else needs (the "attention sink" of Xiao et al. 2023, "Efficient Streaming Language Models
-    with Attention Sinks").
-
-    Attributes:
-        token: the first token's display string.
-        layers: the layers whose head-averaged weight from the focus token to the first token is >= SINK_SHARE.
-        num_layers: the model's layer count.
-        share: that weight averaged over ``layers`` (0.0 when there are none: the rollout alone qualifies).
-        rollout: the focus token's rollout weight on the first token; None where no rollout was computed (a
-            view of maps that are not a model's consecutive layers).
-    """
-
-    token: str
-    layers: tuple[int, ...]
-    num_layers: int
-    share: float
-    rollout: float | None
-
-    def sentence(self, focus: str, also: str) -> str:
-        """One plain sentence for the report: ``focus`` names the focus token, ``also`` ends the sentence."""
-        if not self.layers and self.rollout is not None:  # the rollout alone: no layer sinks, rollout drains there
-            return (f"Most of the rollout of {focus} ({self.rollout:.0%}) goes to the first token, {self.token!r}, "
-                    f"though no layer gives it half: rollout drains toward a decoder's first token, which sees "
-                    f"only itself; {also}.")
-        where = [f"{self.share:.0%} {_layer_span(self.layers, self.num_layers)}"]
-        if self.rollout is not None and self.rollout >= SINK_SHARE:
-            where.append(f"{self.rollout:.0%} of the rollout")
-        return (f"Most of the attention from {focus} ({'; '.join(where)}) goes to the first token, {self.token!r}: "
-                f"decoders park attention there when nothing else is relevant (an 'attention sink', Xiao et al. "
-                f"2023); {also}.")
-
-
-def _layer_span(layers: tuple[int, ...], total: int) -> str:
-    """'in all 30 layers', 'in layer 3', 'in layers 3-29' or 'in 21 of 30 layers: 3-8, 13-15, 17-29'; 'over the
-    heads' for maps of one layer."""
-    if total == 1:
-        return "over the heads"
-    if len(layers) == total:
-        return f"in all {total} layers"
-    if len(layers) == 1:
-        return f"in layer {layers[0]}"
-    runs: list[list[int]] = []
-    for layer in layers:
-        if runs and layer == runs[-1][-1] + 1:
-            runs[-1].append(layer)
-        else:
-            runs.append([layer])
-    spans = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
-    return f"in layers {spans[0]}" if len(runs) == 1 else f"in {len(layers)} of {total} layers: {', '.join(spans)}"
-
-
-def find_sink(rows: Tensor, token: str, rollout: float | None = None) -> Sink | None:
-    """The attention sink in one query's rows, if there is one: the layers of ``rows`` (L, H, N) -- that query's
-    attention to every key, per layer and head -- whose head-averaged weight on the first key is >= SINK_SHARE;
-    ``rollout`` (that query's rollout weight on the first token, when one was computed) qualifies on its own.
-    ``token`` is the first key's display string. None when neither does."""
-    weight = rows[:, :, 0].float().mean(1)  # (L,) each layer's head-averaged weight on the first key
-    layers = tuple((weight >= SINK_SHARE).nonzero().flatten().tolist())
-    if not layers and (rollout is None or rollout < SINK_SHARE):
-        return None
-    share = float(weight[list(layers)].mean()) if layers else 0.0
-    return Sink(token, layers, rows.shape[0], share, rollout)
 
 
 @dataclass
@@ -185,11 +120,32 @@ class Explanation:
         starts, ends = torch.tensor(self.bins, dtype=torch.long).reshape(-1, 2).T  # (M,) each
         return (starts[None, :] >= ends[:, None]) & self.causal  # (M query bins, M key bins)
 
-    def _repr_html_(self) -> str:
-        """The interactive page, inline in a notebook (:func:`attnkit.inspect.html.notebook_html`)."""
-        from .html import notebook_html  # the page builds on this module, so it is imported here
+    def to_view(self) -> View:
+        """This explanation as a :class:`~attnkit.inspect.View` (what ``as_view``, the page and the figures draw):
+        its maps (pooled as they are), focus token, detail head, notes and sink sentence, and itself (for its
+        table and rollout). ValueError when a field's shape does not fit the tokens and bins."""
+        self._check_shapes()
+        axis = Axis(tuple(self.tokens), tuple(self.bins), tuple(bool(s) for s in self.special))
+        sink = self.sink_sentence(also="the table and the rollout bars below also rank the tokens without it")
+        return View(maps=self.maps.float(), queries=axis, keys=axis, kind="self", causal=bool(self.causal),
+                    offset=0, title=self.model_name, focus=self.focus, layer=self.layer, head=self.head,
+                    notes=list(self.notes), sink=sink, explanation=self)
 
-        return notebook_html(self)
+    def _check_shapes(self) -> None:
+        n, m = len(self.tokens), len(self.bins)
+        expected = {"maps": (self.num_layers, self.num_heads, m, m), "focus_rows": (self.num_layers, self.num_heads, n),
+                    "rollout": (m, m), "rollout_row": (n,)}
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"explanation.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape} "
+                                 f"for {n} tokens in {m} bins")
+        if not 0 <= self.focus < n or not 0 <= self.layer < self.num_layers or not 0 <= self.head < self.num_heads:
+            raise ValueError(f"focus {self.focus}, layer {self.layer} or head {self.head} is out of range for {n} "
+                             f"tokens, {self.num_layers} layers, {self.num_heads} heads")
+
+    def _repr_html_(self) -> str:
+        """The interactive page, inline in a notebook (:meth:`View._repr_html_`)."""
+        return self.to_view()._repr_html_()
 
     def top_targets(self, row: Tensor, k: int) -> list[tuple[int, float]]:
         """The k largest entries of a length-N row as (token index, weight), largest first."""
@@ -302,32 +258,6 @@ class Explanation:
 
 def _ordinal(n: int) -> str:
     return f"{n}{'st' if n == 1 else 'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
-
-
-def make_bins(n: int, max_tokens: int) -> list[tuple[int, int]]:
-    """Split n tokens into min(n, max_tokens) contiguous ranges of nearly equal size."""
-    m = min(n, max_tokens)
-    edges = [round(i * n / m) for i in range(m + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _members(bins: list[tuple[int, int]], n: int, like: Tensor) -> Tensor:
-    """(M, N) 1.0 where bin m holds token n."""
-    starts, ends = torch.tensor(bins, device=like.device).reshape(-1, 2).T[..., None]  # (M, 1) each
-    tokens = torch.arange(n, device=like.device)
-    return ((tokens >= starts) & (tokens < ends)).to(like.dtype)
-
-
-def pool(probs: Tensor, bins: list[tuple[int, int]], key_bins: list[tuple[int, int]] | None = None) -> Tensor:
-    """(..., Nq, Nk) -> (..., Mq, Mk): a query bin's row is the mean of its queries' rows, a key bin's column the
-    sum over its keys (pooled rows still sum to 1). ``key_bins`` default to ``bins`` (self-attention). Unchanged
-    when every bin is one token."""
-    key_bins = bins if key_bins is None else key_bins
-    nq, nk = probs.shape[-2:]
-    if len(bins) == nq and len(key_bins) == nk:
-        return probs
-    rows = _members(bins, nq, probs)  # (Mq, Nq)
-    return (rows / rows.sum(1, keepdim=True)) @ probs @ _members(key_bins, nk, probs).T
 
 
 # A token of whitespace alone (byte-level BPE has them: "Ġ", "Ċ", "ĉ") shows as these marks, not as nothing.

@@ -26,8 +26,7 @@ import numpy as np
 from torch import Tensor
 
 from ..files import atomic_path
-from .explanation import Explanation
-from .views import View, as_view
+from .viewdata import ExplanationData, ViewData, ViewSource, as_view_data
 
 Format = Literal["png", "svg", "pdf"]
 FORMATS = ("png", "svg")
@@ -73,7 +72,7 @@ def _heatmap(ax, matrix: Tensor, labels: Sequence[str], title: str, masked: Tens
     return image
 
 
-def _bars(ax, e: Explanation, row: Tensor, candidates: range, title: str, xlabel: str) -> None:
+def _bars(ax, e: ExplanationData, row: Tensor, candidates: range, title: str, xlabel: str) -> None:
     """Horizontal bars of ``row`` (N,) for the tokens in ``candidates``: all of them in text order, or the
     MAX_LABELS largest, largest on top."""
     index = list(candidates)
@@ -110,7 +109,7 @@ def check_formats(formats: Sequence[str]) -> list[str]:
     return formats
 
 
-def write_figures(source: View | Explanation, directory: str | os.PathLike[str],
+def write_figures(source: ViewData | ViewSource, directory: str | os.PathLike[str],
                   formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write the figures of ``source`` into ``directory``, each in every format of ``formats`` ("png", "svg", "pdf"):
 
@@ -123,7 +122,7 @@ def write_figures(source: View | Explanation, directory: str | os.PathLike[str],
     """
     formats = check_formats(formats)
     plt = _pyplot()
-    v = as_view(source)
+    v = as_view_data(source)
     directory = Path(directory)
     # user text (titles, tokens) is drawn as it is: parse_math=False on every Text built from it, and no LaTeX,
     # where $ _ ^ % & # are markup too
@@ -136,11 +135,11 @@ def write_figures(source: View | Explanation, directory: str | os.PathLike[str],
     return written
 
 
-def _grey(v: View) -> str:
+def _grey(v: ViewData) -> str:
     return "\n(grey: masked, a decoder's token sees no later token)" if v.causal else ""
 
 
-def _maps(plt, v: View, directory: Path, formats: Sequence[str]) -> list[Path]:
+def _maps(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Path]:
     """The detail map and the per-layer head means."""
     rows, cols = v.queries.labels(), v.keys.labels()
     masked = v.masked_cells()  # (Mq, Mk)
@@ -168,7 +167,7 @@ def _maps(plt, v: View, directory: Path, formats: Sequence[str]) -> list[Path]:
     return written + _save(plt, fig, directory / "layers_mean", formats)
 
 
-def _rollout(plt, e: Explanation, directory: Path, formats: Sequence[str]) -> list[Path]:
+def _rollout(plt, e: ExplanationData, directory: Path, formats: Sequence[str]) -> list[Path]:
     """An explanation's rollout map and its focus token's rollout bars (and, with a sink, without the first)."""
     labels = e.bin_labels()
     grey = "\n(grey: masked, a decoder's token sees no later token)" if e.causal else ""
@@ -187,7 +186,7 @@ def _rollout(plt, e: Explanation, directory: Path, formats: Sequence[str]) -> li
     return _save(plt, fig, directory / "rollout", formats)
 
 
-def _image(plt, v: View, directory: Path, formats: Sequence[str]) -> list[Path]:
+def _image(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Path]:
     """The focus query's head-averaged row over the image's patches, one panel per layer (at most 12)."""
     assert v.image is not None and v.focus is not None
     rows, cols = v.image.grid

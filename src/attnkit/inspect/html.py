@@ -41,8 +41,7 @@ import numpy as np
 from torch import Tensor
 
 from ..files import write_text
-from .explanation import Explanation
-from .views import View, as_view
+from .viewdata import ExplanationData, ViewData, ViewSource, as_view_data
 
 # Characters that must not appear raw inside a <script> element's JSON (no token can close the element
 # or open a comment); JSON.parse turns the \uXXXX escapes back into the characters.
@@ -128,7 +127,7 @@ def _pack(values: Tensor | np.ndarray, nbytes: int) -> dict:
             "data": base64.b64encode(quantized.astype("<u1" if nbytes == 1 else "<u2").tobytes()).decode("ascii")}
 
 
-def _explanation(e: Explanation) -> dict:
+def _explanation(e: ExplanationData) -> dict:
     """What only an explanation adds: the model, the text, the per-layer table and the rollout."""
     header, rows = e.layer_table()
     return {
@@ -143,7 +142,7 @@ def _explanation(e: Explanation) -> dict:
     }
 
 
-def _image(v: View) -> dict | None:
+def _image(v: ViewData) -> dict | None:
     if v.image is None:
         return None
     pixels = v.image.pixels  # (h, w, 3) uint8
@@ -152,7 +151,7 @@ def _image(v: View) -> dict | None:
             "pixels": base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode("ascii")}
 
 
-def _payload(v: View) -> dict:
+def _payload(v: ViewData) -> dict:
     same = v.keys is v.queries
     return {
         "title": v.title, "kind": v.kind, "causal": v.causal, "offset": v.offset,
@@ -175,17 +174,17 @@ def _script_json(payload: dict) -> str:
     return text
 
 
-def render_html(source: View | Explanation) -> str:
+def render_html(source: ViewData | ViewSource) -> str:
     """The page as one string: deterministic (the same view gives the same bytes), no network.
 
     Args:
         source: a :class:`View` (from :func:`~attnkit.inspect.view`), or an :class:`Explanation` (from
-            :func:`~attnkit.inspect.explain`, or built directly; shapes are checked).
+            :func:`~attnkit.inspect.explain`, or built directly; its ``to_view()`` checks the shapes).
 
     Returns:
         A complete HTML document, UTF-8 text (ASCII apart from the assets).
     """
-    v = as_view(source)
+    v = as_view_data(source)
     js = _asset("view.js")
     script_hash = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
     # No source may be fetched (default-src 'none'); only this page's own script runs, matched by its hash,
@@ -195,13 +194,13 @@ def render_html(source: View | Explanation) -> str:
     return _PAGE.format(csp=csp, css=_asset("view.css"), data=_script_json(_payload(v)), js=js)
 
 
-def write_html(source: View | Explanation, path: str | os.PathLike) -> Path:
+def write_html(source: ViewData | ViewSource, path: str | os.PathLike) -> Path:
     """Write :func:`render_html` to ``path`` (parent folders created) whole or not at all (``attnkit.files``),
     so a reader never sees half a page. Returns the path."""
     return write_text(Path(path), render_html(source))
 
 
-def notebook_html(source: View | Explanation, *, height: int = 720) -> str:
+def notebook_html(source: ViewData | ViewSource, *, height: int = 720) -> str:
     """The page for a notebook cell (``_repr_html_``): an ``<iframe srcdoc>`` holding :func:`render_html`'s page,
     escaped as an attribute. The frame keeps the page's ids, styles and script apart from the notebook's and
     from other views'; the page's script fits the frame's height to its content (``height`` px until then)."""

@@ -27,9 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -37,130 +35,41 @@ from torch import Tensor
 
 from ..functional.checks import check_index, check_int
 from .capture import Capture
-from .explanation import Explanation, find_sink, make_bins, pool
+from .figures import Format, write_figures
+from .html import notebook_html, render_html, write_html
+from .pooling import make_bins, pool
+from .sink import find_sink
+from .viewdata import Axis, Kind, PatchImage, ViewData, ViewSource, as_view_data
 
-if TYPE_CHECKING:
-    from .figures import Format
-
-Kind = Literal["self", "cross", "image"]
 MAX_CELLS = 16_000_000  # map cells on one page (one byte each, ~21 MB of base64): beyond, ask for fewer
 MAX_IMAGE_SIDE = 512  # an image is stored at most this many pixels on its longer side
 ROUNDING = 1e-3  # weights up to 1 + this (half-precision rounding) count as 1
 SINK_ALSO = "it is the first column of every map below"
 
 
-@dataclass(frozen=True)
-class Axis:
-    """One axis of the maps: the tokens at full resolution and the M ranges [start, end) the maps are pooled
-    into ((i, i + 1) for every token when they are not)."""
-
-    tokens: tuple[str, ...]
-    bins: tuple[tuple[int, int], ...]
-    special: tuple[bool, ...]
-
-    @property
-    def pooled(self) -> bool:
-        return len(self.bins) != len(self.tokens)
-
-    def labels(self) -> list[str]:
-        """A label per bin: the token itself, or "first…last" for a pooled range."""
-        return [self.tokens[a] if b - a == 1 else f"{self.tokens[a]}…{self.tokens[b - 1]}" for a, b in self.bins]
-
-    def bin_of(self, index: int) -> int:
-        return next(i for i, (a, b) in enumerate(self.bins) if a <= index < b)
-
-
-@dataclass(frozen=True)
-class PatchImage:
-    """The image a view's key axis lies over.
-
-    Attributes:
-        pixels: (h, w, 3) uint8, at most MAX_IMAGE_SIDE pixels on the longer side.
-        grid: (rows, cols) patches; key ``prefix + r * cols + c`` is the patch in row r, column c.
-        prefix: leading key tokens that are no patch ([CLS], registers).
-        query_patches: the queries are the same tokens as the keys (clicking a patch picks it as the query).
-    """
-
-    pixels: np.ndarray
-    grid: tuple[int, int]
-    prefix: int
-    query_patches: bool
-
-
-@dataclass(frozen=True)
-class View:
+class View(ViewData):
     """Attention maps ready for the page (:meth:`save`, :meth:`_repr_html_`) and figures (:meth:`save_figures`).
 
-    Built by :func:`view` or :func:`as_view` (from an :class:`Explanation`), which check every field.
-
-    Attributes:
-        maps: (L, H, Mq, Mk) float32 weights in [0, 1], pooled as ``queries.bins`` x ``keys.bins``.
-        queries, keys: the two axes (the same object for self-attention).
-        kind: "self", "cross" or "image".
-        causal: later keys are masked: query ``i`` sees keys ``0 .. i + offset``.
-        offset: Nk - Nq, where query 0 sits on the key axis (bottom-right alignment).
-        title: shown as the page's heading and the figures' titles.
-        focus: a query token index the page starts from (a decoder's last token, an image view's first query),
-            or None.
-        layer, head: the map shown in detail first.
-        notes: lines shown under the heading.
-        sink: one sentence naming a first-token attention sink (``explanation.find_sink``), or None.
-        image: the image under the key axis, or None.
-        explanation: the :class:`Explanation` this view shows, which adds its table and rollout; else None.
+    Built by :func:`view` or :func:`as_view` (from an ``Explanation``), which check every field. The fields are
+    :class:`~attnkit.inspect.viewdata.ViewData`'s: ``maps`` (L, H, Mq, Mk), ``queries`` and ``keys`` (each an
+    ``Axis``), ``kind``, ``causal``, ``offset``, ``title``, ``focus``, ``layer``, ``head``, ``notes``, ``sink``,
+    ``image`` and ``explanation``.
     """
-
-    maps: Tensor
-    queries: Axis
-    keys: Axis
-    kind: Kind
-    causal: bool
-    offset: int
-    title: str
-    focus: int | None
-    layer: int
-    head: int
-    notes: list[str] = field(default_factory=list)
-    sink: str | None = None
-    image: PatchImage | None = None
-    explanation: Explanation | None = None
-
-    @property
-    def num_layers(self) -> int:
-        return self.maps.shape[0]
-
-    @property
-    def num_heads(self) -> int:
-        return self.maps.shape[1]
-
-    def masked_cells(self) -> Tensor:
-        """(Mq, Mk) bool: the cells no query of the row's bin may attend to (every key of the column's bin comes
-        after the last of them, with ``offset``); all False unless ``causal``."""
-        q_ends = torch.tensor([b for _, b in self.queries.bins])  # (Mq,)
-        k_starts = torch.tensor([a for a, _ in self.keys.bins])  # (Mk,)
-        return (k_starts[None, :] > q_ends[:, None] - 1 + self.offset) & self.causal
 
     def html(self) -> str:
         """The page as one string (:func:`attnkit.inspect.html.render_html`)."""
-        from .html import render_html
-
         return render_html(self)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the self-contained page to ``path`` (parent folders created), whole or not at all."""
-        from .html import write_html
-
         return write_html(self, path)
 
     def save_figures(self, directory: str | os.PathLike[str],
                      formats: Sequence[Format] = ("png", "svg")) -> list[Path]:
         """Write the figures (:func:`attnkit.inspect.figures.write_figures`) into ``directory``."""
-        from .figures import write_figures
-
         return write_figures(self, directory, formats)
 
     def _repr_html_(self) -> str:
-        from .html import notebook_html
-
         return notebook_html(self)
 
     def __repr__(self) -> str:
@@ -435,30 +344,11 @@ def _assemble(weights: Tensor, queries: Axis, keys: Axis, **fields) -> View:
                 **fields)
 
 
-def _check_explanation(e: Explanation) -> None:
-    n, m = len(e.tokens), len(e.bins)
-    expected = {"maps": (e.num_layers, e.num_heads, m, m), "focus_rows": (e.num_layers, e.num_heads, n),
-                "rollout": (m, m), "rollout_row": (n,)}
-    for name, shape in expected.items():
-        if tuple(getattr(e, name).shape) != shape:
-            raise ValueError(f"explanation.{name} has shape {tuple(getattr(e, name).shape)}, expected {shape} "
-                             f"for {n} tokens in {m} bins")
-    if not 0 <= e.focus < n or not 0 <= e.layer < e.num_layers or not 0 <= e.head < e.num_heads:
-        raise ValueError(f"focus {e.focus}, layer {e.layer} or head {e.head} is out of range for {n} tokens, "
-                         f"{e.num_layers} layers, {e.num_heads} heads")
-
-
-def as_view(source: View | Explanation) -> View:
-    """``source`` as a :class:`View`: a view as it is; an :class:`Explanation` with its maps (pooled as they
-    are), its focus token, detail head, notes and sink sentence, and itself (for its table and rollout)."""
-    if isinstance(source, View):
-        return source
-    if not isinstance(source, Explanation):
+def as_view(source: View | ViewSource) -> View:
+    """``source`` as a :class:`View`: a view as it is; an ``Explanation`` through its ``to_view()``, with its maps
+    (pooled as they are), its focus token, detail head, notes and sink sentence, and itself (for its table and
+    rollout). TypeError for anything else."""
+    made = as_view_data(source)
+    if not isinstance(made, View):
         raise TypeError(f"expected an attnkit.inspect View or Explanation, got {type(source).__name__}")
-    e = source
-    _check_explanation(e)
-    axis = Axis(tuple(e.tokens), tuple(e.bins), tuple(bool(s) for s in e.special))
-    sink = e.sink_sentence(also="the table and the rollout bars below also rank the tokens without it")
-    return View(maps=e.maps.float(), queries=axis, keys=axis, kind="self", causal=bool(e.causal), offset=0,
-                title=e.model_name, focus=e.focus, layer=e.layer, head=e.head, notes=list(e.notes), sink=sink,
-                explanation=e)
+    return made
