@@ -15,6 +15,7 @@ from . import models, nn  # noqa: E402  (after functional: they build on it)
 from . import hub  # noqa: E402  (checkpoints: above models)
 from .embeddings import embed  # noqa: E402
 from . import inspect  # noqa: E402  (maps and explain: above models and hub)
+from . import distributed  # noqa: E402  (context parallelism over torch.distributed: beside nn, above functional)
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,5 @@ __all__ = [
     "attention", "attention_weights", "kernel", "kernels", "register_kernel", "get_kernel", "auto_order", "masks",
     "bias", "linear_attention_step", "LinearState",
     "Capabilities", "Kernel", "Rank", "AttentionRequest", "additive_attention", "luong_attention", "hard_attention",
-    "nn", "models", "hub", "embed", "inspect",
+    "nn", "models", "hub", "embed", "inspect", "distributed",
 ]
