@@ -32,6 +32,10 @@ from helpers import assert_close, baseline_atol, dense_atol, randn
 # Running a function in a process group
 
 
+# every test here runs process groups: one xdist worker takes them all, one after another, so that two groups never
+# share the two cores (or race for a free port) and each world's group is spawned once per session
+pytestmark = pytest.mark.xdist_group("processes")
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,11 +16,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
 from attnkit.cli import main
 from attnkit.train import Loss, Task, TrainConfig, fit, read_metrics
 from attnkit.train.checkpoint import load
 from attnkit.train.task import Order, shard
 
+# tests that run process groups share one xdist worker with tests/test_distributed.py: never two groups at once
+PROCESSES = pytest.mark.xdist_group("processes")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ATTNKIT = [sys.executable, "-m", "attnkit"]
 
@@ -105,15 +110,64 @@ def test_fit_learns_and_writes_metrics_curve_and_checkpoint(tmp_path):
     assert torch.equal(state["model"]["weight"], task.model.weight.detach())
 
 
-def test_the_loss_is_the_mean_over_the_global_batch_with_accumulation(tmp_path):
-    """Accumulating 4 micro-batches gives the step one batch of 16 gives (the loss sums, then divides once)."""
-    results = []
-    for accumulation in (1, 4):
-        task = regression_task()
-        fit(task, TrainConfig(steps=5, batch_size=16, accumulation=accumulation, lr=0.05, grad_clip=None),
-            progress=False)
-        results.append(task.model.weight.detach().clone())
-    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+def _gradients_of_first_step(task: Task, config: TrainConfig) -> list[torch.Tensor]:
+    """The gradients the loop hands to AdamW at its first step (an optimizer pre-hook copies them)."""
+    seen: list[torch.Tensor] = []
+
+    def record(optimizer, args, kwargs):
+        if not seen:
+            seen.extend(p.grad.clone() for group in optimizer.param_groups for p in group["params"])
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        fit(task, config, progress=False)
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_the_gradient_is_that_of_the_mean_over_the_global_batch_of_items(accumulation):
+    """Items are tokens of different counts per example (as with padding): the step's gradient is that of the
+    mean over all the batch's items, computed here by autograd on the whole batch at once."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 6, 3, generator=g), torch.randn(16, 6, 1, generator=g)
+    valid = torch.arange(6)[None, :] < torch.randint(1, 7, (16, 1), generator=g)  # 1..6 real items per example
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+
+    def loss(m, batch):
+        xb, yb, vb = batch
+        return Loss(((m(xb) - yb) ** 2)[vb].sum(), int(vb.sum()))
+
+    task = Task(model, size=16, batch=lambda i: (x[i], y[i], valid[i]), loss=loss)
+    config = TrainConfig(steps=1, batch_size=16, accumulation=accumulation, grad_clip=None)
+    reference = torch.nn.Linear(3, 1)
+    reference.load_state_dict(model.state_dict())
+    indices = Order(16, 16, config.seed).step(0)  # every example, in the loop's order (the mean ignores it)
+    ((reference(x[indices]) - y[indices]) ** 2)[valid[indices]].mean().backward()
+    got = _gradients_of_first_step(task, config)
+    assert len(got) == 2
+    want = {tuple(p.shape): p.grad for p in reference.parameters()}
+    for grad in got:
+        torch.testing.assert_close(grad, want[tuple(grad.shape)], rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_autocast_trains(tmp_path):
+    task = regression_task()
+    before = task.evaluate(task.model)["loss"]
+    result = fit(task, TrainConfig(steps=40, batch_size=16, lr=0.05, precision="bfloat16"), progress=False)
+    assert math.isfinite(result.loss) and result.evaluation["loss"] < before / 5
+    assert task.model.weight.dtype == torch.float32  # the weights stay float32
+
+
+def test_resuming_a_finished_run_logs_nothing_twice(tmp_path):
+    config = TrainConfig(steps=6, batch_size=16, lr=0.05, log_every=2)
+    fit(regression_task(), config, tmp_path, progress=False)
+    first = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(tmp_path)]
+    result = fit(regression_task(), config, tmp_path, resume=True, progress=False)
+    again = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in read_metrics(tmp_path)]
+    assert result.resumed_from == 6 and again == first and [r.get("kind") for r in again].count("eval") == 1
 
 
 def test_an_out_with_a_checkpoint_is_not_overwritten_without_resume(tmp_path):
@@ -281,20 +335,24 @@ def _run_worker(tmp_path: Path, nproc: int, out: Path, fail_rank: int = -1) -> s
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
 
 
+@PROCESSES
 def test_two_processes_give_the_losses_and_weights_of_one(tmp_path):
     runs = {}
     for nproc in (1, 2):
         done = _run_worker(tmp_path, nproc, tmp_path / str(nproc))
         assert done.returncode == 0, done.stderr[-3000:]
-        runs[nproc] = ([r["loss"] for r in read_metrics(tmp_path / str(nproc)) if "kind" not in r],
-                       load(tmp_path / str(nproc) / "checkpoint.pt"))
+        rows = [r for r in read_metrics(tmp_path / str(nproc)) if "kind" not in r]
+        runs[nproc] = ([r["loss"] for r in rows], load(tmp_path / str(nproc) / "checkpoint.pt"),
+                       [r["grad_norm"] for r in rows])
     assert len(runs[1][0]) == 12 and runs[1][0][-1] < runs[1][0][0]
     assert runs[2][0] == pytest.approx(runs[1][0], rel=1e-5, abs=1e-6)
+    assert runs[2][2] == pytest.approx(runs[1][2], rel=1e-5, abs=1e-6)  # the gradients' scale too (AdamW hides it)
     assert runs[2][1]["world_size"] == 2 and len(runs[2][1]["rng"]) == 2  # each process's generators kept
     for name, tensor in runs[1][1]["model"].items():
         torch.testing.assert_close(runs[2][1]["model"][name], tensor, rtol=1e-5, atol=1e-6)
 
 
+@PROCESSES
 def test_a_process_that_dies_stops_the_others_with_an_error(tmp_path):
     started = time.monotonic()
     done = _run_worker(tmp_path, 2, tmp_path / "out", fail_rank=1)
@@ -303,6 +361,46 @@ def test_a_process_that_dies_stops_the_others_with_an_error(tmp_path):
     assert "exitcode  : 3" in done.stderr or "PeerFailure" in done.stderr, done.stderr[-3000:]
 
 
+@PROCESSES
+def test_a_survivor_raises_peer_failure_when_its_peer_dies(tmp_path):
+    """Without torchrun's agent to stop it, the surviving process notices the dead peer itself: PeerFailure,
+    naming the step, well within the collective timeout."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    processes = []
+    for rank in range(2):
+        env = {**ENV, "FAIL_RANK": "1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], env=env,
+                                          stderr=subprocess.PIPE, text=True))
+    started = time.monotonic()
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert processes[1].returncode == 3  # the one that died
+    assert processes[0].returncode == 1 and "PeerFailure: process 0: another process stopped or timed out at step" \
+        in errors[0], errors[0][-2000:]
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+@PROCESSES
+def test_ctrl_c_under_nproc_2_checkpoints_every_process_and_exits_130(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the command, torchrun and both workers."""
+    process = subprocess.Popen([*ATTNKIT, "train", "vit-digits", "--quick", "--steps", "2000", "--out", str(tmp_path),
+                                "--no-progress", "--nproc", "2", "--checkpoint-every", "20"], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_checkpoint(process, tmp_path / "vit" / "checkpoint.pt", timeout=180)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted; checkpoints written to" in stderr
+    state = load(tmp_path / "vit" / "checkpoint.pt")
+    assert 20 <= state["step"] < 2000 and len(state["rng"]) == 2
+
+
+@PROCESSES
 def test_nproc_2_through_the_command_line(tmp_path, capsys):
     out = tmp_path / "ddp"
     done = subprocess.run([*ATTNKIT, "train", "vit-digits", "--quick", "--out", str(out), "--nproc", "2",

