@@ -12,6 +12,7 @@ import attnkit
 from attnkit import hub
 from attnkit.cli import main
 
+SEED = "The animal didn't cross the street because it was too tired"
 SENTENCES = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell sharply today."]
 
 
@@ -54,9 +55,9 @@ def test_generate_refuses_an_encoder_and_a_missing_directory(capsys, tmp_path):
 
 def test_explain_prints_the_table_and_writes_the_views(tmp_path, capsys):
     out = tmp_path / "views"
-    assert main(["explain", "--out", str(out)]) == 0  # the seed sentence on the bundled MiniLM
+    assert main(["explain", "--out", str(out), SEED]) == 0  # on the bundled MiniLM
     printed = capsys.readouterr().out
-    e = attnkit.inspect.explain("The animal didn't cross the street because it was too tired")
+    e = attnkit.inspect.explain(SEED)
     assert "focus: 'it' (token 10)" in printed and "Rollout" in printed
     for layer in range(e.num_layers):
         best = int(e.focus_rows[layer].mean(0).argmax())
@@ -67,7 +68,7 @@ def test_explain_prints_the_table_and_writes_the_views(tmp_path, capsys):
     assert (out / "rollout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = (out / f"{stem}.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and ">animal<" in svg  # labels stay text in the SVG
-    assert f"wrote {out / 'attention.html'}" in printed
+    assert f"wrote 7 files to {out}/ (replacing its previous contents): attention.html, {stem}.png" in printed
 
 
 def test_explain_a_decoder_checkpoint_without_files(gpt_dir, tmp_path, capsys):
@@ -86,7 +87,7 @@ def test_explain_a_decoder_checkpoint_without_files(gpt_dir, tmp_path, capsys):
     (["--max-tokens", "1"], "max_tokens must be an int >= 2"),
 ])
 def test_explain_bad_options_fail_clearly(argv, message, tmp_path, capsys):
-    assert main(["explain", "--out", str(tmp_path), "--no-html", *argv]) == 2
+    assert main(["explain", "--out", str(tmp_path), "--no-html", *argv, SEED]) == 2
     assert message in capsys.readouterr().err
 
 

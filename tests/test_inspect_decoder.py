@@ -130,7 +130,10 @@ def test_byte_level_tokens_show_as_readable_text(decoder, tokenizer):
     e = explain(text, (decoder, tokenizer), focus="日本")
     assert not any(marker in t for t in e.tokens for marker in "ĠĊ")
     assert e.tokens[:5] == ["a", "␣", "cat", "↵", "s"]  # the lone space and the newline are tokens of their own
-    assert e.tokens[e.focus] == "日" and e.tokens[e.focus - 1] == "␣"  # the word's first token with text
+    first = e.tokens.index("日")
+    assert e.tokens[first - 1] == "␣" and e.tokens[e.focus] == "本"  # a decoder's word: its last piece (it saw all)
+    assert any(n.startswith("focus '日本' is the word '日·") and f"its last piece, token {e.focus}, stands" in n
+               for n in e.notes), e.notes
     e = explain("The mat because it was", (decoder, tokenizer))  # " it" is split into "Ġ" and "it" here
     assert e.tokens[e.focus] == "it"
 
@@ -148,7 +151,7 @@ def test_the_focus_sees_only_earlier_tokens(decoder, tokenizer, focus):
     assert f"a decoder: it attends to the {focus + 1} tokens up to it (0-{focus}), none after" in summary
     rows = table_rows(summary)
     shown = {cell.rsplit(" ", 1)[0] for layer in range(3) for cell in rows[layer] if " " in cell}
-    assert shown <= set(e.tokens[:focus + 1])  # a masked token is never ranked, not even at 0.00
+    assert shown <= {e.label(i) for i in range(focus + 1)}  # a masked token is never ranked, not even at 0.00
     layers, _, rolled, _ = sink_expectations(maps, focus)
     first = int(bool(layers or rolled >= 0.5))  # a sink's own column
     assert len(rows[-1]) == min(3, focus + 1 - first) + first
@@ -215,7 +218,7 @@ def test_the_sink_sentence_names_a_real_sink(decoder, tokenizer):
         others = rows[layer, 1:focus + 1]
         best = 1 + int(others.argmax())
         assert table[layer][0] == f"{float(rows[layer, 0]):.2f}"
-        assert table[layer][1] == f"{e.tokens[best]} {float(rows[layer, best]):.2f}"
+        assert table[layer][1] == f"{e.label(best)} {float(rows[layer, best]):.2f}"  # a word piece marked
     # the rollout line: the first token, then the others as shares of what it leaves
     rest = rollout_by_hand(maps)[focus, 1:focus + 1]
     rest = rest / rest.sum()

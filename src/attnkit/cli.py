@@ -326,35 +326,63 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_text(given: str | None) -> str:
+    """The text argument; else standard input when it is not a terminal (a pipe or a file); else the seed."""
+    if given is not None:
+        return given
+    if sys.stdin is None or sys.stdin.isatty():
+        return SEED_SENTENCE
+    try:
+        text = sys.stdin.read().strip()
+    except UnicodeDecodeError as error:
+        raise UsageError(f"standard input is not valid UTF-8 ({error})") from None
+    if not text:
+        raise UsageError("no text given and standard input is empty: give the text as an argument or on stdin")
+    return text
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """What a model attends to: a terminal table, a self-contained HTML view, PNG/SVG figures."""
+    from .files import atomic_directory
     from .inspect import explain
+    from .inspect.explanation import check_exact_kernel
     from .inspect.figures import check_formats, write_figures
     from .inspect.html import write_html
+    from .inspect.outputs import check_replaceable, default_directory, writable_target
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if formats:
         check_formats(formats)  # before the model runs
-    out = check_out(args.out) if formats or not args.no_html else None
+    check_exact_kernel(args.kernel, "--kernel")
+    writes = bool(formats) or not args.no_html
+    out = check_out(args.out) if writes and args.out is not None else None
+    text = _explain_text(args.text)
+    if writes:
+        out = out or check_out(str(default_directory(text, args.model or DEFAULT_MODEL)))
+        check_replaceable(out)
     model, tokenizer = _load_checkpoint(args.model)
     if tokenizer is None:
         raise UsageError(f"--model {args.model}: the checkpoint has no tokenizer files")
     focus = args.focus_index if args.focus_index is not None else args.focus
-    e = explain(args.text, (model, tokenizer), focus=focus, layer=args.layer, head=args.head, kernel=args.kernel,
+    e = explain(text, (model, tokenizer), focus=focus, layer=args.layer, head=args.head, kernel=args.kernel,
                 max_tokens=args.max_tokens)
     e.model_name = args.model or DEFAULT_MODEL  # a loaded model is named by its class; show what the user named
     print(e.summary(top=args.top))
+    if out is None:
+        return 0
     written: list[Path] = []
-    if not args.no_html:
-        written.append(write_html(e, out / "attention.html"))
-    if formats:
-        try:
-            written += write_figures(e, out, formats)
-        except ImportError as error:  # matplotlib is optional: the table and the HTML still stand
-            print(f"\nfigures skipped: {error}", file=sys.stderr)
+    with atomic_directory(writable_target(out)) as tmp:  # the folder holds exactly this run's files
+        if not args.no_html:
+            written.append(write_html(e, tmp / "attention.html"))
+        if formats:
+            try:
+                written += write_figures(e, tmp, formats)
+            except ImportError as error:  # matplotlib is optional: the table and the HTML still stand
+                print(f"\nfigures skipped: {error}", file=sys.stderr)
     if written:
         print(f"\ndetail map: layer {e.layer}, head {e.head} (--layer / --head to choose)")
-        print("wrote " + ", ".join(str(p) for p in written))
+        print(f"wrote {len(written)} files to {out}{os.sep} (replacing its previous contents): "
+              + ", ".join(p.name for p in written))
     return 0
 
 
@@ -493,20 +521,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "first token (an attention sink), the report says so and ranks the others "
                                    "without it. Writes DIR/attention.html (self-contained, works offline) and "
                                    "PNG/SVG figures.")
-    p.add_argument("text", nargs="?", default=SEED_SENTENCE, help=f"the text (default: {SEED_SENTENCE!r})")
+    p.add_argument("text", nargs="?", help=f"the text (default: standard input when it is not a terminal, else "
+                                           f"{SEED_SENTENCE!r})")
     p.add_argument("--model", help="checkpoint name or directory: a BERT-family encoder, or a decoder: GPT-2 or "
                                    "the Llama family, e.g. HuggingFaceTB/SmolLM2-135M-Instruct (default: the "
                                    "bundled all-MiniLM-L6-v2)")
-    p.add_argument("--focus", help="the word to explain (default: the last pronoun, else an encoder's last content "
-                                   "word, a decoder's last token)")
-    p.add_argument("--focus-index", type=int, help="the token index to explain (instead of --focus)")
+    focus = p.add_mutually_exclusive_group()
+    focus.add_argument("--focus", help="the word to explain, WORD:N for its N-th occurrence (default: the last "
+                                       "pronoun, else an encoder's last content word, a decoder's last token)")
+    focus.add_argument("--focus-index", type=int, help="the token index to explain, from 0 (long texts list them)")
     p.add_argument("--layer", type=int, help="layer of the detail map, from 0 (default: chosen from the data)")
     p.add_argument("--head", type=int, help="head of the detail map, from 0 (default: chosen from the data)")
-    p.add_argument("--out", default="attnkit-explain", help="output directory (default ./attnkit-explain)")
+    p.add_argument("--out", help="output directory, replaced as a whole by each run (default: "
+                                 "./attnkit-explain/<the text's first words>-<hash of text and model>)")
     p.add_argument("--formats", default="png,svg", help="figure formats, comma-separated: png, svg, pdf; "
                                                         "empty = no figures (default png,svg)")
     p.add_argument("--no-html", action="store_true", help="do not write attention.html")
-    p.add_argument("--kernel", help="attention kernel for the forward (dense, sdpa, tiled; default auto)")
+    p.add_argument("--kernel", help="an exact attention kernel for the forward: dense, sdpa, tiled (default auto); "
+                                    "approximate ones (linear, performer) are refused")
     p.add_argument("--max-tokens", type=int, default=128,
                    help="longer texts are shown pooled into this many token ranges (default 128)")
     p.add_argument("--top", type=positive_int, default=3,

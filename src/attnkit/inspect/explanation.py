@@ -26,7 +26,7 @@ first word as the first token, and that word then takes the sink's role.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -39,18 +39,14 @@ from .pooling import make_bins, pool
 from .rollout import rollout
 from .sink import SINK_SHARE as SINK_SHARE  # where the sink rule's threshold was first defined: still importable
 from .sink import Sink, find_sink
+from .tokens import PRONOUNS as PRONOUNS, STOPWORDS as STOPWORDS  # importable here as before
+from .tokens import _ordinal, choose_focus as choose_focus, display, find_focus, label, token_lines
 from .viewdata import Axis
 from .views import View
 from ..text import format_table
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SEED_SENTENCE = "The animal didn't cross the street because it was too tired"
-PRONOUNS = frozenset("it its itself he him his himself she her hers herself they them their theirs themselves "
-                     "we us our i me my you your".split())
-STOPWORDS = frozenset("a an the and or but if of to in on at by for with from as is was were be been are am do does "
-                      "did not no so too very than then that this these those there here what which who whom "
-                      "when where why how all any some such can could will would shall should may might must "
-                      "has have had s t n't don didn doesn isn wasn".split())
 
 
 @dataclass
@@ -75,6 +71,9 @@ class Explanation:
         rollout: (M, M) float32 attention rollout (Abnar & Zuidema 2020), pooled like ``maps``.
         rollout_row: (N,) float32 the focus token's rollout row, at full resolution.
         truncated: the tokenizer cut the text at the model's limit.
+        notes: lines for the report and the page: truncation, pooling, what a ``focus`` word matched.
+        joins: N flags: True for a token that continues the previous token's word (a word piece after the
+            first); the terminal shows "·" there (``tokens.label``). Empty: no word pieces marked.
     """
 
     text: str
@@ -92,6 +91,7 @@ class Explanation:
     rollout_row: Tensor
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
+    joins: list[bool] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:
@@ -109,6 +109,10 @@ class Explanation:
     def visible(self) -> int:
         """How many tokens the focus token attends to: tokens 0..focus in a decoder, all in an encoder."""
         return self.focus + 1 if self.causal else len(self.tokens)
+
+    def label(self, i: int) -> str:
+        """Token ``i`` as the terminal shows it alone: a word piece with "·" where it joins ("Cu·", "·rie")."""
+        return label(self.tokens, self.joins, i)
 
     def bin_labels(self) -> list[str]:
         """A label per bin: the token itself, or "first…last" for a pooled range."""
@@ -139,6 +143,8 @@ class Explanation:
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"explanation.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape} "
                                  f"for {n} tokens in {m} bins")
+        if self.joins and len(self.joins) != n:
+            raise ValueError(f"explanation.joins has {len(self.joins)} flags, expected one per token ({n})")
         if not 0 <= self.focus < n or not 0 <= self.layer < self.num_layers or not 0 <= self.head < self.num_heads:
             raise ValueError(f"focus {self.focus}, layer {self.layer} or head {self.head} is out of range for {n} "
                              f"tokens, {self.num_layers} layers, {self.num_heads} heads")
@@ -202,22 +208,21 @@ class Explanation:
             row = self.focus_rows[layer].mean(0)[:self.visible]  # (visible,)
             best = [(t + skip, w) for t, w in self.top_targets(row[skip:], top)]
             rows.append([str(layer), *([f"{float(row[0]):.2f}"] * skip),
-                         *(f"{self.tokens[t]} {w:.2f}" for t, w in best)])
-        first = [f"first: {self.tokens[0]}"] * skip
+                         *(f"{self.label(t)} {w:.2f}" for t, w in best)])
+        first = [f"first: {self.label(0)}"] * skip
         return ["layer", *first, *(_ordinal(i + 1) for i in range(min(top, self.visible - skip)))], rows
 
     def summary(self, top: int = 3, max_heads: int = 10) -> str:
         """The terminal report: per layer, the focus token's most-attended tokens (mean over heads); the
         standout heads; the rollout ranking. A decoder's report says which tokens the focus sees, and names
         an attention sink when there is one (:meth:`sink`)."""
-        name = lambda i: repr(self.tokens[i])  # noqa: E731
-        focus = name(self.focus)
+        focus = repr(self.label(self.focus))
         seen = (f"; a decoder: it attends to the {self.visible} tokens up to it (0-{self.focus}), none after"
                 if self.causal else "")
         sink = self.sink_sentence()
         lines = [f"model: {self.model_name} ({self.num_layers} layers x {self.num_heads} heads, "
                  f"{'decoder (causal)' if self.causal else 'encoder'})",
-                 f"tokens ({len(self.tokens)}): {' '.join(self.tokens) if len(self.tokens) <= 64 else '...'}",
+                 *token_lines(self.tokens, self.joins),
                  f"focus: {focus} (token {self.focus}){seen}", *self.notes, *([sink] if sink else []), ""]
         among = f", among the {self.visible} tokens up to it" if self.causal else ""
         split = "; the first token's weight, then the others ranked without it" if sink else ""
@@ -227,7 +232,7 @@ class Explanation:
         heads = self.standout_heads()
         if heads:
             lines.append(f"Heads whose strongest target from {focus} stands out (>= 2x the next):")
-            rows = [[str(l), str(h), self.tokens[t], f"{w:.2f}", f"{s:.2f}"] for l, h, t, w, s in heads[:max_heads]]
+            rows = [[str(l), str(h), self.label(t), f"{w:.2f}", f"{s:.2f}"] for l, h, t, w, s in heads[:max_heads]]
             lines.append(format_table(rows, ["layer", "head", "target", "weight", "next"]))
             if len(heads) > max_heads:
                 lines.append(f"... and {len(heads) - max_heads} more")
@@ -239,109 +244,36 @@ class Explanation:
         return "\n".join(lines)
 
     def _rollout_lines(self, top: int) -> list[str]:
-        focus = repr(self.tokens[self.focus])
+        focus = repr(self.label(self.focus))
         head = f"Rollout (Abnar & Zuidema 2020), what {focus} draws on through all layers"
+        shown = lambda ranking: ", ".join(f"{self.label(t)} {w:.3f}" for t, w in ranking[:max(top, 5)])  # noqa: E731
         if not self.causal:
             ranking = [(t, w) for t, w in self.top_targets(self.rollout_row, len(self.tokens)) if self._informative(t)]
-            return [f"{head} (excluding itself and special tokens):",
-                    "  " + ", ".join(f"{self.tokens[t]} {w:.3f}" for t, w in ranking[:max(top, 5)])]
+            return [f"{head}:", *self._special_share(range(len(self.tokens))),
+                    f"  the others: {shown(ranking) or 'none'}"]
         if self.focus == 0:
             return [f"{head}: only itself (the first token of a decoder sees nothing else)."]
         rest = self.rollout_rest()
         ranking = [(t, w) for t, w in self.top_targets(rest[:self.visible], self.visible) if self._informative(t)]
         left = float(self.rollout_row[1:].sum())
-        first = f"the first token, {self.tokens[0]!r}, {float(self.rollout_row[0]):.3f}"
+        first = f"the first token, {self.label(0)!r}, {float(self.rollout_row[0]):.3f}"
         return [f"{head}: {first} (rollout drains toward a decoder's first token, which sees only itself); the "
                 f"others (excluding itself and special tokens) as shares of the remaining {left:.2g}:",
-                "  " + (", ".join(f"{self.tokens[t]} {w:.3f}" for t, w in ranking[:max(top, 5)]) or "none")]
+                "  " + (shown(ranking) or "none"),
+                *(self._special_share(range(1, self.visible)) if any(self.special[1:self.visible]) else [])]
 
-
-def _ordinal(n: int) -> str:
-    return f"{n}{'st' if n == 1 else 'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
-
-
-# A token of whitespace alone (byte-level BPE has them: "Ġ", "Ċ", "ĉ") shows as these marks, not as nothing.
-_VISIBLE_SPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
-
-
-def _visible(span: str) -> str:
-    """A token's text as shown: stripped of the spaces around it; whitespace alone as visible marks."""
-    return span.strip() or "".join(_VISIBLE_SPACE.get(c, "␣") for c in span)
-
-
-def _display(text: str, encoding, special_ids: set[int],
-             decode: Callable[[int], str]) -> tuple[list[str], list[bool], list[int | None], list[str]]:
-    """Each token's display string, special flag, word id, and the text it adds for word matching.
-
-    A token shows its span of the text (byte-level BPE's "Ġ" space marker never appears: the span is the
-    text itself), special tokens as themselves, a token with no span as ``decode`` of its id. A character
-    split into several byte-level tokens shows in each of them; only the first adds it to the word.
-    """
-    tokens, special, pieces, seen = [], [], [], 0
-    for token_id, token, (start, end) in zip(encoding.ids, encoding.tokens, encoding.offsets):
-        is_special = token_id in special_ids
-        if is_special:
-            shown = piece = token
-        elif end > start:
-            shown, piece = _visible(text[start:end]), text[max(start, seen):end].strip()
-        else:  # a token the tokenizer added, not read from the text
-            shown = piece = _visible(decode(token_id)) or token
-        tokens.append(shown)
-        special.append(is_special)
-        pieces.append(piece)
-        seen = max(seen, end)
-    return tokens, special, list(encoding.word_ids), pieces
-
-
-def choose_focus(tokens: list[str], special: list[bool], words: list[int | None], focus: str | int | None,
-                 *, causal: bool = False) -> int:
-    """The focus token: an index; else the first token of the word ``focus`` (case-insensitive; its first
-    occurrence); else, by default, the last pronoun, or else for an encoder the last content word, for a
-    decoder (``causal``) the last token (the next token is predicted from it), or else the last non-special
-    token."""
-    if isinstance(focus, int) and not isinstance(focus, bool):
-        if not -len(tokens) <= focus < len(tokens):
-            raise ValueError(f"focus index {focus} is out of range for {len(tokens)} tokens")
-        return focus % len(tokens)
-    firsts = _word_starts(tokens, special, words)
-    word_text = {i: _word(tokens, words, i).lower() for i in firsts}
-    if focus is not None:
-        if not isinstance(focus, str):
-            raise TypeError(f"focus must be a word (str), a token index (int) or None, got {type(focus).__name__}")
-        wanted = focus.strip().lower()
-        matches = [i for i in firsts if word_text[i] == wanted] or \
-                  [i for i, t in enumerate(tokens) if t.lower() == wanted]
-        if not matches:
-            shown = ", ".join(repr(_word(tokens, words, i)) for i in firsts[:40])
-            raise ValueError(f"focus word {focus!r} is not in the text; its words: {shown}")
-        return matches[0]
-    rules = [lambda w: w in PRONOUNS] + ([] if causal else [lambda w: w.isalpha() and w not in STOPWORDS])
-    for pick in rules:
-        chosen = [i for i in firsts if pick(word_text[i])]
-        if chosen:
-            return chosen[-1]
-    plain = [i for i, s in enumerate(special) if not s]
-    return plain[-1] if plain else len(tokens) - 1
-
-
-def _word_starts(tokens: list[str], special: list[bool], words: list[int | None]) -> list[int]:
-    """The first token of each word that has text: a word's leading tokens without any (byte-level BPE's lone
-    space token "Ġ" ahead of "it") are skipped, so that the word's focus token is one that shows it."""
-    firsts, pending = [], False
-    for i, w in enumerate(words):
-        pending = pending or i == 0 or words[i - 1] != w  # a new word begins at i
-        if pending and not special[i] and tokens[i].strip():
-            firsts.append(i)
-            pending = False
-    return firsts
-
-
-def _word(tokens: list[str], words: list[int | None], first: int) -> str:
-    """The whole word that starts at token ``first``: its tokens' spans joined."""
-    end = first + 1
-    while end < len(tokens) and words[end] is not None and words[end] == words[first]:
-        end += 1
-    return "".join(tokens[first:end])
+    def _special_share(self, among: range) -> list[str]:
+        """The rollout line's special tokens (those of ``among`` that are special), with their total, and the focus
+        token's share of itself: what the ranking of the others leaves out."""
+        row = self.rollout_row
+        specials = sorted((t for t in among if self.special[t] and t != self.focus), key=lambda t: -float(row[t]))
+        itself = f"itself {float(row[self.focus]):.3f}"
+        if not specials:
+            return [f"  {itself}"]
+        each = ", ".join(f"{self.tokens[t]} {float(row[t]):.3f}" for t in specials)
+        total = float(row[specials].sum())
+        return [f"  special tokens {total:.3f} ({each}), where heads park attention they do not use (Clark et al. "
+                f"2019); {itself}"]
 
 
 def _load(model, tokenizer):
@@ -383,17 +315,21 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
         model: None (the bundled all-MiniLM-L6-v2), a name or directory for ``attnkit.hub.load`` (BERT-family
             encoders; decoders: GPT-2 and the Llama family, e.g. "HuggingFaceTB/SmolLM2-135M-Instruct"), a
             ``(model, tokenizer)`` pair, or an attnkit BERT / GPT with ``tokenizer``.
-        focus: the token to explain: a word of the text (its first occurrence), a token index, or None for
-            the last pronoun, else an encoder's last content word or a decoder's last token.
+        focus: the token to explain: a word of the text ("WORD:N" for its N-th occurrence; default the first, and
+            a note lists the others; a word split into pieces stands as its first piece, a decoder's as its
+            last, and a note says so), a token index (0..N-1), or None for the last pronoun, else an encoder's
+            last content word or a decoder's last token (``tokens.find_focus``).
         layer, head: the map shown in detail; None = the head whose focus row stands out most (else the
             last layer's head 0).
-        kernel: attention kernel for the forward ("dense", "sdpa", "tiled", ...); the maps are the same.
+        kernel: an exact attention kernel for the forward ("dense", "sdpa", "tiled", ...); the maps are the same.
+            An approximate one ("linear", "performer") is a ValueError: it would change what the model computes.
         max_tokens: texts longer than this are shown pooled into this many token ranges.
         max_length: truncate the text to this many tokens (default: the tokenizer's limit).
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
     check_int("max_tokens", max_tokens, minimum=2)
+    check_exact_kernel(kernel)
     model, tokenizer, name = _load(model, tokenizer)
     if tokenizer is None:
         raise ValueError(f"{name} has no tokenizer files; pass tokenizer= (an attnkit.hub Tokenizer)")
@@ -401,13 +337,13 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
     truncated = bool(encoding.overflowing)
     special_ids = {tokenizer.backend.token_to_id(t) for t in tokenizer.special_tokens.values()}
     decode = lambda i: tokenizer.backend.decode([i], skip_special_tokens=False)  # noqa: E731
-    tokens, special, words, pieces = _display(text, encoding, special_ids, decode)
+    tokens, special, words, pieces, joins = display(text, encoding, special_ids, decode)
     n = len(tokens)
     if n == 0:
         raise ValueError("the text has no tokens")
     # the default focus differs for a decoder, known only once the layers have run: record both candidates' rows
-    by_kind = {causal: choose_focus(pieces, special, words, focus, causal=causal) for causal in (False, True)}
-    candidates = sorted(set(by_kind.values()))
+    by_kind = {causal: find_focus(pieces, special, words, focus, causal=causal) for causal in (False, True)}
+    candidates = sorted({index for index, _ in by_kind.values()})
     bins = make_bins(n, max_tokens)
 
     def reduce(index: int, probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -422,13 +358,13 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
                          f"layers ran on a text (an encoder-decoder needs its own explain)")
     maps = torch.stack([m[0] for m in record.maps])  # (L, H, M, M)
     causal = all(record.causal)
-    focus = by_kind[causal]
+    focus, matched = by_kind[causal]
     focus_rows = torch.stack([m[1][:, candidates.index(focus)] for m in record.maps])  # (L, H, N)
     rolled = rollout([m[2][None] for m in record.maps])[0]  # (N, N)
     explanation = Explanation(
         text=text, model_name=name, tokens=tokens, special=special, focus=focus, layer=0, head=0,
         causal=causal, maps=maps, bins=bins, focus_rows=focus_rows, rollout=pool(rolled, bins),
-        rollout_row=rolled[focus].clone(), truncated=truncated)
+        rollout_row=rolled[focus].clone(), truncated=truncated, notes=list(matched), joins=joins)
     explanation.layer, explanation.head = _detail(explanation, layer, head)
     if truncated:
         explanation.notes.append(f"note: the text was truncated to the model's {n} tokens")
@@ -436,6 +372,22 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
         explanation.notes.append(f"note: {n} tokens; maps are shown pooled into {len(bins)} token ranges "
                                  f"(--max-tokens to change)")
     return explanation
+
+
+def check_exact_kernel(kernel: str | None, option: str = "kernel") -> None:
+    """``kernel`` (None or "auto": the model's own choice) names a registered kernel that computes softmax attention
+    exactly; an approximate one changes every later layer's input, so the maps would not be the model's."""
+    from ..functional import registry
+
+    if kernel is None or kernel == "auto":
+        return
+    if not isinstance(kernel, str):
+        raise TypeError(f"{option} must be a kernel name (str) or None, got {type(kernel).__name__}")
+    chosen = registry.get_kernel(kernel)  # unknown: a ValueError listing the registered ones
+    if not registry.is_exact(chosen):
+        exact = ", ".join(k.name for k in registry.kernels() if registry.is_exact(k))
+        raise ValueError(f"{option} {kernel!r} is not exact ({chosen.description}): the model would compute "
+                         f"something else and its maps would not explain it; exact kernels: {exact} (or auto)")
 
 
 def _detail(e: Explanation, layer: int | None, head: int | None) -> tuple[int, int]:
