@@ -3,7 +3,7 @@ files of the run that wrote it last (a re-run replaces the folder as a whole, th
 no previous run's figures are left beside the new ones, and a failed run leaves the previous files as they were).
 
     >>> default_directory("The animal didn't cross the street", "all-MiniLM-L6-v2")
-    PosixPath('attnkit-explain/the-animal-didn-t-cross-the-street-5d0c1a')
+    PosixPath('attnkit-explain/the-animal-didn-t-cross-the-street-4e7bea')
 """
 
 from __future__ import annotations
