@@ -116,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     info = machine()
     print(f"attnkit {attnkit.__version__} (commit {git('rev-parse', '--short', 'HEAD')}), torch {torch.__version__}, "
-          f"{info.get('cpu', '?')}, {torch.get_num_threads()} threads")
+          f"{info.get('cpu_model', '?')} x {info.get('cpu_count', '?')}, {torch.get_num_threads()} threads, "
+          f"{info['date_utc']} UTC")
     print(loop_overhead(args.rounds, args.steps), flush=True)
     print(data_parallel(args.rounds, args.ddp_steps), flush=True)
 
