@@ -39,7 +39,7 @@ class Sizes:
     test: int  # test examples per source length
     steps: int
     batch: int
-    dim: int  # embedding size; the GRUs' hidden size is 2 * dim, the Transformer's width 3/2 * dim
+    dim: int  # embedding size; the GRUs' hidden size and the Transformer's width are 2 * dim
 
 
 FULL = Sizes(digits=12, train=40_000, test=100, steps=800, batch=64, dim=64)
@@ -116,8 +116,8 @@ def _trim(x: Tensor) -> Tensor:
 def build_models(data: Data, dim: int) -> dict[str, nn.Module]:
     s, t = len(data.src_vocab), len(data.tgt_vocab)
     rnn = {"src_vocab_size": s, "tgt_vocab_size": t, "embed_dim": dim, "hidden": 2 * dim, "attn_dim": 2 * dim}
-    transformer = TransformerConfig(src_vocab_size=s, tgt_vocab_size=t, dim=3 * dim // 2, num_heads=4,
-                                    hidden=4 * dim, num_encoder_layers=2, num_decoder_layers=2)  # about the GRUs' size
+    transformer = TransformerConfig(src_vocab_size=s, tgt_vocab_size=t, dim=2 * dim, num_heads=4, hidden=4 * dim,
+                                    num_encoder_layers=2, num_decoder_layers=2)
     return {"gru": RNNSeq2Seq(RNNSeq2SeqConfig(**rnn, context="fixed")),
             "gru-attention": RNNSeq2Seq(RNNSeq2SeqConfig(**rnn, context="attention")),
             "transformer": Transformer(transformer)}
