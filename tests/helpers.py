@@ -331,3 +331,13 @@ def load_with_memory_capped(directories: list[str]) -> list[tuple[str, str, floa
     assert run.returncode == 0, run.stderr[-2000:]
     return [tuple(result) for result in json.loads(run.stdout)]
 
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: SIGINT at its default disposition and unblocked, as a terminal's
+    Ctrl-C finds a process, whatever the test worker's own disposition or mask (an ignored or blocked SIGINT is
+    inherited across exec, and then Python never sees the signal)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 import torch
+from helpers import default_sigint
 
 import attnkit
 from attnkit import hub
@@ -183,7 +184,8 @@ def test_bench_prints_the_table_before_writing_and_a_failed_write_is_one_line(tm
 
 def attnkit_process(*argv: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "attnkit.cli", *argv], env=env, text=True, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "attnkit.cli", *argv], env=env, text=True, preexec_fn=default_sigint,
+                            **kwargs)
 
 
 def test_ctrl_c_during_bench_is_one_line_and_exit_130(tmp_path):

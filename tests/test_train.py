@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
+from helpers import default_sigint
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from attnkit.cli import main
@@ -223,7 +223,7 @@ def test_a_nan_loss_stops_the_run_with_the_step():
 def _train(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*ATTNKIT, "train", "vit-digits", "--quick", "--steps", "300", "--out", str(out),
                              "--no-progress", *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
 
 
 def _wait_for_checkpoint(process: subprocess.Popen, path: Path, timeout: float = 120) -> None:
@@ -390,7 +390,8 @@ def test_ctrl_c_under_nproc_2_checkpoints_every_process_and_exits_130(tmp_path):
     """Ctrl-C in a terminal reaches the whole process group: the command, torchrun and both workers."""
     process = subprocess.Popen([*ATTNKIT, "train", "vit-digits", "--quick", "--steps", "2000", "--out", str(tmp_path),
                                 "--no-progress", "--nproc", "2", "--checkpoint-every", "20"], env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=default_sigint)
     _wait_for_checkpoint(process, tmp_path / "vit" / "checkpoint.pt", timeout=180)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
