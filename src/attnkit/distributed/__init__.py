@@ -15,6 +15,7 @@ from .comm import PeerError
 from .dropout import keep_mask
 from .layout import LAYOUTS, LayoutName, gather, shard
 from .profile import Hop, profile
+from .setting import ContextParallel
 
 __all__ = ["attention", "shard", "gather", "keep_mask", "profile", "Hop", "PeerError", "Strategy", "STRATEGIES",
-           "LayoutName", "LAYOUTS"]
+           "LayoutName", "LAYOUTS", "ContextParallel"]

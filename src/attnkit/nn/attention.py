@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..distributed.setting import ContextParallel
 from ..functional import attention as attention_fn
 from ..functional import attention_weights
 from ..functional import masks as structured_masks
@@ -128,6 +129,7 @@ class MultiHeadAttention(nn.Module):
         self.q_norm = norm.make(head_dim) if norm is not None else None
         self.k_norm = norm.make(head_dim) if norm is not None else None
         self.positions = positions
+        self.context_parallel: ContextParallel | None = None  # set by use_context_parallel
         self._recorders: OrderedDict[int, Recorder] = OrderedDict()
 
     def attach(self, recorder: Recorder) -> RemovableHandle:
@@ -206,11 +208,26 @@ class MultiHeadAttention(nn.Module):
             call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias, projected)
         for recorder in list(self._recorders.values()):
             recorder(self, call)
-        out = attention_fn(call.q, call.k, v, mask=call.mask, causal=call.causal, window=call.window,
-                           bias=call.bias, scale=self.scale, softcap=self.softcap,
-                           dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
+        attend = attention_fn if self.context_parallel is None else self._sharded(context, cache, call)
+        out = attend(call.q, call.k, v, mask=call.mask, causal=call.causal, window=call.window,
+                     bias=call.bias, scale=self.scale, softcap=self.softcap,
+                     dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
         b, _, n, _ = out.shape
         return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, H*Dh)
+
+    def _sharded(self, context: Tensor | None, cache: KVCache | ContextCache | None,
+                 call: AttentionCall) -> Callable[..., Tensor]:
+        """The context-parallel attention of this call: q, k and v are this process's shard of the sequence, the
+        mask and windows mean global positions. A cache, cross-attention, a padding mask and a bias (ALiBi's, or
+        one passed in) hold local positions: refused."""
+        assert self.context_parallel is not None
+        if cache is not None or context is not None or self.cross_attention:
+            raise ValueError("context parallelism runs self-attention over a whole sequence's shards: not with a "
+                             "cache (decoding) or cross-attention")
+        if call.mask is not None or call.bias is not None:
+            raise ValueError("context parallelism takes causal attention and windows here, not a padding mask or a "
+                             "bias (they would be in local positions): pack the sequences instead of padding them")
+        return self.context_parallel.attention
 
     def _context_kv(self, context: Tensor | None, cache: KVCache | ContextCache | None) -> tuple[Tensor, Tensor]:
         if isinstance(cache, ContextCache) and cache.filled:
@@ -398,4 +415,20 @@ def set_kernel(module: _Module, kernel: str | Kernel) -> _Module:
     return module
 
 
-__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "check_kernel", "set_kernel"]
+def use_context_parallel(model: nn.Module, setting: ContextParallel | None) -> int:
+    """Run every self-attention layer of ``model`` on sequence shards (``setting``), or again on whole sequences
+    (None); returns how many layers it set. Give the model this process's tokens and their global positions::
+
+        cp = ContextParallel(layout="zigzag")
+        use_context_parallel(model, cp)
+        out = model(cp.shard(ids), position_ids=cp.positions(cp.shard(ids)))   # this process's part of model(ids)
+    """
+    if setting is not None and not isinstance(setting, ContextParallel):
+        raise TypeError(f"setting must be an attnkit.distributed.ContextParallel or None, got {type(setting).__name__}")
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and not m.cross_attention]
+    for layer in layers:
+        layer.context_parallel = setting
+    return len(layers)
+
+
+__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "check_kernel", "set_kernel", "use_context_parallel"]
