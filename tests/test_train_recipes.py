@@ -121,6 +121,8 @@ def test_random_and_soft_readings():
     a = random_reader(_digits(), generator=torch.Generator().manual_seed(1))
     b = random_reader(_digits(), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.index, b.index) and a.log_prob is None and all(len(set(r)) == 4 for r in a.index.tolist())
+    greedy = [random_reader(_digits(), greedy=True, generator=torch.Generator().manual_seed(s)).index for s in (1, 2)]
+    assert not torch.equal(greedy[0], greedy[1])  # random glimpses stay random when evaluated "greedily"
     out = soft(_digits())
     assert (out.index == -1).all() and out.log_prob is None and out.baseline is None
     torch.testing.assert_close(out.weights.sum(-1), torch.ones(6, 4))
