@@ -117,3 +117,26 @@ def test_a_lora_wrapped_model_decodes_through_its_adapters():
             bare = model(ids).logits[:, -1:]
     assert (whole - bare).abs().max() > 1e-2  # the adapters change the output
     assert_close(step, whole, atol=2e-5 * max(1.0, float(whole.abs().max())), what="LoRA decoding step")
+
+
+@needs_native
+def test_use_onednn_false_turns_the_fused_block_off_too(monkeypatch):
+    """The switch that turns the inference paths off for a comparison reaches the fused decoding block, and
+    handing back what it returned restores it."""
+    from attnkit.nn import use_onednn
+
+    model = _model("llama-swiglu")
+    calls = []
+    real = native.decode_ffn
+    monkeypatch.setattr(native, "decode_ffn", lambda call: calls.append(1) or real(call))
+    ids = torch.randint(0, 71, (1, 9), generator=torch.Generator().manual_seed(0))
+    previous = use_onednn(False)
+    try:
+        with torch.no_grad():
+            model.generate(ids, 3)
+        assert not calls
+    finally:
+        assert use_onednn(previous) is False  # the setting it had, whatever oneDNN's availability
+    with torch.no_grad():
+        model.generate(ids, 3)
+    assert calls

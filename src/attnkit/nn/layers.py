@@ -16,7 +16,7 @@ from ..functional.registry import Kernel
 from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
-from .linear import Linear, linears
+from .linear import Linear, linears, switched_on as linear_switch
 from .norms import NormKind, RMSNorm, make_norm
 from .positions import RelativePositions
 
@@ -131,7 +131,8 @@ class Block(nn.Module):
         a gated FeedForward of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that records or
         drops out."""
         ffn, norms = self.ffn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
-        return (not self.training and not torch.is_grad_enabled() and self.norm_first and x.dtype == torch.float32
+        return (linear_switch() and not self.training and not torch.is_grad_enabled() and self.norm_first
+                and x.dtype == torch.float32
                 and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
                 and isinstance(ffn, FeedForward) and ffn.gate is not None and ffn.activation in native.FFN_ACTIVATIONS
                 and all(isinstance(m, nn.Linear) for m in (self.attn.out_proj, ffn.gate, ffn.up, ffn.down))

@@ -28,21 +28,25 @@ from ..functional.kernels import native
 
 _AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 _switched_on = True  # use_onednn's setting: both inference paths (the C matmul and oneDNN)
-_enabled = _AVAILABLE  # oneDNN's path: switched on and available
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def use_onednn(enabled: bool) -> bool:
     """Turn the oneDNN inference path on or off for every ``Linear``; returns the previous setting. Turning it
     on where PyTorch lacks the op leaves it off."""
-    global _enabled, _switched_on
-    previous, _switched_on = _enabled, bool(enabled)
-    _enabled = _switched_on and _AVAILABLE
+    global _switched_on
+    previous, _switched_on = _switched_on, bool(enabled)  # the setting, so use_onednn(previous) restores it
     return previous
 
 
+def switched_on() -> bool:
+    """``use_onednn``'s setting: whether the inference paths (C matmul, fused decoding block, oneDNN) may run."""
+    return _switched_on
+
+
 def onednn_enabled() -> bool:
-    return _enabled
+    """Whether oneDNN's path runs: switched on and available in this PyTorch."""
+    return _switched_on and _AVAILABLE
 
 
 def _large(x: Tensor, weight: Tensor) -> bool:
@@ -90,7 +94,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         y = _rows(x, (weight,), (bias,))
         if y is not None:
             return y[0]
-        if _enabled and _large(x, weight):
+        if _AVAILABLE and _large(x, weight):  # inside `if _switched_on`
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -117,4 +121,4 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["Linear", "linear", "linears", "onednn_enabled", "use_onednn"]
+__all__ = ["Linear", "linear", "linears", "onednn_enabled", "switched_on", "use_onednn"]
