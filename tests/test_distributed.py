@@ -204,12 +204,19 @@ def _reference(case: Case, world: int, dtype: torch.dtype, kernel: str = "dense"
         res = attnkit.attention(q, k, v, kernel=kernel, return_lse=case.lse, **opts)
         out, lse = res if case.lse else (res, None)
     _loss(out, lse, t["dout"], t["dlse"]).backward()
-    ref = {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+    return _outcome(case, out, lse, (q, k, v), opts)
+
+
+def _outcome(case: Case, out: torch.Tensor, lse: torch.Tensor | None, qkv: tuple[torch.Tensor, ...],
+             opts: dict) -> dict[str, torch.Tensor]:
+    """What a case compares, after its backward: the output, the gradients, the lse and the bias gradient if any."""
+    q, k, v = qkv
+    outcome = {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
     if lse is not None:
-        ref["lse"] = lse.detach()
+        outcome["lse"] = lse.detach()
     if case.bias_grad:
-        ref["dbias"] = opts["bias"].grad
-    return ref
+        outcome["dbias"] = opts["bias"].grad
+    return outcome
 
 
 def _distributed(case: Case, world: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -226,12 +233,7 @@ def _distributed(case: Case, world: int, dtype: torch.dtype) -> dict[str, torch.
                        **opts)
     out, lse = res if case.lse else (res, None)
     _loss(out, lse, shard["dout"], shard["dlse"]).backward()
-    got = {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
-    if lse is not None:
-        got["lse"] = lse.detach()
-    if case.bias_grad:
-        got["dbias"] = opts["bias"].grad
-    return got
+    return _outcome(case, out, lse, (q, k, v), opts)
 
 
 def _check_case(case: Case, world: int) -> None:

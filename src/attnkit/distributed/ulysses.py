@@ -54,26 +54,18 @@ def _record(x: Tensor, began: float) -> None:
     record(Hop("ulysses", "all-to-all", 0, -1, 0, 0.0, 0.0, time.perf_counter() - began, moved, moved))
 
 
-class _SeqToHeads(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, p: Problem) -> Tensor:
-        ctx.problem = p
-        return seq_to_heads(p, x)
+class _AllToAll(torch.autograd.Function):
+    """Sequence shards -> head shards (``to_heads``) or back; the backward is the other direction."""
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return heads_to_seq(ctx.problem, grad.contiguous()), None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, y: Tensor, p: Problem) -> Tensor:
-        ctx.problem = p
-        return heads_to_seq(p, y)
+    def forward(ctx: Any, x: Tensor, p: Problem, to_heads: bool) -> Tensor:
+        ctx.problem, ctx.to_heads = p, to_heads
+        return seq_to_heads(p, x) if to_heads else heads_to_seq(p, x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return seq_to_heads(ctx.problem, grad.contiguous()), None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        move = heads_to_seq if ctx.to_heads else seq_to_heads
+        return move(ctx.problem, grad.contiguous()), None, None
 
 
 class _SumGradOverRanks(torch.autograd.Function):
@@ -104,7 +96,7 @@ def ulysses_attention(p: Problem, q: Tensor, k: Tensor, v: Tensor, return_lse: b
         k, v = repeat_kv(k, H // Hkv), repeat_kv(v, H // Hkv)
     heads = H // p.world
     region = Region(0, 0, Nq, Nk, heads=(p.rank * heads, (p.rank + 1) * heads))
-    qh, kh, vh = (_SeqToHeads.apply(t.contiguous(), p) for t in (q, k, v))  # (B, H/P, N, d)
+    qh, kh, vh = (_AllToAll.apply(t.contiguous(), p, True) for t in (q, k, v))  # (B, H/P, N, d)
     bias: Any = None
     if isinstance(p.bias, TensorBias):
         t4 = p.bias.tensor4 if not p.bias.tensor.requires_grad else _SumGradOverRanks.apply(p.bias.tensor4, p)
@@ -121,11 +113,11 @@ def ulysses_attention(p: Problem, q: Tensor, k: Tensor, v: Tensor, return_lse: b
                                      **options)
         scale = _safe_weight(lse.to(lse_all.dtype), lse_all) / (1 - p.dropout)
         out, lse = (out.to(scale.dtype) * scale[..., None]).to(q.dtype), lse_all
-    out = _HeadsToSeq.apply(out.contiguous(), p)
+    out = _AllToAll.apply(out.contiguous(), p, False)
     if not return_lse:
         return out, None
     assert lse is not None
-    return out, _HeadsToSeq.apply(lse.contiguous()[..., None], p)[..., 0]
+    return out, _AllToAll.apply(lse.contiguous()[..., None], p, False)[..., 0]
 
 
 __all__ = ["ulysses_attention", "seq_to_heads", "heads_to_seq", "check_heads"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...inspect import capture, rollout
+from ...inspect import Capture, capture, rollout
 from ...models.vit import ViT, ViTConfig
 from ..config import TrainConfig
 from ..task import Loss, Task
@@ -63,10 +63,6 @@ def _augment(x: Tensor, indices: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    return float((model(x).logits.argmax(-1) == y).float().mean())
-
-
 def make_task(model: ViT, data: Data, augment: bool) -> Task:
     def batch(indices: Tensor) -> tuple[Tensor, Tensor]:
         x = data.train_x[indices]
@@ -77,21 +73,25 @@ def make_task(model: ViT, data: Data, augment: bool) -> Task:
         return Loss(F.cross_entropy(model(x).logits.float(), y, reduction="sum"), len(y))
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        logits = model(data.test_x).logits
-        return {"accuracy": accuracy(model, data.test_x, data.test_y),
+        logits = model(data.test_x).logits  # one forward for both numbers
+        return {"accuracy": float((logits.argmax(-1) == data.test_y).float().mean()),
                 "loss": float(F.cross_entropy(logits, data.test_y))}
 
     return Task(model, size=len(data.train_y), batch=batch, loss=loss, evaluate=evaluate)
 
 
-def patch_rollout(model: ViT, x: Tensor) -> Tensor:
-    """(B, rows, cols): attention rollout from [CLS] to each patch (the [CLS] column dropped, rows renormalized)."""
+def attended(model: ViT, x: Tensor) -> tuple[Tensor, Capture]:
+    """The logits (B, classes) of ``x`` in eval mode and every layer's attention maps of that forward."""
     model.eval()
     with torch.no_grad(), capture(model) as recorded:
-        model(x)
+        logits = model(x).logits
+    return logits, recorded
+
+
+def patch_rollout(recorded: Capture, side: int) -> Tensor:
+    """(B, side, side): attention rollout from [CLS] to each patch (the [CLS] column dropped, rows renormalized)."""
     flow = rollout([m for m in recorded.maps if m is not None])[:, 0, 1:]  # (B, P): [CLS]'s row, patches only
     flow = flow / flow.sum(-1, keepdim=True)
-    side = model.config.image_size // model.config.patch_size
     return flow.reshape(-1, side, side)
 
 
@@ -123,9 +123,10 @@ def _rollout_figure(path: Path, model: ViT, data: Data) -> Path:
 
     picks = [int((data.test_y == c).nonzero()[0]) for c in range(10)]  # the first test image of each class
     x = data.test_x[picks]
-    flow = patch_rollout(model, x)  # (10, side, side)
+    logits, recorded = attended(model, x)
+    flow = patch_rollout(recorded, model.config.image_size // model.config.patch_size)  # (10, side, side)
     overlays = flow.repeat_interleave(model.config.patch_size, -1).repeat_interleave(model.config.patch_size, -2)
-    predicted = model(x).logits.argmax(-1).tolist()
+    predicted = logits.argmax(-1).tolist()
     captions = [f"{int(y)} -> {p}" for y, p in zip(data.test_y[picks], predicted)]
     return image_grid(path, list(x[:, 0]), list(overlays), captions,
                       title="Attention rollout from [CLS] over the patches (label -> prediction)")
@@ -136,9 +137,7 @@ def _page(path: Path, model: ViT, data: Data) -> Path:
     from ...inspect import view
 
     image = data.test_x[:1]  # (1, 1, 8, 8)
-    model.eval()
-    with torch.no_grad(), capture(model) as recorded:
-        model(image)
+    _, recorded = attended(model, image)
     side = model.config.image_size // model.config.patch_size
     title = f"ViT on a test digit ({int(data.test_y[0])}): attention over its {side}x{side} patches"
     page = view(recorded, query_tokens=None, image=image[0, 0], patch_grid=(side, side), prefix_tokens=1, title=title)
