@@ -14,7 +14,7 @@ from .cli_common import CommandFailed, UsageError, check_out, positive_int
 def cmd_train(args: argparse.Namespace) -> int:
     """Run a training recipe: its models trained, its results table printed, results.json and figures written."""
     from .train import recipes
-    from .train.loop import PeerFailure
+    from .train.loop import PeerFailure, refuse_existing
 
     if args.list:
         print(recipes.listing())
@@ -24,8 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipes.get(args.recipe)  # an unknown name is refused before anything starts
     out = check_out(args.out or os.path.join("attnkit-train", args.recipe))
     if not args.resume and any(out.rglob("checkpoint.pt")):  # what fit refuses too, before any process starts
-        raise UsageError(f"--out {out} already holds a training checkpoint; pass --resume to continue it, or choose "
-                         "another --out")
+        refuse_existing(out)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
         return _launch(args, out)
     options = recipes.Options(out=out, seed=args.seed, steps=args.steps, quick=args.quick, resume=args.resume,

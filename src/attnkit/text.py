@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 
-def format_table(rows: list[list[str]], header: list[str]) -> str:
-    """Left-aligned columns under a header and a dashed rule; trailing spaces stripped."""
+def format_table(rows: list[list[str]], header: list[str], *, right_from: int | None = None) -> str:
+    """Columns under a header and a dashed rule, left-aligned (from column ``right_from`` on, right-aligned: numbers);
+    trailing spaces stripped."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    right = len(widths) if right_from is None else right_from
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i >= right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -1,6 +1,6 @@
-"""Checkpoints that resume bitwise: the model, the optimizer, the scheduler, every random generator (one
-per process), the step (the data position, see :class:`~attnkit.train.task.Order`) and the config, in one
-file written whole or not at all (a temporary beside it, fsynced, renamed).
+"""Checkpoints that resume bitwise: the model, the optimizer, every random generator (one per process), the
+step (the data position, see :class:`~attnkit.train.task.Order`; the learning rate follows from it) and the
+config, in one file written whole or not at all (a temporary beside it, fsynced, renamed).
 
     DIR/checkpoint.pt    the last one; `kill -9` at any moment leaves either the previous or the new file
 """

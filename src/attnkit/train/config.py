@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..functional.checks import check_int
+from ..functional.checks import check_int, is_positive_finite
 
 Precision = Literal["float32", "bfloat16"]
 
@@ -41,17 +41,17 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(f"TrainConfig.{name}", getattr(self, name), minimum=1)
         check_int("TrainConfig.seed", self.seed, minimum=0)
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not is_positive_finite(self.lr):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
         if not 0 <= self.min_lr <= 1:
             raise ValueError(f"TrainConfig.min_lr must be in [0, 1] (a fraction of lr), got {self.min_lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+        if self.grad_clip is not None and not is_positive_finite(self.grad_clip):
             raise ValueError(f"TrainConfig.grad_clip must be positive or None, got {self.grad_clip}")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.precision must be 'float32' or 'bfloat16', got {self.precision!r}")
-        if not self.timeout_s > 0:
+        if not is_positive_finite(self.timeout_s):
             raise ValueError(f"TrainConfig.timeout_s must be positive, got {self.timeout_s}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 

@@ -156,9 +156,7 @@ class _Run:
             rngs = [None] * self.world.size  # type: ignore[list-item]
             dist.all_gather_object(rngs, checkpoint.rng_state())
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": {"kind": "warmup-cosine", "lr": self.config.learning_rate(max(0, self.step - 1))},
-                "rng": rngs, "config": self.config.to_dict(), "world_size": self.world.size,
-                "meta": self.task.meta}
+                "rng": rngs, "config": self.config.to_dict(), "world_size": self.world.size}  # the lr: config, step
 
     def save(self) -> None:
         state = self.state()  # every process takes part (the RNG states are gathered)
@@ -167,7 +165,8 @@ class _Run:
 
     def restore(self, state: dict[str, Any]) -> None:
         saved = TrainConfig.from_dict(state["config"])
-        differs = [k for k, v in saved.to_dict().items() if k != "checkpoint_every" and v != self.config.to_dict()[k]]
+        now = self.config.to_dict()
+        differs = [k for k, v in saved.to_dict().items() if k != "checkpoint_every" and v != now[k]]
         if differs:
             raise ValueError(f"--resume: the checkpoint was written with other settings ({', '.join(differs)}); "
                              "resume with the same ones or start in another --out")
@@ -266,13 +265,18 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
     return Result(run.step, loss, evaluation, resumed, interrupted)
 
 
+def refuse_existing(out: Path | str) -> None:
+    """The error for an ``out`` that holds a training checkpoint, when the run was not told to resume it."""
+    raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or choose another "
+                     "--out")
+
+
 def _start(run: _Run, resume: bool) -> int | None:
     out = run.out
     path = out / checkpoint.NAME if out is not None else None
     if path is not None and path.exists():
         if not resume:
-            raise ValueError(f"{out} already holds a training checkpoint; pass --resume to continue it, or choose "
-                             "another --out")
+            refuse_existing(path.parent)
         state = checkpoint.load(path)
         run.restore(state)
         if run.world.main:
@@ -322,4 +326,4 @@ def _plot(out: Path) -> None:
     loss_curve(read_metrics(out), out / "loss.png")
 
 
-__all__ = ["fit", "Result", "PeerFailure", "param_groups", "read_metrics", "METRICS"]
+__all__ = ["fit", "Result", "PeerFailure", "param_groups", "read_metrics", "refuse_existing", "METRICS"]

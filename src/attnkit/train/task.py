@@ -11,7 +11,7 @@ step ``s`` reads exactly what the uninterrupted run read, whatever the number of
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +45,6 @@ class Task:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     unit: str = "samples"
     items: Callable[[Any], int] | None = None  # the batch's count of ``unit`` (default: its examples)
-    meta: dict[str, Any] = field(default_factory=dict)  # anything the recipe wants kept in the checkpoint
 
     def __post_init__(self) -> None:
         check_int("Task.size", self.size, minimum=1)
@@ -74,8 +73,6 @@ class Order:
                  for e in torch.unique(positions // self.size)]
         return torch.cat(parts)
 
-    def epoch_of(self, step: int) -> float:
-        return step * self.batch_size / self.size
 
 
 def shard(indices: Tensor, rank: int, world_size: int, accumulation: int) -> list[Tensor]:

@@ -7,6 +7,7 @@ others): the results table it prints, ``results.json`` and its figures, all in `
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import pkgutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...files import write_text
+from ...text import format_table
 
 
 class Interrupted(Exception):
@@ -51,12 +53,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        cells = [self.columns, *[[_cell(v) for v in row] for row in self.rows]]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                 for row in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join([self.title, "", *lines])
+        rows = [[_cell(v) for v in row] for row in self.rows]
+        return f"{self.title}\n\n" + format_table(rows, self.columns, right_from=1)
 
     def write(self, out: Path) -> Path:
         return write_text(out / "results.json", json.dumps({"title": self.title, "columns": self.columns,
@@ -79,6 +77,7 @@ class Recipe:
 ORDER = ("translate", "vit-digits", "glimpse", "han", "char-lm", "finetune")  # the issue's order, for --list
 
 
+@functools.cache
 def _recipes() -> dict[str, Recipe]:
     """Every module of this package that defines ``RECIPE`` (each imports its data packages only when run)."""
     found = []
