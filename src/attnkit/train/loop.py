@@ -184,7 +184,9 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = c.learning_rate(self.step)
         micro = shard(self.order.step(self.step), world.rank, world.size, c.accumulation)
-        total = torch.zeros(3, dtype=torch.float64)  # summed loss, item count, items per second's items
+        # summed loss, item count, the rate's items: added on the device, read once after the all-reduce (no sync
+        # per micro-batch on CUDA)
+        total = torch.zeros(3, dtype=torch.float64, device=world.device)
         for i, indices in enumerate(micro):
             batch = self.task.batch(indices)
             sync: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
@@ -195,10 +197,10 @@ class _Run:
                     loss = self.task.loss(self.trained, batch)
                 loss.total.backward()  # outside autocast, as PyTorch advises
             items = self.task.items(batch) if self.task.items is not None else len(indices)
-            total += torch.tensor([float(loss.total.detach()), float(loss.count), float(items)], dtype=torch.float64)
-        flags = torch.cat([total, torch.tensor([float(stop.requested)], dtype=torch.float64)])
-        flags = parallel.all_sum(flags, world)  # on the group's device (NCCL reduces CUDA tensors only)
-        count = flags[1].item()
+            counted = torch.as_tensor(loss.count, dtype=torch.float64).to(total.device)
+            total += torch.stack([loss.total.detach().to(total), counted, total.new_tensor(float(items))])
+        flags = torch.cat([total, total.new_tensor([float(stop.requested)])])
+        summed, count, seen, stopping = parallel.all_sum(flags, world).tolist()  # on the group's device (NCCL)
         if count <= 0:
             raise ValueError(f"step {self.step}: the global batch has no item to learn from (Loss.count = 0)")
         for p in self.model.parameters():
@@ -209,7 +211,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.last_grad_norm = float(grad_norm)
-        return flags[0].item() / count, flags[2].item(), bool(flags[3].item() > 0)
+        return summed / count, seen, stopping > 0
 
     def evaluate(self) -> dict[str, float]:
         if self.task.evaluate is None or not self.world.main:

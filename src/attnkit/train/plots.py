@@ -8,14 +8,28 @@ from typing import Any
 from ..files import atomic_path
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend: files only, never a window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) whole or not at all, and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    pyplot().close(fig)
+    return path
+
+
 def loss_curve(rows: list[dict[str, Any]], path: Path, *, title: str | None = None) -> Path | None:
     """Training loss per logged step (and evaluation losses, if the rows have ``loss`` among them) as a PNG;
     None when there is nothing to draw."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") is None and "loss" in r]
     evals = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "eval" and "loss" in r]
     if not train:
@@ -32,7 +46,4 @@ def loss_curve(rows: list[dict[str, Any]], path: Path, *, title: str | None = No
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -29,11 +29,10 @@ from torch import Tensor, nn
 
 from ...models.gpt import GPT, AttentionConfig, GPTConfig
 from ...models.hybrid import HybridConfig, HybridLM
-from ..config import TrainConfig
 from ..loop import read_metrics
 from ..task import Loss, Task
 from . import Options, Recipe, Report
-from .common import fit_part, main_process, seed_everything
+from .common import fit_part, main_process, seed_everything, train_config
 
 MODULES = ("argparse", "textwrap", "string", "shlex", "difflib", "fractions", "statistics", "heapq", "bisect",
            "calendar", "csv", "dataclasses", "functools", "glob", "fnmatch", "pprint", "reprlib", "queue",
@@ -147,9 +146,8 @@ def run(options: Options) -> Report | None:
         steps = options.steps or sizes.steps
         if variant.get("hybrid"):
             steps = max(1, steps // HYBRID_STEPS)
-        config = TrainConfig(steps=steps, batch_size=sizes.batch, lr=3e-3, warmup=min(20, steps // 10),
-                             weight_decay=0.1, seed=options.seed, log_every=10 if not options.quick else 2,
-                             eval_every=max(1, steps // 6), checkpoint_every=options.checkpoint_every)
+        config = train_config(options, steps, batch_size=sizes.batch, lr=3e-3, warmup=min(20, steps // 10),
+                          weight_decay=0.1, eval_every=max(1, steps // 6))
         seed_everything(options.seed)  # the same initial weights for every GPT variant
         model = build(sizes, variant)
         result = fit_part(options, name, make_task(model, data), config)

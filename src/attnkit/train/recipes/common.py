@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,13 @@ def seed_everything(seed: int) -> None:
 
 def main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def train_config(options: Options, steps: int, **settings: Any) -> TrainConfig:
+    """A recipe's TrainConfig: ``steps`` and its own ``settings``, and what every recipe takes from the command
+    line (the seed, --checkpoint-every; a row every 10 steps, every 2 with --quick)."""
+    return TrainConfig(steps=steps, seed=options.seed, log_every=2 if options.quick else 10,
+                       checkpoint_every=options.checkpoint_every, **settings)
 
 
 def fit_part(options: Options, name: str, task: Task, config: TrainConfig) -> Result:

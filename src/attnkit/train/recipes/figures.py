@@ -5,33 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
-from ...files import atomic_path
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    _pyplot().close(fig)
-    return path
+from ..plots import pyplot, save_figure
 
 
 def lines(path: Path, series: Mapping[str, Sequence[tuple[float, float]]], *, xlabel: str, ylabel: str,
           title: str) -> Path:
     """One line per named series of (x, y) points."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=110)
     for name, points in series.items():
         ax.plot(*zip(*points), "o-", label=name, linewidth=1.4, markersize=4)
@@ -41,13 +24,13 @@ def lines(path: Path, series: Mapping[str, Sequence[tuple[float, float]]], *, xl
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def alignment_grid(path: Path, maps: Sequence[tuple[Tensor, list[str], list[str]]], *, title: str) -> Path:
     """Attention maps side by side: each (T, S) weights with its source tokens (columns) and output tokens
     (rows), as in Bahdanau et al.'s alignment figures (white = weight 1)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 4.2), dpi=110, squeeze=False)
     for ax, (weights, source, output) in zip(axes[0], maps):
         w = weights[:len(output), :len(source)].detach().float().numpy()
@@ -57,13 +40,13 @@ def alignment_grid(path: Path, maps: Sequence[tuple[Tensor, list[str], list[str]
         ax.xaxis.tick_top()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(path: Path, images: Sequence[Tensor], overlays: Sequence[Tensor] | None, captions: Sequence[str], *,
                title: str) -> Path:
     """Small images in a row, each with an optional (h, w) heat map drawn over it and a caption."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.1), dpi=110, squeeze=False)
     for i, (ax, image, caption) in enumerate(zip(axes[0], images, captions)):
         ax.imshow(image.float().numpy(), cmap="gray_r", interpolation="nearest")
@@ -75,12 +58,12 @@ def image_grid(path: Path, images: Sequence[Tensor], overlays: Sequence[Tensor] 
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bars(path: Path, groups: Mapping[str, Mapping[str, float]], *, ylabel: str, title: str) -> Path:
     """Grouped bars: one group per key of ``groups``, one bar per key of its mapping, the value written above."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     x = 0.0
     ticks, labels = [], []
@@ -96,4 +79,4 @@ def bars(path: Path, groups: Mapping[str, Mapping[str, float]], *, ylabel: str, 
     ax.set_ylim(0, 1.25)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -30,7 +30,7 @@ from ...models.heads import TaskConfig
 from ..config import TrainConfig
 from ..task import Loss, Task
 from . import Options, Recipe, Report
-from .common import fit_part, main_process, seed_everything
+from .common import fit_part, main_process, seed_everything, train_config
 
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -180,16 +180,13 @@ def lora(options: Options, sizes: Sizes, config: TrainConfig) -> dict[str, Any]:
             "total": total, "test_numbers": len(test)}
 
 
-def _config(options: Options, steps: int, batch: int, lr: float, warmup: int, weight_decay: float) -> TrainConfig:
-    return TrainConfig(steps=options.steps or steps, batch_size=batch, lr=lr, warmup=warmup,
-                       weight_decay=weight_decay, seed=options.seed, log_every=1 if options.quick else 10,
-                       checkpoint_every=options.checkpoint_every)
-
-
 def run(options: Options) -> Report | None:
     sizes = QUICK if options.quick else FULL
-    classified = classify(options, sizes, _config(options, sizes.steps, sizes.batch, 1e-3, 10, 0.01))
-    adapted = lora(options, sizes, _config(options, sizes.lora_steps, sizes.lora_batch, 2e-3, 5, 0.0))
+    steps = options.steps
+    classified = classify(options, sizes, train_config(options, steps or sizes.steps, batch_size=sizes.batch,
+                                                       lr=1e-3, warmup=10, weight_decay=0.01))
+    adapted = lora(options, sizes, train_config(options, steps or sizes.lora_steps, batch_size=sizes.lora_batch,
+                                                lr=2e-3, warmup=5, weight_decay=0.0))
     if not main_process():
         return None
     rows: list[list[Any]] = [

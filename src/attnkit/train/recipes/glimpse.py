@@ -37,7 +37,7 @@ from ...functional import hard_attention
 from ..config import TrainConfig
 from ..task import Loss, Task
 from . import Options, Recipe, Report
-from .common import fit_part, main_process, seed_everything
+from .common import fit_part, main_process, seed_everything, train_config
 from .vit_digits import Data, make_data
 
 Reading = Literal["hard", "random", "soft"]
@@ -183,9 +183,8 @@ NAMES: dict[Reading, str] = {"soft": "soft attention over all patches", "hard": 
 def run(options: Options) -> Report | None:
     sizes = QUICK if options.quick else FULL
     data = make_data(options.seed)
-    config = TrainConfig(steps=options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=50,
-                         min_lr=0.05, weight_decay=0.01, seed=options.seed, log_every=10 if not options.quick else 2,
-                         checkpoint_every=options.checkpoint_every)
+    config = train_config(options, options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=50,
+                      min_lr=0.05, weight_decay=0.01)
     models: dict[Reading, GlimpseNet] = {}
     evaluation: dict[Reading, dict[str, float]] = {}
     for reading in ("soft", "hard", "random"):
@@ -223,14 +222,14 @@ def glimpse_figure(path: Path, model: GlimpseNet, data: Data) -> Path:
     policy looks at each patch over the whole test set."""
     from matplotlib.patches import Rectangle
 
-    from .figures import _pyplot, _save  # matplotlib, only when drawing
+    from ..plots import pyplot, save_figure  # matplotlib, only when drawing
 
     picks = [int((data.test_y == c).nonzero()[0]) for c in range(10)]
     with torch.no_grad():
         out = model(data.test_x[picks], greedy=True)
         everywhere = model(data.test_x, greedy=True).weights.sum(1).mean(0)  # (P,) glimpses per patch
     side, p = 8 // model.patch, model.patch
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 11, figsize=(1.5 * 11, 2.1), dpi=110)
     for ax, i, row, label in zip(axes, picks, out.index.tolist(), out.logits.argmax(-1).tolist()):
         ax.imshow(data.test_x[i, 0].numpy(), cmap="gray_r", interpolation="nearest")
@@ -247,7 +246,7 @@ def glimpse_figure(path: Path, model: GlimpseNet, data: Data) -> Path:
     fig.suptitle(f"Hard attention (REINFORCE): the {model.glimpses} greedy glimpses, in order (label -> prediction)",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 RECIPE = Recipe("glimpse", "Mnih et al. 2014: hard attention trained by REINFORCE sees k of 16 digit patches; vs "

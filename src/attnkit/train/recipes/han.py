@@ -38,7 +38,7 @@ from ...models.han import HAN, HANConfig
 from ..config import TrainConfig
 from ..task import Loss, Task
 from . import Options, Recipe, Report
-from .common import fit_part, main_process, seed_everything
+from .common import fit_part, main_process, seed_everything, train_config
 
 PAD = 0
 MODULES = ("argparse", "bisect", "calendar", "collections", "csv", "dataclasses", "datetime", "decimal", "difflib",
@@ -183,9 +183,8 @@ def run(options: Options) -> Report | None:
     seed_everything(options.seed)
     model = HAN(HANConfig(vocab_size=len(data.vocab), num_classes=sizes.classes, embed_dim=sizes.dim,
                           hidden=sizes.dim // 2, attn_dim=sizes.dim, dropout=0.1))
-    config = TrainConfig(steps=options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=30,
-                         min_lr=0.05, seed=options.seed, log_every=10 if not options.quick else 2,
-                         eval_every=None if options.quick else 200, checkpoint_every=options.checkpoint_every)
+    config = train_config(options, options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=30,
+                      min_lr=0.05, eval_every=None if options.quick else 200)
     result = fit_part(options, "han", make_task(model, data), config)
     if not main_process():
         return None
@@ -214,13 +213,13 @@ def _report(sizes: Sizes, config: TrainConfig, data: Data, e: dict[str, float], 
 def weights_figure(path: Path, model: HAN, data: Data, documents: int = 3) -> Path:
     """The first test documents: each sentence's words shaded by their word weight, the sentence weight at the
     left (the deciding sentence marked with *)."""
-    from .figures import _pyplot, _save  # matplotlib, only when drawing
+    from ..plots import pyplot, save_figure  # matplotlib, only when drawing
 
     docs = data.test
     with torch.no_grad():
         out = model(docs.ids[:documents])
     S, W = docs.ids.shape[1:]
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(documents, 1, figsize=(1.0 * W + 1.5, 0.32 * S * documents + 1), dpi=110, squeeze=False)
     for d, ax in enumerate(axes[:, 0]):
         real = docs.ids[d] != PAD  # (S, W)
@@ -238,7 +237,7 @@ def weights_figure(path: Path, model: HAN, data: Data, documents: int = 3) -> Pa
         ax.set_title(f"document {d}: class {int(docs.label[d])}, predicted {predicted}", fontsize=8)
     fig.suptitle("HAN: sentence weight (left; * = the deciding sentence) and word weights (shade)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 RECIPE = Recipe("han", "Yang et al. 2016: hierarchical attention on documents where one stdlib-docstring sentence "

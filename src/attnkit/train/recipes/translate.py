@@ -25,7 +25,7 @@ from ...models.transformer import Transformer, TransformerConfig
 from ..config import TrainConfig
 from ..task import Loss, Task
 from . import Options, Recipe, Report
-from .common import fit_part, main_process, seed_everything
+from .common import fit_part, main_process, seed_everything, train_config
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
@@ -183,9 +183,8 @@ def _task(name: str, model: nn.Module, data: Data) -> Task:
 def run(options: Options) -> Report | None:
     sizes = QUICK if options.quick else FULL
     data = make_data(sizes, options.seed)
-    config = TrainConfig(steps=options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=30,
-                         min_lr=0.05, grad_clip=1.0, seed=options.seed, log_every=10 if not options.quick else 2,
-                         checkpoint_every=options.checkpoint_every)
+    config = train_config(options, options.steps or sizes.steps, batch_size=sizes.batch, lr=3e-3, warmup=30,
+                      min_lr=0.05, grad_clip=1.0)
     seed_everything(options.seed)
     models = build_models(data, sizes.dim)
     accuracy: dict[str, dict[int, float]] = {}

@@ -16,10 +16,9 @@ from torch import Tensor, nn
 
 from ...inspect import Capture, capture, rollout
 from ...models.vit import ViT, ViTConfig
-from ..config import TrainConfig
 from ..task import Loss, Task
 from . import Options, Recipe, Report
-from .common import fit_part, main_process, seed_everything
+from .common import fit_part, main_process, seed_everything, train_config
 
 
 @dataclass(frozen=True)
@@ -101,9 +100,8 @@ def run(options: Options) -> Report | None:
     seed_everything(options.seed)
     model = ViT(ViTConfig(image_size=8, patch_size=sizes.patch, channels=1, num_classes=10, dim=sizes.dim,
                           num_layers=sizes.layers, num_heads=4, hidden=2 * sizes.dim, dropout=0.1))
-    config = TrainConfig(steps=options.steps or sizes.steps, batch_size=sizes.batch, lr=2e-3, warmup=50,
-                         weight_decay=0.05, seed=options.seed, log_every=10 if not options.quick else 2,
-                         eval_every=None if options.quick else 250, checkpoint_every=options.checkpoint_every)
+    config = train_config(options, options.steps or sizes.steps, batch_size=sizes.batch, lr=2e-3, warmup=50,
+                      weight_decay=0.05, eval_every=None if options.quick else 250)
     result = fit_part(options, "vit", make_task(model, data, augment=True), config)
     if not main_process():
         return None
