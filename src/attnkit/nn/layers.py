@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -101,13 +103,6 @@ class Block(nn.Module):
         """x (B, N, dim) -> (B, N, dim); the options (``bias``: an additive tensor, an ``attnkit.bias`` object or
         a score function) go to ``MultiHeadAttention.forward``."""
         window = self.window if window is None else window
-        if mask is None and bias is None and self._fusable(x):
-            merged = self.attn.merged_heads(self.attn_norm(x), causal=causal, window=window, cache=cache,
-                                            position_ids=position_ids, key_padding=key_padding)
-            y = x.clone()  # the C call adds into it: the caller's x stays as it was
-            if self._fused_rest(merged, y):
-                return y
-            return self._rest(merged, x, aux_losses)
 
         def attend(h: Tensor) -> Tensor:
             return dropped(self.dropout, self.attn(h, mask=mask, causal=causal, window=window, cache=cache,
@@ -116,13 +111,24 @@ class Block(nn.Module):
         def feed(h: Tensor) -> Tensor:
             return dropped(self.dropout, _ffn_output(self.ffn, h, aux_losses))
 
+        if mask is None and bias is None and self._fusable(x):
+            merged = self.attn.merged_heads(self.attn_norm(x), causal=causal, window=window, cache=cache,
+                                            position_ids=position_ids, key_padding=key_padding)
+            y = x.clone()  # the C call adds into it: the caller's x stays as it was
+            if self._fused_rest(merged, y):
+                return y
+            return self._residuals(self.attn.out_proj(merged), x, feed)  # where the C call declines
         if not self.norm_first:
             x = self.attn_norm(x + attend(x))
             return self.ffn_norm(x + feed(x))
-        h = attend(self.attn_norm(x))
+        return self._residuals(attend(self.attn_norm(x)), x, feed)
+
+    def _residuals(self, h: Tensor, x: Tensor, feed: Callable[[Tensor], Tensor]) -> Tensor:
+        """Pre-norm: x plus the attention branch ``h`` (through Gemma's post-attention norm), then plus the
+        feed-forward branch (through its post norm)."""
         x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
-        h = feed(self.ffn_norm(x))
-        return x + (h if self.post_ffn_norm is None else self.post_ffn_norm(h))
+        f = feed(self.ffn_norm(x))
+        return x + (f if self.post_ffn_norm is None else self.post_ffn_norm(f))
 
 
     def _fusable(self, x: Tensor) -> bool:
@@ -152,13 +158,6 @@ class Block(nn.Module):
             _norm_weight(self.post_attn_norm), self.ffn_norm.weight, self.ffn_norm.eps, self.ffn_norm.unit_offset,
             ffn.gate.weight, ffn.up.weight, ffn.down.weight, ffn.gate.bias, ffn.up.bias, ffn.down.bias,
             ffn.activation, _norm_weight(self.post_ffn_norm)))
-
-    def _rest(self, merged: Tensor, x: Tensor, aux_losses: list[Tensor] | None) -> Tensor:
-        """The block after ``merged`` in PyTorch, as forward computes it (where the C call declines)."""
-        h = self.attn.out_proj(merged)
-        x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
-        f = _ffn_output(self.ffn, self.ffn_norm(x), aux_losses)
-        return x + (f if self.post_ffn_norm is None else self.post_ffn_norm(f))
 
 
 def _norm_weight(norm: nn.Module | None) -> Tensor | None:

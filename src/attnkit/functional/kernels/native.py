@@ -78,9 +78,14 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
+def _turned_off() -> bool:
+    """ATTNKIT_NATIVE=0, read at each call (a dict lookup: tests and users may switch it while running)."""
+    return os.environ.get("ATTNKIT_NATIVE") == "0"
+
+
 def status() -> str:
     """"" when the native forward serves CPU requests, else the reason it does not."""
-    if os.environ.get("ATTNKIT_NATIVE", "1") == "0":
+    if _turned_off():
         return "turned off by ATTNKIT_NATIVE=0"
     return _library()[1]
 
@@ -187,7 +192,7 @@ def decode_ffn(call: FFNCall) -> bool:
 
 def _gemv_library() -> ctypes.CDLL | None:
     """The extension unless it is turned off by ATTNKIT_NATIVE=0 (or cannot run here)."""
-    return None if os.environ.get("ATTNKIT_NATIVE") == "0" else _library()[0]
+    return None if _turned_off() else _library()[0]
 
 
 @lru_cache(maxsize=4096)
