@@ -20,6 +20,12 @@ Strategy: TypeAlias = Literal["ring", "ulysses"]
 STRATEGIES: tuple[Strategy, ...] = ("ring", "ulysses")
 
 
+def check_strategy(strategy: object) -> Strategy:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {strategy!r}")
+    return strategy
+
+
 @overload
 def attention(q: Tensor, k: Tensor, v: Tensor, *, group: Group = ..., strategy: Strategy = ...,
               layout: LayoutName = ..., causal: bool = ..., window: Window | None = ..., mask: MaskLike = ...,
@@ -82,8 +88,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, group: Group = None, strategy:
         >>> torch.allclose(gather(out_part, layout="zigzag"), attnkit.attention(q, k, v, causal=True))
         True
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {strategy!r}")
+    check_strategy(strategy)
     lay = Layout(check_layout(layout), group_size(group))
     _check_local(q, k, v)
     kernel = _check_kernel(kernel, strategy)
@@ -151,4 +156,4 @@ def _global_shape(q: Tensor, k: Tensor, v: Tensor, lay: Layout, group: Group
     return B, H, Hkv, nq * lay.world, nk * lay.world, D, Dv
 
 
-__all__ = ["attention", "Strategy", "STRATEGIES"]
+__all__ = ["attention", "check_strategy", "Strategy", "STRATEGIES"]

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..functional.masks import Device, Mask
-from .comm import Group, guarded
+from .comm import Group, global_rank, guarded
 
 _M32 = 0xFFFFFFFF
 _RESOLUTION = 1 << 24  # the keep decision compares the hash's top 24 bits with round(p * 2^24)
@@ -80,7 +80,7 @@ def draw_seed(group: Group, device: torch.device) -> int:
     """A dropout seed from torch's random generator on the group's first rank, the same on every rank (every rank
     draws one, so their generators advance alike; rank 0's is broadcast)."""
     seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(device)
-    source = 0 if group is None else dist.get_global_rank(group, 0)
+    source = global_rank(group, 0)
     guarded(lambda: dist.broadcast(seed, src=source, group=group), "the dropout seed's broadcast", group)
     return int(seed.item())
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..functional import attention as local_attention
 from ..functional.bias import Bias
 from ..functional.masks import EMPTY, Mask
+from ..functional.masks.base import shape4
 from ..functional.registry import Kernel
 from ..functional.request import softmax_dtype
 from .comm import Group
@@ -106,6 +107,13 @@ class Problem:
         return slice(b * self.chunk_k, (b + 1) * self.chunk_k)
 
 
+def weight(lse: Tensor, total: Tensor) -> Tensor:
+    """exp(lse - total): a block's share of the row's whole softmax; 0 where total is -inf (a row that sees nothing),
+    with finite gradients there too (the inputs are sanitized before the exp, not the result after it)."""
+    empty = total == float("-inf")
+    return torch.exp(torch.where(empty, float("-inf"), lse) - torch.where(empty, 0.0, total))
+
+
 def block_attention(p: Problem, q: Tensor, k: Tensor, v: Tensor, region: Region, bias: Tensor | Bias | None
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """One block through the functional kernels: (out (B, H, nq, Dv), lse (B, H, nq)) over the probabilities dropout
@@ -129,7 +137,7 @@ def block_bias(p: Problem, bias_tensor: Tensor | None, region: Region, q_len: in
     """The ``bias=`` of a block: the global tensor's block (``bias_tensor``, which may be a gradient leaf), or a
     structured bias's view."""
     if bias_tensor is not None:
-        t4 = bias_tensor.reshape((1,) * (4 - bias_tensor.dim()) + tuple(bias_tensor.shape))
+        t4 = bias_tensor.reshape(shape4("bias", bias_tensor))
         return bias_block(t4, region, q_len, k_len)
     return offset_bias(p.bias, region, q_len, k_len)
 

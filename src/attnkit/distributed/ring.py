@@ -25,17 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..functional.masks.base import shape4
 from .comm import TAG_DKV, TAG_KV, Transfer, all_reduce_sum, exchange
-from .problem import Problem, block_attention, block_bias
+from .problem import Problem, block_attention, block_bias, weight
 from .profile import Hop, record
 from .views import bias_block
 
 NEG_INF = float("-inf")
-
-
-def weight(lse: Tensor, total: Tensor) -> Tensor:
-    """exp(lse - total), 0 where total is -inf (a row that sees nothing: -inf - -inf is NaN)."""
-    return torch.where(total == NEG_INF, 0.0, torch.exp(lse - total))
 
 
 def merge(acc: Tensor, total: Tensor, out: Tensor, lse: Tensor, lse_all: Tensor) -> None:
@@ -170,7 +166,7 @@ def ring_backward(p: Problem, q: Tensor, k: Tensor, v: Tensor, bias_tensor: Tens
                 _add(dk[:, :, keys], dk_b)
                 _add(dv[:, :, keys], dv_b)
                 if g.dbias is not None and dbias is not None:
-                    t4 = g.dbias.view((1,) * (4 - g.dbias.dim()) + tuple(g.dbias.shape))
+                    t4 = g.dbias.view(shape4("bias", g.dbias))
                     _add(bias_block(t4, p.region(a, src, b), p.chunk_q, p.chunk_k), dbias)
         if t == 0:
             if dk is not None and dv is not None:

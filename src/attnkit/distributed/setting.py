@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attention import STRATEGIES, Strategy, attention
+from .attention import Strategy, attention, check_strategy
 from .comm import Group, group_size
-from .layout import LAYOUTS, LayoutName, shard
+from .layout import LayoutName, check_layout, shard
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,8 @@ class ContextParallel:
     strategy: Strategy = "ring"
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"ContextParallel.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"ContextParallel.strategy must be one of {', '.join(STRATEGIES)}, "
-                             f"got {self.strategy!r}")
+        check_layout(self.layout)  # the errors attention() gives, at construction
+        check_strategy(self.strategy)
 
     def shard(self, x: Tensor, dim: int = 1) -> Tensor:
         """This process's part of the whole ``x`` along ``dim`` (default 1: the tokens of (B, N) ids)."""

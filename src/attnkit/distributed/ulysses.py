@@ -22,7 +22,7 @@ from ..functional import attention as local_attention
 from ..functional.bias import TensorBias
 from ..functional.kernels.common import repeat_kv
 from .comm import all_reduce_sum, all_to_all
-from .problem import Problem
+from .problem import Problem, block_attention, weight
 from .profile import Hop, record
 from .views import Region, bias_block, offset_bias, offset_mask
 
@@ -82,12 +82,6 @@ class _SumGradOverRanks(torch.autograd.Function):
         return all_reduce_sum(grad.contiguous().clone(), ctx.problem.group, "the bias gradient's all_reduce"), None
 
 
-def _safe_weight(lse: Tensor, total: Tensor) -> Tensor:
-    """exp(lse - total), 0 where total is -inf, with finite gradients there (inputs sanitized before the exp)."""
-    empty = total == float("-inf")
-    return torch.exp(torch.where(empty, float("-inf"), lse) - torch.where(empty, 0.0, total))
-
-
 def ulysses_attention(p: Problem, q: Tensor, k: Tensor, v: Tensor, return_lse: bool) -> tuple[Tensor, Tensor | None]:
     """out (B, H, nq, Dv) and, when asked, lse (B, H, nq) for this rank's sequence shard."""
     B, H, Hkv, Nq, Nk, _, _ = p.shape
@@ -103,21 +97,18 @@ def ulysses_attention(p: Problem, q: Tensor, k: Tensor, v: Tensor, return_lse: b
         bias = bias_block(t4, region, Nq, Nk)
     elif p.bias is not None:
         bias = offset_bias(p.bias, region, Nq, Nk)
-    options = {"bias": bias, "scale": p.scale, "softcap": p.softcap, "kernel": p.kernel}
-    want_lse = return_lse or p.keep is not None
-    res = local_attention(qh, kh, vh, mask=offset_mask(p.kept, region, p.states), return_lse=want_lse, **options)
-    out, lse = res if isinstance(res, tuple) else (res, None)
-    if p.keep is not None:  # the kept probabilities renormalized: back to the whole row's (see problem.block_attention)
-        assert lse is not None
-        _, lse_all = local_attention(qh, kh, vh[..., :0], mask=offset_mask(p.mask, region, p.states), return_lse=True,
-                                     **options)
-        scale = _safe_weight(lse.to(lse_all.dtype), lse_all) / (1 - p.dropout)
-        out, lse = (out.to(scale.dtype) * scale[..., None]).to(q.dtype), lse_all
+    if p.keep is None and not return_lse:  # no log-sum-exp needed: any local kernel serves (sdpa included)
+        out = local_attention(qh, kh, vh, mask=offset_mask(p.kept, region, p.states), bias=bias, scale=p.scale,
+                              softcap=p.softcap, kernel=p.kernel)
+        return _AllToAll.apply(out.contiguous(), p, False), None
+    out, lse, lse_all = block_attention(p, qh, kh, vh, region, bias)
+    if p.keep is not None:  # the kept probabilities renormalized: back to the whole row's (see block_attention)
+        scale = weight(lse.to(lse_all.dtype), lse_all) / (1 - p.dropout)
+        out = (out.to(scale.dtype) * scale[..., None]).to(q.dtype)
     out = _AllToAll.apply(out.contiguous(), p, False)
     if not return_lse:
         return out, None
-    assert lse is not None
-    return out, _AllToAll.apply(lse.contiguous()[..., None], p, False)[..., 0]
+    return out, _AllToAll.apply(lse_all.contiguous()[..., None], p, False)[..., 0]
 
 
 __all__ = ["ulysses_attention", "seq_to_heads", "heads_to_seq", "check_heads"]
