@@ -1,6 +1,7 @@
 """Test options: slow tests (large inputs, > ~10 s) run only with ``--runslow`` (``make test-all``)."""
 
 import os
+import shutil
 
 import pytest
 import tokenizers
@@ -50,3 +51,28 @@ def gpt_dir(tmp_path_factory):
                           attention=AttentionConfig(num_heads=2)))
     hub.save(model, directory, tokenizer)
     return directory
+
+
+# ---- a real browser (Debian's chromium driven by Playwright) for the HTML view's tests --------------------
+
+def missing_browser(reason: str):
+    """Skip, or fail where the browser tests must run (CI sets ATTNKIT_REQUIRE_BROWSER=1)."""
+    if os.environ.get("ATTNKIT_REQUIRE_BROWSER", "") not in ("", "0"):
+        pytest.fail(f"ATTNKIT_REQUIRE_BROWSER is set but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium per test module; skips (or fails, in CI) where it cannot run."""
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing_browser("playwright is not installed (pip install -e '.[test]')")
+    executable = shutil.which("chromium")
+    if executable is None:
+        missing_browser("no `chromium` on PATH (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -341,3 +341,39 @@ def default_sigint() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+def softmax_maps(*shape: int, seed: int = 0, causal: bool = False, first: float = 0.0) -> torch.Tensor:
+    """Seeded random probabilities of ``shape`` (..., Nq, Nk); ``causal``: later keys (bottom-right) get exactly 0;
+    ``first``: added to every logit of the first key (an attention sink)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(*shape, generator=g)
+    logits[..., 0] += first
+    if causal:
+        nq, nk = shape[-2:]
+        logits = logits.masked_fill(torch.ones(nq, nk, dtype=torch.bool).triu(nk - nq + 1), float("-inf"))
+    return logits.softmax(-1)
+
+
+def embedded(page: str) -> dict:
+    """The data an attnkit HTML page carries (its JSON element)."""
+    import json
+    import re
+
+    match = re.search(r'<script type="application/json" id="attnkit-data">(.*?)</script>', page, re.DOTALL)
+    assert match, "no data element"
+    return json.loads(match.group(1))
+
+
+def unpack(packed: dict):
+    """A map the page packed as base64 integers, back as float64 (numpy)."""
+    import base64
+
+    import numpy as np
+
+    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype="<u1" if packed["bytes"] == 1 else "<u2")
+    return raw.reshape(packed["shape"]).astype(np.float64) / packed["scale"]
+
+
+def words(n: int) -> list[str]:
+    return [f"w{i}" for i in range(n)]

@@ -11,9 +11,7 @@ on the first token's logits, added to the attention call itself, so the recorded
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 
 import pytest
 import torch
@@ -259,38 +257,23 @@ def test_a_rollout_that_drains_to_the_first_token_is_named_as_such(decoder, toke
     assert SINK_PHRASE not in summary and table_rows(summary)[-1][0] == "first: The"
 
 
-def missing_browser(reason: str):
-    """As tests/test_inspect_html.py: skip, or fail where the browser tests must run (CI)."""
-    if os.environ.get("ATTNKIT_REQUIRE_BROWSER", "") not in ("", "0"):
-        pytest.fail(f"ATTNKIT_REQUIRE_BROWSER is set but {reason}")
-    pytest.skip(reason)
-
-
-def test_the_page_draws_later_tokens_as_masked(decoder, tokenizer, tmp_path):
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing_browser("playwright is not installed (pip install -e '.[test]')")
-    if shutil.which("chromium") is None:
-        missing_browser("no `chromium` on PATH (Debian: apt-get install chromium)")
+def test_the_page_draws_later_tokens_as_masked(decoder, tokenizer, tmp_path, browser):
     with FirstTokenBias(decoder, {1, 2}, strength=6.0):
         e = explain(TEXT, (decoder, tokenizer), focus=4)
     path = write_html(e, tmp_path / "view.html")
     n = len(e.tokens)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(path.resolve().as_uri())
-        page.wait_for_selector("body[data-ready=true]", timeout=10_000)
-        pixels = page.evaluate("""() => { const c = document.querySelector('#detail-map canvas');
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            return Array.from({length: c.width * c.height}, (_, i) => [d[4 * i], d[4 * i + 1], d[4 * i + 2]]); }""")
-        sink_text = page.inner_text("#sink")
-        bars = page.locator("#rollout-bars .bar-row").count()
-        rest = page.locator("#rollout-rest .bar-row").count()
-        browser.close()
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_selector("body[data-ready=true]", timeout=10_000)
+    pixels = page.evaluate("""() => { const c = document.querySelector('#detail-map canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return Array.from({length: c.width * c.height}, (_, i) => [d[4 * i], d[4 * i + 1], d[4 * i + 2]]); }""")
+    sink_text = page.inner_text("#sink")
+    bars = page.locator("#rollout-bars .bar-row").count()
+    rest = page.locator("#rollout-rest .bar-row").count()
+    page.close()
     assert not errors, errors
     grey = [[pixels[q * n + k] == [222, 222, 222] for k in range(n)] for q in range(n)]
     assert torch.equal(torch.tensor(grey), torch.ones(n, n, dtype=torch.bool).triu(1))

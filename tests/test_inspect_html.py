@@ -8,11 +8,9 @@ from the bundled model.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import embedded, unpack, words
 
 from attnkit.inspect import Explanation, explain, rollout
 from attnkit.inspect.explanation import make_bins, pool
@@ -50,8 +49,6 @@ def synthetic(tokens: list[str], *, layers: int = 2, heads: int = 3, max_tokens:
         notes=["note: synthetic maps"])
 
 
-def words(n: int) -> list[str]:
-    return [f"w{i}" for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +67,8 @@ def seed() -> Explanation:
     return explain(SCRIPT_SENTENCE)
 
 
-def embedded(page: str) -> dict:
-    match = re.search(r'<script type="application/json" id="attnkit-data">(.*?)</script>', page, re.DOTALL)
-    assert match, "no data element"
-    return json.loads(match.group(1))
 
 
-def unpack(packed: dict) -> np.ndarray:
-    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype="<u1" if packed["bytes"] == 1 else "<u2")
-    return raw.reshape(packed["shape"]).astype(np.float64) / packed["scale"]
 
 
 # ---- the file, without a browser -------------------------------------------------------------------------
@@ -149,28 +139,6 @@ def test_write_html_is_atomic_and_creates_folders(hostile, tmp_path):
 
 
 # ---- a real browser --------------------------------------------------------------------------------------
-
-def missing_browser(reason: str):
-    """Skip, or fail where the browser tests must run (CI sets ATTNKIT_REQUIRE_BROWSER=1)."""
-    if os.environ.get("ATTNKIT_REQUIRE_BROWSER", "") not in ("", "0"):
-        pytest.fail(f"ATTNKIT_REQUIRE_BROWSER is set but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing_browser("playwright is not installed (pip install -e '.[test]')")
-    executable = shutil.which("chromium")
-    if executable is None:
-        missing_browser("no `chromium` on PATH (Debian: apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
-
 
 class View:
     """A page showing one explanation, with everything it did recorded."""

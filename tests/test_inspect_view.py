@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import html.parser
-import json
 import re
 
 import numpy as np
 import pytest
 import torch
+from helpers import embedded, softmax_maps, unpack, words
 
 from attnkit.inspect import Explanation, as_view, capture, render_html, view, write_html
 from attnkit.inspect.explanation import SINK_SHARE, find_sink, make_bins, pool
@@ -28,31 +28,12 @@ FR = ["le", "chat", "noir", "dort", "sur", "le", "tapis"]
 EN = ["the", "black", "cat", "sleeps", "on", "the", "mat", "."]
 
 
-def softmax_maps(*shape: int, seed: int = 0, causal: bool = False, first: float = 0.0) -> torch.Tensor:
-    """Seeded random probabilities of ``shape`` (..., Nq, Nk); ``causal``: later keys (bottom-right) get exactly 0;
-    ``first``: added to every logit of the first key (an attention sink)."""
-    g = torch.Generator().manual_seed(seed)
-    logits = 3 * torch.randn(*shape, generator=g)
-    logits[..., 0] += first
-    if causal:
-        nq, nk = shape[-2:]
-        logits = logits.masked_fill(torch.ones(nq, nk, dtype=torch.bool).triu(nk - nq + 1), float("-inf"))
-    return logits.softmax(-1)
 
 
-def embedded(page: str) -> dict:
-    match = re.search(r'<script type="application/json" id="attnkit-data">(.*?)</script>', page, re.DOTALL)
-    assert match, "no data element"
-    return json.loads(match.group(1))
 
 
-def unpack(packed: dict) -> np.ndarray:
-    raw = np.frombuffer(base64.b64decode(packed["data"]), dtype="<u1" if packed["bytes"] == 1 else "<u2")
-    return raw.reshape(packed["shape"]).astype(np.float64) / packed["scale"]
 
 
-def words(n: int) -> list[str]:
-    return [f"w{i}" for i in range(n)]
 
 
 @pytest.fixture(scope="module")

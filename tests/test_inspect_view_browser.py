@@ -9,12 +9,11 @@ with the reason, when either is missing (and failed instead under ATTNKIT_REQUIR
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from helpers import softmax_maps
 
 from attnkit.inspect import view
 
@@ -25,13 +24,6 @@ TARGET = ["the", "black", "cat", "sleeps", "</title><img src=x onerror=window.__
 NARROW = {"width": 390, "height": 800}
 
 
-def softmax_maps(*shape: int, seed: int = 0, causal: bool = False, first: float = 0.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    logits = 3 * torch.randn(*shape, generator=g)
-    logits[..., 0] += first
-    if causal:
-        logits = logits.masked_fill(torch.ones(*shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
-    return logits.softmax(-1)
 
 
 def cross_view():
@@ -68,27 +60,6 @@ def explanation_view():
                     layer=3, head=0, causal=False, maps=probs, bins=[(i, i + 1) for i in range(40)],
                     focus_rows=probs[:, :, 20].clone(), rollout=rolled, rollout_row=rolled[20].clone())
     return as_view(e)
-
-
-def missing_browser(reason: str):
-    if os.environ.get("ATTNKIT_REQUIRE_BROWSER", "") not in ("", "0"):
-        pytest.fail(f"ATTNKIT_REQUIRE_BROWSER is set but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing_browser("playwright is not installed (pip install -e '.[test]')")
-    executable = shutil.which("chromium")
-    if executable is None:
-        missing_browser("no `chromium` on PATH (Debian: apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 class Page:
