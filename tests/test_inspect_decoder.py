@@ -18,7 +18,7 @@ import torch
 
 from attnkit import hub
 from attnkit.cli import main
-from attnkit.inspect import capture, explain, render_html, write_html
+from attnkit.inspect import as_view, capture, explain, render_html, write_html
 from attnkit.inspect.explanation import choose_focus, make_bins
 from attnkit.models import GPT, AttentionConfig, GPTConfig
 from attnkit.nn.attention import MultiHeadAttention
@@ -144,7 +144,7 @@ def test_the_focus_sees_only_earlier_tokens(decoder, tokenizer, focus):
     later = torch.ones(n, n, dtype=torch.bool).triu(1)
     assert maps[..., later].abs().max() == 0 and maps[..., ~later].min() > 0  # what the model computes
     torch.testing.assert_close(e.focus_rows, maps[:, :, focus], rtol=0, atol=0)
-    assert torch.equal(e.masked_cells(), later) and e.visible == focus + 1
+    assert torch.equal(as_view(e).masked_cells(), later) and e.visible == focus + 1
     summary = e.summary()
     assert f"a decoder: it attends to the {focus + 1} tokens up to it (0-{focus}), none after" in summary
     rows = table_rows(summary)
@@ -165,9 +165,9 @@ def test_pooled_masked_cells_are_those_whose_keys_all_come_later():
                     layer=0, head=0, causal=True, maps=torch.zeros(1, 1, 4, 4), bins=bins,
                     focus_rows=torch.zeros(1, 1, 10), rollout=torch.zeros(4, 4), rollout_row=torch.zeros(10))
     expected = torch.tensor([[max(range(*bins[q])) < min(range(*bins[k])) for k in range(4)] for q in range(4)])
-    assert torch.equal(e.masked_cells(), expected)
+    assert torch.equal(as_view(e).masked_cells(), expected)
     e.causal = False
-    assert not e.masked_cells().any()
+    assert not as_view(e).masked_cells().any()
 
 
 def test_figures_draw_later_tokens_as_masked(decoder, tokenizer, tmp_path):
@@ -178,7 +178,7 @@ def test_figures_draw_later_tokens_as_masked(decoder, tokenizer, tmp_path):
 
     e = explain(TEXT, (decoder, tokenizer), focus=4)
     fig, ax = plt.subplots()
-    image = figures._heatmap(ax, e.maps[0, 0], e.bin_labels(), "t", e.masked_cells())
+    image = figures._heatmap(ax, e.maps[0, 0], as_view(e).queries.labels(), "t", as_view(e).masked_cells())
     n = len(e.tokens)
     assert torch.equal(torch.from_numpy(image.get_array().mask), torch.ones(n, n, dtype=torch.bool).triu(1))
     plt.close(fig)

@@ -114,16 +114,6 @@ class Explanation:
         """Token ``i`` as the terminal shows it alone: a word piece with "·" where it joins ("Cu·", "·rie")."""
         return label(self.tokens, self.joins, i)
 
-    def bin_labels(self) -> list[str]:
-        """A label per bin: the token itself, or "first…last" for a pooled range."""
-        return [self.tokens[a] if b - a == 1 else f"{self.tokens[a]}…{self.tokens[b - 1]}" for a, b in self.bins]
-
-    def masked_cells(self) -> Tensor:
-        """(M, M) bool: the cells of ``maps`` that no query of the row's bin may attend to, every key of the
-        column's bin coming after all of them (a decoder's upper triangle); all False for an encoder."""
-        starts, ends = torch.tensor(self.bins, dtype=torch.long).reshape(-1, 2).T  # (M,) each
-        return (starts[None, :] >= ends[:, None]) & self.causal  # (M query bins, M key bins)
-
     def to_view(self) -> View:
         """This explanation as a :class:`~attnkit.inspect.View` (what ``as_view``, the page and the figures draw):
         its maps (pooled as they are), focus token, detail head, notes and sink sentence, and itself (for its

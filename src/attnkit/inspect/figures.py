@@ -129,7 +129,7 @@ def write_figures(source: ViewData | ViewSource, directory: str | os.PathLike[st
     with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "attnkit", "font.size": 8, "text.usetex": False}):
         written = _maps(plt, v, directory, formats)
         if v.explanation is not None:
-            written += _rollout(plt, v.explanation, directory, formats)
+            written += _rollout(plt, v, directory, formats)
         if v.image is not None and v.focus is not None:
             written += _image(plt, v, directory, formats)
     return written
@@ -167,16 +167,19 @@ def _maps(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Pat
     return written + _save(plt, fig, directory / "layers_mean", formats)
 
 
-def _rollout(plt, e: ExplanationData, directory: Path, formats: Sequence[str]) -> list[Path]:
-    """An explanation's rollout map and its focus token's rollout bars (and, with a sink, without the first)."""
-    labels = e.bin_labels()
+def _rollout(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Path]:
+    """An explanation's rollout map and its focus token's rollout bars (and, with a sink, without the first): the
+    view's bins, labels and masked cells."""
+    e = v.explanation
+    assert e is not None
+    labels = v.queries.labels()
     grey = "\n(grey: masked, a decoder's token sees no later token)" if e.causal else ""
     size = min(12.0, 3.0 + 0.22 * len(labels))
     rest = e.sink() is not None and e.visible > 1  # a third panel: the bars without the first token
     fig, axes = plt.subplots(1, 3 if rest else 2, figsize=((2.6 if rest else 2) * size + 1, size),
                              gridspec_kw={"width_ratios": [1, 0.6, 0.6] if rest else [1, 0.6]})
     _heatmap(axes[0], e.rollout, labels, f"{e.model_name}: attention rollout (Abnar & Zuidema 2020){grey}",
-             e.masked_cells())
+             v.masked_cells())
     seen = f",\nof the {e.visible} tokens up to it" if e.causal else ""
     _bars(axes[1], e, e.rollout_row, range(e.visible), f"rollout of {e.tokens[e.focus]!r} (token {e.focus}){seen}",
           "share of the final representation")
