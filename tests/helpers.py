@@ -377,3 +377,33 @@ def unpack(packed: dict):
 
 def words(n: int) -> list[str]:
     return [f"w{i}" for i in range(n)]
+
+
+class RecordedPage:
+    """A local file opened in the browser with every console error, page error, request and dialog recorded, and
+    any request that leaves the file:// scheme blocked (the view's pages must work offline)."""
+
+    def __init__(self, browser, path, **page_options):
+        self.uri = path.resolve().as_uri()
+        self.errors, self.requests, self.blocked, self.dialogs = [], [], [], []
+        self.page = browser.new_page(**{"viewport": {"width": 1300, "height": 900}, **page_options})
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.route("**/*", self._route)
+
+    def _route(self, route):
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def clean(self) -> None:
+        """No error, no dialog, no injected code ran, no request but the file itself (and about: frames)."""
+        assert not self.errors, self.errors
+        assert not self.dialogs, f"a dialog opened: {self.dialogs}"
+        assert self.page.evaluate("() => window.__pwned") is None, "injected code ran"
+        others = [r for r in self.requests if r != self.uri and not r.startswith("about:")]
+        assert not others and not self.blocked, f"requests {self.requests}, blocked {self.blocked}"

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import embedded, unpack, words
+from helpers import RecordedPage, embedded, unpack, words
 
 from attnkit.inspect import Explanation, explain, rollout
 from attnkit.inspect.explanation import make_bins, pool
@@ -140,29 +140,15 @@ def test_write_html_is_atomic_and_creates_folders(hostile, tmp_path):
 
 # ---- a real browser --------------------------------------------------------------------------------------
 
-class View:
+class View(RecordedPage):
     """A page showing one explanation, with everything it did recorded."""
 
     def __init__(self, browser, path):
-        self.uri = path.resolve().as_uri()
-        self.errors, self.requests, self.blocked, self.dialogs = [], [], [], []
-        self.page = browser.new_page(viewport={"width": 1300, "height": 900})
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
-        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.route("**/*", self._route)
+        super().__init__(browser, path)
         start = time.perf_counter()
         self.page.goto(self.uri)
         self.page.wait_for_selector("body[data-ready=true]", timeout=10_000)
         self.seconds = time.perf_counter() - start
-
-    def _route(self, route):
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
 
     def count(self, selector: str) -> int:
         return self.page.locator(selector).count()
@@ -176,10 +162,8 @@ class View:
         return [dict(zip(("head", "from", "to", "hl"), link)) for link in json.loads(shown)]
 
     def clean(self) -> None:
-        assert not self.errors, self.errors
-        assert not self.dialogs, f"a dialog opened: {self.dialogs}"
-        assert self.page.evaluate("() => window.__pwned") is None, "injected code ran"
-        assert self.requests == [self.uri] and not self.blocked, f"requests {self.requests}, blocked {self.blocked}"
+        super().clean()
+        assert self.requests == [self.uri], f"requests {self.requests}"  # the explain page has no frames
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import softmax_maps
+from helpers import RecordedPage, softmax_maps
 
 from attnkit.inspect import view
 
@@ -62,37 +62,16 @@ def explanation_view():
     return as_view(e)
 
 
-class Page:
+class Page(RecordedPage):
     """A file opened in the browser, with every error, request and dialog recorded."""
 
     def __init__(self, browser, path, viewport=None, scheme="light"):
-        self.uri = path.resolve().as_uri()
-        self.errors, self.requests, self.blocked, self.dialogs = [], [], [], []
-        self.page = browser.new_page(viewport=viewport or {"width": 1300, "height": 900}, color_scheme=scheme)
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
-        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.route("**/*", self._route)
+        super().__init__(browser, path, color_scheme=scheme, **({"viewport": viewport} if viewport else {}))
         self.page.goto(self.uri)
-
-    def _route(self, route):
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
 
     def ready(self, frame=None):
         (frame or self.page).wait_for_selector("body[data-ready=true]", timeout=10_000)
         return self
-
-    def clean(self) -> None:
-        assert not self.errors, self.errors
-        assert not self.dialogs, f"a dialog opened: {self.dialogs}"
-        assert self.page.evaluate("() => window.__pwned") is None, "injected code ran"
-        others = [r for r in self.requests if r != self.uri and not r.startswith("about:")]
-        assert not others and not self.blocked, f"requests {self.requests}, blocked {self.blocked}"
 
     def pixels(self, selector: str) -> np.ndarray:
         """(height, width, 3) of a canvas."""
