@@ -365,7 +365,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"--model {args.model}: the checkpoint has no tokenizer files")
     focus = args.focus_index if args.focus_index is not None else args.focus
     e = explain(text, (model, tokenizer), focus=focus, layer=args.layer, head=args.head, kernel=args.kernel,
-                max_tokens=args.max_tokens)
+                max_tokens=args.max_tokens, attribution=args.attribution, steps=args.steps)
     e.model_name = args.model or DEFAULT_MODEL  # a loaded model is named by its class; show what the user named
     print(e.summary(top=args.top))
     if out is None:
@@ -519,8 +519,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(rollout). A decoder's token attends only to the tokens up to it, and its "
                                    "maps show later tokens as masked; when most of its attention goes to the "
                                    "first token (an attention sink), the report says so and ranks the others "
-                                   "without it. Writes DIR/attention.html (self-contained, works offline) and "
-                                   "PNG/SVG figures.")
+                                   "without it. --attribution measures how far attention is from explanation: "
+                                   "each method's ranking of the tokens against the effect of masking each one "
+                                   "out. Writes DIR/attention.html (self-contained, works offline) and PNG/SVG "
+                                   "figures.",
+                       epilog="examples:\n"
+                              "  attnkit explain \"The animal didn't cross the street because it was too tired\"\n"
+                              "  attnkit explain --focus it --attribution \"The trophy didn't fit in the suitcase "
+                              "because it was too big\"\n"
+                              "  attnkit explain --model HuggingFaceTB/SmolLM2-135M-Instruct --attribution "
+                              "\"The capital of France is Paris, and the capital of Germany is\"\n"
+                              "  echo \"a longer text ...\" | attnkit explain --formats png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help=f"the text (default: standard input when it is not a terminal, else "
                                            f"{SEED_SENTENCE!r})")
     p.add_argument("--model", help="checkpoint name or directory: a BERT-family encoder, or a decoder: GPT-2 or "
@@ -543,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longer texts are shown pooled into this many token ranges (default 128)")
     p.add_argument("--top", type=positive_int, default=3,
                    help="most-attended tokens per layer in the table (default 3)")
+    p.add_argument("--attribution", action="store_true",
+                   help="also rank the tokens by attention, rollout, attention x gradient, gradient x input and "
+                        "integrated gradients, each against the effect of masking the token out (Spearman's rho)")
+    p.add_argument("--steps", type=positive_int, default=50,
+                   help="integrated gradients' steps, with --attribution (default 50)")
     p.set_defaults(func=cmd_explain)
     _add_bench(sub)
     add_train(sub)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.checks import check_index, check_int
+from .attribution import Attribution, attribute
 from .capture import capture, multi_head_layers
 from .pooling import make_bins, pool
 from .rollout import rollout
@@ -74,6 +75,8 @@ class Explanation:
         notes: lines for the report and the page: truncation, pooling, what a ``focus`` word matched.
         joins: N flags: True for a token that continues the previous token's word (a word piece after the
             first); the terminal shows "·" there (``tokens.label``). Empty: no word pieces marked.
+        attributions: attention against attribution for the focus token (``explain(..., attribution=True)``;
+            :class:`~attnkit.inspect.attribution.Attribution`), else None.
     """
 
     text: str
@@ -92,6 +95,7 @@ class Explanation:
     truncated: bool = False
     notes: list[str] = field(default_factory=list)
     joins: list[bool] = field(default_factory=list)
+    attributions: Attribution | None = None
 
     @property
     def num_layers(self) -> int:
@@ -231,6 +235,8 @@ class Explanation:
                          f"beyond special tokens{', the first token' if self.causal else ''} and itself.")
         lines.append("")
         lines += self._rollout_lines(top)
+        if self.attributions is not None:
+            lines += ["", self.attributions.summary(focus, self.label, top)]
         return "\n".join(lines)
 
     def _rollout_lines(self, top: int) -> list[str]:
@@ -297,7 +303,7 @@ def _kernel(model: nn.Module, kernel: str | None) -> Iterator[None]:
 @torch.no_grad()
 def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = None, layer: int | None = None,
             head: int | None = None, kernel: str | None = None, max_tokens: int = 128,
-            max_length: int | None = None) -> Explanation:
+            max_length: int | None = None, attribution: bool = False, steps: int = 50) -> Explanation:
     """Run ``text`` through ``model`` and gather what ``Explanation`` holds (see the module docstring).
 
     Args:
@@ -315,10 +321,16 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
             An approximate one ("linear", "performer") is a ValueError: it would change what the model computes.
         max_tokens: texts longer than this are shown pooled into this many token ranges.
         max_length: truncate the text to this many tokens (default: the tokenizer's limit).
+        attribution: also measure attention against attribution for the focus token (``attributions``: raw
+            attention, rollout, attention x gradient, gradient x input and integrated gradients, each ranked
+            against the effect of masking each token out; ``attnkit.inspect.attribution``). Costs a backward
+            pass per 32 directions, ``steps`` of them for integrated gradients, and one forward per token.
+        steps: integrated gradients' steps (with ``attribution``).
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
     check_int("max_tokens", max_tokens, minimum=2)
+    check_int("steps", steps, minimum=1)
     check_exact_kernel(kernel)
     model, tokenizer, name = _load(model, tokenizer)
     if tokenizer is None:
@@ -361,6 +373,11 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
     if explanation.pooled:
         explanation.notes.append(f"note: {n} tokens; maps are shown pooled into {len(bins)} token ranges "
                                  f"(--max-tokens to change)")
+    if attribution:
+        with _kernel(model, kernel):
+            explanation.attributions = attribute(model, ids, focus=focus, causal=causal, focus_rows=focus_rows,
+                                                 rollout_row=explanation.rollout_row, special=special, decode=decode,
+                                                 steps=steps)
     return explanation
 
 

@@ -143,7 +143,7 @@ def attnkit_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value
     recorders = _RECORDERS.get(module)
     if recorders:
         call = AttentionCall(q=query, k=key, mask=mask, causal=causal, window=None, bias=bias, scale=scaling,
-                             softcap=softcap, key_positions=torch.arange(key.shape[2], device=key.device))
+                             softcap=softcap, key_positions=torch.arange(key.shape[2], device=key.device), v=value)
         for recorder in list(recorders.values()):
             recorder(module, call)
     out = attention(query, key, value, mask=mask, causal=causal, bias=bias, scale=scaling, softcap=softcap,

@@ -36,10 +36,11 @@ Window = tuple[int | None, int | None]
 class AttentionCall:
     """What a recorder receives from one attention call: enough to recompute its maps exactly.
 
-    ``q`` is (B, H, Nq, D) and ``k`` (B, Hkv, Nk, D), after projections, positions and the cache;
-    the other fields are the options handed to ``attnkit.attention``, and ``key_positions`` (Nk,) says which
-    token each key column is (its stream position; -1 = an empty cache slot): a ring-buffer cache hands
-    its keys over in slot order, not in token order.
+    ``q`` is (B, H, Nq, D) and ``k`` (B, Hkv, Nk, D), after projections, positions and the cache, and ``v``
+    (B, Hkv, Nk, Dv) the values they weigh (None where a caller does not hand them over); the other fields are
+    the options handed to ``attnkit.attention``, and ``key_positions`` (Nk,) says which token each key column is
+    (its stream position; -1 = an empty cache slot): a ring-buffer cache hands its keys over in slot order, not
+    in token order.
     """
 
     q: Tensor
@@ -51,6 +52,7 @@ class AttentionCall:
     scale: float | None
     softcap: float | None
     key_positions: Tensor
+    v: Tensor | None = None
 
     def weights(self, heads: list[int] | None = None) -> Tensor:
         """Attention probabilities (B, len(heads) or H, Nq, Nk), from the reference kernel."""
@@ -203,7 +205,7 @@ class MultiHeadAttention(nn.Module):
             k, v = self._context_kv(context, cache)
             mask = _with_key_padding(mask, key_padding, k.shape[2])
             call = AttentionCall(q, k, mask, causal, window, bias, self.scale, self.softcap,
-                                 stream_positions(k.shape[2], k.device))
+                                 stream_positions(k.shape[2], k.device), v)
         else:
             call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias, projected)
         for recorder in list(self._recorders.values()):
@@ -271,7 +273,7 @@ class MultiHeadAttention(nn.Module):
         if self.positions is not None:
             scheme = self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
             bias = _sum_biases(bias, scheme, (b, self.num_heads, n, view.k.shape[2]), q)
-        call = AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap, view.positions)
+        call = AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap, view.positions, view.v)
         return call, view.v
 
     @classmethod
