@@ -7,9 +7,30 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..distributed.attention import Strategy, check_strategy
+from ..distributed.layout import LayoutName, check_layout
 from ..functional.checks import check_int, is_positive_finite
 
 Precision = Literal["float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class ContextParallelConfig:
+    """Context parallelism: every sequence of a batch split over ``size`` processes (``attnkit.distributed``).
+
+    The processes of a run form groups of ``size`` consecutive ranks; a group shares one micro-batch, each process
+    holding its part of every sequence (``layout``), and the groups are the data-parallel replicas. ``size`` = the
+    number of processes: every process holds a part of every sequence.
+    """
+
+    size: int = 2  # processes that share one sequence; must divide the number of processes (1 = off)
+    layout: LayoutName = "zigzag"  # zigzag balances causal attention's work over the processes
+    strategy: Strategy = "ring"  # "ulysses": all-to-all over heads (the head count must divide by size)
+
+    def __post_init__(self) -> None:
+        check_int("ContextParallelConfig.size", self.size, minimum=1)
+        check_layout(self.layout)
+        check_strategy(self.strategy)
 
 
 @dataclass
@@ -32,6 +53,7 @@ class TrainConfig:
     eval_every: int | None = None  # evaluate every this many steps; None = only at the end
     checkpoint_every: int | None = None  # write DIR/checkpoint.pt every this many steps (and at the end)
     timeout_s: float = 120.0  # a collective that waits longer (a process died or hangs) raises
+    context_parallel: ContextParallelConfig | None = None  # split each sequence over processes; None = whole
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "accumulation", "log_every"):
@@ -54,6 +76,16 @@ class TrainConfig:
         if not is_positive_finite(self.timeout_s):
             raise ValueError(f"TrainConfig.timeout_s must be positive, got {self.timeout_s}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.context_parallel is not None and not isinstance(self.context_parallel, ContextParallelConfig):
+            raise TypeError("TrainConfig.context_parallel must be a ContextParallelConfig or None, got "
+                            f"{type(self.context_parallel).__name__}")
+        if self.context_parallel is not None and self.context_parallel.size == 1:
+            self.context_parallel = None  # one process per sequence: the plain loop, one way to write it
+
+    @property
+    def context_size(self) -> int:
+        """Processes that share one sequence (1 without context parallelism)."""
+        return 1 if self.context_parallel is None else self.context_parallel.size
 
     def learning_rate(self, step: int) -> float:
         """The rate of optimizer step ``step`` (0-based): linear warm-up, then cosine down to min_lr * lr."""
@@ -63,11 +95,13 @@ class TrainConfig:
         progress = min(1.0, (step - self.warmup) / decay_steps)
         return self.lr * (self.min_lr + (1 - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def micro_batch(self, world_size: int) -> int:
-        """Examples per forward on each process; a ValueError when the global batch does not split evenly."""
-        parts = world_size * self.accumulation
+    def micro_batch(self, replicas: int) -> int:
+        """Examples per forward on each process, given the data-parallel ``replicas`` (the processes, or their
+        context-parallel groups); a ValueError when the global batch does not split evenly."""
+        parts = replicas * self.accumulation
         if self.batch_size % parts:
-            raise ValueError(f"batch_size={self.batch_size} must split evenly over {world_size} process(es) x "
+            what = "process(es)" if self.context_parallel is None else "context-parallel group(s)"
+            raise ValueError(f"batch_size={self.batch_size} must split evenly over {replicas} {what} x "
                              f"{self.accumulation} accumulation step(s)")
         return self.batch_size // parts
 
@@ -78,4 +112,6 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         fields: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in values.items() if k in known}
+        if isinstance(fields.get("context_parallel"), dict):  # asdict() wrote the sub-config as a dict
+            fields["context_parallel"] = ContextParallelConfig(**fields["context_parallel"])
         return cls(**fields)

@@ -1,14 +1,23 @@
 """The training loop: :func:`fit` trains a :class:`~attnkit.train.task.Task` for ``config.steps`` optimizer steps.
 
-One step, on each of the W processes (W = 1 without torchrun)::
+One step, on each of the W processes (W = 1 without torchrun), R = W / C data-parallel replicas of C processes
+each (C = 1 without context parallelism)::
 
     indices = order.step(step)                         # the global batch, a function of (seed, step)
-    for micro in shard(indices, rank, W, accumulation):
-        loss = task.loss(model, task.batch(micro))     # a sum over items, and their count
-        loss.total.backward()                          # DDP averages the gradients over processes
+    for micro in shard(indices, rank // C, R, accumulation):
+        batch = task.batch(micro)                      # the same on the C processes of a replica
+        batch = task.split(batch, setting)             # with C > 1: this process's part of each sequence
+        loss = task.loss(model, batch)                 # a sum over (this part's) items, and their count
+        loss.total.backward()                          # DDP averages the gradients over all W processes
     total, count = all_sum(...)                        # over the global batch
     grads *= W / count                                 # = d(total / count): the mean over the global batch
     clip; lr = config.learning_rate(step); AdamW step
+
+Why ``W / count`` holds with context parallelism too: process p's gradient g_p is that of its summed loss over
+its items (its micro-batches' part of each sequence: attention's backward sends each key's gradient to the
+process that holds it). The global batch's summed loss is the sum over all W processes' items, so its gradient
+is sum_p g_p; DDP gives sum_p g_p / W on every process, and ``W / count`` turns it into the mean over the
+global batch's ``count`` items: summed over each context-parallel group, averaged over the replicas.
 
 Files in ``out`` (main process only): ``metrics.jsonl`` (one JSON object per logged step and per evaluation),
 ``loss.png``, and ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end. ``resume=True`` continues
@@ -34,7 +43,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..distributed import ContextParallel
 from ..files import write_text
+from ..nn import use_context_parallel
+from ..nn.ssm import SelectiveSSM
 from . import checkpoint, parallel
 from .config import TrainConfig
 from .parallel import World
@@ -144,10 +156,11 @@ class _Run:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=config.lr,
                                            betas=config.betas)
         self.order = Order(task.size, config.batch_size, config.seed)
-        config.micro_batch(world.size)  # refuse a batch that does not split, before anything runs
+        config.micro_batch(world.replicas)  # refuse a batch that does not split, before anything runs
         self.step = 0
+        self.setting = _context_parallel(task, config, world)
         self.trained: nn.Module = self.model
-        if world.size > 1:
+        if world.size > 1:  # over every process: the sum of the replicas' and of the groups' parts (see above)
             self.trained = DistributedDataParallel(self.model)
 
     def state(self) -> dict[str, Any]:
@@ -183,12 +196,15 @@ class _Run:
         c, world = self.config, self.world
         for group in self.optimizer.param_groups:
             group["lr"] = c.learning_rate(self.step)
-        micro = shard(self.order.step(self.step), world.rank, world.size, c.accumulation)
+        micro = shard(self.order.step(self.step), world.replica, world.replicas, c.accumulation)
         # summed loss, item count, the rate's items: added on the device, read once after the all-reduce (no sync
         # per micro-batch on CUDA)
         total = torch.zeros(3, dtype=torch.float64, device=world.device)
         for i, indices in enumerate(micro):
             batch = self.task.batch(indices)
+            if self.setting is not None:
+                assert self.task.split is not None  # _context_parallel checked it
+                batch = self.task.split(batch, self.setting)
             sync: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
             if isinstance(self.trained, DistributedDataParallel) and i < len(micro) - 1:
                 sync = self.trained.no_sync()  # gradients summed locally; the last micro-batch all-reduces
@@ -196,7 +212,8 @@ class _Run:
                 with torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=c.precision == "bfloat16"):
                     loss = self.task.loss(self.trained, batch)
                 loss.total.backward()  # outside autocast, as PyTorch advises
-            items = self.task.items(batch) if self.task.items is not None else len(indices)
+            # the rate's items: this part's (they sum to the batch's), or the examples, which a group shares
+            items = self.task.items(batch) if self.task.items is not None else len(indices) / world.context
             counted = torch.as_tensor(loss.count, dtype=torch.float64).to(total.device)
             total += torch.stack([loss.total.detach().to(total), counted, total.new_tensor(float(items))])
         flags = torch.cat([total, total.new_tensor([float(stop.requested)])])
@@ -218,12 +235,42 @@ class _Run:
             return {}
         generators = checkpoint.rng_state()  # evaluating draws nothing the training sees: every generator restored
         self.model.eval()
+        if self.setting is not None:
+            use_context_parallel(self.model, None)  # only this process evaluates: on whole sequences
         try:
             with torch.no_grad():
                 return {k: float(v) for k, v in self.task.evaluate(self.model).items()}
         finally:
             self.model.train()
+            if self.setting is not None:
+                use_context_parallel(self.model, self.setting)
             checkpoint.set_rng_state(generators)
+
+    def release(self) -> None:
+        """The model as it came: attention on whole sequences again."""
+        if self.setting is not None:
+            use_context_parallel(self.model, None)
+
+
+def _context_parallel(task: Task, config: TrainConfig, world: World) -> ContextParallel | None:
+    """With ``config.context_parallel``: this process's group, set on the model's self-attention layers; a
+    ValueError for a task that cannot split its sequences, before any group is made."""
+    cp = config.context_parallel
+    if cp is None:
+        return None
+    if task.split is None:
+        raise ValueError("TrainConfig.context_parallel: this Task cannot split its sequences over processes; give it "
+                         "split=(batch, setting) -> this process's part of each sequence (docs/training.md)")
+    for module in task.model.modules():
+        if isinstance(module, (SelectiveSSM, nn.RNNBase, nn.Conv1d)):
+            raise ValueError(f"TrainConfig.context_parallel: the model's {type(module).__name__} mixes tokens along "
+                             "the sequence outside attention (it would need the previous shard's state): only "
+                             "attention runs on sequence shards")
+    setting = ContextParallel(parallel.context_group(world, config.timeout_s), cp.layout, cp.strategy)
+    if use_context_parallel(task.model, setting) == 0:
+        raise ValueError("TrainConfig.context_parallel: the model has no self-attention layer "
+                         "(attnkit.nn.MultiHeadAttention) to run on sequence shards")
+    return setting
 
 
 def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resume: bool = False,
@@ -239,14 +286,15 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
         progress: draw a progress bar on stderr (main process).
         name: the progress bar's label.
     """
-    world = parallel.from_environment(config.timeout_s)
+    world = parallel.from_environment(config.timeout_s, config.context_size)
     out = Path(out) if out is not None else None
     run = _Run(task, config, out, world)
-    resumed = _start(run, resume)
-    log = _Log(out, world, config, task, run.step, progress, name)
+    log: _Log | None = None
     stop, loss, interrupted = _Stop(patient=world.size > 1), math.nan, False
     evaluation: dict[str, float] = {}
     try:
+        resumed = _start(run, resume)
+        log = _Log(out, world, config, task, run.step, progress, name)
         with stop.installed():
             loss, interrupted, evaluation = _loop(run, log, stop)
         if not interrupted:
@@ -261,7 +309,9 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
                               f"stopping too ({str(error).splitlines()[0][:200]})") from error
         raise
     finally:
-        log.close()
+        run.release()
+        if log is not None:
+            log.close()
     if world.main and out is not None:
         _plot(out)
     return Result(run.step, loss, evaluation, resumed, interrupted)

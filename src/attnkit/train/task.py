@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..distributed import ContextParallel
 from ..functional.checks import check_int
 
 
@@ -36,6 +37,12 @@ class Task:
     ``batch(indices)`` builds a batch from a (n,) long tensor of example indices; ``loss(model, batch)``
     returns a :class:`Loss`; ``evaluate(model)`` (optional) returns named numbers, logged as evaluation rows.
     ``unit`` names what the progress bar counts per second ("samples", or "tokens" with ``items``).
+
+    ``split(batch, setting)`` (optional) makes the task trainable with context parallelism: it returns this
+    process's part of every sequence in ``batch`` — ``setting.shard`` of the tokens and targets, and
+    ``setting.positions`` of them for the model — which ``loss`` then takes; the loop has already set ``setting``
+    on the model's attention layers (``attnkit.nn.use_context_parallel``). ``loss`` sums over this part's items
+    only and counts them; the loop sums over the processes.
     """
 
     model: nn.Module
@@ -45,6 +52,7 @@ class Task:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     unit: str = "samples"
     items: Callable[[Any], int] | None = None  # the batch's count of ``unit`` (default: its examples)
+    split: Callable[[Any, ContextParallel], Any] | None = None  # this process's part of each sequence (see above)
 
     def __post_init__(self) -> None:
         check_int("Task.size", self.size, minimum=1)
@@ -75,10 +83,10 @@ class Order:
 
 
 
-def shard(indices: Tensor, rank: int, world_size: int, accumulation: int) -> list[Tensor]:
-    """This process's micro-batches of a global batch: rank r takes the r-th contiguous part, cut in
-    ``accumulation`` equal pieces."""
-    local = indices.chunk(world_size)[rank]
+def shard(indices: Tensor, replica: int, replicas: int, accumulation: int) -> list[Tensor]:
+    """This process's micro-batches of a global batch: data-parallel replica r (rank r, or context-parallel group
+    r) takes the r-th contiguous part, cut in ``accumulation`` equal pieces."""
+    local = indices.chunk(replicas)[replica]
     return list(local.chunk(accumulation))
 
 
