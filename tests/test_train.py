@@ -447,7 +447,8 @@ def test_char_lm_windows_predict_the_next_byte_and_quick_run_reports_every_varia
     from attnkit.train.recipes import char_lm
 
     data = char_lm.make_data(char_lm.QUICK)
-    x, y = data.batch(torch.tensor([0, 3]))
+    x, y, positions = data.batch(torch.tensor([0, 3]))
+    assert positions is None  # whole sequences: the model numbers them 0 ... N-1
     assert torch.equal(x[:, 1:], y[:, :-1])  # y is x one byte on
     text = char_lm.corpus(char_lm.QUICK.corpus)
     start = 3 * (data.block // 2)

@@ -22,13 +22,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.recipe is None:
         raise UsageError("name a recipe; attnkit train --list shows them")
     recipes.get(args.recipe)  # an unknown name is refused before anything starts
+    _check_context_parallel(args)
     out = check_out(args.out or os.path.join("attnkit-train", args.recipe))
     if not args.resume and any(out.rglob("checkpoint.pt")):  # what fit refuses too, before any process starts
         refuse_existing(out)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
         return _launch(args, out)
     options = recipes.Options(out=out, seed=args.seed, steps=args.steps, quick=args.quick, resume=args.resume,
-                              checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                              checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                              context_parallel=args.context_parallel)
     try:
         report = recipes.run(args.recipe, options)
     except ModuleNotFoundError as error:  # the recipes' data and figures come with the train extra
@@ -45,6 +47,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(note)
         print("\nwrote " + ", ".join(str(p) for p in [out / "results.json", *report.figures]))
     return 0
+
+
+def _check_context_parallel(args: argparse.Namespace) -> None:
+    """``--context-parallel C``: a recipe that can split its sequences, and processes (--nproc, or torchrun's
+    WORLD_SIZE) that C divides; refused before any process starts."""
+    from .train import recipes
+
+    size = args.context_parallel
+    if size == 1:
+        return
+    recipes.check_context_parallel(args.recipe, size)
+    processes = int(os.environ.get("WORLD_SIZE", args.nproc))
+    if processes == 1:
+        raise UsageError(f"--context-parallel {size} splits each sequence over {size} processes: add --nproc {size} "
+                         "(or a multiple of it), or start the command under torchrun")
+    if processes % size:
+        raise UsageError(f"--context-parallel {size} must divide the number of processes ({processes}): each group "
+                         f"of {size} processes shares one sequence, and the groups split the batch")
 
 
 def _launch(args: argparse.Namespace, out: Path) -> int:
@@ -74,6 +94,8 @@ def _train_argv(args: argparse.Namespace, out: Path) -> list[str]:
         argv += ["--steps", str(args.steps)]
     if args.checkpoint_every is not None:
         argv += ["--checkpoint-every", str(args.checkpoint_every)]
+    if args.context_parallel > 1:
+        argv += ["--context-parallel", str(args.context_parallel)]
     return argv + [flag for flag, on in (("--quick", args.quick), ("--resume", args.resume),
                                          ("--no-progress", args.no_progress)) if on]
 
@@ -87,7 +109,9 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        epilog="examples:\n  attnkit train --list\n  attnkit train translate --out runs/translate\n"
                               "  attnkit train vit-digits --quick --steps 50\n"
                               "  attnkit train translate --out runs/translate --resume   # after Ctrl-C or a crash\n"
-                              "  attnkit train vit-digits --nproc 2                      # data parallel, 2 processes")
+                              "  attnkit train vit-digits --nproc 2                      # data parallel, 2 processes\n"
+                              "  attnkit train char-lm --nproc 4 --context-parallel 2    # each sequence over 2 "
+                              "processes; 2 such groups")
     p.add_argument("recipe", nargs="?", help="the recipe to run (attnkit train --list)")
     p.add_argument("--list", action="store_true", help="list the recipes, one line each")
     p.add_argument("--out", help="output directory (default ./attnkit-train/RECIPE)")
@@ -97,6 +121,11 @@ def add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--checkpoint-every", type=positive_int, help="also write a checkpoint every N steps")
     p.add_argument("--nproc", type=positive_int, default=1,
-                   help="data-parallel processes on this machine, started through torchrun (default 1)")
+                   help="processes on this machine, started through torchrun: data parallel, in groups of "
+                        "--context-parallel C (default 1)")
+    p.add_argument("--context-parallel", type=positive_int, default=1, metavar="C",
+                   help="split each sequence over C processes (ring attention, zigzag layout); C divides --nproc, "
+                        "and the N/C groups are data parallel; for the recipes --list marks 'context parallel' "
+                        "(default 1: whole sequences)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_train)

@@ -39,6 +39,7 @@ class Options:
     resume: bool = False
     checkpoint_every: int | None = None
     progress: bool = True
+    context_parallel: int = 1  # processes that share each sequence (a recipe with Recipe.context_parallel)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Recipe:
     name: str
     summary: str  # one line for --list
     run: Callable[[Options], Report | None]
+    context_parallel: bool = False  # it trains models over token sequences that can be split over processes
 
 
 ORDER = ("translate", "vit-digits", "glimpse", "han", "char-lm", "finetune")  # the issue's order, for --list
@@ -100,18 +102,29 @@ def get(name: str) -> Recipe:
     return recipes[name]
 
 
+def check_context_parallel(name: str, size: int) -> None:
+    """A ValueError, naming the recipes that can, unless recipe ``name`` trains with each sequence split over
+    ``size`` processes (any recipe can with 1)."""
+    if size > 1 and not get(name).context_parallel:
+        able = ", ".join(r.name for r in _recipes().values() if r.context_parallel)
+        raise ValueError(f"recipe {name!r} cannot run with --context-parallel (it trains no GPT over token sequences "
+                         f"to split); recipes that can: {able}")
+
+
 def listing() -> str:
     recipes = _recipes().values()
     width = max(len(r.name) for r in recipes)
-    return "\n".join(f"{r.name.ljust(width)}  {r.summary}" for r in recipes)
+    return "\n".join(f"{r.name.ljust(width)}  {r.summary}" + (" (context parallel)" if r.context_parallel else "")
+                     for r in recipes)
 
 
 def run(name: str, options: Options) -> Report | None:
     """Run recipe ``name``; on the main process write ``results.json`` and return the report."""
+    check_context_parallel(name, options.context_parallel)
     report = get(name).run(options)
     if report is not None:
         report.write(options.out)
     return report
 
 
-__all__ = ["Interrupted", "Options", "Report", "Recipe", "names", "get", "listing", "run"]
+__all__ = ["Interrupted", "Options", "Report", "Recipe", "names", "get", "check_context_parallel", "listing", "run"]

@@ -11,6 +11,9 @@ every run, not a timer, so the results stay reproducible).
 
 The corpus is a fixed list of modules (below), read from this interpreter's standard library: its exact bytes
 depend on the Python version, so results.json records the version and the byte count.
+
+With ``--context-parallel C`` every sequence is split over C processes (zigzag, ring attention), and the variants
+that cannot be split are skipped, each with its reason in the notes (``WHOLE_SEQUENCE_ONLY``).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...distributed import ContextParallel
 from ...models.gpt import GPT, AttentionConfig, GPTConfig
 from ...models.hybrid import HybridConfig, HybridLM
 from ..loop import read_metrics
@@ -40,6 +44,11 @@ MODULES = ("argparse", "textwrap", "string", "shlex", "difflib", "fractions", "s
 VARIANTS: dict[str, dict[str, Any]] = {"softmax": {}, "window-16": {"window": 15}, "linear": {"kernel": "linear"},
                                        "performer": {"kernel": "performer"}, "ssm-hybrid": {"hybrid": True}}
 HYBRID_STEPS = 9  # the hybrid runs steps // 9: about the softmax model's wall time (see the module docstring)
+WHOLE_SEQUENCE_ONLY = {  # the variants that --context-parallel skips, and why
+    "linear": "its kernel keeps no log-sum-exp, through which ring attention merges the shards' blocks",
+    "performer": "its kernel keeps no log-sum-exp, through which ring attention merges the shards' blocks",
+    "ssm-hybrid": "its selective scan runs through the whole sequence in order",
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,19 @@ def corpus(limit: int | None) -> bytes:
     return text[:limit] if limit is not None else text
 
 
+class Tokens(NamedTuple):
+    """A batch: bytes in, the next bytes, and with context parallelism the global positions of this part's."""
+
+    ids: Tensor  # (B, N)
+    targets: Tensor  # (B, N)
+    positions: Tensor | None = None  # (B, N) where these tokens sit in their sequence; None: 0 ... N-1
+
+    def split(self, setting: ContextParallel) -> Tokens:
+        """This process's part of every sequence (``Task.split``)."""
+        ids = setting.shard(self.ids)  # (B, N / C)
+        return Tokens(ids, setting.shard(self.targets), setting.positions(ids))
+
+
 @dataclass
 class Data:
     train: Tensor  # (n,) byte values
@@ -76,11 +98,11 @@ class Data:
         """Training examples: windows starting every half block."""
         return (len(self.train) - self.block - 1) // (self.block // 2)
 
-    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+    def batch(self, indices: Tensor) -> Tokens:
         starts = indices * (self.block // 2)
         rows = starts[:, None] + torch.arange(self.block + 1)  # (B, block + 1)
         chunk = self.train[rows]
-        return chunk[:, :-1], chunk[:, 1:]
+        return Tokens(chunk[:, :-1], chunk[:, 1:])
 
     def validation(self, count: int = 64) -> tuple[Tensor, Tensor]:
         """``count`` evenly spaced windows of the validation text (the same for every variant)."""
@@ -105,9 +127,10 @@ def build(sizes: Sizes, variant: dict[str, Any]) -> nn.Module:
                          attention=attention, kernel=variant.get("kernel", "auto")))
 
 
-def _loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Loss:
-    x, y = batch
-    logits = model(x).logits  # (B, N, 256)
+def _loss(model: nn.Module, batch: Tokens) -> Loss:
+    """The summed loss over the batch's tokens (this process's part of them with context parallelism)."""
+    x, y, positions = batch
+    logits = (model(x) if positions is None else model(x, position_ids=positions)).logits  # (B, N, 256)
     return Loss(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum"), y.numel())
 
 
@@ -119,7 +142,7 @@ def make_task(model: nn.Module, data: Data) -> Task:
         return {"loss": loss, "bits_per_byte": loss / math.log(2)}
 
     return Task(model, size=data.windows(), batch=data.batch, loss=_loss, evaluate=evaluate, unit="tokens",
-                items=lambda b: b[1].numel())
+                items=lambda b: b.targets.numel(), split=Tokens.split)
 
 
 def sample(model: nn.Module, data: Data, length: int, seed: int) -> str:
@@ -138,11 +161,18 @@ def sample(model: nn.Module, data: Data, length: int, seed: int) -> str:
 
 def run(options: Options) -> Report | None:
     sizes = QUICK if options.quick else FULL
+    split = options.context_parallel
+    if sizes.block % (2 * split):
+        raise ValueError(f"char-lm: --context-parallel {split} cuts each {sizes.block}-byte sequence into {2 * split} "
+                         f"zigzag chunks, which needs {2 * split} to divide {sizes.block}")
     data = make_data(sizes)
     rows: list[list[Any]] = []
     results: dict[str, Any] = {}
     curves: dict[str, list[tuple[float, float]]] = {}
+    skipped = {name: why for name, why in WHOLE_SEQUENCE_ONLY.items() if split > 1}
     for name, variant in VARIANTS.items():
+        if name in skipped:
+            continue
         steps = options.steps or sizes.steps
         if variant.get("hybrid"):
             steps = max(1, steps // HYBRID_STEPS)
@@ -163,7 +193,7 @@ def run(options: Options) -> Report | None:
                         for r in read_metrics(options.out / name) if r.get("kind") == "eval"]
     if not main_process():
         return None
-    return _report(sizes, data, rows, results, curves, options)
+    return _report(sizes, data, rows, results, curves, options, skipped)
 
 
 def _seconds_per_step(out: Path, sizes: Sizes) -> float:
@@ -173,7 +203,7 @@ def _seconds_per_step(out: Path, sizes: Sizes) -> float:
 
 
 def _report(sizes: Sizes, data: Data, rows: list[list[Any]], results: dict[str, Any],
-            curves: dict[str, list[tuple[float, float]]], options: Options) -> Report:
+            curves: dict[str, list[tuple[float, float]]], options: Options, skipped: dict[str, str]) -> Report:
     from .figures import lines
 
     figure = lines(options.out / "validation.png", curves, xlabel="seconds of training (the step's share of the run)",
@@ -181,11 +211,16 @@ def _report(sizes: Sizes, data: Data, rows: list[list[Any]], results: dict[str, 
     title = (f"char-lm: a {sizes.layers}-layer byte-level model on {len(data.train) + len(data.valid):,} bytes of the "
              f"Python {sys.version_info.major}.{sys.version_info.minor} standard library, batches of "
              f"{sizes.batch} x {sizes.block} bytes; validation bits per byte (lower is better)")
+    if options.context_parallel > 1:
+        title += f"; each sequence split over {options.context_parallel} processes"
     notes = [f"\n{name} sample:\n{results[name]['sample']}" for name in results]
+    notes += [f"\n{name}: skipped under --context-parallel: {why}" for name, why in skipped.items()]
     return Report(title, ["model", "steps", "bits/byte", "s/step", "seconds", "parameters"], rows,
-                  {"variants": results, "python": sys.version.split()[0], "sizes": sizes.__dict__},
+                  {"variants": results, "python": sys.version.split()[0], "sizes": sizes.__dict__,
+                   "context_parallel": options.context_parallel, "skipped": skipped},
                   figures=[figure], notes=notes)
 
 
 RECIPE = Recipe("char-lm", "a byte-level GPT on the Python standard library's sources: softmax vs sliding window vs "
-                "linear vs Performer at equal parameters and steps, and an SSM hybrid at about equal time", run)
+                "linear vs Performer at equal parameters and steps, and an SSM hybrid at about equal time", run,
+                context_parallel=True)

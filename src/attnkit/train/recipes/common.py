@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..config import TrainConfig
+from ..config import ContextParallelConfig, TrainConfig
 from ..loop import Result, fit
 from ..task import Task
 from . import Interrupted, Options
@@ -28,9 +28,10 @@ def main_process() -> bool:
 
 def train_config(options: Options, steps: int, **settings: Any) -> TrainConfig:
     """A recipe's TrainConfig: ``steps`` and its own ``settings``, and what every recipe takes from the command
-    line (the seed, --checkpoint-every; a row every 10 steps, every 2 with --quick)."""
+    line (the seed, --checkpoint-every, --context-parallel; a row every 10 steps, every 2 with --quick)."""
     return TrainConfig(steps=steps, seed=options.seed, log_every=2 if options.quick else 10,
-                       checkpoint_every=options.checkpoint_every, **settings)
+                       checkpoint_every=options.checkpoint_every,
+                       context_parallel=ContextParallelConfig(size=options.context_parallel), **settings)
 
 
 def fit_part(options: Options, name: str, task: Task, config: TrainConfig) -> Result:
