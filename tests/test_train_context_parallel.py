@@ -1,0 +1,234 @@
+"""attnkit.train with context parallelism: a GPT trained on sequences split over 2 (and 2 x 2) gloo processes
+gives the per-step losses, gradient norms and final weights of one process, in float64; an interrupted run
+resumes bitwise; the settings and the command line refuse what cannot run, in one line."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnkit.cli import main
+from attnkit.train import ContextParallelConfig, Task, TrainConfig, fit, read_metrics
+from attnkit.train.checkpoint import load
+
+PROCESSES = pytest.mark.xdist_group("processes")  # with the other process-group tests, one group at a time
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ATTNKIT = [sys.executable, "-m", "attnkit"]
+
+# A float64 GPT (RoPE, grouped-query heads, a sliding window in one layer, no biases: a key bias's gradient is
+# zero up to rounding, which AdamW would blow up to +-lr) on random tokens, trained 6 steps with accumulation and
+# clipping. The task splits each sequence with the setting the loop gives it.
+WORKER = textwrap.dedent("""
+    import os, signal, sys
+    import torch, torch.nn.functional as F
+    from attnkit.models import GPT, GPTConfig
+    from attnkit.train import ContextParallelConfig, Loss, Task, TrainConfig, fit
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 23, (32, 17), generator=torch.Generator().manual_seed(1))
+    model = GPT(GPTConfig(vocab_size=23, max_seq_len=16, dim=16, num_layers=2, positions="rope",
+                          attention=dict(num_heads=4, num_kv_heads=2, bias=False, window=5, window_layers=(1,)),
+                          ffn=dict(hidden=32, activation="swiglu", bias=False), norm=dict(kind="rms"),
+                          tie_embeddings=False)).double()
+    stop_at = int(os.environ.get("STOP_AT", "0"))  # rank 0 gets a SIGINT during this loss call (0: never)
+
+    def split(batch, setting):  # this process's part of every sequence, and where its tokens sit
+        x, y, _ = batch
+        part = setting.shard(x)
+        return part, setting.shard(y), setting.positions(part)
+
+    def loss(m, batch):
+        loss.calls += 1
+        if loss.calls == stop_at and int(os.environ.get("RANK", "0")) == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        x, y, positions = batch
+        logits = m(x, position_ids=positions).logits  # (B, N or N / C, 23)
+        return Loss(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"), y.numel())
+    loss.calls = 0
+
+    size = int(os.environ.get("CONTEXT_PARALLEL", "1"))
+    setting = ContextParallelConfig(size, layout=os.environ.get("LAYOUT", "zigzag"),
+                                    strategy=os.environ.get("STRATEGY", "ring"))
+    task = Task(model, size=32, batch=lambda i: (tokens[i, :-1], tokens[i, 1:], None), loss=loss, split=split)
+    config = TrainConfig(steps=6, batch_size=8, accumulation=2, lr=1e-2, grad_clip=0.5, log_every=1,
+                         timeout_s=60, context_parallel=setting)
+    result = fit(task, config, sys.argv[1], resume=bool(os.environ.get("RESUME")), progress=False)
+    print("INTERRUPTED" if result.interrupted else "DONE", result.step)
+""")
+
+
+def _run(tmp_path: Path, out: Path, nproc: int, context: int, **env: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    command = [sys.executable, str(script), str(out)]
+    if nproc > 1:
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                        "--max-restarts=0"]
+    done = subprocess.run(command, env={**ENV, "CONTEXT_PARALLEL": str(context), **env}, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _outcome(out: Path) -> tuple[list[float], list[float], dict]:
+    rows = [r for r in read_metrics(out) if "kind" not in r]
+    return [r["loss"] for r in rows], [r["grad_norm"] for r in rows], load(out / "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("one")
+    _run(tmp, tmp / "out", 1, 1)
+    return _outcome(tmp / "out")
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """2 processes sharing each sequence (zigzag, ring): the run's folder."""
+    tmp = tmp_path_factory.mktemp("two")
+    _run(tmp, tmp / "out", 2, 2)
+    return tmp / "out"
+
+
+def _assert_equal_within(got, want, tolerance: float) -> None:
+    """Losses, gradient norms (the gradients' scale, which AdamW would hide) and every weight, relatively."""
+    (losses, norms, state), (want_losses, want_norms, want_state) = got, want
+    assert len(losses) == len(want_losses) == 6 and want_losses[-1] < want_losses[0]
+    assert losses == pytest.approx(want_losses, rel=tolerance)
+    assert norms == pytest.approx(want_norms, rel=tolerance)
+    assert want_norms[0] > 0.5  # clipping acts: a wrong scale would change the steps too
+    for name, tensor in want_state["model"].items():
+        error = (state["model"][name] - tensor).abs().max().item() / max(tensor.abs().max().item(), 1e-30)
+        assert error < tolerance, (name, error)
+
+
+@PROCESSES
+def test_two_processes_sharing_each_sequence_train_as_one_process(one_process, two_processes):
+    got = _outcome(two_processes)
+    _assert_equal_within(got, one_process, 1e-10)  # float64: only the order of the sums differs (seen: 2e-14)
+    assert got[2]["world_size"] == 2 and got[2]["config"]["context_parallel"] == \
+        {"size": 2, "layout": "zigzag", "strategy": "ring"}
+
+
+@PROCESSES
+def test_contiguous_layout_and_ulysses_train_as_one_process(tmp_path, one_process):
+    _run(tmp_path, tmp_path / "out", 2, 2, LAYOUT="contiguous", STRATEGY="ulysses")
+    _assert_equal_within(_outcome(tmp_path / "out"), one_process, 1e-10)
+
+
+@PROCESSES
+def test_two_replicas_of_two_processes_train_as_one_process(tmp_path, one_process):
+    """dp = 2 x cp = 2: ranks 0, 1 share the first half of each batch's sequences, ranks 2, 3 the second."""
+    _run(tmp_path, tmp_path / "out", 4, 2)
+    _assert_equal_within(_outcome(tmp_path / "out"), one_process, 1e-10)
+
+
+@PROCESSES
+def test_an_interrupted_context_parallel_run_resumes_bitwise(tmp_path, two_processes):
+    stopped = _run(tmp_path, tmp_path / "part", 2, 2, STOP_AT="5")  # during step 3's first micro-batch
+    assert "INTERRUPTED 3" in stopped.stdout and load(tmp_path / "part" / "checkpoint.pt")["step"] == 3
+    _run(tmp_path, tmp_path / "part", 2, 2, RESUME="1")
+    (losses, norms, state), (want_losses, want_norms, want_state) = (_outcome(tmp_path / "part"),
+                                                                      _outcome(two_processes))
+    assert (losses, norms) == (want_losses, want_norms)
+    for name, tensor in want_state["model"].items():
+        assert torch.equal(state["model"][name], tensor), name
+
+
+@PROCESSES
+def test_resuming_without_the_setting_is_refused_naming_it(two_processes):
+    """The checkpoint's config holds the setting: a run with other processes per sequence is another run."""
+    from attnkit.models import GPT, GPTConfig
+
+    saved = load(two_processes / "checkpoint.pt")["config"]
+    task = Task(GPT(GPTConfig(vocab_size=11, max_seq_len=8, dim=8, num_layers=1, attention=dict(num_heads=2))),
+                size=32, batch=lambda i: i, loss=lambda m, b: None)
+    with pytest.raises(ValueError, match=r"other settings \(context_parallel\)"):
+        fit(task, TrainConfig.from_dict({**saved, "context_parallel": None}), two_processes, resume=True,
+            progress=False)
+
+
+# --- settings and refusals, in one process ------------------------------------------------------------------
+
+def test_the_setting_round_trips_through_the_checkpoints_dict_and_size_1_is_plain():
+    config = TrainConfig(context_parallel=ContextParallelConfig(4, layout="contiguous", strategy="ulysses"))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig(context_parallel=ContextParallelConfig(1)).context_parallel is None
+    assert TrainConfig.from_dict({"steps": 3}).context_parallel is None  # a checkpoint from before the setting
+    with pytest.raises(ValueError, match="layout must be one of"):
+        ContextParallelConfig(2, layout="striped")
+    with pytest.raises(TypeError, match="TrainConfig.context_parallel must be a ContextParallelConfig"):
+        TrainConfig(context_parallel=2)
+
+
+def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
+    from attnkit.models import GPT, GPTConfig, HybridConfig, HybridLM
+    from attnkit.train.loop import _context_parallel
+    from attnkit.train.parallel import World
+
+    gpt = GPT(GPTConfig(vocab_size=11, max_seq_len=8, dim=8, num_layers=1, attention=dict(num_heads=2)))
+    task = Task(gpt, size=4, batch=lambda i: i, loss=lambda m, b: None)
+    config = TrainConfig(batch_size=2, context_parallel=ContextParallelConfig(2))
+    with pytest.raises(ValueError, match="over 2 processes needs a multiple of 2 processes, this run has 1"):
+        fit(task, config, progress=False)
+    world = World(rank=0, size=2, context=2)  # the checks come before any process group is made
+    with pytest.raises(ValueError, match="this Task cannot split its sequences"):
+        _context_parallel(task, config, world)
+    hybrid = HybridLM(HybridConfig(vocab_size=11, dim=8, pattern="MA", num_heads=2, state_dim=2))
+    task = Task(hybrid, size=4, batch=lambda i: i, loss=lambda m, b: None, split=lambda b, s: b)
+    with pytest.raises(ValueError, match="SelectiveSSM mixes tokens along the sequence outside attention"):
+        _context_parallel(task, config, world)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["char-lm", "--context-parallel", "2"], "--context-parallel 2 splits each sequence over 2 processes: add "
+                                             "--nproc 2"),
+    (["char-lm", "--nproc", "3", "--context-parallel", "2"], "--context-parallel 2 must divide the number of "
+                                                             "processes (3)"),
+    (["vit-digits", "--nproc", "2", "--context-parallel", "2"], "recipe 'vit-digits' cannot run with "
+                                                                "--context-parallel (it trains no GPT over token "
+                                                                "sequences to split); recipes that can: char-lm"),
+])
+def test_what_cannot_run_context_parallel_is_refused_in_one_line(argv, message, tmp_path, capsys):
+    assert main(["train", *argv, "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+@PROCESSES
+def test_char_lm_through_the_command_line_equals_one_process(tmp_path):
+    runs = {}
+    for nproc, context in ((1, 1), (2, 2)):
+        out = tmp_path / f"cp{context}"
+        done = subprocess.run([*ATTNKIT, "train", "char-lm", "--quick", "--out", str(out), "--no-progress",
+                               "--nproc", str(nproc), "--context-parallel", str(context)], env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[context] = (done.stdout, json.loads((out / "results.json").read_text()))
+    stdout, results = runs[2]
+    assert set(results["variants"]) == {"softmax", "window-16"} and results["context_parallel"] == 2
+    assert "ssm-hybrid: skipped under --context-parallel: its selective scan" in stdout
+    assert "linear: skipped under --context-parallel: its kernel keeps no log-sum-exp" in stdout
+    for name in ("softmax", "window-16"):  # float32, through ring attention: rounding apart, the same run
+        want = [r for r in read_metrics(tmp_path / "cp1" / name) if "kind" not in r]
+        got = [r for r in read_metrics(tmp_path / "cp2" / name) if "kind" not in r]
+        assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
+        assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-5)
+        assert results["variants"][name]["bits_per_byte"] == pytest.approx(
+            runs[1][1]["variants"][name]["bits_per_byte"], rel=1e-5)
+    assert load(tmp_path / "cp2" / "softmax" / "checkpoint.pt")["config"]["context_parallel"]["size"] == 2
+
+
+def test_context_parallel_1_is_the_plain_run(tmp_path, capsys):
+    """Any recipe takes --context-parallel 1, without --nproc: whole sequences, no setting in the checkpoint."""
+    assert main(["train", "vit-digits", "--quick", "--steps", "2", "--out", str(tmp_path), "--no-progress",
+                 "--context-parallel", "1"]) == 0
+    assert load(tmp_path / "vit" / "checkpoint.pt")["config"]["context_parallel"] is None
