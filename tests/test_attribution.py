@@ -16,8 +16,8 @@ import torch
 
 from attnkit import hub
 from attnkit.inspect import explain
-from attnkit.inspect.attribution import (ABLATION, ATTENTION_GRADIENT, GRADIENT_INPUT, INTEGRATED, LAST, MEAN,
-                                         METHODS, ROLLOUT, attribute, ranks, spearman)
+from attnkit.inspect.attribution import (ABLATION, ATTENTION_GRADIENT, GAP, GRADIENT_INPUT, INTEGRATED, LAST,
+                                         MEAN, METHODS, ROLLOUT, attribute, ranks, spearman)
 
 transformers = pytest.importorskip("transformers")
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -108,9 +108,10 @@ class Reference:
         return norm(attention_gradient), norm(gradient_input)
 
     def integrated(self, steps: int = 200) -> torch.Tensor:
-        """(N,) integrated gradients from the average token (the embedding table's mean in every place), by a
-        midpoint Riemann sum, norm over components."""
-        baseline = self.model.get_input_embeddings().weight.mean(0).detach()
+        """(N,) integrated gradients from the average token (the embedding table's mean direction, at each token's
+        own length), by a midpoint Riemann sum, norm over components."""
+        mean = self.model.get_input_embeddings().weight.mean(0).detach()
+        baseline = mean / mean.norm() * self.embeds[0].norm(dim=-1, keepdim=True)  # (N, E)
         total = None
         for i in range(steps):
             alpha = (i + 0.5) / steps
@@ -121,6 +122,7 @@ class Reference:
             total = rows if total is None else total + rows
         assert total is not None
         per_token = (total / steps * (self.embeds[0] - baseline)).sum(-1)  # (C, N)
+        assert baseline.shape == self.embeds[0].shape
         return per_token.double().norm(dim=0) / self.norm
 
     def focus_rows(self) -> torch.Tensor:
@@ -169,6 +171,17 @@ def test_integrated_gradients_equal_a_riemann_sum(pair):
     atol = 1e-3 * float(expected.max())  # two quadratures of one integral: they differ in the small entries
     torch.testing.assert_close(result.scores[INTEGRATED][scored], expected[scored], rtol=2e-3, atol=atol)
     assert result.completeness < 0.01
+
+
+def test_integrated_gradients_refine_their_steps_until_complete(decoder):
+    name, reference_model, model, ids = decoder
+    result = run(name, model, ids, Reference(name, reference_model, ids).focus_rows(), steps=1)
+    assert result.steps in (1, 2, 4, 8)
+    if result.completeness > GAP:  # still rough after every doubling: said so
+        assert result.steps == 8 and "completeness gap is still" in result.notes[0]
+    else:
+        assert not result.notes
+    assert result.steps > 1, "one step cannot be complete on this model"
 
 
 def test_ablation_equals_rerunning_without_the_token(pair):

@@ -7,10 +7,12 @@ import io
 import re
 
 import pytest
+from helpers import embedded
 
 import attnkit
 from attnkit import hub
 from attnkit.cli import main
+from attnkit.inspect.attribution import METHODS
 from attnkit.inspect.outputs import default_directory, slug
 from attnkit.inspect.tokens import INDEXED_ABOVE, find_focus
 
@@ -215,3 +217,24 @@ def test_the_rollout_line_gives_the_special_tokens_share(capsys):
     assert f"  special tokens {share:.3f} ({each}), where heads park attention" in printed
     assert f"itself {float(row[e.focus]):.3f}" in printed
     assert "  the others: The 0.031, tired 0.029" in printed
+
+
+def test_attribution_prints_the_rank_table_and_the_page_shows_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["explain", "--attribution", "--steps", "8", "--formats", "", "--out", str(out), SEED]) == 0
+    printed = capsys.readouterr().out
+    assert "Attention vs attribution for 'it'. Ground truth:" in printed
+    for method in ("attention, mean of layers", "rollout", "attention × gradient", "gradient × input",
+                   "integrated gradients", "ablation"):
+        assert re.search(rf"\n{re.escape(method)} +(—|[+-]\d\.\d\d|n/a) ", printed), method
+    assert "raw attention, layer by layer, rho:" in printed and "Masking '" in printed
+    shown = embedded((out / "attention.html").read_text(encoding="utf-8"))["explanation"]["attribution"]
+    assert shown["lead"].startswith("Ground truth:") and len(shown["methods"]["rows"]) == 7
+    assert [row[0] for row in shown["methods"]["rows"]] == [*METHODS, "ablation"]
+
+
+@pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps"), (["--steps", "x"], "--steps")])
+def test_bad_steps_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explain", *QUIET, "--attribution", *argv, SEED])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -49,17 +49,43 @@ def wide_view():
     return view(softmax_maps(2, 12, 90, 90, seed=3), query_tokens=tokens, title="wide " * 30)
 
 
-def explanation_view():
-    """An explanation (its per-layer table and rollout bars too) of 40 long tokens."""
+def synthetic_attribution(n: int, focus: int, layers: int):
+    """An ``Attribution`` of seeded random scores for n tokens (the page draws what it is given)."""
+    from attnkit.inspect.attribution import METHODS, Attribution, spearman
+
+    g = torch.Generator().manual_seed(5)
+    scored = [t for t in range(n) if t != focus]
+    index = torch.tensor(scored)
+    scores = {m: torch.rand(n, generator=g, dtype=torch.float64) for m in METHODS}
+    ablation = torch.rand(n, generator=g, dtype=torch.float64)
+    attention = torch.rand(layers, n, generator=g)
+    for values in (*scores.values(), ablation):
+        values[focus] = 0.0
+    correlations = {m: spearman(v[index], ablation[index]) for m, v in scores.items()}
+    return Attribution(target="the focus token's final vector", scored=scored, attention=attention, scores=scores,
+                       ablation=ablation, correlations=correlations,
+                       layer_correlations=[spearman(a.double()[index], ablation[index]) for a in attention],
+                       directions=32, notes=["note: <b>a note</b>"])
+
+
+def explanation_view(tokens=None, attribution=False):
+    """An explanation (its per-layer table and rollout bars too) of 40 long tokens; with ``attribution``, its
+    attention-vs-attribution section too."""
     from attnkit.inspect import Explanation, as_view, rollout
 
-    tokens = [f"{'long' * 8}{i}" for i in range(40)]
+    tokens = tokens or [f"{'long' * 8}{i}" for i in range(40)]
     probs = softmax_maps(4, 12, 40, 40, seed=4)
     rolled = rollout([m[None] for m in probs])[0]
     e = Explanation(text=" ".join(tokens), model_name="m" * 80, tokens=tokens, special=[False] * 40, focus=20,
                     layer=3, head=0, causal=False, maps=probs, bins=[(i, i + 1) for i in range(40)],
                     focus_rows=probs[:, :, 20].clone(), rollout=rolled, rollout_row=rolled[20].clone())
+    if attribution:
+        e.attributions = synthetic_attribution(40, 20, 4)
     return as_view(e)
+
+
+def attribution_view():
+    return explanation_view([*HOSTILE, *(f"{'long' * 8}{i}" for i in range(36))], attribution=True)
 
 
 class Page(RecordedPage):
@@ -172,8 +198,9 @@ def test_decoder_page_masks_later_tokens_and_names_the_sink(open_page):
 
 # ---- the page on a phone, in the dark, from the keyboard --------------------------------------------------
 
-@pytest.mark.parametrize("make", [cross_view, image_view, decoder_view, wide_view, explanation_view],
-                         ids=["cross", "image", "decoder", "wide", "explanation"])
+@pytest.mark.parametrize("make", [cross_view, image_view, decoder_view, wide_view, explanation_view,
+                                  attribution_view],
+                         ids=["cross", "image", "decoder", "wide", "explanation", "attribution"])
 def test_fits_390_px_without_sideways_scroll(open_page, make):
     p = open_page(make(), viewport=NARROW)
     widths = p.page.evaluate("() => [document.documentElement.scrollWidth, document.body.scrollWidth, "
@@ -291,3 +318,30 @@ def test_two_views_in_one_notebook_page(browser, tmp_path):
         p.clean()
     finally:
         p.page.close()
+
+
+def test_the_attribution_section_shows_the_tables_as_text(open_page):
+    v = attribution_view()
+    a = v.explanation.attributions
+    p = open_page(v, scheme="dark")
+    assert p.page.is_visible("#attribution-view")
+    methods = p.page.evaluate("() => [...document.querySelectorAll('#attribution-methods tbody tr')]"
+                              ".map(r => [...r.cells].map(c => c.textContent))")
+    header, rows = a.table(v.explanation.label)
+    assert methods == rows and len(rows) == len(a.scores) + 1
+    cells = p.page.evaluate("() => [...document.querySelectorAll('#attribution-tokens tbody tr')]"
+                            ".map(r => r.cells[0].textContent)")
+    assert cells[:1] == [v.explanation.tokens[max(a.scored, key=lambda t: float(a.ablation[t]))]]
+    assert set(HOSTILE) <= set(cells), "hostile tokens shown as text"
+    shades = p.page.evaluate("() => [...document.querySelectorAll('#attribution-tokens td.shaded')]"
+                             ".map(c => getComputedStyle(c).backgroundColor)")
+    assert len(shades) == len(a.scored) * (len(a.scores) + 1) and len(set(shades)) > 10, "cells not shaded"
+    assert p.page.inner_text("#attribution-notes") == "note: <b>a note</b>"
+    assert a.note(repr(v.explanation.label(20)), v.explanation.label) == p.page.inner_text("#attribution-reading")
+    p.clean()
+
+
+def test_no_attribution_section_without_attributions(open_page):
+    p = open_page(explanation_view())
+    assert not p.page.is_visible("#attribution-view")
+    p.clean()

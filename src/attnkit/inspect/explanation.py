@@ -26,6 +26,7 @@ first word as the first token, and that word then takes the sink's role.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,6 +239,24 @@ class Explanation:
         if self.attributions is not None:
             lines += ["", self.attributions.summary(focus, self.label, top)]
         return "\n".join(lines)
+
+    def attribution_data(self) -> dict[str, object] | None:
+        """The page's attention-vs-attribution section (None without ``attributions``): its lead sentence, the
+        method table, the token table with each cell's shade in [0, 1], notes and the plain-language reading."""
+        a = self.attributions
+        if a is None:
+            return None
+        focus = repr(self.label(self.focus))
+        header, rows = a.table(self.label, top=3)
+        token_header, token_rows, shades = a.token_table(self.label)
+        read = "" if a.directions == 1 else f" (gradients read it along {a.directions} random directions)"
+        return {"lead": f"Ground truth: how much each token changes {a.target} when it is masked out (ablation)"
+                        f"{read}. Each method's ranking of the {len(a.scored)} tokens {focus} sees against it, "
+                        f"Spearman's rho (+1 = the same order, 0 = unrelated).",
+                "methods": {"header": header, "rows": rows},
+                "tokens": {"header": token_header, "rows": token_rows, "shades": shades},
+                "layers": [None if math.isnan(r) else r for r in a.layer_correlations],
+                "notes": list(a.notes), "reading": a.note(focus, self.label)}
 
     def _rollout_lines(self, top: int) -> list[str]:
         focus = repr(self.label(self.focus))

@@ -71,6 +71,17 @@ _PAGE = """<!DOCTYPE html>
 <p class="hint" id="table-hint"></p>
 <div class="scroll"><table id="focus-table"></table></div>
 </section>
+<section id="attribution-view" hidden><h2>Attention vs attribution</h2>
+<p class="hint" id="attribution-lead"></p>
+<div class="scroll"><table id="attribution-methods" class="text-table"></table></div>
+<p id="attribution-layers" class="hint"></p>
+<ul id="attribution-notes"></ul>
+<p id="attribution-reading"></p>
+<h3>Per token</h3>
+<p class="hint">Each method's score for each token (shaded against the method's largest), most affected by the
+ablation first.</p>
+<div class="scroll"><table id="attribution-tokens" class="text-table"></table></div>
+</section>
 <section id="head-view" hidden><h2>Head view</h2>
 <div class="controls"><label>layer <select id="head-layer"></select></label>
 <span id="head-chips" role="group" aria-label="heads shown"></span></div>
@@ -139,6 +150,7 @@ def _explanation(e: ExplanationData) -> dict:
         # (N,) a decoder's rollout without the first token, renormalized: its own entries are too small for
         # uint16 when the first token takes nearly all (a 30-layer decoder leaves it ~1e-6)
         "rolloutRest": _pack(e.rollout_rest(), 2) if e.causal else None,
+        "attribution": e.attribution_data(),  # None unless explain(..., attribution=True)
     }
 
 

@@ -88,6 +88,8 @@ class ExplanationData(Protocol):
 
     def sink(self) -> Sink | None: ...
 
+    def attribution_data(self) -> dict[str, object] | None: ...
+
 
 @dataclass(frozen=True)
 class ViewData:

@@ -223,6 +223,38 @@
       (data.sink ? "; the first token's weight, then the others ranked without it." : ".");
   }
 
+  // ---- attention vs attribution (explain --attribution) --------------------------------------------------
+  function fillTable(table, header, rows, shades) {
+    const head = table.appendChild(el("thead")).appendChild(el("tr"));
+    for (const name of header) head.appendChild(el("th", "", name));
+    const body = table.appendChild(el("tbody"));
+    rows.forEach((row, r) => {
+      const line = body.appendChild(el("tr"));
+      row.forEach((cell, c) => {
+        const td = line.appendChild(el("td", "", cell));
+        const shade = shades && c > 0 ? shades[r][c - 1] : null;  // column 0 names the token
+        if (shade !== null) {
+          td.className = "shaded";
+          td.style.background = "color-mix(in srgb, var(--bar) " + Math.round(100 * Math.max(0, Math.min(1, shade))) +
+                                "%, transparent)";
+        }
+      });
+    });
+  }
+
+  function renderAttribution() {
+    const a = ex.attribution;
+    show("attribution-view");
+    document.getElementById("attribution-lead").textContent = a.lead;
+    fillTable(document.getElementById("attribution-methods"), a.methods.header, a.methods.rows, null);
+    fillTable(document.getElementById("attribution-tokens"), a.tokens.header, a.tokens.rows, a.tokens.shades);
+    document.getElementById("attribution-layers").textContent = "Raw attention, layer by layer, rho: " +
+      a.layers.map((r) => r === null ? "n/a" : (r >= 0 ? "+" : "") + r.toFixed(2)).join(" ");
+    const notes = document.getElementById("attribution-notes");
+    for (const note of a.notes) notes.appendChild(el("li", "", note));
+    document.getElementById("attribution-reading").textContent = a.reading;
+  }
+
   // ---- heatmaps -----------------------------------------------------------------------------------------
   // A rows x cols heatmap with labels on both axes (every k-th when cells are small), a legend, hover and
   // keyboard (arrow keys move a cell cursor) read-outs; describe(q, k, v) gives a cell's text. Returns
@@ -606,6 +638,7 @@
   try {
     renderHeader();
     if (ex) renderTable();
+    if (ex && ex.attribution) renderAttribution();
     if (data.kind === "image") renderImageView(); else renderHeadView();
     renderModelView();
     renderDetail();
