@@ -144,14 +144,17 @@ class Attribution:
                          "on this one.")
         return " ".join(sentences)
 
+    def lead(self, focus: str) -> str:
+        """The sentence that says what is measured (the terminal section's first line, the page's lead)."""
+        read = "" if self.directions == 1 else f"; gradients read the vector along {self.directions} random directions"
+        return (f"Ground truth: how much each token changes {self.target} when it is masked out (the ablation{read}). "
+                f"Each method's ranking of the {len(self.scored)} tokens {focus} sees against it, Spearman's rho "
+                f"(+1 = the same order, 0 = unrelated).")
+
     def summary(self, focus: str, label: Callable[[int], str], top: int = 3) -> str:
         """The terminal section: what is measured, the method table, the per-layer line and the note."""
         layers = " ".join(_rho(r) for r in self.layer_correlations)
-        read = "" if self.directions == 1 else f" (gradients read it along {self.directions} random directions)"
-        return "\n".join([f"Attention vs attribution for {focus}. Ground truth: how much each token changes "
-                          f"{self.target} when it is masked out (ablation){read}. Each method's ranking of the "
-                          f"{len(self.scored)} tokens against it, Spearman's rho (+1 = the same order, 0 = "
-                          f"unrelated):",
+        return "\n".join([f"Attention vs attribution for {focus}. {self.lead(focus)}",
                           format_table(*self.table(label, top)[::-1]),
                           f"raw attention, layer by layer, rho: {layers}", *self.notes, self.note(focus, label)])
 

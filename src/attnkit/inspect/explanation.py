@@ -249,10 +249,7 @@ class Explanation:
         focus = repr(self.label(self.focus))
         header, rows = a.table(self.label, top=3)
         token_header, token_rows, shades = a.token_table(self.label)
-        read = "" if a.directions == 1 else f" (gradients read it along {a.directions} random directions)"
-        return {"lead": f"Ground truth: how much each token changes {a.target} when it is masked out (ablation)"
-                        f"{read}. Each method's ranking of the {len(a.scored)} tokens {focus} sees against it, "
-                        f"Spearman's rho (+1 = the same order, 0 = unrelated).",
+        return {"lead": a.lead(focus),
                 "methods": {"header": header, "rows": rows},
                 "tokens": {"header": token_header, "rows": token_rows, "shades": shades},
                 "layers": [None if math.isnan(r) else r for r in a.layer_correlations],
