@@ -238,3 +238,9 @@ def test_bad_steps_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["explain", *QUIET, "--attribution", *argv, SEED])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_page_and_figures_mark_word_pieces_as_the_terminal_does(curie):
+    view = curie.to_view()
+    assert view.queries.tokens[2:5] == ("Cu·", "·rie", "won") and view.keys is view.queries
+    assert [curie.label(i) for i in range(len(curie.tokens))] == list(view.queries.tokens)

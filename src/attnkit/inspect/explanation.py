@@ -121,10 +121,12 @@ class Explanation:
 
     def to_view(self) -> View:
         """This explanation as a :class:`~attnkit.inspect.View` (what ``as_view``, the page and the figures draw):
-        its maps (pooled as they are), focus token, detail head, notes and sink sentence, and itself (for its
-        table and rollout). ValueError when a field's shape does not fit the tokens and bins."""
+        its maps (pooled as they are), tokens as ``label`` shows them ("Cu·", "·rie"), focus token, detail head,
+        notes and sink sentence, and itself (for its table and rollout). ValueError when a field's shape does not
+        fit the tokens and bins."""
         self._check_shapes()
-        axis = Axis(tuple(self.tokens), tuple(self.bins), tuple(bool(s) for s in self.special))
+        shown = tuple(self.label(i) for i in range(len(self.tokens)))  # word pieces marked as in the terminal
+        axis = Axis(shown, tuple(self.bins), tuple(bool(s) for s in self.special))
         sink = self.sink_sentence(also="the table and the rollout bars below also rank the tokens without it")
         return View(maps=self.maps.float(), queries=axis, keys=axis, kind="self", causal=bool(self.causal),
                     offset=0, title=self.model_name, focus=self.focus, layer=self.layer, head=self.head,
