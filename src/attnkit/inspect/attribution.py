@@ -73,6 +73,7 @@ class Attribution:
         completeness: integrated gradients' relative gap between its attributions' sum and the change of the
             explained number from the baseline (small with enough steps).
         steps: the integrated gradients' steps that reached it (``steps`` doubled while the gap is above 5%).
+        notes: lines for the report: integrated gradients still incomplete after every doubling.
     """
 
     target: str
@@ -223,9 +224,8 @@ def _embeddings_replaced(module: nn.Embedding, value: Callable[[], Tensor]) -> I
 class _Explained:
     """The number(s) explained and a forward pass from input embeddings to them.
 
-    ``run(embeds, mask)`` -> (B, K): each row's projections on the K directions (a decoder: K = 1, the
-    predicted token's log-probability); rows share the text's ids and take ``embeds`` (B, N, E) as the word
-    embeddings and ``mask`` (B, N) as the attention mask."""
+    ``run(embeds)`` -> (B, K): each row's projections on the K directions (a decoder: K = 1, the predicted
+    token's log-probability); rows share the text's ids and take ``embeds`` (B, N, E) as the word embeddings."""
 
     def __init__(self, model: nn.Module, ids: Tensor, focus: int, causal: bool, directions: int, seed: int):
         self.model, self.ids, self.focus, self.causal = model, ids, focus, causal
@@ -260,12 +260,11 @@ class _Explained:
             return vector[:, [self.predicted]]
         return vector @ self.directions.T
 
-    def run(self, embeds: Tensor, mask: Tensor | None = None) -> Tensor:
-        b = embeds.shape[0]
-        ids = self.ids.expand(b, -1)
-        mask = torch.ones_like(ids) if mask is None else mask
+    def run(self, embeds: Tensor) -> Tensor:
+        """(B, K) what is explained, for rows that take ``embeds`` (B, N, E) as their word embeddings."""
+        ids = self.ids.expand(embeds.shape[0], -1)
         with _embeddings_replaced(self.embedding, lambda: embeds):
-            return self.explained(self.vector(self.model(ids, attention_mask=mask)))
+            return self.explained(self.vector(self.model(ids, attention_mask=torch.ones_like(ids))))
 
     @property
     def count(self) -> int:
