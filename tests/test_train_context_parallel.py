@@ -153,6 +153,81 @@ def test_resuming_without_the_setting_is_refused_naming_it(two_processes):
             progress=False)
 
 
+# Two fits and then one whose DDP set-up fails as when a peer has crashed, in each of 2 gloo processes; then a fit
+# of a model that cannot run on shards. Each process reports the process groups torch.distributed holds (private:
+# no public count) and which attention layers are still set on shards.
+SETUP_WORKER = textwrap.dedent("""
+    import json, os
+    from unittest import mock
+    import torch, torch.distributed as dist, torch.nn.functional as F
+    from torch.distributed import distributed_c10d
+    from attnkit.models import GPT, GPTConfig, HybridConfig, HybridLM
+    from attnkit.train import ContextParallelConfig, Loss, Task, TrainConfig, fit
+
+    tokens = torch.randint(0, 11, (8, 9), generator=torch.Generator().manual_seed(0))
+
+    def split(batch, setting):
+        x, y, _ = batch
+        part = setting.shard(x)
+        return part, setting.shard(y), setting.positions(part)
+
+    def loss(m, batch):
+        x, y, positions = batch
+        logits = m(x, position_ids=positions).logits
+        return Loss(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"), y.numel())
+
+    def task(model):
+        return Task(model, size=8, batch=lambda i: (tokens[i, :-1], tokens[i, 1:], None), loss=loss, split=split)
+
+    def outcome(model, **options):
+        try:
+            fit(task(model), config, progress=False)
+            return {"error": None, **options}
+        except Exception as error:
+            return {"error": type(error).__name__, "message": str(error), "groups": groups(), **options,
+                    "sharded": [n for n, m in model.named_modules() if getattr(m, "context_parallel", None)]}
+
+    def groups():
+        return len(distributed_c10d._world.pg_map)
+
+    config = TrainConfig(steps=1, batch_size=4, timeout_s=60, context_parallel=ContextParallelConfig(2))
+    gpt = GPT(GPTConfig(vocab_size=11, max_seq_len=8, dim=8, num_layers=2, attention=dict(num_heads=2)))
+    dist.init_process_group("gloo")
+    report = {"before": groups()}
+    fit(task(gpt), config, progress=False)
+    fit(task(gpt), config, progress=False)
+    report["after_two"] = groups()
+    crash = RuntimeError("Connection closed by peer [simulated: a crashed process]")
+    with mock.patch("attnkit.train.loop.DistributedDataParallel", side_effect=crash):
+        report["ddp"] = outcome(gpt)
+    hybrid = HybridLM(HybridConfig(vocab_size=11, dim=8, pattern="MA", num_heads=2, state_dim=2))
+    report["hybrid"] = outcome(hybrid)
+    print("REPORT", json.dumps(report))
+""")
+
+
+@PROCESSES
+def test_fit_hands_the_model_and_its_group_back_when_the_set_up_fails_and_after_each_run(tmp_path):
+    """DDP's set-up raising (a crashed peer) leaves no layer on shards and turns into PeerFailure, as the loop's
+    other peer errors do; no fit leaves a process group behind (a sweep of fits in one process)."""
+    script = tmp_path / "setup.py"
+    script.write_text(SETUP_WORKER)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "--max-restarts=0", str(script)], env=ENV, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("REPORT")]
+    assert len(reports) == 2
+    for report in reports:
+        assert report["after_two"] == report["before"], report  # each fit destroyed the group it made
+        ddp, hybrid = report["ddp"], report["hybrid"]
+        assert ddp["error"] == "PeerFailure" and "another process stopped or timed out while starting" in \
+            ddp["message"], ddp
+        assert ddp["sharded"] == [] and ddp["groups"] == report["before"], ddp
+        assert hybrid["error"] == "ValueError" and hybrid["message"].startswith(
+            "TrainConfig.context_parallel: model has a SelectiveSSM at layers.0.mixer, which mixes tokens"), hybrid
+        assert hybrid["sharded"] == [] and hybrid["groups"] == report["before"], hybrid
+
+
 # --- settings and refusals, in one process ------------------------------------------------------------------
 
 def test_the_setting_round_trips_through_the_checkpoints_dict_and_size_1_is_plain():
@@ -166,8 +241,28 @@ def test_the_setting_round_trips_through_the_checkpoints_dict_and_size_1_is_plai
         TrainConfig(context_parallel=2)
 
 
+def test_use_context_parallel_refuses_a_model_that_mixes_tokens_outside_attention_and_leaves_it_as_it_was():
+    """attnkit.nn's own check: a HybridLM (or an RNN, a Conv1d) on shards would be silently wrong."""
+    from torch import nn
+
+    from attnkit.distributed import ContextParallel
+    from attnkit.models import HybridConfig, HybridLM
+    from attnkit.nn import MultiHeadAttention, use_context_parallel
+
+    hybrid = HybridLM(HybridConfig(vocab_size=11, dim=8, pattern="MA", num_heads=2, state_dim=2))
+    models = {"SelectiveSSM at layers.0.mixer": hybrid,
+              "GRU at 1": nn.Sequential(MultiHeadAttention(8, 2), nn.GRU(8, 8)),
+              "Conv1d at 0": nn.Sequential(nn.Conv1d(8, 8, 3), MultiHeadAttention(8, 2))}
+    for where, model in models.items():
+        with pytest.raises(ValueError, match=f"model has a {where}, which mixes tokens along the sequence outside "
+                                             "attention"):
+            use_context_parallel(model, ContextParallel())
+        assert all(m.context_parallel is None for m in model.modules() if isinstance(m, MultiHeadAttention))
+        assert use_context_parallel(model, None) == 1  # whole sequences: always allowed
+
+
 def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
-    from attnkit.models import GPT, GPTConfig, HybridConfig, HybridLM
+    from attnkit.models import GPT, GPTConfig
     from attnkit.train.loop import _context_parallel
     from attnkit.train.parallel import World
 
@@ -176,12 +271,8 @@ def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
     config = TrainConfig(batch_size=2, context_parallel=ContextParallelConfig(2))
     with pytest.raises(ValueError, match="over 2 processes needs a multiple of 2 processes, this run has 1"):
         fit(task, config, progress=False)
-    world = World(rank=0, size=2, context=2)  # the checks come before any process group is made
+    world = World(rank=0, size=2, context=2)  # the check comes before any process group is made
     with pytest.raises(ValueError, match="this Task cannot split its sequences"):
-        _context_parallel(task, config, world)
-    hybrid = HybridLM(HybridConfig(vocab_size=11, dim=8, pattern="MA", num_heads=2, state_dim=2))
-    task = Task(hybrid, size=4, batch=lambda i: i, loss=lambda m, b: None, split=lambda b, s: b)
-    with pytest.raises(ValueError, match="SelectiveSSM mixes tokens along the sequence outside attention"):
         _context_parallel(task, config, world)
 
 

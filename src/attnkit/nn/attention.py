@@ -28,6 +28,7 @@ from .cache import CacheView, ContextCache, KVCache, RingCache, stream_positions
 from .linear import Linear, linears
 from .norms import NormConfig
 from .positions import RelativePositions, default_position_ids
+from .ssm import SelectiveSSM
 
 Window = tuple[int | None, int | None]
 
@@ -419,7 +420,9 @@ def set_kernel(module: _Module, kernel: str | Kernel) -> _Module:
 
 def use_context_parallel(model: nn.Module, setting: ContextParallel | None) -> int:
     """Run every self-attention layer of ``model`` on sequence shards (``setting``), or again on whole sequences
-    (None); returns how many layers it set. Give the model this process's tokens and their global positions::
+    (None); returns how many layers it set. A model with a layer that mixes tokens outside attention
+    (``SelectiveSSM``, an RNN, a ``Conv1d``) gets a ValueError, before any layer is set: on a shard, that layer would
+    need the previous shard's state. Give the model this process's tokens and their global positions::
 
         cp = ContextParallel(layout="zigzag")
         use_context_parallel(model, cp)
@@ -427,6 +430,12 @@ def use_context_parallel(model: nn.Module, setting: ContextParallel | None) -> i
     """
     if setting is not None and not isinstance(setting, ContextParallel):
         raise TypeError(f"setting must be an attnkit.distributed.ContextParallel or None, got {type(setting).__name__}")
+    if setting is not None:  # refused before any layer is set: the model stays as it was
+        for name, module in model.named_modules():
+            if isinstance(module, (SelectiveSSM, nn.RNNBase, nn.Conv1d)):
+                raise ValueError(f"model has a {type(module).__name__} at {name or 'its top'}, which mixes tokens "
+                                 "along the sequence outside attention (on a shard it would need the previous "
+                                 "shard's state); only attention runs on sequence shards")
     layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and not m.cross_attention]
     for layer in layers:
         layer.context_parallel = setting

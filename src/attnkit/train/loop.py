@@ -46,7 +46,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ..distributed import ContextParallel
 from ..files import write_text
 from ..nn import use_context_parallel
-from ..nn.ssm import SelectiveSSM
 from . import checkpoint, parallel
 from .config import TrainConfig
 from .parallel import World
@@ -161,7 +160,11 @@ class _Run:
         self.setting = _context_parallel(task, config, world)
         self.trained: nn.Module = self.model
         if world.size > 1:  # over every process: the sum of the replicas' and of the groups' parts (see above)
-            self.trained = DistributedDataParallel(self.model)
+            try:
+                self.trained = DistributedDataParallel(self.model)  # a collective: raises when a peer is gone
+            except BaseException:
+                self.release()  # fit has no run to release yet
+                raise
 
     def state(self) -> dict[str, Any]:
         rngs = [checkpoint.rng_state()]
@@ -247,29 +250,32 @@ class _Run:
             checkpoint.set_rng_state(generators)
 
     def release(self) -> None:
-        """The model as it came: attention on whole sequences again."""
+        """The model as it came (attention on whole sequences again), and the context-parallel group gone."""
         if self.setting is not None:
             use_context_parallel(self.model, None)
+            parallel.destroy(self.setting.group)
+            self.setting = None
 
 
 def _context_parallel(task: Task, config: TrainConfig, world: World) -> ContextParallel | None:
     """With ``config.context_parallel``: this process's group, set on the model's self-attention layers; a
-    ValueError for a task that cannot split its sequences, before any group is made."""
+    ValueError for a task that cannot split its sequences (before any group is made) or a model that cannot run on
+    shards (the group destroyed again)."""
     cp = config.context_parallel
     if cp is None:
         return None
     if task.split is None:
         raise ValueError("TrainConfig.context_parallel: this Task cannot split its sequences over processes; give it "
                          "split=(batch, setting) -> this process's part of each sequence (docs/training.md)")
-    for module in task.model.modules():
-        if isinstance(module, (SelectiveSSM, nn.RNNBase, nn.Conv1d)):
-            raise ValueError(f"TrainConfig.context_parallel: the model's {type(module).__name__} mixes tokens along "
-                             "the sequence outside attention (it would need the previous shard's state): only "
-                             "attention runs on sequence shards")
     setting = ContextParallel(parallel.context_group(world, config.timeout_s), cp.layout, cp.strategy)
-    if use_context_parallel(task.model, setting) == 0:
-        raise ValueError("TrainConfig.context_parallel: the model has no self-attention layer "
-                         "(attnkit.nn.MultiHeadAttention) to run on sequence shards")
+    try:
+        layers = use_context_parallel(task.model, setting)  # a ValueError for a model that mixes tokens elsewhere
+        if layers == 0:
+            raise ValueError("the model has no self-attention layer (attnkit.nn.MultiHeadAttention) to run on "
+                             "sequence shards")
+    except ValueError as error:
+        parallel.destroy(setting.group)
+        raise ValueError(f"TrainConfig.context_parallel: {error}") from None
     return setting
 
 
@@ -288,11 +294,12 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
     """
     world = parallel.from_environment(config.timeout_s, config.context_size)
     out = Path(out) if out is not None else None
-    run = _Run(task, config, out, world)
+    run: _Run | None = None  # made inside the try: DDP's setup is a collective too
     log: _Log | None = None
     stop, loss, interrupted = _Stop(patient=world.size > 1), math.nan, False
     evaluation: dict[str, float] = {}
     try:
+        run = _Run(task, config, out, world)
         resumed = _start(run, resume)
         log = _Log(out, world, config, task, run.step, progress, name)
         with stop.installed():
@@ -305,11 +312,13 @@ def fit(task: Task, config: TrainConfig, out: Path | str | None = None, *, resum
             run.save()
     except RuntimeError as error:  # dist.DistBackendError among them
         if world.size > 1 and not isinstance(error, PeerFailure) and _is_peer_error(error):
-            raise PeerFailure(f"process {world.rank}: another process stopped or timed out at step {run.step}; "
+            when = f"at step {run.step}" if run is not None else "while starting"
+            raise PeerFailure(f"process {world.rank}: another process stopped or timed out {when}; "
                               f"stopping too ({str(error).splitlines()[0][:200]})") from error
         raise
     finally:
-        run.release()
+        if run is not None:
+            run.release()
         if log is not None:
             log.close()
     if world.main and out is not None:

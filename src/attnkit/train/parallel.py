@@ -75,7 +75,14 @@ def context_group(world: World, timeout_s: float) -> dist.ProcessGroup:
     timeout = datetime.timedelta(seconds=timeout_s)
     groups = [dist.new_group(list(range(first, first + world.context)), timeout=timeout)
               for first in range(0, world.size, world.context)]
-    return groups[world.replica]
+    return groups[world.replica]  # the others are placeholders here: torch.distributed keeps only this one
+
+
+def destroy(group: dist.ProcessGroup | None) -> None:
+    """Free a group of :func:`context_group` (its connections; torch.distributed forgets it). Each process frees
+    its own, without waiting for the others: a ``fit`` per group, however many runs a process makes."""
+    if group is not None and dist.is_initialized():
+        dist.destroy_process_group(group)
 
 
 def all_sum(value: torch.Tensor, world: World) -> torch.Tensor:
@@ -101,4 +108,4 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-__all__ = ["World", "from_environment", "context_group", "all_sum", "launch"]
+__all__ = ["World", "from_environment", "context_group", "destroy", "all_sum", "launch"]
