@@ -53,7 +53,7 @@ WORKER = textwrap.dedent("""
 
     size = int(os.environ.get("CONTEXT_PARALLEL", "1"))
     setting = ContextParallelConfig(size, layout=os.environ.get("LAYOUT", "zigzag"),
-                                    strategy=os.environ.get("STRATEGY", "ring"))
+                                    strategy=os.environ.get("STRATEGY", "ring")) if size > 1 else None
     task = Task(model, size=32, batch=lambda i: (tokens[i, :-1], tokens[i, 1:], None), loss=loss, split=split)
     config = TrainConfig(steps=6, batch_size=8, accumulation=2, lr=1e-2, grad_clip=0.5, log_every=1,
                          timeout_s=60, context_parallel=setting)
@@ -230,15 +230,29 @@ def test_fit_hands_the_model_and_its_group_back_when_the_set_up_fails_and_after_
 
 # --- settings and refusals, in one process ------------------------------------------------------------------
 
-def test_the_setting_round_trips_through_the_checkpoints_dict_and_size_1_is_plain():
+def test_the_setting_round_trips_through_the_checkpoints_dict_and_none_is_whole_sequences():
     config = TrainConfig(context_parallel=ContextParallelConfig(4, layout="contiguous", strategy="ulysses"))
     assert TrainConfig.from_dict(config.to_dict()) == config
-    assert TrainConfig(context_parallel=ContextParallelConfig(1)).context_parallel is None
     assert TrainConfig.from_dict({"steps": 3}).context_parallel is None  # a checkpoint from before the setting
-    with pytest.raises(ValueError, match="layout must be one of"):
+    with pytest.raises(ValueError, match=r"ContextParallelConfig.size must be an int >= 2, got 1 \(whole sequences: "
+                                         r"TrainConfig\(context_parallel=None\)\)"):
+        ContextParallelConfig(1)  # one way to write "off": None
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'size'"):
+        ContextParallelConfig()  # no arbitrary default size
+    with pytest.raises(ValueError, match="ContextParallelConfig.layout: layout must be one of"):
         ContextParallelConfig(2, layout="striped")
+    with pytest.raises(ValueError, match="ContextParallelConfig.strategy: strategy must be one of"):
+        ContextParallelConfig(2, strategy="tree")
     with pytest.raises(TypeError, match="TrainConfig.context_parallel must be a ContextParallelConfig"):
         TrainConfig(context_parallel=2)
+
+
+def test_recipes_pass_none_for_whole_sequences(tmp_path):
+    from attnkit.train.recipes import Options
+    from attnkit.train.recipes.common import train_config
+
+    assert train_config(Options(tmp_path), steps=3).context_parallel is None
+    assert train_config(Options(tmp_path, context_parallel=3), steps=3).context_parallel == ContextParallelConfig(3)
 
 
 def test_use_context_parallel_refuses_a_model_that_mixes_tokens_outside_attention_and_leaves_it_as_it_was():
@@ -269,7 +283,8 @@ def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
     gpt = GPT(GPTConfig(vocab_size=11, max_seq_len=8, dim=8, num_layers=1, attention=dict(num_heads=2)))
     task = Task(gpt, size=4, batch=lambda i: i, loss=lambda m, b: None)
     config = TrainConfig(batch_size=2, context_parallel=ContextParallelConfig(2))
-    with pytest.raises(ValueError, match="over 2 processes needs a multiple of 2 processes, this run has 1"):
+    with pytest.raises(ValueError, match="TrainConfig.context_parallel.size=2 needs a multiple of 2 processes, this "
+                                         "run has 1"):
         fit(task, config, progress=False)
     world = World(rank=0, size=2, context=2)  # the check comes before any process group is made
     with pytest.raises(ValueError, match="this Task cannot split its sequences"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,17 +21,29 @@ class ContextParallelConfig:
 
     The processes of a run form groups of ``size`` consecutive ranks; a group shares one micro-batch, each process
     holding its part of every sequence (``layout``), and the groups are the data-parallel replicas. ``size`` = the
-    number of processes: every process holds a part of every sequence.
+    number of processes: every process holds a part of every sequence. Whole sequences are
+    ``TrainConfig(context_parallel=None)``.
     """
 
-    size: int = 2  # processes that share one sequence; must divide the number of processes (1 = off)
+    size: int  # processes that share one sequence, 2 or more; must divide the number of processes
     layout: LayoutName = "zigzag"  # zigzag balances causal attention's work over the processes
     strategy: Strategy = "ring"  # "ulysses": all-to-all over heads (the head count must divide by size)
 
     def __post_init__(self) -> None:
-        check_int("ContextParallelConfig.size", self.size, minimum=1)
-        check_layout(self.layout)
-        check_strategy(self.strategy)
+        try:
+            check_int("ContextParallelConfig.size", self.size, minimum=2)
+        except ValueError as error:
+            raise ValueError(f"{error} (whole sequences: TrainConfig(context_parallel=None))") from None
+        _named("layout", check_layout, self.layout)
+        _named("strategy", check_strategy, self.strategy)
+
+
+def _named(field: str, check: Callable[[object], object], value: object) -> None:
+    """``check(value)``'s ValueError naming the field (the distributed checks name their own argument)."""
+    try:
+        check(value)
+    except ValueError as error:
+        raise ValueError(f"ContextParallelConfig.{field}: {error}") from None
 
 
 @dataclass
@@ -79,8 +92,6 @@ class TrainConfig:
         if self.context_parallel is not None and not isinstance(self.context_parallel, ContextParallelConfig):
             raise TypeError("TrainConfig.context_parallel must be a ContextParallelConfig or None, got "
                             f"{type(self.context_parallel).__name__}")
-        if self.context_parallel is not None and self.context_parallel.size == 1:
-            self.context_parallel = None  # one process per sequence: the plain loop, one way to write it
 
     @property
     def context_size(self) -> int:

@@ -55,7 +55,7 @@ def from_environment(timeout_s: float, context: int = 1) -> World:
     (no group) when there is none. ``context``: processes per sequence; a ValueError unless it divides them."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size % context:
-        raise ValueError(f"context parallelism over {context} processes needs a multiple of {context} processes, "
+        raise ValueError(f"TrainConfig.context_parallel.size={context} needs a multiple of {context} processes, "
                          f"this run has {size}: start them with attnkit train --nproc (or torchrun)")
     if size == 1:
         return World()

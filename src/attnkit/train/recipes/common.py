@@ -31,7 +31,8 @@ def train_config(options: Options, steps: int, **settings: Any) -> TrainConfig:
     line (the seed, --checkpoint-every, --context-parallel; a row every 10 steps, every 2 with --quick)."""
     return TrainConfig(steps=steps, seed=options.seed, log_every=2 if options.quick else 10,
                        checkpoint_every=options.checkpoint_every,
-                       context_parallel=ContextParallelConfig(size=options.context_parallel), **settings)
+                       context_parallel=(ContextParallelConfig(size=options.context_parallel)
+                                         if options.context_parallel > 1 else None), **settings)
 
 
 def fit_part(options: Options, name: str, task: Task, config: TrainConfig) -> Result:
