@@ -197,7 +197,10 @@ SETUP_WORKER = textwrap.dedent("""
     fit(task(gpt), config, progress=False)
     fit(task(gpt), config, progress=False)
     report["after_two"] = groups()
-    crash = RuntimeError("Connection closed by peer [simulated: a crashed process]")
+    def crash(module):  # DDP's set-up is a collective (a barrier here); then it finds a peer gone
+        dist.barrier()
+        raise RuntimeError("Connection closed by peer [simulated: a crashed process]")
+
     with mock.patch("attnkit.train.loop.DistributedDataParallel", side_effect=crash):
         report["ddp"] = outcome(gpt)
     hybrid = HybridLM(HybridConfig(vocab_size=11, dim=8, pattern="MA", num_heads=2, state_dim=2))
@@ -276,7 +279,7 @@ def test_use_context_parallel_refuses_a_model_that_mixes_tokens_outside_attentio
 
 
 def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
-    from attnkit.models import GPT, GPTConfig
+    from attnkit.models import GPT, GPTConfig, HybridConfig, HybridLM
     from attnkit.train.loop import _context_parallel
     from attnkit.train.parallel import World
 
@@ -286,8 +289,16 @@ def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
     with pytest.raises(ValueError, match="TrainConfig.context_parallel.size=2 needs a multiple of 2 processes, this "
                                          "run has 1"):
         fit(task, config, progress=False)
-    world = World(rank=0, size=2, context=2)  # the check comes before any process group is made
+    world = World(rank=0, size=2, context=2)  # the checks come before any process group is made
     with pytest.raises(ValueError, match="this Task cannot split its sequences"):
+        _context_parallel(task, config, world)
+    hybrid = HybridLM(HybridConfig(vocab_size=11, dim=8, pattern="MA", num_heads=2, state_dim=2))
+    task = Task(hybrid, size=4, batch=lambda i: i, loss=lambda m, b: None, split=lambda b, s: b)
+    with pytest.raises(ValueError, match="TrainConfig.context_parallel: model has a SelectiveSSM at layers.0.mixer"):
+        _context_parallel(task, config, world)
+    assert all(getattr(m, "context_parallel", None) is None for m in hybrid.modules())
+    task = Task(torch.nn.Linear(2, 2), size=4, batch=lambda i: i, loss=lambda m, b: None, split=lambda b, s: b)
+    with pytest.raises(ValueError, match="the model has no self-attention layer"):
         _context_parallel(task, config, world)
 
 

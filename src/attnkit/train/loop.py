@@ -259,23 +259,27 @@ class _Run:
 
 def _context_parallel(task: Task, config: TrainConfig, world: World) -> ContextParallel | None:
     """With ``config.context_parallel``: this process's group, set on the model's self-attention layers; a
-    ValueError for a task that cannot split its sequences (before any group is made) or a model that cannot run on
-    shards (the group destroyed again)."""
+    ValueError, before any group is made, for a task that cannot split its sequences or a model that cannot run on
+    shards. (A process that closed a group at once could cut off a peer still connecting to it.)"""
     cp = config.context_parallel
     if cp is None:
         return None
     if task.split is None:
         raise ValueError("TrainConfig.context_parallel: this Task cannot split its sequences over processes; give it "
                          "split=(batch, setting) -> this process's part of each sequence (docs/training.md)")
-    setting = ContextParallel(parallel.context_group(world, config.timeout_s), cp.layout, cp.strategy)
-    try:
-        layers = use_context_parallel(task.model, setting)  # a ValueError for a model that mixes tokens elsewhere
-        if layers == 0:
-            raise ValueError("the model has no self-attention layer (attnkit.nn.MultiHeadAttention) to run on "
-                             "sequence shards")
-    except ValueError as error:
-        parallel.destroy(setting.group)
+    try:  # the model's own check (attnkit.nn), on a setting of the default group until this process's is made
+        layers = use_context_parallel(task.model, ContextParallel(None, cp.layout, cp.strategy))
+    except ValueError as error:  # a model that mixes tokens outside attention; nothing was set
         raise ValueError(f"TrainConfig.context_parallel: {error}") from None
+    try:
+        if layers == 0:
+            raise ValueError("TrainConfig.context_parallel: the model has no self-attention layer "
+                             "(attnkit.nn.MultiHeadAttention) to run on sequence shards")
+        setting = ContextParallel(parallel.context_group(world, config.timeout_s), cp.layout, cp.strategy)
+    except BaseException:
+        use_context_parallel(task.model, None)
+        raise
+    use_context_parallel(task.model, setting)
     return setting
 
 
