@@ -148,7 +148,8 @@ def test_resuming_without_the_setting_is_refused_naming_it(two_processes):
     saved = load(two_processes / "checkpoint.pt")["config"]
     task = Task(GPT(GPTConfig(vocab_size=11, max_seq_len=8, dim=8, num_layers=1, attention=dict(num_heads=2))),
                 size=32, batch=lambda i: i, loss=lambda m, b: None)
-    with pytest.raises(ValueError, match=r"other settings \(context_parallel\)"):
+    with pytest.raises(ValueError, match=r"--resume: --context-parallel differs from .*checkpoint.pt's "
+                                         r"\(checkpoint 2, this run 1\)"):
         fit(task, TrainConfig.from_dict({**saved, "context_parallel": None}), two_processes, resume=True,
             progress=False)
 
@@ -309,6 +310,12 @@ def test_fit_refuses_context_parallelism_without_the_processes_or_a_split():
                                              "--nproc 2"),
     (["char-lm", "--nproc", "3", "--context-parallel", "2"], "--context-parallel 2 must divide the number of "
                                                              "processes (3)"),
+    (["char-lm", "--nproc", "3", "--context-parallel", "2"], "split the batch; use --nproc 2 or 4"),
+    (["char-lm", "--nproc", "2", "--context-parallel", "4"], "split the batch; use --nproc 4"),
+    (["char-lm", "--nproc", "3", "--context-parallel", "3"], "char-lm --quick with --context-parallel 3: "
+                                                             "layout='zigzag' over 3 processes cuts the sequence into "
+                                                             "6 equal chunks, so the sequence must have a length "
+                                                             "divisible by 6; got 32"),
     (["vit-digits", "--nproc", "2", "--context-parallel", "2"], "recipe 'vit-digits' cannot run with "
                                                                 "--context-parallel (it trains no GPT over token "
                                                                 "sequences to split); recipes that can: char-lm"),
@@ -318,6 +325,30 @@ def test_what_cannot_run_context_parallel_is_refused_in_one_line(argv, message, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+@pytest.mark.parametrize("saved, argv, message", [
+    ((2, 2), [], "--resume: --context-parallel differs from {path}'s (checkpoint 2, this run 1); resume with "
+                 "--context-parallel 2, or start in another --out"),
+    ((4, 2), ["--nproc", "2", "--context-parallel", "2"], "--resume: --nproc differs from {path}'s (checkpoint 4, "
+                                                          "this run 2); resume with --nproc 4"),
+    ((2, None), ["--nproc", "2", "--context-parallel", "2"], "--resume: --context-parallel differs from {path}'s "
+                                                             "(checkpoint 1, this run 2)"),
+])
+def test_resuming_with_other_parallel_settings_is_refused_in_one_line_before_any_process_starts(
+        saved, argv, message, tmp_path, capsys):
+    """The checkpoint's processes and --context-parallel, read by the command before it launches anything."""
+    from attnkit.train.checkpoint import save
+
+    processes, size = saved
+    path = tmp_path / "softmax" / "checkpoint.pt"  # what a char-lm run leaves: only its config and world size count
+    setting = ContextParallelConfig(size) if size else None
+    save(path, {"step": 3, "config": TrainConfig(context_parallel=setting).to_dict(), "world_size": processes})
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["train", "char-lm", "--quick", "--out", str(tmp_path), "--no-progress", "--resume", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before  # nothing ran
 
 
 @PROCESSES

@@ -14,7 +14,7 @@ from .cli_common import CommandFailed, UsageError, check_out, positive_int
 def cmd_train(args: argparse.Namespace) -> int:
     """Run a training recipe: its models trained, its results table printed, results.json and figures written."""
     from .train import recipes
-    from .train.loop import PeerFailure, refuse_existing
+    from .train.loop import PeerFailure
 
     if args.list:
         print(recipes.listing())
@@ -24,8 +24,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipes.get(args.recipe)  # an unknown name is refused before anything starts
     _check_context_parallel(args)
     out = check_out(args.out or os.path.join("attnkit-train", args.recipe))
-    if not args.resume and any(out.rglob("checkpoint.pt")):  # what fit refuses too, before any process starts
-        refuse_existing(out)
+    _check_checkpoints(args, out)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
         return _launch(args, out)
     options = recipes.Options(out=out, seed=args.seed, steps=args.steps, quick=args.quick, resume=args.resume,
@@ -57,14 +56,34 @@ def _check_context_parallel(args: argparse.Namespace) -> None:
     size = args.context_parallel
     if size == 1:
         return
-    recipes.check_context_parallel(args.recipe, size)
-    processes = int(os.environ.get("WORLD_SIZE", args.nproc))
+    recipes.check_context_parallel(args.recipe, size, args.quick)
+    processes = _processes(args)
     if processes == 1:
         raise UsageError(f"--context-parallel {size} splits each sequence over {size} processes: add --nproc {size} "
                          "(or a multiple of it), or start the command under torchrun")
     if processes % size:
+        below, above = processes // size * size, -(-processes // size) * size  # the multiples of C around N
+        fits = f"--nproc {size}" if processes < size else f"--nproc {below} or {above}"
         raise UsageError(f"--context-parallel {size} must divide the number of processes ({processes}): each group "
-                         f"of {size} processes shares one sequence, and the groups split the batch")
+                         f"of {size} processes shares one sequence, and the groups split the batch; use {fits}")
+
+
+def _processes(args: argparse.Namespace) -> int:
+    """The run's processes: torchrun's WORLD_SIZE in a process it started, else --nproc."""
+    return int(os.environ.get("WORLD_SIZE", args.nproc))
+
+
+def _check_checkpoints(args: argparse.Namespace, out: Path) -> None:
+    """What fit refuses too, before any process starts (else each process would say it): checkpoints in ``out``
+    without --resume, or with --resume, checkpoints of other --nproc or --context-parallel."""
+    from .train.checkpoint import load
+    from .train.loop import check_parallel, refuse_existing
+
+    paths = sorted(out.rglob("checkpoint.pt"))
+    if paths and not args.resume:
+        refuse_existing(out)
+    for path in paths if args.resume else []:
+        check_parallel(load(path), path, _processes(args), args.context_parallel)
 
 
 def _launch(args: argparse.Namespace, out: Path) -> int:

@@ -179,16 +179,14 @@ class _Run:
         if self.out is not None and self.world.main:
             checkpoint.save(self.out / checkpoint.NAME, state)
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        check_parallel(state, path, self.world.size, self.config.context_size)
         saved = TrainConfig.from_dict(state["config"])
         now = self.config.to_dict()
         differs = [k for k, v in saved.to_dict().items() if k != "checkpoint_every" and v != now[k]]
         if differs:
             raise ValueError(f"--resume: the checkpoint was written with other settings ({', '.join(differs)}); "
                              "resume with the same ones or start in another --out")
-        if state["world_size"] != self.world.size:
-            raise ValueError(f"--resume: the checkpoint was written by {state['world_size']} process(es), this run "
-                             f"has {self.world.size}; resume with --nproc {state['world_size']}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"][self.world.rank])
@@ -336,6 +334,18 @@ def refuse_existing(out: Path | str) -> None:
                      "--out")
 
 
+def check_parallel(state: dict[str, Any], path: Path, processes: int, context: int) -> None:
+    """The error for checkpoint ``state`` (read from ``path``) written by a run of other parallel settings than
+    this one's ``processes`` and ``context`` (processes per sequence): one line naming the setting, with both
+    values. Also the CLI's pre-check, before any process starts."""
+    saved = state["config"].get("context_parallel")
+    for flag, then, now in (("--context-parallel", 1 if saved is None else saved["size"], context),
+                            ("--nproc", state["world_size"], processes)):
+        if then != now:
+            raise ValueError(f"--resume: {flag} differs from {path}'s (checkpoint {then}, this run {now}); resume with "
+                             f"{flag} {then}, or start in another --out")
+
+
 def _start(run: _Run, resume: bool) -> int | None:
     out = run.out
     path = out / checkpoint.NAME if out is not None else None
@@ -343,7 +353,7 @@ def _start(run: _Run, resume: bool) -> int | None:
         if not resume:
             refuse_existing(path.parent)
         state = checkpoint.load(path)
-        run.restore(state)
+        run.restore(state, path)
         if run.world.main:
             _keep_metrics(path.parent, run.step, finished=run.step >= run.config.steps)
         return run.step
@@ -391,4 +401,5 @@ def _plot(out: Path) -> None:
     loss_curve(read_metrics(out), out / "loss.png")
 
 
-__all__ = ["fit", "Result", "PeerFailure", "param_groups", "read_metrics", "refuse_existing", "METRICS"]
+__all__ = ["fit", "Result", "PeerFailure", "param_groups", "read_metrics", "refuse_existing", "check_parallel",
+           "METRICS"]

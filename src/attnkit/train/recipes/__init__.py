@@ -73,7 +73,9 @@ class Recipe:
     name: str
     summary: str  # one line for --list
     run: Callable[[Options], Report | None]
-    context_parallel: bool = False  # it trains models over token sequences that can be split over processes
+    # With sequences that split over processes: context_parallel(size, quick) raises a ValueError unless they split
+    # over ``size`` (the --quick version's when ``quick``); checked before any process starts. None: whole only.
+    context_parallel: Callable[[int, bool], None] | None = None
 
 
 ORDER = ("translate", "vit-digits", "glimpse", "han", "char-lm", "finetune")  # the issue's order, for --list
@@ -102,25 +104,30 @@ def get(name: str) -> Recipe:
     return recipes[name]
 
 
-def check_context_parallel(name: str, size: int) -> None:
-    """A ValueError, naming the recipes that can, unless recipe ``name`` trains with each sequence split over
-    ``size`` processes (any recipe can with 1)."""
-    if size > 1 and not get(name).context_parallel:
-        able = ", ".join(r.name for r in _recipes().values() if r.context_parallel)
+def check_context_parallel(name: str, size: int, quick: bool = False) -> None:
+    """A ValueError unless recipe ``name`` (its --quick version when ``quick``) trains with each sequence split
+    over ``size`` processes (any recipe can with 1): naming the recipes that can, or why its sequences do not
+    split over ``size``."""
+    if size == 1:
+        return
+    check = get(name).context_parallel
+    if check is None:
+        able = ", ".join(r.name for r in _recipes().values() if r.context_parallel is not None)
         raise ValueError(f"recipe {name!r} cannot run with --context-parallel (it trains no GPT over token sequences "
                          f"to split); recipes that can: {able}")
+    check(size, quick)
 
 
 def listing() -> str:
     recipes = _recipes().values()
     width = max(len(r.name) for r in recipes)
-    return "\n".join(f"{r.name.ljust(width)}  {r.summary}" + (" (context parallel)" if r.context_parallel else "")
-                     for r in recipes)
+    return "\n".join(f"{r.name.ljust(width)}  {r.summary}"
+                     + (" (context parallel)" if r.context_parallel is not None else "") for r in recipes)
 
 
 def run(name: str, options: Options) -> Report | None:
     """Run recipe ``name``; on the main process write ``results.json`` and return the report."""
-    check_context_parallel(name, options.context_parallel)
+    check_context_parallel(name, options.context_parallel, options.quick)
     report = get(name).run(options)
     if report is not None:
         report.write(options.out)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...distributed import ContextParallel
+from ...distributed.layout import Layout
 from ...models.gpt import GPT, AttentionConfig, GPTConfig
 from ...models.hybrid import HybridConfig, HybridLM
 from ..loop import read_metrics
@@ -159,12 +160,17 @@ def sample(model: nn.Module, data: Data, length: int, seed: int) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else "\u00b7" for c in text)  # no control bytes to a terminal
 
 
+def check_context_parallel(size: int, quick: bool) -> None:
+    """A ValueError unless the zigzag layout cuts each sequence (``--quick``'s when ``quick``) into 2 * ``size``
+    equal chunks (``Recipe.context_parallel``: checked before the processes start)."""
+    block = (QUICK if quick else FULL).block
+    Layout("zigzag", size).check_length(f"char-lm{' --quick' if quick else ''} with --context-parallel {size}", block,
+                                        whole=True)
+
+
 def run(options: Options) -> Report | None:
     sizes = QUICK if options.quick else FULL
     split = options.context_parallel
-    if sizes.block % (2 * split):
-        raise ValueError(f"char-lm: --context-parallel {split} cuts each {sizes.block}-byte sequence into {2 * split} "
-                         f"zigzag chunks, which needs {2 * split} to divide {sizes.block}")
     data = make_data(sizes)
     rows: list[list[Any]] = []
     results: dict[str, Any] = {}
@@ -223,4 +229,4 @@ def _report(sizes: Sizes, data: Data, rows: list[list[Any]], results: dict[str, 
 
 RECIPE = Recipe("char-lm", "a byte-level GPT on the Python standard library's sources: softmax vs sliding window vs "
                 "linear vs Performer at equal parameters and steps, and an SSM hybrid at about equal time", run,
-                context_parallel=True)
+                context_parallel=check_context_parallel)
