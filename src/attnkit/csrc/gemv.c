@@ -30,6 +30,14 @@ GEMV_INLINE GEMV_TARGET __m512 load_w(const void *w, int64_t offset, int bf16, _
     return _mm512_maskz_loadu_ps(m, (const float *)w + offset);
 }
 
+/* Ask for W's cache line ``offset`` (two panels ahead) to be on its way while this panel is computed: with
+ * several rows of x the multiply-adds take about as long as the memory traffic, and without this hint the two
+ * did not overlap (eight rows through SmolLM2's feed-forward weights: 27.7 -> 18.5 ms a step; one row: no
+ * change). A hint past the end of W is harmless (prefetches do not fault). */
+GEMV_INLINE GEMV_TARGET void prefetch_w(const void *w, int64_t offset, int bf16) {
+    _mm_prefetch((const char *)w + offset * (bf16 ? 2 : 4), _MM_HINT_T0);
+}
+
 /* y[b, o .. o+R) for b < B: rows o .. o+R of W against the B rows of x. */
 #define PANEL(R, B)                                                                                              \
     GEMV_INLINE GEMV_TARGET void panel_##R##_##B(const void *w, int bf16, int64_t in, const float *x,           \
@@ -42,6 +50,7 @@ GEMV_INLINE GEMV_TARGET __m512 load_w(const void *w, int64_t offset, int bf16, _
             __m512 xv[B];                                                                                         \
             for (int b = 0; b < B; b++) xv[b] = _mm512_maskz_loadu_ps(m, x + b * x_stride + i);                  \
             for (int r = 0; r < R; r++) {                                                                         \
+                prefetch_w(w, (o + 2 * R + r) * in + i, bf16);                                                       \
                 const __m512 wv = load_w(w, (o + r) * in + i, bf16, m);                                          \
                 for (int b = 0; b < B; b++) acc[r][b] = _mm512_fmadd_ps(wv, xv[b], acc[r][b]);                  \
             }                                                                                                     \
