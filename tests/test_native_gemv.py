@@ -363,3 +363,56 @@ def test_linears_equal_the_layers_and_stay_out_of_training():
     with torch.no_grad():
         assert linears(x, layers) is None  # more rows than a decoding step: the caller calls the layers
     assert linears(torch.randn(2, 1, 40), layers) is None  # the weights want gradients
+
+
+# ---- the attention norm of a decoding step (native.rms_rows, RMSNorm's inference path) ----------------------
+
+needs_rms = needs_native_symbol("attnkit_rms_rows")
+
+
+def rms_float64(x: Tensor, weight: Tensor, eps: float, unit_offset: bool) -> Tensor:
+    x64 = x.double()
+    normed = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps)
+    return normed * ((1.0 + weight.double()) if unit_offset else weight.double())
+
+
+@needs_rms
+@pytest.mark.parametrize("unit_offset", [False, True], ids=["weight", "gemma-1+weight"])
+@pytest.mark.parametrize("shape", [(1, 576), (8, 576), (2, 4, 17), (3, 1, 1)])
+def test_rms_rows_match_float64(shape, unit_offset):
+    from attnkit.nn import RMSNorm
+
+    x = 3 * torch.randn(*shape, generator=_gen(1))
+    norm = RMSNorm(shape[-1], eps=1e-5, unit_offset=unit_offset)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[-1], generator=_gen(2)))
+        direct = native.rms_rows(x, norm.weight, 1e-5, unit_offset)
+        through_module = norm(x)
+    assert direct is not None and torch.equal(direct, through_module)  # the module's inference path is this call
+    expected = rms_float64(x, norm.weight, 1e-5, unit_offset)
+    torch.testing.assert_close(direct.double(), expected, rtol=2e-6, atol=1e-6)
+
+
+@needs_rms
+def test_rms_rows_declines_what_it_does_not_take():
+    w = torch.ones(16)
+    assert native.rms_rows(torch.randn(9, 16), w, 1e-6, False) is None  # more rows than a decoding step's
+    assert native.rms_rows(torch.randn(2, 16).double(), w.double(), 1e-6, False) is None
+    assert native.rms_rows(torch.randn(16, 2).t(), w, 1e-6, False) is None  # not contiguous
+    assert native.rms_rows(torch.randn(2, 16), torch.ones(8), 1e-6, False) is None
+
+
+@needs_rms
+def test_rms_norm_keeps_pytorch_where_gradients_are_wanted(monkeypatch):
+    from attnkit.nn import RMSNorm
+
+    calls = []
+    real = native.rms_rows
+    monkeypatch.setattr(native, "rms_rows", lambda *a: calls.append(1) or real(*a))
+    norm = RMSNorm(16)
+    x = torch.randn(2, 16, requires_grad=True)
+    norm(x).sum().backward()  # training: PyTorch, differentiable
+    assert not calls and x.grad is not None
+    with torch.no_grad():
+        norm(x)
+    assert calls == [1]

@@ -152,6 +152,14 @@ static void rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, in
     }
 }
 
+/* out (B, dim) = RMSNorm of B rows of v (``v_stride`` floats apart) with weight w (Gemma's 1 + w when
+ * ``unit_offset``): a decoding step's attention norm in one call, as the fused block computes its feed-forward's. */
+int attnkit_rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim, const float *w, float eps,
+                     int64_t unit_offset) {
+    rms_rows(v, v_stride, out, B, dim, w, eps, unit_offset);
+    return 0;
+}
+
 static float activate(float g, int64_t act) {
     if (act == 0) return g / (1.0f + expf(-g));
     if (act == 1) return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
@@ -212,6 +220,12 @@ int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, const float *
                  float *y, int64_t y_stride, int threads) {
     (void)w, (void)bf16, (void)out, (void)in, (void)x, (void)x_stride, (void)B, (void)y, (void)y_stride;
     (void)threads;
+    return 2; /* not built for this CPU: the caller uses PyTorch */
+}
+
+int attnkit_rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim, const float *w, float eps,
+                     int64_t unit_offset) {
+    (void)v, (void)v_stride, (void)out, (void)B, (void)dim, (void)w, (void)eps, (void)unit_offset;
     return 2; /* not built for this CPU: the caller uses PyTorch */
 }
 

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional.checks import is_positive_finite
+from ..functional.kernels import native
+from .linear import switched_on
 
 NormKind = Literal["layer", "rms"]
 
@@ -35,6 +37,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(f"RMSNorm was built for dim={self.weight.shape[0]}, got input {tuple(x.shape)}")
+        if switched_on() and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            fast = native.rms_rows(x, self.weight, self.eps, self.unit_offset)  # a decoding step's few rows, in C
+            if fast is not None:
+                return fast
         if not self.unit_offset and x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.float64):
             # one fused op, bitwise the steps below for these types (x · rsqrt(mean(x²) + eps) · weight)
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
