@@ -6,6 +6,7 @@ import argparse
 import itertools
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -514,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_chat(sub)
     p = sub.add_parser("explain", help="what a model attends to: table, interactive HTML, PNG/SVG figures",
-                       description="Run a text through a pretrained model (attnkit's own implementation) and show "
+                       description=textwrap.fill(
+                                   "Run a text through a pretrained model (attnkit's own implementation) and show "
                                    "what one token attends to: per layer, per head, and through all layers "
                                    "(rollout). A decoder's token attends only to the tokens up to it, and its "
                                    "maps show later tokens as masked; when most of its attention goes to the "
@@ -522,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "without it. --attribution measures how far attention is from explanation: "
                                    "each method's ranking of the tokens against the effect of masking each one "
                                    "out. Writes DIR/attention.html (self-contained, works offline) and PNG/SVG "
-                                   "figures.",
+                                   "figures.", 100),
                        epilog="examples:\n"
                               "  attnkit explain \"The animal didn't cross the street because it was too tired\"\n"
                               "  attnkit explain --focus it --attribution \"The trophy didn't fit in the suitcase "
