@@ -131,10 +131,11 @@ class Reference:
         return torch.stack([a[0, :, self.focus] for a in attentions])  # (L, H, N)
 
 
-def run(name: str, model, ids, rows: torch.Tensor, **options):
+def run(name: str, model, ids, rows: torch.Tensor, rolled: torch.Tensor | None = None, **options):
     focus = focus_of(name)
     causal = name == "llama"
-    rolled = torch.zeros(N)  # the rollout row is passed through as it is (explain computes it; tested there)
+    # the rollout row is passed through as it is (explain computes it; tested there)
+    rolled = torch.zeros(N) if rolled is None else rolled
     options = {"directions": DIM, "steps": 64, **options}  # K = D: the encoder's directions are exact
     return attribute(model, ids, focus=focus, causal=causal, focus_rows=rows, rollout_row=rolled,
                      special=[False] * N, decode=lambda i: f"<{i}>", **options)
@@ -274,7 +275,11 @@ def test_a_decoder_focus_scores_only_earlier_tokens(decoder):
     name, _, model, ids = decoder
     rows = torch.softmax(torch.randn(2, 4, N, generator=torch.Generator().manual_seed(0)), -1)
     rows[..., focus_of(name) + 1:] = 0.0
-    result = run(name, model, ids, rows)
+    rolled = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    given = rolled.clone()
+    result = run(name, model, ids, rows, rolled)
+    assert torch.equal(rolled, given), "the caller's rollout row was changed"
+    torch.testing.assert_close(result.scores[ROLLOUT][:focus_of(name)], given[:focus_of(name)])
     later = list(range(focus_of(name), N))  # the focus and after: not scored, all zero
     for values in [*result.scores.values(), result.ablation]:
         assert torch.all(values[later] == 0)

@@ -402,13 +402,15 @@ def attribute(model: nn.Module, ids: Tensor, *, focus: int, causal: bool, focus_
         integrated, gap, steps = _integrated(explained, steps, chunk)
     ablation = explained.ablation(scored, chunk)
     attention = focus_rows.float().mean(1)  # (L, N)
-    scores = {MEAN: attention.mean(0).double(), LAST: attention[-1].double(), ROLLOUT: rollout_row.double(),
-              ATTENTION_GRADIENT: attention_gradient, GRADIENT_INPUT: gradient_input, INTEGRATED: integrated}
-    for values in scores.values():
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[scored] = True
-        values[~keep] = 0.0
+    # fresh float64 tensors each (the rollout row copied: the caller's stays as it is), zeroed below where unscored
+    scores = {MEAN: attention.mean(0).double(), LAST: attention[-1].double(),
+              ROLLOUT: rollout_row.to(torch.float64, copy=True), ATTENTION_GRADIENT: attention_gradient,
+              GRADIENT_INPUT: gradient_input, INTEGRATED: integrated}
     index = torch.tensor(scored, dtype=torch.long)
+    unscored = torch.ones(n, dtype=torch.bool)
+    unscored[index] = False
+    for values in scores.values():
+        values[unscored] = 0.0
     truth = ablation[index]
     correlations = {name: spearman(values[index], truth) for name, values in scores.items()}
     layer_correlations = [spearman(row.double()[index], truth) for row in attention]
