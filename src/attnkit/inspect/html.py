@@ -69,7 +69,7 @@ _PAGE = """<!DOCTYPE html>
 <main>
 <section id="layer-table" hidden><h2>Focus token, per layer</h2>
 <p class="hint" id="table-hint"></p>
-<div class="scroll"><table id="focus-table"></table></div>
+<div class="scroll"><table id="focus-table" class="text-table"></table></div>
 </section>
 <section id="attribution-view" hidden><h2>Attention vs attribution</h2>
 <p class="hint" id="attribution-lead"></p>

@@ -209,21 +209,15 @@
   // ---- the focus token's table, per layer (the terminal's) ---------------------------------------------
   function renderTable() {
     show("layer-table");
-    const table = document.getElementById("focus-table");
-    const header = table.appendChild(el("thead")).appendChild(el("tr"));
-    for (const name of ex.table.header) header.appendChild(el("th", "", name));
-    const body = table.appendChild(el("tbody"));
-    for (const row of ex.table.rows) {
-      const line = body.appendChild(el("tr"));
-      for (const cell of row) line.appendChild(el("td", "", cell));
-    }
+    fillTable(document.getElementById("focus-table"), ex.table.header, ex.table.rows, null);
     document.getElementById("table-hint").textContent = "The tokens " + quoted(Q.tokens[focus]) +
       " attends to most in each layer (mean over heads" +
       (data.causal ? ", among the " + ex.visible + " tokens up to it" : "") + ")" +
       (data.sink ? "; the first token's weight, then the others ranked without it." : ".");
   }
 
-  // ---- attention vs attribution (explain --attribution) --------------------------------------------------
+  // A text table: a header row, then rows of cells; ``shades`` (rows x (cells - 1), in [0, 1]) tints every cell
+  // after the first, or null for none.
   function fillTable(table, header, rows, shades) {
     const head = table.appendChild(el("thead")).appendChild(el("tr"));
     for (const name of header) head.appendChild(el("th", "", name));
@@ -242,6 +236,7 @@
     });
   }
 
+  // ---- attention vs attribution (explain --attribution) --------------------------------------------------
   function renderAttribution() {
     const a = ex.attribution;
     show("attribution-view");
