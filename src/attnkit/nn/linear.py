@@ -56,7 +56,7 @@ def _large(x: Tensor, weight: Tensor) -> bool:
     return size >= 1 << 19 or size * (x.numel() // max(1, x.shape[-1])) >= 1 << 22
 
 
-def _inference(x: Tensor, tensors: Sequence[Tensor | None]) -> bool:
+def inference(x: Tensor, tensors: Sequence[Tensor | None]) -> bool:
     """No gradient is wanted from x or any of ``tensors`` (weights and biases; None skipped)."""
     return not (torch.is_grad_enabled()
                 and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)))
@@ -90,7 +90,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     matmul and large products through oneDNN (see the module docstring)."""
     if (_switched_on and x.device.type == "cpu" and x.dtype in _DTYPES and weight.dtype == x.dtype
             and (bias is None or bias.dtype == x.dtype) and x.numel() > 0 and weight.is_contiguous()
-            and _inference(x, (weight, bias))):
+            and inference(x, (weight, bias))):
         y = _rows(x, (weight,), (bias,))
         if y is not None:
             return y[0]
@@ -109,7 +109,7 @@ def linears(x: Tensor, layers: Sequence[nn.Linear]) -> list[Tensor] | None:
     weights = [layer.weight for layer in layers]
     biases = [layer.bias for layer in layers]
     if (not _switched_on or not x.dim() or not x.shape[-1] or x.dtype not in _DTYPES or x.device.type != "cpu"
-            or any(w.dtype != x.dtype for w in weights) or not _inference(x, (*weights, *biases))):
+            or any(w.dtype != x.dtype for w in weights) or not inference(x, (*weights, *biases))):
         return None
     return _rows(x, weights, biases)
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..functional.checks import is_positive_finite
 from ..functional.kernels import native
-from .linear import switched_on
+from .linear import inference, switched_on
 
 NormKind = Literal["layer", "rms"]
 
@@ -37,7 +37,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(f"RMSNorm was built for dim={self.weight.shape[0]}, got input {tuple(x.shape)}")
-        if switched_on() and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+        if switched_on() and inference(x, (self.weight,)):
             fast = native.rms_rows(x, self.weight, self.eps, self.unit_offset)  # a decoding step's few rows, in C
             if fast is not None:
                 return fast
