@@ -24,7 +24,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipes.get(args.recipe)  # an unknown name is refused before anything starts
     _check_context_parallel(args)
     out = check_out(args.out or os.path.join("attnkit-train", args.recipe))
-    _check_checkpoints(args, out)
+    if "WORLD_SIZE" not in os.environ:  # processes torchrun started: checked by the launching command, or by fit
+        _check_checkpoints(args, out)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command again
         return _launch(args, out)
     options = recipes.Options(out=out, seed=args.seed, steps=args.steps, quick=args.quick, resume=args.resume,

@@ -38,7 +38,7 @@ class AttentionCall:
     """What a recorder receives from one attention call: enough to recompute its maps exactly.
 
     ``q`` is (B, H, Nq, D) and ``k`` (B, Hkv, Nk, D), after projections, positions and the cache, and ``v``
-    (B, Hkv, Nk, Dv) the values they weigh (None where a caller does not hand them over); the other fields are
+    (B, Hkv, Nk, Dv) the values they weigh; the other fields are
     the options handed to ``attnkit.attention``, and ``key_positions`` (Nk,) says which token each key column is
     (its stream position; -1 = an empty cache slot): a ring-buffer cache hands its keys over in slot order, not
     in token order.
@@ -53,7 +53,7 @@ class AttentionCall:
     scale: float | None
     softcap: float | None
     key_positions: Tensor
-    v: Tensor | None = None
+    v: Tensor
 
     def weights(self, heads: list[int] | None = None) -> Tensor:
         """Attention probabilities (B, len(heads) or H, Nq, Nk), from the reference kernel."""
@@ -208,11 +208,11 @@ class MultiHeadAttention(nn.Module):
             call = AttentionCall(q, k, mask, causal, window, bias, self.scale, self.softcap,
                                  stream_positions(k.shape[2], k.device), v)
         else:
-            call, v = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias, projected)
+            call = self._self_call(x, q, mask, causal, window, cache, position_ids, key_padding, bias, projected)
         for recorder in list(self._recorders.values()):
             recorder(self, call)
         attend = attention_fn if self.context_parallel is None else self._sharded(context, cache, call)
-        out = attend(call.q, call.k, v, mask=call.mask, causal=call.causal, window=call.window,
+        out = attend(call.q, call.k, call.v, mask=call.mask, causal=call.causal, window=call.window,
                      bias=call.bias, scale=self.scale, softcap=self.softcap,
                      dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
         b, _, n, _ = out.shape
@@ -248,7 +248,7 @@ class MultiHeadAttention(nn.Module):
 
     def _self_call(self, x: Tensor, q: Tensor, mask: Tensor | Mask | None, causal: bool, window: Window | None,
                    cache: KVCache | ContextCache | None, position_ids: Tensor | None, key_padding: Tensor | None,
-                   bias: Tensor | Bias | None, projected: list[Tensor] | None) -> tuple[AttentionCall, Tensor]:
+                   bias: Tensor | Bias | None, projected: list[Tensor] | None) -> AttentionCall:
         if isinstance(cache, ContextCache):
             raise TypeError("a ContextCache serves cross-attention; self-attention takes a "
                             "StaticCache, GrowingCache or RingCache")
@@ -275,7 +275,7 @@ class MultiHeadAttention(nn.Module):
             scheme = self.positions.bias(self.num_heads, q_pos, view.positions, view.ordered)
             bias = _sum_biases(bias, scheme, (b, self.num_heads, n, view.k.shape[2]), q)
         call = AttentionCall(q, view.k, mask, causal, window, bias, self.scale, self.softcap, view.positions, view.v)
-        return call, view.v
+        return call
 
     @classmethod
     def from_torch(cls, module: nn.MultiheadAttention, *, kernel: str | Kernel = "auto") -> MultiHeadAttention:

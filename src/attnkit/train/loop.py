@@ -338,8 +338,7 @@ def check_parallel(state: dict[str, Any], path: Path, processes: int, context: i
     """The error for checkpoint ``state`` (read from ``path``) written by a run of other parallel settings than
     this one's ``processes`` and ``context`` (processes per sequence): one line naming the setting, with both
     values. Also the CLI's pre-check, before any process starts."""
-    saved = state["config"].get("context_parallel")
-    for flag, then, now in (("--context-parallel", 1 if saved is None else saved["size"], context),
+    for flag, then, now in (("--context-parallel", TrainConfig.from_dict(state["config"]).context_size, context),
                             ("--nproc", state["world_size"], processes)):
         if then != now:
             raise ValueError(f"--resume: {flag} differs from {path}'s (checkpoint {then}, this run {now}); resume with "

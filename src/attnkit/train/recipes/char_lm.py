@@ -34,6 +34,7 @@ from ...distributed import ContextParallel
 from ...distributed.layout import Layout
 from ...models.gpt import GPT, AttentionConfig, GPTConfig
 from ...models.hybrid import HybridConfig, HybridLM
+from ..config import ContextParallelConfig
 from ..loop import read_metrics
 from ..task import Loss, Task
 from . import Options, Recipe, Report
@@ -161,11 +162,12 @@ def sample(model: nn.Module, data: Data, length: int, seed: int) -> str:
 
 
 def check_context_parallel(size: int, quick: bool) -> None:
-    """A ValueError unless the zigzag layout cuts each sequence (``--quick``'s when ``quick``) into 2 * ``size``
-    equal chunks (``Recipe.context_parallel``: checked before the processes start)."""
+    """A ValueError unless the run's layout (``ContextParallelConfig``'s default, as ``train_config`` builds it)
+    cuts each sequence (``--quick``'s when ``quick``) into the chunks it needs (``Recipe.context_parallel``: checked
+    before the processes start)."""
     block = (QUICK if quick else FULL).block
-    Layout("zigzag", size).check_length(f"char-lm{' --quick' if quick else ''} with --context-parallel {size}", block,
-                                        whole=True)
+    what = f"char-lm{' --quick' if quick else ''} with --context-parallel {size}"
+    Layout(ContextParallelConfig(size).layout, size).check_length(what, block, whole=True)
 
 
 def run(options: Options) -> Report | None:
