@@ -240,7 +240,12 @@ def test_bad_steps_are_refused(argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_page_and_figures_mark_word_pieces_as_the_terminal_does(curie):
+def test_the_page_and_figures_mark_word_pieces_as_the_terminal_does(curie, tmp_path):
+    from attnkit.inspect.figures import write_figures
+
     view = curie.to_view()
     assert view.queries.tokens[2:5] == ("Cu·", "·rie", "won") and view.keys is view.queries
     assert [curie.label(i) for i in range(len(curie.tokens))] == list(view.queries.tokens)
+    write_figures(curie, tmp_path, ["svg"])
+    rollout = (tmp_path / "rollout.svg").read_text(encoding="utf-8")  # labels stay text: the bars' title and ticks
+    assert "rollout of 'Cu·'" in rollout and "·rie" in rollout

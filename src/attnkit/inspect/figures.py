@@ -26,7 +26,7 @@ import numpy as np
 from torch import Tensor
 
 from ..files import atomic_path
-from .viewdata import ExplanationData, ViewData, ViewSource, as_view_data
+from .viewdata import ViewData, ViewSource, as_view_data
 
 Format = Literal["png", "svg", "pdf"]
 FORMATS = ("png", "svg")
@@ -72,15 +72,15 @@ def _heatmap(ax, matrix: Tensor, labels: Sequence[str], title: str, masked: Tens
     return image
 
 
-def _bars(ax, e: ExplanationData, row: Tensor, candidates: range, title: str, xlabel: str) -> None:
-    """Horizontal bars of ``row`` (N,) for the tokens in ``candidates``: all of them in text order, or the
+def _bars(ax, tokens: Sequence[str], row: Tensor, candidates: range, title: str, xlabel: str) -> None:
+    """Horizontal bars of ``row`` (N,) for the ``tokens`` in ``candidates``: all of them in text order, or the
     MAX_LABELS largest, largest on top."""
     index = list(candidates)
     order = index[::-1] if len(index) <= MAX_LABELS else \
         [index[i] for i in row[index].topk(MAX_LABELS).indices.flip(0).tolist()]
     ax.barh(range(len(order)), row[order].numpy(), color="#3b6fb6")
     ax.set_yticks(range(len(order)))
-    ax.set_yticklabels([e.tokens[i] for i in order], fontsize=7, parse_math=False)
+    ax.set_yticklabels([tokens[i] for i in order], fontsize=7, parse_math=False)
     ax.set_title(title, fontsize=9, parse_math=False)
     ax.set_xlabel(xlabel)
 
@@ -181,10 +181,11 @@ def _rollout(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[
     _heatmap(axes[0], e.rollout, labels, f"{e.model_name}: attention rollout (Abnar & Zuidema 2020){grey}",
              v.masked_cells())
     seen = f",\nof the {e.visible} tokens up to it" if e.causal else ""
-    _bars(axes[1], e, e.rollout_row, range(e.visible), f"rollout of {e.tokens[e.focus]!r} (token {e.focus}){seen}",
+    tokens = v.queries.tokens  # as the terminal labels them: word pieces marked
+    _bars(axes[1], tokens, e.rollout_row, range(e.visible), f"rollout of {tokens[e.focus]!r} (token {e.focus}){seen}",
           "share of the final representation")
     if rest:
-        _bars(axes[2], e, e.rollout_rest(), range(1, e.visible), f"without the first token, {e.tokens[0]!r}",
+        _bars(axes[2], tokens, e.rollout_rest(), range(1, e.visible), f"without the first token, {tokens[0]!r}",
               "share of what the first token leaves")
     return _save(plt, fig, directory / "rollout", formats)
 
