@@ -383,6 +383,9 @@ def test_rms_rows_match_float64(shape, unit_offset):
     from attnkit.nn import RMSNorm
 
     x = 3 * torch.randn(*shape, generator=_gen(1))
+    x.view(-1, shape[-1])[0] *= 1e-3  # a row where eps is a third of mean(x^2): a wrong or missing eps shows
+    if x.numel() // shape[-1] > 1:
+        x.view(-1, shape[-1])[-1] = 0.0  # all zeros: exactly 0 (eps keeps it from 0 / 0)
     norm = RMSNorm(shape[-1], eps=1e-5, unit_offset=unit_offset)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(shape[-1], generator=_gen(2)))
@@ -416,3 +419,15 @@ def test_rms_norm_keeps_pytorch_where_gradients_are_wanted(monkeypatch):
     with torch.no_grad():
         norm(x)
     assert calls == [1]
+
+
+@needs_rms
+def test_a_traced_frozen_model_records_pytorch_operations():
+    """torch.jit.trace sees only PyTorch operations: the C paths step aside while it records, or the trace would
+    replay an empty output."""
+    from attnkit.nn import RMSNorm
+
+    model = torch.nn.Sequential(RMSNorm(64), Linear(64, 32)).requires_grad_(False)
+    traced = torch.jit.trace(model, torch.randn(2, 64))
+    x = torch.randn(2, 64, generator=_gen(7))
+    torch.testing.assert_close(traced(x), model(x))

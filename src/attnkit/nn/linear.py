@@ -12,8 +12,9 @@ A decoding step multiplies one to eight rows by each weight: there both read the
 memory bandwidth, so those rows go to attnkit's own C matmul instead (``functional.kernels.native.gemv``: the
 weight read once, front to back, by both threads), which reads them at about the speed of ``torch.sum``.
 
-``use_onednn(False)`` turns both inference paths off (e.g. to compare); oneDNN's is off where the op does not
-exist, the C matmul's where the extension was not built or the CPU lacks AVX-512 (or ``ATTNKIT_NATIVE=0``).
+``use_onednn(False)`` turns every inference fast path off (e.g. to compare): oneDNN, the C matmul, the fused
+decoding block (``nn.Block``) and the C RMSNorm of a decoding step (``nn.RMSNorm``); oneDNN's is off where the op
+does not exist, the C ones where the extension was not built or the CPU lacks AVX-512 (or ``ATTNKIT_NATIVE=0``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def use_onednn(enabled: bool) -> bool:
-    """Turn the oneDNN inference path on or off for every ``Linear``; returns the previous setting. Turning it
-    on where PyTorch lacks the op leaves it off."""
+    """Turn the inference fast paths (oneDNN, the C matmul, the fused decoding block, the C RMSNorm) on or off;
+    returns the previous setting. oneDNN's stays off where PyTorch lacks the op."""
     global _switched_on
     previous, _switched_on = _switched_on, bool(enabled)  # the setting, so use_onednn(previous) restores it
     return previous
@@ -57,9 +58,11 @@ def _large(x: Tensor, weight: Tensor) -> bool:
 
 
 def inference(x: Tensor, tensors: Sequence[Tensor | None]) -> bool:
-    """No gradient is wanted from x or any of ``tensors`` (weights and biases; None skipped)."""
+    """No gradient is wanted from x or any of ``tensors`` (weights and biases; None skipped), and no
+    ``torch.jit.trace`` is recording: a trace sees only PyTorch operations, so a C call would leave it empty."""
     return not (torch.is_grad_enabled()
-                and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)))
+                and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors))) \
+        and not torch.jit.is_tracing()
 
 
 def _rows(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor] | None:
