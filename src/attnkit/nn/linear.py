@@ -62,7 +62,7 @@ def inference(x: Tensor, tensors: Sequence[Tensor | None]) -> bool:
     ``torch.jit.trace`` is recording: a trace sees only PyTorch operations, so a C call would leave it empty."""
     return not (torch.is_grad_enabled()
                 and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors))) \
-        and not torch.jit.is_tracing()
+        and not torch.jit.is_tracing()  # type: ignore[attr-defined]  # public, not re-exported in its stubs
 
 
 def _rows(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor] | None:
