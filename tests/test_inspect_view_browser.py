@@ -62,7 +62,7 @@ def synthetic_attribution(n: int, focus: int, layers: int):
     for values in (*scores.values(), ablation):
         values[focus] = 0.0
     correlations = {m: spearman(v[index], ablation[index]) for m, v in scores.items()}
-    return Attribution(target="the focus token's final vector", scored=scored, attention=attention, scores=scores,
+    return Attribution(target="the focus token's final vector", scored=scored, scores=scores,
                        ablation=ablation, correlations=correlations,
                        layer_correlations=[spearman(a.double()[index], ablation[index]) for a in attention],
                        directions=32, notes=["note: <b>a note</b>"])

@@ -62,7 +62,6 @@ class Attribution:
         target: what the scores explain, in words (the predicted token's log-probability, or the focus
             token's final vector).
         scored: indices of the tokens scored (those the focus sees, itself aside), in order.
-        attention: (L, N) the focus token's attention row per layer, mean over heads.
         scores: method name -> (N,) scores >= 0 (``METHODS`` order); zero for tokens not scored.
         ablation: (N,) the effect of masking each token out; zero for tokens not scored.
         correlations: method name -> Spearman's rho with the ablation over ``scored`` (NaN: undefined).
@@ -78,7 +77,6 @@ class Attribution:
 
     target: str
     scored: list[int]
-    attention: Tensor
     scores: dict[str, Tensor]
     ablation: Tensor
     correlations: dict[str, float]
@@ -419,7 +417,7 @@ def attribute(model: nn.Module, ids: Tensor, *, focus: int, causal: bool, focus_
              f"raise): its scores are rough"] if gap > GAP else []
     target = "the focus token's final vector" if not causal else \
         f"log p({decode(explained.predicted)!r}) (the predicted next token)"
-    return Attribution(target=target, scored=scored, attention=attention, scores=scores, ablation=ablation,
+    return Attribution(target=target, scored=scored, scores=scores, ablation=ablation,
                        correlations=correlations, layer_correlations=layer_correlations,
                        content_correlations=content_correlations, directions=explained.count, completeness=gap,
                        steps=steps, notes=notes)
