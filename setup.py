@@ -8,7 +8,7 @@ setup(
     ext_modules=[
         Extension(
             "attnkit._native",
-            sources=["src/attnkit/csrc/tiled_fwd.c", "src/attnkit/csrc/gemv.c"],
+            sources=["src/attnkit/csrc/tiled_fwd.c", "src/attnkit/csrc/gemv.c", "src/attnkit/csrc/decode.c"],
             extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", "-fopenmp"],
             # resolves at run time to the libgomp.so.1 PyTorch ships and has loaded: its thread pool
             extra_link_args=["-fopenmp"],

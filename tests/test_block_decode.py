@@ -1,8 +1,8 @@
 """A decoding step's block after the attention (output projection, residuals, RMSNorms, gated feed-forward, Gemma's
-sandwich norms) runs as one C call (``native.decode_ffn``): its result equals the PyTorch path's within float32
-rounding — the same block with the call declined, and the uncached forward of the whole sequence, which takes
-forward's own path — for every gated activation, with biases and with Gemma's norms, and the caller's input is
-left alone."""
+sandwich norms) runs as one C call (``native.decode_ffn``) where the whole layer's call (test_decode_layer.py) does
+not serve: its result equals the PyTorch path's within float32 rounding — the same block with the call declined,
+and the uncached forward of the whole sequence, which takes forward's own path — for every gated activation, with
+biases and with Gemma's norms, and the caller's input is left alone."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ def test_fused_decoding_equals_the_pytorch_path(name, monkeypatch):
         return done
 
     monkeypatch.setattr(native, "decode_ffn", counting)
+    # the whole layer's C call (tests/test_decode_layer.py) declines, as for a cache it does not serve: the attention
+    # in PyTorch, the rest of the block in this C call
+    monkeypatch.setattr(native, "decode_layer", lambda attn, ffn: None)
     for batch in (1, 3, 8):
         ids = torch.randint(0, 71, (batch, 9), generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
@@ -127,8 +130,9 @@ def test_use_onednn_false_turns_the_fused_block_off_too(monkeypatch):
 
     model = _model("llama-swiglu")
     calls = []
-    real = native.decode_ffn
+    real, real_layer = native.decode_ffn, native.decode_layer
     monkeypatch.setattr(native, "decode_ffn", lambda call: calls.append(1) or real(call))
+    monkeypatch.setattr(native, "decode_layer", lambda attn, ffn: calls.append(2) or real_layer(attn, ffn))
     ids = torch.randint(0, 71, (1, 9), generator=torch.Generator().manual_seed(0))
     previous = use_onednn(False)
     try:
@@ -139,4 +143,4 @@ def test_use_onednn_false_turns_the_fused_block_off_too(monkeypatch):
         assert use_onednn(previous) is False  # the setting it had, whatever oneDNN's availability
     with torch.no_grad():
         model.generate(ids, 3)
-    assert calls
+    assert calls and set(calls) == {2}  # every step's layers in one C call each

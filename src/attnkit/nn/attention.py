@@ -23,11 +23,12 @@ from ..functional import masks as structured_masks
 from ..functional.bias import ALiBi, Bias, as_bias
 from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
+from ..functional.kernels import native
 from ..functional.registry import Kernel, get_kernel
-from .cache import CacheView, ContextCache, KVCache, RingCache, stream_positions
+from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, stream_positions
 from .linear import Linear, linears
-from .norms import NormConfig
-from .positions import RelativePositions, default_position_ids
+from .norms import NormConfig, RMSNorm
+from .positions import RelativePositions, RotaryEmbedding, default_position_ids
 from .ssm import SelectiveSSM
 
 Window = tuple[int | None, int | None]
@@ -217,6 +218,49 @@ class MultiHeadAttention(nn.Module):
                      dropout=self.dropout if self.training else 0.0, kernel=self.kernel)  # (B, H, N, Dh)
         b, _, n, _ = out.shape
         return out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)  # (B, N, H*Dh)
+
+    def decode_step(self, x: Tensor, norm: nn.Module, ffn: native.FFNCall | None, *, window: Window | None,
+                    cache: KVCache | ContextCache | None, position_ids: Tensor | None,
+                    key_padding: Tensor | None) -> Tensor | None:
+        """A decoding step's layer in one C call (``native.decode_layer``): ``self(norm(x))``'s heads for one new
+        token per row, x (B, 1, dim) float32, attending over ``cache``, and then ``ffn``'s half of the layer on
+        them (x updated in place); returns the heads' outputs (B, H * head_dim), the cache one token longer. None
+        (nothing done) where that path does not take the step: no StaticCache or GrowingCache, an RMSNorm missing,
+        positions other than RoPE, a kernel chosen by name, a recorder attached, wrapped projections, context
+        parallelism, cross-attention, or what ``native.decode_layer`` refuses. The caller checks that no gradient is
+        wanted and that the fast paths are switched on."""
+        b = x.shape[0]
+        if (x.dim() != 3 or x.shape[1] != 1 or not isinstance(cache, (StaticCache, GrowingCache))
+                or (position_ids is not None and tuple(position_ids.shape) != (b, 1))
+                or not isinstance(norm, RMSNorm) or self.kernel != "auto" or self._recorders
+                or self.context_parallel is not None or self.cross_attention
+                or not (self.positions is None or isinstance(self.positions, RotaryEmbedding))
+                or not all(isinstance(p, nn.Linear) for p in (self.q_proj, self.k_proj, self.v_proj))
+                or not all(n is None or isinstance(n, RMSNorm) for n in (self.q_norm, self.k_norm))):
+            return None
+        rows = x.view(b, self.dim)
+        k_buf, v_buf, slot = cache.reserve(*(rows.new_empty(b, self.num_kv_heads, 1, self.head_dim),) * 2)
+        cos = sin = None
+        if self.positions is not None:
+            if position_ids is None:
+                position_ids = default_position_ids(b, 1, slot, x.device)
+            cos, sin = (t.reshape(b, -1) for t in self.positions.rows(position_ids, torch.float32))
+        if key_padding is not None and key_padding.dtype != torch.bool:
+            key_padding = key_padding != 0
+        qk, kn = self.q_norm, self.k_norm  # both or neither, RMSNorms (checked above)
+        q_norm_w, k_norm_w = (qk.weight, kn.weight) if isinstance(qk, RMSNorm) and isinstance(kn, RMSNorm) else \
+            (None, None)
+        call = native.AttnCall(
+            rows, norm.weight, norm.eps, norm.unit_offset, self.q_proj.weight, self.k_proj.weight,
+            self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
+            q_norm_w, k_norm_w, qk.eps if isinstance(qk, RMSNorm) else 1e-6, isinstance(qk, RMSNorm) and qk.unit_offset,
+            cos, sin, k_buf, v_buf, slot,
+            key_padding, None if window is None else window[0],
+            self.head_dim ** -0.5 if self.scale is None else self.scale, self.softcap)
+        out = native.decode_layer(call, ffn)
+        if out is not None:
+            cache.advance(1)
+        return out
 
     def _sharded(self, context: Tensor | None, cache: KVCache | ContextCache | None,
                  call: AttentionCall) -> Callable[..., Tensor]:

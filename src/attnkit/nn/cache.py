@@ -96,6 +96,26 @@ class _Buffered(_Stored):
             new_v[:, :, : self.length] = old_v[:, :, : self.length]
         self.k, self.v = new_k, new_v
 
+    def _room(self, k: Tensor, v: Tensor) -> None:
+        """Check the new keys and values (B, Hkv, N, D) against what is stored and make room for them."""
+        raise NotImplementedError
+
+    def update(self, k: Tensor, v: Tensor) -> CacheView:
+        self._room(k, v)
+        return self._append(k, v)
+
+    def reserve(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Make room for N new tokens shaped as ``k`` and ``v`` (B, Hkv, N, D; only their shapes, dtype and device
+        are read) as ``update`` would, without writing them: the key and value buffers (B, Hkv, capacity, D) and the
+        first slot to write. A C decoding step writes them itself, then calls ``advance(N)``."""
+        self._room(k, v)
+        k_buf, v_buf = self._stored()
+        return k_buf, v_buf, self.length
+
+    def advance(self, n: int) -> None:
+        """Count the ``n`` tokens written into the slots ``reserve`` returned as stored."""
+        self.length += n
+
     def _append(self, k: Tensor, v: Tensor) -> CacheView:
         end = self.length + k.shape[2]
         k_buf, v_buf = self._stored()
@@ -113,20 +133,19 @@ class StaticCache(_Buffered):
         check_int("max_len", max_len)
         self.max_len = max_len
 
-    def update(self, k: Tensor, v: Tensor) -> CacheView:
+    def _room(self, k: Tensor, v: Tensor) -> None:
         _check_new(self, self.k, k, v)
         if self.length + k.shape[2] > self.max_len:
             raise ValueError(f"cache overflow: StaticCache(max_len={self.max_len}) holds {self.length} tokens and "
                              f"cannot take {k.shape[2]} more; build it with a larger max_len")
         if self.k is None:
             self._allocate(k, v, self.max_len)
-        return self._append(k, v)
 
 
 class GrowingCache(_Buffered):
     """A cache without a length limit; its buffer doubles when full."""
 
-    def update(self, k: Tensor, v: Tensor) -> CacheView:
+    def _room(self, k: Tensor, v: Tensor) -> None:
         _check_new(self, self.k, k, v)
         needed = self.length + k.shape[2]
         if self.k is None or needed > self.k.shape[2]:
@@ -134,7 +153,6 @@ class GrowingCache(_Buffered):
             while capacity < needed:
                 capacity *= 2
             self._allocate(k, v, capacity)
-        return self._append(k, v)
 
 
 class RingCache(_Stored):

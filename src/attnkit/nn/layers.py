@@ -18,7 +18,7 @@ from ..functional.registry import Kernel
 from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
-from .linear import Linear, linears, switched_on as linear_switch
+from .linear import Linear, linears, switched_on as linear_switch, tracing
 from .norms import NormKind, RMSNorm, make_norm
 from .positions import RelativePositions
 
@@ -112,10 +112,13 @@ class Block(nn.Module):
             return dropped(self.dropout, _ffn_output(self.ffn, h, aux_losses))
 
         if mask is None and bias is None and self._fusable(x):
+            y = x.clone()  # the C calls add into it: the caller's x stays as it was
+            if self.attn.decode_step(x, self.attn_norm, self._ffn_call(None, y), window=window, cache=cache,
+                                     position_ids=position_ids, key_padding=key_padding) is not None:
+                return y  # the whole layer in one C call
             merged = self.attn.merged_heads(self.attn_norm(x), causal=causal, window=window, cache=cache,
                                             position_ids=position_ids, key_padding=key_padding)
-            y = x.clone()  # the C call adds into it: the caller's x stays as it was
-            if self._fused_rest(merged, y):
+            if native.decode_ffn(self._ffn_call(merged, y)):
                 return y
             return self._residuals(self.attn.out_proj(merged), x, feed)  # where the C call declines
         if not self.norm_first:
@@ -135,10 +138,10 @@ class Block(nn.Module):
         """Whether a decoding step's rest of the block (output projection, residuals, the feed-forward's norm and
         gated feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 rows, pre-norm, RMSNorms,
         a gated FeedForward of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that records or
-        drops out."""
+        drops out, and no torch.jit.trace records."""
         ffn, norms = self.ffn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
-        return (linear_switch() and not self.training and not torch.is_grad_enabled() and self.norm_first
-                and x.dtype == torch.float32
+        return (linear_switch() and not self.training and not torch.is_grad_enabled() and not tracing()
+                and self.norm_first and x.dtype == torch.float32
                 and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
                 and isinstance(ffn, FeedForward) and ffn.gate is not None and ffn.activation in native.FFN_ACTIVATIONS
                 and all(isinstance(m, nn.Linear) for m in (self.attn.out_proj, ffn.gate, ffn.up, ffn.down))
@@ -147,17 +150,18 @@ class Block(nn.Module):
                                       and n.unit_offset == self.ffn_norm.unit_offset) for n in norms)
                 and not self.attn._recorders)
 
-    def _fused_rest(self, merged: Tensor, x: Tensor) -> bool:
-        """x += the attention branch (``merged`` through the output projection) and the feed-forward branch, in
-        place, in C; False (x untouched) when the C call cannot take it."""
+    def _ffn_call(self, merged: Tensor | None, x: Tensor) -> native.FFNCall:
+        """The rest of the block after the attention's heads ``merged`` (None: a C attention's output) as one C
+        call: x += the attention branch (through the output projection) and the feed-forward branch, in place."""
         ffn, out = self.ffn, self.attn.out_proj
         assert isinstance(ffn, FeedForward) and ffn.gate is not None and isinstance(self.ffn_norm, RMSNorm)
         rows = x.shape[0] * x.shape[1]
-        return native.decode_ffn(native.FFNCall(
-            merged.reshape(rows, merged.shape[-1]).contiguous(), x.view(rows, x.shape[2]), out.weight, out.bias,
+        return native.FFNCall(
+            None if merged is None else merged.reshape(rows, merged.shape[-1]).contiguous(),
+            x.view(rows, x.shape[2]), out.weight, out.bias,
             _norm_weight(self.post_attn_norm), self.ffn_norm.weight, self.ffn_norm.eps, self.ffn_norm.unit_offset,
             ffn.gate.weight, ffn.up.weight, ffn.down.weight, ffn.gate.bias, ffn.up.bias, ffn.down.bias,
-            ffn.activation, _norm_weight(self.post_ffn_norm)))
+            ffn.activation, _norm_weight(self.post_ffn_norm))
 
 
 def _norm_weight(norm: nn.Module | None) -> Tensor | None:

@@ -61,8 +61,13 @@ def inference(x: Tensor, tensors: Sequence[Tensor | None]) -> bool:
     """No gradient is wanted from x or any of ``tensors`` (weights and biases; None skipped), and no
     ``torch.jit.trace`` is recording: a trace sees only PyTorch operations, so a C call would leave it empty."""
     return not (torch.is_grad_enabled()
-                and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors))) \
-        and not torch.jit.is_tracing()  # type: ignore[attr-defined]  # public, not re-exported in its stubs
+                and (x.requires_grad or any(t is not None and t.requires_grad for t in tensors))) and not tracing()
+
+
+def tracing() -> bool:
+    """Whether ``torch.jit.trace`` is recording: a trace sees only PyTorch operations, so a C call would leave it
+    empty."""
+    return torch.jit.is_tracing()  # type: ignore[attr-defined]  # public, not re-exported in its stubs
 
 
 def _rows(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor] | None:

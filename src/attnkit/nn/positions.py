@@ -383,12 +383,11 @@ class RotaryEmbedding(RelativePositions):
         cos, sin = self._tables[key]
         return cos[position_ids][:, None], sin[position_ids][:, None]  # (B, 1, N, R)
 
-    def rotate(self, position_ids: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
-        for x in xs:
-            if x.shape[-1] != self.head_dim:
-                raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
-        # every layer of a model rotates by the same position_ids tensor: its range and its cos/sin rows are
-        # looked up once per forward, not once per layer
+    def rows(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and signed sin, each (B, 1, N, rotary_dim) in ``dtype``, for positions (B, N):
+        ``x · cos + [x2, x1] · sin`` rotates x = [x1, x2] (rotate_half's sign moved onto sin's first half). Every
+        layer of a model rotates by the same position_ids tensor: its range and rows are looked up once per forward,
+        not once per layer."""
         memo = self._memo
         version = -1 if position_ids.is_inference() else position_ids._version  # inference tensors keep none
         if memo is None or memo[0] is not position_ids or memo[1] != version:
@@ -397,14 +396,21 @@ class RotaryEmbedding(RelativePositions):
         _, _, low, high, rows = memo
         if position_ids.numel():
             self._follow(high + 1)
+        key = (self._set, dtype)
+        if key not in rows:
+            half = self.rotary_dim // 2
+            cos, sin = self._lookup(position_ids, dtype, low, high)
+            rows[key] = cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return rows[key]
+
+    def rotate(self, position_ids: Tensor, *xs: Tensor) -> tuple[Tensor, ...]:
+        for x in xs:
+            if x.shape[-1] != self.head_dim:
+                raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
         out = []
         r, half = self.rotary_dim, self.rotary_dim // 2
         for x in xs:
-            key = (self._set, x.dtype)
-            if key not in rows:
-                cos, sin = self._lookup(position_ids, x.dtype, low, high)
-                rows[key] = cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-            cos, signed_sin = rows[key]
+            cos, signed_sin = self.rows(position_ids, x.dtype)
             turning = x[..., :r]  # (B, H, N, R)
             # rotate_half(x) · sin = [x2, x1] · [-sin, sin] (the sign moved onto sin: the same products, bitwise)
             swapped = torch.cat((turning[..., half:], turning[..., :half]), dim=-1)

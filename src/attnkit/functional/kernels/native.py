@@ -28,7 +28,7 @@ from ..request import AttentionRequest
 from .plan import Row
 
 _i64 = ctypes.c_int64
-_ABI = 8  # attnkit_native_abi() of a build with these functions (gemv.c's included) and this _Args layout
+_ABI = 9  # attnkit_native_abi() of a build with these functions (gemv.c's and decode.c's) and these structs' layouts
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -78,6 +78,8 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     lib.attnkit_rms_rows.argtypes = [ctypes.c_void_p, _i64, ctypes.c_void_p, _i64, _i64, ctypes.c_void_p,
                                      ctypes.c_float, _i64]
     lib.attnkit_rms_rows.restype = ctypes.c_int
+    lib.attnkit_decode_layer.argtypes = [ctypes.POINTER(_AttnArgs), ctypes.POINTER(_FFNArgs), ctypes.c_int]
+    lib.attnkit_decode_layer.restype = ctypes.c_int
     return lib, ""
 
 
@@ -150,7 +152,7 @@ class FFNCall:
     RMSNorms with ``eps`` (``unit_offset``: Gemma's 1 + w). Every tensor float32 and contiguous; x (rows, dim) is
     updated in place."""
 
-    attn: Tensor  # (rows, hd)
+    attn: Tensor | None  # (rows, hd); None in decode_layer: its attention half's output
     x: Tensor  # (rows, dim)
     wo: Tensor
     bo: Tensor | None
@@ -176,21 +178,142 @@ def decode_ffn(call: FFNCall) -> bool:
     """Run ``call`` in C; False (nothing done) when the extension cannot (not built, no AVX-512, ATTNKIT_NATIVE=0,
     more than GEMV_ROWS rows, an activation it lacks, a tensor that is not float32 and contiguous)."""
     lib = _gemv_library()
-    rows, dim = call.x.shape
-    tensors = [t for t in (call.attn, call.x, call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu,
-                           call.wd, call.bg, call.bu, call.bd, call.post_ffn_w) if t is not None]
-    if (lib is None or not 1 <= rows <= GEMV_ROWS
-            or call.activation not in FFN_ACTIVATIONS
-            or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors)):
+    if lib is None or call.attn is None or not _ffn_takes(call) or not _floats(call.attn):
         return False
+    args = _ffn_args(call, call.attn.data_ptr(), call.attn.shape[1])
+    return lib.attnkit_decode_ffn(ctypes.byref(args), torch.get_num_threads()) == 0
+
+
+def _floats(t: Tensor) -> bool:
+    """float32, on the CPU, contiguous: what the C functions read."""
+    return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+
+
+def _ffn_takes(call: FFNCall) -> bool:
+    """Whether attnkit_decode_ffn takes ``call`` (its attention input aside)."""
+    tensors = (call.x, call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu, call.wd, call.bg, call.bu,
+               call.bd, call.post_ffn_w)
+    return (1 <= call.x.shape[0] <= GEMV_ROWS and call.activation in FFN_ACTIVATIONS
+            and all(t is None or _floats(t) for t in tensors))
+
+
+def _ffn_args(call: FFNCall, attn: int, hd: int) -> _FFNArgs:
+    """attnkit_decode_ffn's arguments, its attention input (rows, hd) at address ``attn``; the scratch it needs is
+    kept alive by the struct's owner (``_keep``)."""
+    rows, dim = call.x.shape
     hidden = call.wg.shape[0]
     scratch = call.x.new_empty(rows * (3 * dim + 2 * hidden))
-    args = _FFNArgs(rows, dim, call.attn.shape[1], hidden, call.attn.data_ptr(), call.attn.shape[1],
-                    call.wo.data_ptr(), _address(call.bo), _address(call.post_attn_w), call.x.data_ptr(), dim,
-                    call.norm_w.data_ptr(), call.eps, int(call.unit_offset), call.wg.data_ptr(), call.wu.data_ptr(),
-                    call.wd.data_ptr(), _address(call.bg), _address(call.bu), _address(call.bd),
-                    FFN_ACTIVATIONS[call.activation], _address(call.post_ffn_w), scratch.data_ptr())
-    return lib.attnkit_decode_ffn(ctypes.byref(args), torch.get_num_threads()) == 0
+    args = _FFNArgs(rows, dim, hd, hidden, attn, hd, call.wo.data_ptr(), _address(call.bo),
+                    _address(call.post_attn_w), call.x.data_ptr(), dim, call.norm_w.data_ptr(), call.eps,
+                    int(call.unit_offset), call.wg.data_ptr(), call.wu.data_ptr(), call.wd.data_ptr(),
+                    _address(call.bg), _address(call.bu), _address(call.bd), FFN_ACTIVATIONS[call.activation],
+                    _address(call.post_ffn_w), scratch.data_ptr())
+    args._keep = scratch  # alive as long as the struct
+    return args
+
+
+class _AttnArgs(ctypes.Structure):
+    _fields_ = [
+        ("B", _i64), ("dim", _i64), ("H", _i64), ("Hkv", _i64), ("D", _i64), ("R", _i64),
+        ("x", ctypes.c_void_p), ("x_stride", _i64), ("norm_w", ctypes.c_void_p), ("eps", ctypes.c_float),
+        ("unit_offset", _i64),
+        ("wq", ctypes.c_void_p), ("wk", ctypes.c_void_p), ("wv", ctypes.c_void_p),
+        ("bq", ctypes.c_void_p), ("bk", ctypes.c_void_p), ("bv", ctypes.c_void_p),
+        ("q_norm_w", ctypes.c_void_p), ("k_norm_w", ctypes.c_void_p), ("qk_eps", ctypes.c_float),
+        ("qk_unit_offset", _i64), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p),
+        ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("capacity", _i64), ("pos", _i64),
+        ("key_padding", ctypes.c_void_p), ("kp_stride", _i64), ("window", _i64),
+        ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("out", ctypes.c_void_p), ("scratch", ctypes.c_void_p),
+    ]
+
+
+@dataclass
+class AttnCall:
+    """The first half of a pre-norm decoder layer for a decoding step, one new token per row (``decode.c``):
+    ``h = norm(x)``; q, k, v projections (+ biases); each head of q and k through its RMSNorm (``q_norm_w``,
+    ``k_norm_w``, or None) and then RoPE over its first R features (``cos`` and ``sin`` (rows, R), sin signed as
+    ``RotaryEmbedding.rows`` gives it; None: no rotation); k and v written to the caches' slot ``pos``; attention
+    of each query head over the slots 0 .. pos that ``key_padding`` (rows, >= pos + 1) bool and ``window`` (the
+    most slots back) leave, with ``scale`` and ``softcap``. Every tensor float32 and contiguous (key_padding
+    bool, unit stride along keys)."""
+
+    x: Tensor  # (rows, dim), read
+    norm_w: Tensor
+    eps: float
+    unit_offset: bool
+    wq: Tensor  # (H * D, dim)
+    wk: Tensor  # (Hkv * D, dim)
+    wv: Tensor  # (Hkv * D, dim)
+    bq: Tensor | None
+    bk: Tensor | None
+    bv: Tensor | None
+    q_norm_w: Tensor | None  # (D,)
+    k_norm_w: Tensor | None
+    qk_eps: float
+    qk_unit_offset: bool
+    cos: Tensor | None  # (rows, R)
+    sin: Tensor | None
+    k_cache: Tensor  # (rows, Hkv, capacity, D)
+    v_cache: Tensor
+    pos: int
+    key_padding: Tensor | None
+    window: int | None
+    scale: float
+    softcap: float | None
+
+
+def _attn_takes(call: AttnCall) -> bool:
+    """Whether attnkit_decode_layer takes ``call``: the types above and sizes that agree (C trusts them)."""
+    rows, dim = call.x.shape
+    cache = call.k_cache
+    if cache.dim() != 4 or not 1 <= rows <= GEMV_ROWS:
+        return False
+    _, hkv, capacity, d = cache.shape
+    h = call.wq.shape[0] // d if d else 0
+    r = 0 if call.cos is None else call.cos.shape[-1]
+    padding = call.key_padding
+    return (cache.shape[0] == rows and call.v_cache.shape == cache.shape and 0 <= call.pos < capacity
+            and h >= 1 and h % hkv == 0 and call.wq.shape == (h * d, dim)
+            and call.wk.shape == call.wv.shape == (hkv * d, dim) and call.norm_w.shape == (dim,)
+            and all(b is None or b.shape == (w.shape[0],) for w, b in ((call.wq, call.bq), (call.wk, call.bk),
+                                                                       (call.wv, call.bv)))
+            and all(w is None or w.shape == (d,) for w in (call.q_norm_w, call.k_norm_w))
+            and (call.cos is None) == (call.sin is None) and r % 2 == 0 and r <= d
+            and (call.cos is None or call.cos.shape == call.sin.shape == (rows, r))  # type: ignore[union-attr]
+            and (padding is None or (padding.dtype == torch.bool and padding.device.type == "cpu"
+                                     and padding.dim() == 2 and padding.shape[0] == rows
+                                     and padding.shape[1] > call.pos and padding.stride(1) == 1))
+            and call.x.stride(1) == 1 and call.x.dtype == torch.float32 and call.x.device.type == "cpu"
+            and all(t is None or _floats(t) for t in (call.norm_w, call.wq, call.wk, call.wv, call.bq, call.bk,
+                                                      call.bv, call.q_norm_w, call.k_norm_w, call.cos, call.sin,
+                                                      cache, call.v_cache)))
+
+
+def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
+    """A decoding step's layer in C: ``attn``'s half, then ``ffn``'s on its output (``ffn.attn`` is ignored) with
+    ``ffn.x`` updated in place; ``ffn`` None: the attention half only. Returns the heads' outputs (rows, H * D), or
+    None (nothing done) when the extension cannot take the calls (see decode_ffn)."""
+    lib = _gemv_library()
+    if lib is None or not _attn_takes(attn) or (ffn is not None and not _ffn_takes(ffn)):
+        return None
+    rows, dim = attn.x.shape
+    _, hkv, capacity, d = attn.k_cache.shape
+    h = attn.wq.shape[0] // d
+    out = attn.x.new_empty(rows, h * d)
+    scratch = attn.x.new_empty(rows * (dim + (h + 2 * hkv) * d + h * (attn.pos + 1)))
+    padding = attn.key_padding
+    args = _AttnArgs(rows, dim, h, hkv, d, 0 if attn.cos is None else attn.cos.shape[-1],
+                     attn.x.data_ptr(), attn.x.stride(0), attn.norm_w.data_ptr(), attn.eps, int(attn.unit_offset),
+                     attn.wq.data_ptr(), attn.wk.data_ptr(), attn.wv.data_ptr(),
+                     _address(attn.bq), _address(attn.bk), _address(attn.bv),
+                     _address(attn.q_norm_w), _address(attn.k_norm_w), attn.qk_eps, int(attn.qk_unit_offset),
+                     _address(attn.cos), _address(attn.sin), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
+                     capacity, attn.pos, _address(padding), 0 if padding is None else padding.stride(0),
+                     -1 if attn.window is None else attn.window, attn.scale, attn.softcap or 0.0,
+                     out.data_ptr(), scratch.data_ptr())
+    ffn_args = None if ffn is None else ctypes.byref(_ffn_args(ffn, out.data_ptr(), h * d))
+    status = lib.attnkit_decode_layer(ctypes.byref(args), ffn_args, torch.get_num_threads())
+    return out if status == 0 else None
 
 
 def rms_rows(x: Tensor, weight: Tensor, eps: float, unit_offset: bool) -> Tensor | None:

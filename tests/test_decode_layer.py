@@ -1,0 +1,296 @@
+"""A decoding step's whole layer in one C call (``native.decode_layer``, csrc/decode.c): the attention half (norm,
+q/k/v projections and biases, per-head q/k RMSNorm, RoPE over all or part of each head, the cache write, GQA
+attention with key padding, a sliding window and soft-capping) against a float64 reference written here on fresh
+random inputs, with NaN in the cache slots the mask hides and fully-masked rows; and the models that take it
+(``Block`` through ``MultiHeadAttention.decode_step``) against their PyTorch path and the uncached forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import assert_close, needs_native_symbol
+
+from attnkit.functional.kernels import native
+from attnkit.models import GPT, GPTConfig
+from attnkit.nn import GrowingCache, StaticCache
+
+needs_native = needs_native_symbol("attnkit_decode_layer")
+
+
+def _rms64(v: torch.Tensor, w: torch.Tensor | None, eps: float, unit_offset: bool) -> torch.Tensor:
+    if w is None:
+        return v
+    scale = (1.0 + w.double()) if unit_offset else w.double()
+    return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps) * scale
+
+
+def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(heads' outputs (B, H·D), the cache after the write) in float64, from the caches as they were before."""
+    x = call.x.double()
+    b, _ = x.shape
+    _, hkv, _, d = k_cache.shape
+    h = call.wq.shape[0] // d
+    normed = _rms64(x, call.norm_w, call.eps, call.unit_offset)
+
+    def project(w, bias):
+        y = normed @ w.double().T
+        return y if bias is None else y + bias.double()
+
+    q = _rms64(project(call.wq, call.bq).view(b, h, d), call.q_norm_w, call.qk_eps, call.qk_unit_offset)
+    k = _rms64(project(call.wk, call.bk).view(b, hkv, d), call.k_norm_w, call.qk_eps, call.qk_unit_offset)
+    v = project(call.wv, call.bv).view(b, hkv, d)
+    if call.cos is not None:
+        r = call.cos.shape[1]
+        cos, sin = call.cos.double()[:, None], call.sin.double()[:, None]
+        for t in (q, k):
+            part = t[..., :r].clone()
+            swapped = torch.cat((part[..., r // 2:], part[..., :r // 2]), dim=-1)
+            t[..., :r] = part * cos + swapped * sin
+    keys, values = k_cache.double().clone(), v_cache.double().clone()
+    keys[:, :, call.pos], values[:, :, call.pos] = k, v
+    out = torch.zeros(b, h, d, dtype=torch.float64)
+    for row in range(b):
+        for head in range(h):
+            g = head // (h // hkv)
+            visible = [j for j in range(call.pos + 1)
+                       if (call.key_padding is None or call.key_padding[row, j])
+                       and (call.window is None or call.pos - j <= call.window)]
+            if not visible:
+                continue  # a fully-masked row: zeros
+            s = keys[row, g, visible] @ q[row, head] * call.scale
+            if call.softcap:
+                s = call.softcap * torch.tanh(s / call.softcap)
+            out[row, head] = torch.softmax(s, 0) @ values[row, g, visible]
+    return out.reshape(b, h * d), keys, values
+
+
+def _call(seed: int, *, b: int, dim: int, h: int, hkv: int, d: int, rotary: int, bias: bool, qk_norm: bool,
+          capacity: int, pos: int, padding: bool, window: int | None, softcap: float | None,
+          unit_offset: bool) -> native.AttnCall:
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    k_cache, v_cache = rand(b, hkv, capacity, d), rand(b, hkv, capacity, d)
+    key_padding = None
+    if padding:
+        key_padding = torch.rand(b, capacity + 3, generator=g) > 0.3
+        key_padding[0, : pos + 1] = False  # row 0 sees nothing: zeros
+        key_padding[1:, pos] = True  # the others see at least their new token
+        # what padding hides may hold anything: NaN must not leak into the rows that do see keys
+        hidden = ~key_padding[:, :capacity]
+        k_cache[hidden[:, None, :, None].expand_as(k_cache)] = math.nan
+        v_cache[hidden[:, None, :, None].expand_as(v_cache)] = math.nan
+    if window is not None:
+        k_cache[:, :, : max(0, pos - window)] = math.nan  # behind the window
+        v_cache[:, :, : max(0, pos - window)] = math.nan
+    angles = rand(b, rotary // 2) * 3
+    cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
+    sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
+    return native.AttnCall(
+        rand(b, dim), rand(dim, scale=0.5), 1e-5, unit_offset, rand(h * d, dim, scale=dim ** -0.5),
+        rand(hkv * d, dim, scale=dim ** -0.5), rand(hkv * d, dim, scale=dim ** -0.5),
+        rand(h * d) if bias else None, rand(hkv * d) if bias else None, rand(hkv * d) if bias else None,
+        rand(d) if qk_norm else None, rand(d) if qk_norm else None, 1e-6, unit_offset,
+        cos if rotary else None, sin if rotary else None, k_cache, v_cache, pos, key_padding, window,
+        d ** -0.5 * 1.7, softcap)
+
+
+CASES = {
+    "llama-gqa": dict(b=1, dim=48, h=6, hkv=2, d=16, rotary=16, bias=False, qk_norm=False),
+    "batch-8-odd-head": dict(b=8, dim=40, h=4, hkv=4, d=12, rotary=12, bias=True, qk_norm=False),
+    "qwen3-qk-norm": dict(b=3, dim=64, h=8, hkv=2, d=24, rotary=24, bias=False, qk_norm=True),
+    "partial-rotary-mqa": dict(b=5, dim=36, h=3, hkv=1, d=20, rotary=10, bias=True, qk_norm=False),
+    "no-positions": dict(b=2, dim=32, h=4, hkv=2, d=8, rotary=0, bias=False, qk_norm=True),
+    "wide-head": dict(b=2, dim=80, h=2, hkv=1, d=80, rotary=64, bias=False, qk_norm=False),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("mask", ["none", "padding", "window", "both"])
+def test_the_attention_half_equals_a_float64_reference(name, mask):
+    size = CASES[name]
+    for seed, (capacity, pos) in enumerate([(9, 0), (9, 6), (40, 33)]):
+        call = _call(seed, **size, capacity=capacity, pos=pos, padding=mask in ("padding", "both"),
+                     window=3 if mask in ("window", "both") else None, softcap=2.5 if seed == 1 else None,
+                     unit_offset=seed == 2)
+        before_k, before_v = call.k_cache.clone(), call.v_cache.clone()
+        expected, keys, values = _reference(call, before_k, before_v)
+        out = native.decode_layer(call, None)
+        assert out is not None, "the C call declined"
+        what = f"{name}, {mask}, pos {pos}"
+        assert torch.isfinite(out).all(), what
+        assert_close(out, expected.float(), atol=2e-5 * max(1.0, float(expected.abs().max())), what=what)
+        slot = (slice(None), slice(None), pos)
+        assert_close(call.k_cache[slot], keys[slot].float(), atol=1e-5, what=f"{what}: keys written")
+        assert_close(call.v_cache[slot], values[slot].float(), atol=1e-5, what=f"{what}: values written")
+        others = torch.ones(capacity, dtype=torch.bool)
+        others[pos] = False  # every other slot untouched, NaN included
+        assert torch.equal(call.k_cache[:, :, others].isnan(), before_k[:, :, others].isnan())
+        torch.testing.assert_close(call.k_cache[:, :, others], before_k[:, :, others], equal_nan=True, rtol=0,
+                                   atol=0)
+        torch.testing.assert_close(call.v_cache[:, :, others], before_v[:, :, others], equal_nan=True, rtol=0,
+                                   atol=0)
+        if mask in ("padding", "both"):
+            assert torch.equal(out[0], torch.zeros_like(out[0]))  # row 0's keys are all padding
+
+
+@needs_native
+def test_it_declines_what_it_cannot_take():
+    """Sizes that disagree, more than 8 rows, other dtypes: None and nothing written (C trusts what it is given)."""
+    base = dict(CASES["llama-gqa"], capacity=9, pos=4, padding=True, window=None, softcap=None, unit_offset=False)
+    bad = {
+        "9 rows": lambda c: native.AttnCall(**{**vars(c), "x": torch.randn(9, 48),
+                                               "k_cache": torch.randn(9, 2, 9, 16), "v_cache": torch.randn(9, 2, 9, 16),
+                                               "cos": c.cos.expand(9, -1).contiguous(),
+                                               "sin": c.sin.expand(9, -1).contiguous(),
+                                               "key_padding": torch.ones(9, 12, dtype=torch.bool)}),
+        "slot past the end": lambda c: native.AttnCall(**{**vars(c), "pos": 9}),
+        "padding too short": lambda c: native.AttnCall(**{**vars(c), "key_padding": c.key_padding[:, :4]}),
+        "padding not bool": lambda c: native.AttnCall(**{**vars(c), "key_padding": c.key_padding.float()}),
+        "wq of another width": lambda c: native.AttnCall(**{**vars(c), "wq": torch.randn(96, 40)}),
+        "float64 weights": lambda c: native.AttnCall(**{**vars(c), "wk": c.wk.double()}),
+        "a strided cache": lambda c: native.AttnCall(**{**vars(c),
+                                                         "k_cache": torch.randn(1, 2, 16, 9).transpose(2, 3)}),
+        "odd rotary": lambda c: native.AttnCall(**{**vars(c), "cos": c.cos[:, :15], "sin": c.sin[:, :15]}),
+        "sin without cos": lambda c: native.AttnCall(**{**vars(c), "cos": None}),
+    }
+    for what, make in bad.items():
+        call = make(_call(0, **base))
+        before = call.k_cache.clone()
+        assert native.decode_layer(call, None) is None, what
+        torch.testing.assert_close(call.k_cache, before, equal_nan=True, rtol=0, atol=0)
+
+
+# ----- models that take the call: the block's PyTorch path and the uncached forward agree with it -----
+
+MODELS = {
+    "llama": dict(attention=dict(num_heads=4, num_kv_heads=2, bias=False),
+                  ffn=dict(hidden=48, activation="swiglu", bias=False), norm=dict(kind="rms", eps=1e-6)),
+    "qwen2-biases-partial-rope": dict(attention=dict(num_heads=4, bias=True, out_bias=False, head_dim=10,
+                                                     rope=dict(fraction=0.6)),
+                                      ffn=dict(hidden=40, activation="swiglu", bias=False),
+                                      norm=dict(kind="rms", eps=1e-5)),
+    "qwen3-qk-norm": dict(attention=dict(num_heads=4, num_kv_heads=1, bias=False, qk_norm=True),
+                          ffn=dict(hidden=40, activation="swiglu", bias=False), norm=dict(kind="rms", eps=1e-6)),
+    "gemma2-window-softcap": dict(attention=dict(num_heads=4, num_kv_heads=2, head_dim=12, bias=False, window=4,
+                                                 window_layers=(0,), softcap=3.0, scale=0.2),
+                                  ffn=dict(hidden=56, activation="geglu_tanh", bias=False),
+                                  norm=dict(kind="rms", eps=1e-6, unit_offset=True, sandwich=True),
+                                  embedding_scale=5.6),
+}
+
+
+def _model(name: str) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=71, max_seq_len=64, dim=32, num_layers=2, positions="rope",
+                          **MODELS[name])).eval()
+    with torch.no_grad():
+        for module in model.modules():  # norms away from their initial 1 (or 0 for Gemma's form)
+            if type(module).__name__ == "RMSNorm":
+                module.weight.normal_(0.0, 0.5)
+    return model
+
+
+def _counting(monkeypatch) -> list[int]:
+    """The rows of each C layer call that ran."""
+    calls: list[int] = []
+    real = native.decode_layer
+
+    def counting(attn, ffn):
+        out = real(attn, ffn)
+        if out is not None:
+            calls.append(attn.x.shape[0])
+        return out
+
+    monkeypatch.setattr(native, "decode_layer", counting)
+    return calls
+
+
+@needs_native
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_model_decodes_through_the_c_layer_as_through_pytorch(name, monkeypatch):
+    model = _model(name)
+    calls = _counting(monkeypatch)
+    for batch in (1, 3, 8):
+        g = torch.Generator().manual_seed(batch)
+        ids = torch.randint(0, 71, (batch, 9), generator=g)
+        mask = torch.ones(batch, 9, dtype=torch.long)
+        mask[-1, :3] = 0  # the last row left-padded
+        with torch.no_grad():
+            fused = model.generate(ids, 6, attention_mask=mask, cache_kind="static")
+            cache = model.new_cache(max_len=16)
+            model(ids[:, :8], mask[:, :8], cache=cache)
+            step = model(ids[:, 8:], mask, cache=cache).logits
+        assert len(calls) == 2 * 6, f"{name}: {len(calls)} C layer calls, expected 2 layers x 6 steps"
+        assert set(calls) == {batch}
+        calls.clear()
+        monkeypatch.setenv("ATTNKIT_NATIVE", "0")  # the C call declines: the same blocks in PyTorch
+        with torch.no_grad():
+            plain = model.generate(ids, 6, attention_mask=mask, cache_kind="static")
+            cache = model.new_cache(max_len=16)
+            model(ids[:, :8], mask[:, :8], cache=cache)
+            step_plain = model(ids[:, 8:], mask, cache=cache).logits
+        monkeypatch.delenv("ATTNKIT_NATIVE")
+        assert not calls
+        assert torch.equal(fused, plain), name
+        assert_close(step, step_plain, atol=2e-5 * max(1.0, float(step_plain.abs().max())), what=name)
+        with torch.no_grad():  # the whole sequence at once: forward's own path
+            whole = model(ids, mask).logits[:, -1:]
+        assert_close(step, whole, atol=2e-5 * max(1.0, float(whole.abs().max())), what=f"{name}, uncached")
+        for row in range(batch):  # and each row alone, its padding dropped
+            keep = mask[row].bool()
+            with torch.no_grad():
+                alone = model(ids[row:row + 1, keep]).logits[:, -1:]
+            assert_close(step[row:row + 1], alone, atol=2e-5 * max(1.0, float(alone.abs().max())),
+                         what=f"{name}, row {row} alone")
+
+
+@needs_native
+def test_a_growing_cache_takes_the_c_layer_across_its_reallocations(monkeypatch):
+    model = _model("llama")
+    calls = _counting(monkeypatch)
+    ids = torch.randint(0, 71, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        grown = model.generate(ids, 30, cache_kind="growing")  # 16 slots, then 32, then 64
+        static = model.generate(ids, 30, cache_kind="static")
+    assert len(calls) == 2 * 2 * 29 and torch.equal(grown, static)
+    monkeypatch.setenv("ATTNKIT_NATIVE", "0")
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, 30, cache_kind="growing"), grown)
+
+
+@needs_native
+def test_what_the_c_layer_does_not_serve_takes_pytorch(monkeypatch):
+    """A ring cache, a recorder, a kernel chosen by name and a gradient each keep the PyTorch path (and its
+    results); the cache holds every token either way."""
+    from attnkit.inspect import capture
+
+    model = _model("llama")
+    calls = _counting(monkeypatch)
+    ids = torch.randint(0, 71, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids).logits[:, -1:]
+
+    def step(cache):
+        model(ids[:, :8], cache=cache)
+        return model(ids[:, 8:], cache=cache).logits
+
+    with torch.no_grad():
+        assert_close(step([StaticCache(9), StaticCache(9)]), expected, atol=1e-4, what="static")
+        assert len(calls) == 2
+        calls.clear()
+        with capture(model):
+            assert_close(step([GrowingCache(), GrowingCache()]), expected, atol=1e-4, what="recorded")
+        from attnkit.nn import set_kernel
+        set_kernel(model, "dense")
+        assert_close(step([StaticCache(9), StaticCache(9)]), expected, atol=1e-4, what="dense by name")
+        set_kernel(model, "auto")
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    assert_close(step([StaticCache(9), StaticCache(9)]), expected, atol=1e-4, what="with gradients")
+    assert not calls
