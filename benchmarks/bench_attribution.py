@@ -45,7 +45,7 @@ import attnkit
 from attnkit import hub
 from attnkit.bench.context import machine
 from attnkit.inspect import explain
-from attnkit.inspect.attribution import METHODS, Attribution
+from attnkit.inspect.attribution import GAP, METHODS, Attribution
 from harness import git, log  # this folder
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -196,16 +196,17 @@ def summarize(records: list[Record]) -> dict:
             "seconds_mean": statistics.fmean(seconds), "seconds_max": max(seconds),
             "ig_steps": sorted({r.steps for r in records}),
             "ig_gap_max": max(r.completeness for r in records),
-            "ig_rough": sum(r.completeness > 0.05 for r in records),
+            "ig_rough": sum(r.completeness > GAP for r in records),
             "expected_predicted": sum(_same_word(r.predicted, r.expected) for r in records)
             if records[0].expected else None}
 
 
 def _same_word(predicted: str | None, expected: str | None) -> bool:
-    """The predicted token begins the expected word (a token may be a word's first piece)."""
-    if predicted is None or expected is None or not predicted.strip():
+    """The predicted token is the expected word (case aside). Only the whole word counts: a prefix test would let a
+    predicted " A" pass for "Ag"; each prompt's answer is one token of SmolLM2's vocabulary."""
+    if predicted is None or expected is None:
         return False
-    return expected.lower().startswith(predicted.strip().lower())
+    return predicted.strip().lower() == expected.strip().lower()
 
 
 def report(which: str, summary: dict) -> str:
@@ -227,7 +228,7 @@ def report(which: str, summary: dict) -> str:
              + " ".join(f"{v:+.2f}" for v in summary["layer_mean_rho"]),
              f"chance level of top-1 agreement (mean of 1 / scored tokens): {summary['chance_top1']:.0%}",
              f"integrated gradients: steps reached {summary['ig_steps']}, largest completeness gap "
-             f"{summary['ig_gap_max']:.1%}; {summary['ig_rough']} of {summary['inputs']} inputs still above 5% "
+             f"{summary['ig_gap_max']:.1%}; {summary['ig_rough']} of {summary['inputs']} inputs still above {GAP:.0%} "
              f"after the last doubling (rough scores)",
              f"one explain(..., attribution=True) call: mean {summary['seconds_mean']:.1f} s, max "
              f"{summary['seconds_max']:.1f} s"]

@@ -2,7 +2,8 @@
 with KV caches, relative positions, and one hook point that recorders attach to.
 
 The math is ``attnkit.functional.attention``; this module only projects, positions, caches and merges
-heads. It never branches on the kernel: ``kernel=`` is handed down as given.
+heads. It never branches on the kernel: ``kernel=`` is handed down as given. The one exception is a decoding
+step's C layer (``decode_step``), which stands in for ``kernel="auto"`` only: a kernel chosen by name is run.
 """
 
 from __future__ import annotations
