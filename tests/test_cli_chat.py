@@ -152,10 +152,25 @@ def test_chat_template_environment_is_transformers(smol, reference):
 
 def test_chat_two_turns_then_reset(loaded, reference, capsys, monkeypatch):
     """The second turn sees the first (the history goes through the template); /reset forgets it, so the third
-    reply is a fresh conversation's; empty lines are skipped; the end of the input leaves with 0."""
+    reply is a fresh conversation's; empty lines are skipped; the end of the input leaves with 0. The second turn
+    encodes only what the KV caches kept from the first lack (at least the first prompt is kept), with the replies
+    those of a fresh generate on the whole conversation."""
+    model = loaded[0]
+    real = model.stream
+    kept = []
+
+    def spying(ids, *args, **kwargs):
+        if kwargs.get("cache") is not None:  # the chat's calls (generate below passes none)
+            kept.append(kwargs["cache"][0].length)
+        return real(ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "stream", spying)
     lines = ["My name is Ada.", "", "   ", "What is my name?", "/reset", "What is my name?"]
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
     assert main(["chat", "--max-new-tokens", str(NEW)]) == 0
+    assert len(kept) == 3 and kept[0] == 0
+    assert kept[1] >= len(reference_ids(reference, [{"role": "user", "content": "My name is Ada."}]))
+    assert kept[2] == 0  # after /reset
     first = greedy_reply(loaded, reference, [{"role": "user", "content": "My name is Ada."}])
     history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": first},
                {"role": "user", "content": "What is my name?"}]

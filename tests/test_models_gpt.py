@@ -157,3 +157,55 @@ def test_overfits_a_tiny_batch(kernel):
     _, last = fit(model, loss_fn, steps=30, lr=1e-2)
     assert last < 0.3  # includes the MoE auxiliary term (~0.01)
     assert not parameters_without_gradient(model), parameters_without_gradient(model)
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "rope-gqa", "rope-window"])
+def test_a_reused_cache_continues_a_conversation_as_a_fresh_one(variant):
+    """generate(cache=...) with caches an earlier call filled, cut back to a shared prefix (a chat's next turn: the
+    template re-renders the reply, so only part of what the caches hold is kept), equals generating the whole new
+    prompt from scratch; only the tokens the caches lack are encoded."""
+    model = tiny(**VARIANTS[variant])
+    g = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 61, (1, 6), generator=g)
+    cache = model.new_cache("growing")
+    with torch.no_grad():
+        turn = model.generate(first, 5, cache=cache)
+    assert cache[0].length == 6 + 5 - 1  # every token fed: all but the last one returned
+    # the next prompt keeps the first 8 tokens of that turn, then differs
+    second = torch.cat((turn[:, :8], torch.randint(0, 61, (1, 4), generator=g)), dim=1)
+    for layer in cache:
+        layer.truncate(8)
+    fed = []
+    real = model.forward
+
+    def counting(ids, *args, **kwargs):
+        fed.append(ids.shape[1])
+        return real(ids, *args, **kwargs)
+
+    model.forward = counting  # type: ignore[method-assign]
+    with torch.no_grad():
+        reused = model.generate(second, 7, cache=cache)
+    del model.forward
+    assert fed[0] == 4  # the prompt's tokens past the kept prefix, not all 12
+    with torch.no_grad():
+        assert torch.equal(reused, model.generate(second, 7))
+    assert cache[0].length == 12 + 7 - 1
+
+
+def test_a_reused_cache_is_checked():
+    model = tiny(**VARIANTS["rope-gqa"])
+    ids = torch.randint(0, 61, (1, 5))
+    cache = model.new_cache("growing")
+    with torch.no_grad():
+        model.generate(ids, 3, cache=cache)  # holds 7 tokens
+        with pytest.raises(ValueError, match="cache holds 7 tokens, so input_ids must extend them by at least one"):
+            model.generate(torch.randint(0, 61, (1, 7)), 2, cache=cache)
+        with pytest.raises(ValueError, match="cache= holds earlier tokens' keys and values: it needs use_cache=True"):
+            model.generate(torch.randint(0, 61, (1, 9)), 2, cache=cache, use_cache=False)
+        with pytest.raises(ValueError, match="cache must be a list of 2 layer caches"):
+            model.generate(torch.randint(0, 61, (1, 9)), 2, cache=cache[:1])
+        cache[1].truncate(3)
+        with pytest.raises(ValueError, match=r"the layer caches hold different numbers of tokens \(\[3, 7\]\)"):
+            model.generate(torch.randint(0, 61, (1, 9)), 2, cache=cache)
+        with pytest.raises(ValueError, match="length must be a non-negative int"):
+            cache[0].truncate(-1)

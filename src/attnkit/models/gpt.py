@@ -372,7 +372,7 @@ class GPT(Model):
     def stream(self, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                eos_token_id: int | None = None, use_cache: bool = True, cache_kind: CacheKind | None = None,
-               generator: torch.Generator | None = None) -> Iterator[Tensor]:
+               generator: torch.Generator | None = None, cache: list[KVCache] | None = None) -> Iterator[Tensor]:
         """Yield each step's new tokens (B,) as they are produced; sequences that reached
         ``eos_token_id`` keep yielding it. Options as in ``generate``."""
         check_sampling(temperature, top_k, top_p)
@@ -384,11 +384,13 @@ class GPT(Model):
                              f"position table's max_seq_len={self.config.max_seq_len}")
         # None without padding: no mask tensor is built or grown per step; bool, so checked once here
         mask = None if attention_mask is None else check_attention_mask(attention_mask)
-        cache = None
-        if use_cache:
+        past = 0  # the prompt's tokens the caller's cache holds already
+        if cache is not None:
+            past = self._check_reused(cache, n, use_cache)
+        elif use_cache:
             kind = cache_kind or ("ring" if self.config.attention.window is not None else "static")
             cache = self.new_cache(kind, max_len=total)
-        ids, done = input_ids, torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        ids, done = input_ids[:, past:], torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         switch = self._rope_switch()
         history = input_ids if switch is not None and cache is not None else None  # every token so far
         for _ in range(max_new_tokens):
@@ -415,20 +417,41 @@ class GPT(Model):
             if eos_token_id is not None and bool(done.all()):
                 return
 
+    def _check_reused(self, cache: list[KVCache], n: int, use_cache: bool) -> int:
+        """How many of the prompt's ``n`` tokens the caller's ``cache`` holds already (see ``generate``)."""
+        if not use_cache:
+            raise ValueError("cache= holds earlier tokens' keys and values: it needs use_cache=True")
+        if not isinstance(cache, list) or len(cache) != len(self.layers):
+            raise ValueError(f"cache must be a list of {len(self.layers)} layer caches (GPT.new_cache), got "
+                             f"{len(cache) if isinstance(cache, list) else type(cache).__name__}")
+        lengths = {c.length for c in cache}
+        if len(lengths) != 1:
+            raise ValueError(f"the layer caches hold different numbers of tokens ({sorted(lengths)}): truncate them "
+                             f"to the shortest first")
+        past = lengths.pop()
+        if past >= n:
+            raise ValueError(f"cache holds {past} tokens, so input_ids must extend them by at least one; got {n} "
+                             f"tokens (truncate the cache to {n - 1} to run the last again)")
+        return past
+
     def generate(self, input_ids: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  eos_token_id: int | None = None, use_cache: bool = True, cache_kind: CacheKind | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, cache: list[KVCache] | None = None) -> Tensor:
         """Extend ``input_ids`` (B, N >= 1) by up to ``max_new_tokens``: greedy for temperature 0 (default),
         otherwise sampled (``top_k``, ``top_p``; seeded by ``generator``; any finite temperature > 0, however
         small: see ``next_token``). Stops early once every sequence has produced ``eos_token_id``; finished
         sequences are padded with it. Left-pad batched prompts and pass ``attention_mask`` (1 = token).
         ``cache_kind``: "static" (default; preallocated for prompt + max_new_tokens), "growing", or "ring" (default
-        for sliding-window models). Returns (B, N + generated)."""
+        for sliding-window models). ``cache``: the layers' caches of an earlier call instead of new ones (e.g.
+        ``new_cache("growing")``), holding the keys and values of the first ``cache[0].length`` tokens of
+        ``input_ids`` (a conversation's earlier turns; the caller vouches that they are these tokens, ``truncate``
+        keeps a prefix): only the rest is encoded, and the caches are updated in place, holding afterwards every
+        token fed to the model (all but the last one returned). Returns (B, N + generated)."""
         return extend(input_ids, self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
                                              temperature=temperature, top_k=top_k, top_p=top_p,
                                              eos_token_id=eos_token_id, use_cache=use_cache, cache_kind=cache_kind,
-                                             generator=generator))
+                                             generator=generator, cache=cache))
 
 
 __all__ = ["GPT", "GPTConfig", "GPTOutput", "AttentionConfig", "FeedForwardConfig", "MoEConfig", "RopeConfig"]

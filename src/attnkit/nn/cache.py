@@ -87,6 +87,12 @@ class _Buffered(_Stored):
         self.k = self.v = None
         self.length = 0
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` tokens (all of them when it holds fewer): the next update writes after them.
+        A conversation's next turn keeps the tokens its prompt shares with what the cache holds."""
+        check_int("length", length, minimum=0)
+        self.length = min(self.length, length)
+
     def _allocate(self, k: Tensor, v: Tensor, capacity: int) -> None:
         new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
         new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
