@@ -26,8 +26,11 @@ def _rms64(v: torch.Tensor, w: torch.Tensor | None, eps: float, unit_offset: boo
     return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps) * scale
 
 
-def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(heads' outputs (B, H·D), the cache after the write) in float64, from the caches as they were before."""
+def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               stored: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+    """(heads' outputs (B, H·D), the new key and value (B, Hkv, D)) in float64, from the caches as they were before.
+    Attention reads the new token's key and value from the cache: ``stored`` (what was written there, checked
+    against the returned ones by the caller) or, without it, the float64 ones."""
     x = call.x.double()
     b, _ = x.shape
     _, hkv, _, d = k_cache.shape
@@ -49,7 +52,7 @@ def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tens
             swapped = torch.cat((part[..., r // 2:], part[..., :r // 2]), dim=-1)
             t[..., :r] = part * cos + swapped * sin
     keys, values = k_cache.double().clone(), v_cache.double().clone()
-    keys[:, :, call.pos], values[:, :, call.pos] = k, v
+    keys[:, :, call.pos], values[:, :, call.pos] = (k, v) if stored is None else (t.double() for t in stored)
     out = torch.zeros(b, h, d, dtype=torch.float64)
     for row in range(b):
         for head in range(h):
@@ -63,16 +66,17 @@ def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tens
             if call.softcap:
                 s = call.softcap * torch.tanh(s / call.softcap)
             out[row, head] = torch.softmax(s, 0) @ values[row, g, visible]
-    return out.reshape(b, h * d), keys, values
+    return out.reshape(b, h * d), k, v
 
 
 def _call(seed: int, *, b: int, dim: int, h: int, hkv: int, d: int, rotary: int, bias: bool, qk_norm: bool,
           capacity: int, pos: int, padding: bool, window: int | None, softcap: float | None,
-          unit_offset: bool) -> native.AttnCall:
+          unit_offset: bool, dtype: torch.dtype = torch.float32) -> native.AttnCall:
+    """Random inputs; ``dtype``: the weights' and caches' (x, cos and sin stay float32)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g) * scale
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
 
     k_cache, v_cache = rand(b, hkv, capacity, d), rand(b, hkv, capacity, d)
     key_padding = None
@@ -87,11 +91,11 @@ def _call(seed: int, *, b: int, dim: int, h: int, hkv: int, d: int, rotary: int,
     if window is not None:
         k_cache[:, :, : max(0, pos - window)] = math.nan  # behind the window
         v_cache[:, :, : max(0, pos - window)] = math.nan
-    angles = rand(b, rotary // 2) * 3
+    angles = torch.randn(b, rotary // 2, generator=g) * 3
     cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
     sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
     return native.AttnCall(
-        rand(b, dim), rand(dim, scale=0.5), 1e-5, unit_offset, rand(h * d, dim, scale=dim ** -0.5),
+        torch.randn(b, dim, generator=g), rand(dim, scale=0.5), 1e-5, unit_offset, rand(h * d, dim, scale=dim ** -0.5),
         rand(hkv * d, dim, scale=dim ** -0.5), rand(hkv * d, dim, scale=dim ** -0.5),
         rand(h * d) if bias else None, rand(hkv * d) if bias else None, rand(hkv * d) if bias else None,
         rand(d) if qk_norm else None, rand(d) if qk_norm else None, 1e-6, unit_offset,
@@ -110,24 +114,34 @@ CASES = {
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("mask", ["none", "padding", "window", "both"])
-def test_the_attention_half_equals_a_float64_reference(name, mask):
+def test_the_attention_half_equals_a_float64_reference(name, mask, dtype):
+    """float32 or bfloat16 weights and caches (bfloat16: the same float32 arithmetic on the widened values, the new
+    key and value rounded as stored), against float64 on the same values."""
     size = CASES[name]
     for seed, (capacity, pos) in enumerate([(9, 0), (9, 6), (40, 33)]):
         call = _call(seed, **size, capacity=capacity, pos=pos, padding=mask in ("padding", "both"),
                      window=3 if mask in ("window", "both") else None, softcap=2.5 if seed == 1 else None,
-                     unit_offset=seed == 2)
+                     unit_offset=seed == 2, dtype=dtype)
         before_k, before_v = call.k_cache.clone(), call.v_cache.clone()
-        expected, keys, values = _reference(call, before_k, before_v)
         out = native.decode_layer(call, None)
         assert out is not None, "the C call declined"
         what = f"{name}, {mask}, pos {pos}"
+        written = call.k_cache[:, :, pos], call.v_cache[:, :, pos]
+        _, k, v = _reference(call, before_k, before_v)
+        for new, expected_new, kind in zip(written, (k, v), ("keys", "values")):
+            # float32: within rounding; bfloat16: within one bfloat16 step (2^-8 of the largest), and nearly always
+            # the float64 value rounded to nearest (truncating would miss about half; the float32 arithmetic
+            # before the rounding crosses a rounding boundary now and then)
+            step = 1e-5 if dtype == torch.float32 else 2.0 ** -8 * float(expected_new.abs().max())
+            assert_close(new.double(), expected_new, atol=step, what=f"{what}: {kind} written")
+            if dtype == torch.bfloat16:
+                assert (new == expected_new.to(dtype)).double().mean() >= 0.9, f"{what}: {kind} rounded"
+        expected, _, _ = _reference(call, before_k, before_v, written)
         assert torch.isfinite(out).all(), what
         assert_close(out, expected.float(), atol=2e-5 * max(1.0, float(expected.abs().max())), what=what)
-        slot = (slice(None), slice(None), pos)
-        assert_close(call.k_cache[slot], keys[slot].float(), atol=1e-5, what=f"{what}: keys written")
-        assert_close(call.v_cache[slot], values[slot].float(), atol=1e-5, what=f"{what}: values written")
         others = torch.ones(capacity, dtype=torch.bool)
         others[pos] = False  # every other slot untouched, NaN included
         assert torch.equal(call.k_cache[:, :, others].isnan(), before_k[:, :, others].isnan())
@@ -266,8 +280,8 @@ def test_a_growing_cache_takes_the_c_layer_across_its_reallocations(monkeypatch)
 
 @needs_native
 def test_what_the_c_layer_does_not_serve_takes_pytorch(monkeypatch):
-    """A ring cache, a recorder, a kernel chosen by name and a gradient each keep the PyTorch path (and its
-    results); the cache holds every token either way."""
+    """A recorder, a kernel chosen by name and a gradient each keep the PyTorch path (and its results); the cache
+    holds every token either way. (Hooks, a RingCache and other modules: the test below.)"""
     from attnkit.inspect import capture
 
     model = _model("llama")
@@ -294,3 +308,134 @@ def test_what_the_c_layer_does_not_serve_takes_pytorch(monkeypatch):
         parameter.requires_grad_(True)
     assert_close(step([StaticCache(9), StaticCache(9)]), expected, atol=1e-4, what="with gradients")
     assert not calls
+
+
+@needs_native
+def test_the_feed_forward_half_must_agree_with_the_attention_half():
+    """decode_layer hands the attention's output to the feed-forward half: rows, widths and weight types must agree
+    (C trusts them), else None and nothing written."""
+    model = _model("llama")
+    block = model.layers[0]
+    base = dict(CASES["llama-gqa"], capacity=9, pos=4, padding=False, window=None, softcap=None, unit_offset=False)
+    y = torch.randn(1, 1, 32)
+    good = block._ffn_call(None, y)
+    bad = {
+        "8 rows after 1": native.FFNCall(**{**vars(good), "x": torch.randn(8, 32)}),
+        "wo of another width": native.FFNCall(**{**vars(good), "wo": torch.randn(32, 40)}),
+        "a short bias": native.FFNCall(**{**vars(good), "bd": torch.randn(31)}),
+        "wd transposed": native.FFNCall(**{**vars(good), "wd": good.wd.t().contiguous()}),
+        "bfloat16 after float32": native.FFNCall(**{**vars(good), "wo": good.wo.bfloat16(), "wg": good.wg.bfloat16(),
+                                                    "wu": good.wu.bfloat16(), "wd": good.wd.bfloat16(),
+                                                    "norm_w": good.norm_w.bfloat16()}),
+    }
+    for what, ffn in bad.items():
+        call = _call(0, **{**base, "dim": 32, "h": 4, "hkv": 2, "d": 8, "rotary": 8})
+        before = (call.k_cache.clone(), ffn.x.clone())
+        assert native.decode_layer(call, ffn) is None, what
+        assert torch.equal(call.k_cache, before[0]) and torch.equal(ffn.x, before[1]), what
+    call = _call(0, **{**base, "dim": 32, "h": 4, "hkv": 2, "d": 8, "rotary": 8})
+    good = native.FFNCall(**{**vars(good), "wo": model.layers[0].attn.out_proj.weight})
+    assert native.decode_layer(call, good) is not None  # the same sizes, agreeing: taken
+
+
+@needs_native
+def test_hooks_odd_modules_and_bad_options_take_pytorch(monkeypatch):
+    """What the C layer would silently change keeps the PyTorch path: a forward hook (its own or a global one) on any
+    module it stands in for, a RingCache, a cache subclass, a q norm without a k norm, attention dropout in training
+    mode; and an option attnkit.attention refuses is refused with its own error, not run."""
+    calls = _counting(monkeypatch)
+    ids = torch.randint(0, 71, (2, 9), generator=torch.Generator().manual_seed(0))
+
+    def step(model, cache=None):
+        cache = cache if cache is not None else [StaticCache(9), StaticCache(9)]
+        with torch.no_grad():
+            model(ids[:, :8], cache=cache)
+            return model(ids[:, 8:], cache=cache).logits
+
+    model = _model("llama")
+    expected = step(model)
+    assert len(calls) == 2
+    calls.clear()
+    seen = []
+    for module in (model.layers[1].attn_norm, model.layers[1].attn.k_proj, model.layers[1].ffn.down):
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(type(m).__name__))
+        assert_close(step(model), expected, atol=1e-4, what="hooked")
+        handle.remove()
+    assert seen == ["RMSNorm", "RMSNorm", "Linear", "Linear", "Linear", "Linear"]  # prefill and step each
+    assert len(calls) == 3  # layer 0 only: it has no hook
+    calls.clear()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, args, out: None)
+    assert_close(step(model), expected, atol=1e-4, what="global hook")
+    handle.remove()
+
+    class Logged(StaticCache):
+        def update(self, k, v):
+            return super().update(k, v)
+
+    assert_close(step(model, [Logged(9), Logged(9)]), expected, atol=1e-4, what="subclass")
+    windowed = _model("gemma2-window-softcap")
+    with torch.no_grad():
+        ring = windowed.generate(ids, 4)  # the default RingCache for its windowed layer 0
+    assert len(calls) == 3 * 1  # only layer 1 (static cache) took C, once a step after the first
+    calls.clear()
+    monkeypatch.setenv("ATTNKIT_NATIVE", "0")
+    with torch.no_grad():
+        assert torch.equal(windowed.generate(ids, 4), ring)
+    monkeypatch.delenv("ATTNKIT_NATIVE")
+    qk = _model("qwen3-qk-norm")
+    reference = step(qk)
+    calls.clear()
+    for layer in qk.layers:
+        layer.attn.k_norm.eps = 0.5  # no longer the q norm's
+    monkeypatch.setenv("ATTNKIT_NATIVE", "0")
+    changed = step(qk)
+    monkeypatch.delenv("ATTNKIT_NATIVE")
+    assert (changed - reference).abs().max() > 1e-4
+    assert_close(step(qk), changed, atol=1e-4, what="k norm's own eps")
+    assert not calls
+    attn = model.layers[0].attn
+    attn.dropout = 0.5
+    attn.train()
+    torch.manual_seed(0)
+    dropped_out = step(model)
+    assert calls == [2] and (dropped_out - expected).abs().max() > 1e-3  # layer 1 only; layer 0 drops out
+    calls.clear()
+    attn.eval()
+    attn.softcap = -1.0  # what GPTConfig would refuse; the PyTorch path names it
+    with pytest.raises(ValueError, match="softcap"), torch.no_grad():
+        model(ids[:, :1], cache=[StaticCache(9), StaticCache(9)])
+    assert not calls
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["llama", "qwen3-qk-norm", "gemma2-window-softcap"])
+def test_a_bfloat16_model_decodes_through_the_c_layer(name, monkeypatch):
+    """A bfloat16 model's step takes the C layer (weights and cache bfloat16, arithmetic float32): its logits are
+    within a few bfloat16 roundings of float64 on the same weights, and no farther from them than PyTorch's
+    bfloat16 path (whose every intermediate is rounded) but for one rounding of the bfloat16 logits."""
+    model = _model(name).to(torch.bfloat16)
+    exact = _model(name).double()
+    exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    calls = _counting(monkeypatch)
+    errors = {}
+    for batch in (1, 3):
+        ids = torch.randint(0, 71, (batch, 9), generator=torch.Generator().manual_seed(batch))
+        mask = torch.ones(batch, 9, dtype=torch.long)
+        mask[-1, :2] = 0
+        with torch.no_grad():
+            reference = exact(ids, mask).logits[:, -1:]
+        for path in ("C", "PyTorch"):
+            if path == "PyTorch":
+                monkeypatch.setenv("ATTNKIT_NATIVE", "0")
+            with torch.no_grad():
+                cache = model.new_cache(max_len=16)
+                model(ids[:, :8], mask[:, :8], cache=cache)
+                step = model(ids[:, 8:], mask, cache=cache).logits
+            monkeypatch.delenv("ATTNKIT_NATIVE", raising=False)
+            assert step.dtype == torch.bfloat16
+            errors[path, batch] = float((step.double() - reference).abs().max())
+        assert len(calls) == 2 and set(calls) == {batch}
+        calls.clear()
+        scale = float(reference.abs().max())
+        assert errors["C", batch] <= 3 * 2.0 ** -8 * scale, errors  # a few roundings of the bfloat16 logits
+        assert errors["C", batch] <= errors["PyTorch", batch] + 2.0 ** -8 * scale, errors

@@ -12,34 +12,38 @@
  * and those more than ``window`` slots back; a row with none visible gets zeros (as attnkit.attention gives a
  * fully-masked row). Keys and values behind the mask are never read, so a NaN there does not leak.
  *
- * Float32 throughout; the same arithmetic as the PyTorch path up to rounding (exp, tanh and the sums' order). */
+ * Weights (projections, biases, norms) and the KV cache are all float32 or all bfloat16 (``bf16``: widened as read,
+ * the new keys and values rounded to nearest-even as stored); x, cos, sin and the outputs are float32. Float32
+ * arithmetic throughout: the same as PyTorch's float32 path up to rounding (exp, tanh and the sums' order); for a
+ * bfloat16 model, more exact than PyTorch's bfloat16 path, which rounds every intermediate to bfloat16. */
 
 #include <math.h>
 #include <stdint.h>
+
+#include "elements.h"
 
 struct attnkit_ffn_args; /* gemv.c */
 
 struct attnkit_attn_args {
     int64_t B, dim, H, Hkv, D, R;                  /* R: rotary features of a head (even, <= D; 0 = no RoPE) */
     const float *x; int64_t x_stride;              /* (B, dim): the residual stream, read */
-    const float *norm_w; float eps; int64_t unit_offset;
-    const float *wq, *wk, *wv, *bq, *bk, *bv;      /* (H·D, dim), (Hkv·D, dim) x2, contiguous; biases or NULL */
-    const float *q_norm_w, *k_norm_w;              /* (D) each, or NULL: RMSNorm of each head */
+    const void *norm_w; float eps; int64_t unit_offset;
+    const void *wq, *wk, *wv, *bq, *bk, *bv;       /* (H·D, dim), (Hkv·D, dim) x2, contiguous; biases or NULL */
+    const void *q_norm_w, *k_norm_w;               /* (D) each, or NULL: RMSNorm of each head */
     float qk_eps; int64_t qk_unit_offset;
     const float *cos, *sin;                        /* (B, R) each; sin signed: [-sin(first half), sin(second)] */
-    float *k_cache, *v_cache;                      /* (B, Hkv, capacity, D), contiguous */
+    void *k_cache, *v_cache;                       /* (B, Hkv, capacity, D), contiguous */
     int64_t capacity, pos;                         /* the slot this token is written to; pos < capacity */
     const uint8_t *key_padding; int64_t kp_stride; /* (B, >= pos + 1): 1 = token, 0 = padding; or NULL */
     int64_t window;                                /* keys at most this many slots back; < 0: no window */
     float scale, softcap;                          /* softcap <= 0: none */
     float *out;                                    /* (B, H·D): the heads' outputs side by side */
     float *scratch;                                /* B·dim + B·(H + 2·Hkv)·D + B·H·(pos + 1) floats */
+    int64_t bf16;                                  /* weights and caches: 0 float32, 1 bfloat16 */
 };
 
 int attnkit_gemv_many(int64_t count, const void *const *ws, const int64_t *outs, int bf16, int64_t in,
                       const float *x, int64_t x_stride, int64_t B, float *y, int64_t y_stride, int threads);
-int attnkit_rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim, const float *w,
-                     float eps, int64_t unit_offset);
 int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads);
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -52,11 +56,21 @@ static inline __mmask16 lanes(int64_t left) {
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
-DECODE_TARGET static float dot(const float *a, const float *b, int64_t n) {
+/* 16 elements (fewer: masked) of a cache from ``offset`` on, widened to float32 */
+DECODE_TARGET static inline __m512 load_cache(const void *p, int64_t offset, int64_t bf16, __mmask16 m) {
+    if (bf16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + offset);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_maskz_loadu_ps(m, (const float *)p + offset);
+}
+
+/* q · the cache's n elements from ``offset`` on */
+DECODE_TARGET static float dot(const float *q, const void *cache, int64_t offset, int64_t n, int64_t bf16) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = lanes(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), load_cache(cache, offset + i, bf16, m), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -74,15 +88,14 @@ static void rotate(float *x, const float *cos, const float *sin, int64_t R) {
 /* Head h of row b: o = softmax over the visible keys, times V (see the top of the file). */
 DECODE_TARGET static void attend(const struct attnkit_attn_args *a, const float *q, int64_t b, int64_t h,
                                  float *scores, float *o) {
-    const int64_t D = a->D, n = a->pos + 1, g = h / (a->H / a->Hkv);
-    const float *keys = a->k_cache + (b * a->Hkv + g) * a->capacity * D;
-    const float *values = a->v_cache + (b * a->Hkv + g) * a->capacity * D;
+    const int64_t D = a->D, n = a->pos + 1, g = h / (a->H / a->Hkv), bf16 = a->bf16;
+    const int64_t base = (b * a->Hkv + g) * a->capacity * D; /* this row's and head's first key and value */
     const uint8_t *pad = a->key_padding ? a->key_padding + b * a->kp_stride : NULL;
     const int64_t first = a->window >= 0 && a->pos - a->window > 0 ? a->pos - a->window : 0;
     float top = -INFINITY;
     for (int64_t j = first; j < n; j++) {
         if (pad && !pad[j]) continue;
-        float s = dot(q, keys + j * D, D) * a->scale;
+        float s = dot(q, a->k_cache, base + j * D, D, bf16) * a->scale;
         if (a->softcap > 0.0f) s = a->softcap * tanhf(s / a->softcap);
         scores[j] = s;
         if (s > top) top = s;
@@ -97,7 +110,7 @@ DECODE_TARGET static void attend(const struct attnkit_attn_args *a, const float 
         const __m512 pv = _mm512_set1_ps(p);
         for (int64_t i = 0; i < D; i += 16) {
             const __mmask16 m = lanes(D - i);
-            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, values + j * D + i),
+            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(pv, load_cache(a->v_cache, base + j * D + i, bf16, m),
                                                             _mm512_maskz_loadu_ps(m, o + i)));
         }
     }
@@ -112,32 +125,32 @@ DECODE_TARGET static void attend(const struct attnkit_attn_args *a, const float 
 DECODE_TARGET static int decode_attention(const struct attnkit_attn_args *a, int threads) {
     const int64_t B = a->B, H = a->H, Hkv = a->Hkv, D = a->D, n = a->pos + 1;
     if (B < 1 || B > 8 || Hkv < 1 || H % Hkv || a->R < 0 || a->R > D || a->R % 2 || a->pos < 0
-        || a->pos >= a->capacity)
+        || a->pos >= a->capacity || a->bf16 < 0 || a->bf16 > 1)
         return 1;
+    const int64_t bf16 = a->bf16;
     const int64_t width = (H + 2 * Hkv) * D; /* q, k, v of one row side by side */
     float *h = a->scratch, *qkv = h + B * a->dim, *scores = qkv + B * width;
-    attnkit_rms_rows(a->x, a->x_stride, h, B, a->dim, a->norm_w, a->eps, a->unit_offset);
+    rms_rows_typed(a->x, a->x_stride, h, B, a->dim, a->norm_w, bf16, a->eps, a->unit_offset);
     const void *ws[3] = {a->wq, a->wk, a->wv};
     const int64_t outs[3] = {H * D, Hkv * D, Hkv * D};
-    if (attnkit_gemv_many(3, ws, outs, 0, a->dim, h, a->dim, B, qkv, width, threads)) return 1;
+    if (attnkit_gemv_many(3, ws, outs, (int)bf16, a->dim, h, a->dim, B, qkv, width, threads)) return 1;
     for (int64_t b = 0; b < B; b++) {
         float *row = qkv + b * width;
-        const float *biases[3] = {a->bq, a->bk, a->bv};
-        for (int64_t part = 0, start = 0; part < 3; start += outs[part], part++)
-            if (biases[part])
-                for (int64_t i = 0; i < outs[part]; i++) row[start + i] += biases[part][i];
+        add_bias(row, a->bq, H * D, bf16);
+        add_bias(row + H * D, a->bk, Hkv * D, bf16);
+        add_bias(row + (H + Hkv) * D, a->bv, Hkv * D, bf16);
         /* each head of q and k: norm, rotation; then k and v to the cache */
         for (int64_t head = 0; head < H + Hkv; head++) {
             float *v = row + head * D;
-            const float *w = head < H ? a->q_norm_w : a->k_norm_w;
-            if (w) attnkit_rms_rows(v, D, v, 1, D, w, a->qk_eps, a->qk_unit_offset);
+            const void *w = head < H ? a->q_norm_w : a->k_norm_w;
+            if (w) rms_rows_typed(v, D, v, 1, D, w, bf16, a->qk_eps, a->qk_unit_offset);
             if (a->R) rotate(v, a->cos + b * a->R, a->sin + b * a->R, a->R);
         }
         for (int64_t g = 0; g < Hkv; g++) {
             const int64_t slot = ((b * Hkv + g) * a->capacity + a->pos) * D;
             for (int64_t i = 0; i < D; i++) {
-                a->k_cache[slot + i] = row[(H + g) * D + i];
-                a->v_cache[slot + i] = row[(H + Hkv + g) * D + i];
+                store_element(a->k_cache, slot + i, row[(H + g) * D + i], bf16);
+                store_element(a->v_cache, slot + i, row[(H + Hkv + g) * D + i], bf16);
             }
         }
     }

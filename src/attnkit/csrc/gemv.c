@@ -15,6 +15,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "elements.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #include <omp.h>
@@ -127,38 +129,28 @@ GEMV_TARGET int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, c
  * decoding path): o = attn · Woᵀ (+ bo); with a sandwich norm o = norm(o); x += o; h = norm(x); g, u = h · [Wg; Wu]ᵀ
  * (+ biases); a = act(g) · u; d = a · Wdᵀ (+ bd); with a sandwich norm d = norm(d); x += d. The norms are RMSNorm:
  * v · rsqrt(mean(v²) + eps) · w, or · (1 + w) with unit_offset (Gemma). act: 0 SiLU, 1 GELU (erf), 2 GELU (tanh).
- * Weights float32, contiguous; x updated in place. Float32 throughout: equal to PyTorch's ops up to rounding. */
+ * Weights, biases and norm weights contiguous, all float32 (bf16 = 0) or all bfloat16 (bf16 = 1); x updated in
+ * place, float32. Float32 arithmetic throughout: equal to PyTorch's float32 ops up to rounding. */
 struct attnkit_ffn_args {
     int64_t B, dim, hd, hidden;
     const float *attn; int64_t attn_stride;        /* (B, hd): the attention's merged heads */
-    const float *wo, *bo;                          /* (dim, hd), (dim) or NULL */
-    const float *post_attn_w;                      /* (dim) or NULL: Gemma's norm of the attention branch */
+    const void *wo, *bo;                           /* (dim, hd), (dim) or NULL */
+    const void *post_attn_w;                       /* (dim) or NULL: Gemma's norm of the attention branch */
     float *x; int64_t x_stride;                    /* (B, dim), the residual stream */
-    const float *norm_w;                           /* (dim): the feed-forward's norm */
+    const void *norm_w;                            /* (dim): the feed-forward's norm */
     float eps; int64_t unit_offset;
-    const float *wg, *wu, *wd, *bg, *bu, *bd;      /* (hidden, dim), (hidden, dim), (dim, hidden); biases or NULL */
+    const void *wg, *wu, *wd, *bg, *bu, *bd;       /* (hidden, dim), (hidden, dim), (dim, hidden); biases or NULL */
     int64_t act;
-    const float *post_ffn_w;                       /* (dim) or NULL */
+    const void *post_ffn_w;                        /* (dim) or NULL */
     float *scratch;                                /* B * (3 * dim + 2 * hidden) floats */
+    int64_t bf16;                                  /* the weights' type: 0 float32, 1 bfloat16 */
 };
-
-static void rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim, const float *w, float eps,
-                     int64_t unit_offset) {
-    for (int64_t b = 0; b < B; b++) {
-        const float *row = v + b * v_stride;
-        float sum = 0.0f;
-        for (int64_t i = 0; i < dim; i++) sum += row[i] * row[i];
-        const float scale = 1.0f / sqrtf(sum / (float)dim + eps);
-        for (int64_t i = 0; i < dim; i++)
-            out[b * dim + i] = unit_offset ? (row[i] * scale) * (1.0f + w[i]) : w[i] * (row[i] * scale);
-    }
-}
 
 /* out (B, dim) = RMSNorm of B rows of v (``v_stride`` floats apart) with weight w (Gemma's 1 + w when
  * ``unit_offset``): a decoding step's attention norm in one call, as the fused block computes its feed-forward's. */
 int attnkit_rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim, const float *w, float eps,
                      int64_t unit_offset) {
-    rms_rows(v, v_stride, out, B, dim, w, eps, unit_offset);
+    rms_rows_typed(v, v_stride, out, B, dim, w, 0, eps, unit_offset);
     return 0;
 }
 
@@ -169,36 +161,30 @@ static float activate(float g, int64_t act) {
 }
 
 GEMV_TARGET int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads) {
-    const int64_t B = a->B, dim = a->dim, hidden = a->hidden;
-    if (B < 1 || B > 8 || a->act < 0 || a->act > 2) return 1;
+    const int64_t B = a->B, dim = a->dim, hidden = a->hidden, bf16 = a->bf16;
+    if (B < 1 || B > 8 || a->act < 0 || a->act > 2 || bf16 < 0 || bf16 > 1) return 1;
     float *o = a->scratch, *h = o + B * dim, *gu = h + B * dim, *d = gu + B * 2 * hidden;
     /* o = attn · Woᵀ */
-    if (attnkit_gemv(a->wo, 0, dim, a->hd, a->attn, a->attn_stride, B, o, dim, threads)) return 1;
-    if (a->bo)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < dim; i++) o[b * dim + i] += a->bo[i];
-    if (a->post_attn_w) rms_rows(o, dim, o, B, dim, a->post_attn_w, a->eps, a->unit_offset);
+    if (attnkit_gemv(a->wo, (int)bf16, dim, a->hd, a->attn, a->attn_stride, B, o, dim, threads)) return 1;
+    for (int64_t b = 0; b < B; b++) add_bias(o + b * dim, a->bo, dim, bf16);
+    if (a->post_attn_w) rms_rows_typed(o, dim, o, B, dim, a->post_attn_w, bf16, a->eps, a->unit_offset);
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += o[b * dim + i];
     /* h = norm(x); [g | u] = h · [Wg; Wu]ᵀ */
-    rms_rows(a->x, a->x_stride, h, B, dim, a->norm_w, a->eps, a->unit_offset);
+    rms_rows_typed(a->x, a->x_stride, h, B, dim, a->norm_w, bf16, a->eps, a->unit_offset);
     const void *gate_up[2] = {a->wg, a->wu};
     const int64_t outs[2] = {hidden, hidden};
-    if (attnkit_gemv_many(2, gate_up, outs, 0, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
+    if (attnkit_gemv_many(2, gate_up, outs, (int)bf16, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
     for (int64_t b = 0; b < B; b++) {
         float *g = gu + b * 2 * hidden, *u = g + hidden;
-        if (a->bg)
-            for (int64_t i = 0; i < hidden; i++) g[i] += a->bg[i];
-        if (a->bu)
-            for (int64_t i = 0; i < hidden; i++) u[i] += a->bu[i];
+        add_bias(g, a->bg, hidden, bf16);
+        add_bias(u, a->bu, hidden, bf16);
         for (int64_t i = 0; i < hidden; i++) g[i] = activate(g[i], a->act) * u[i];
     }
     /* d = a · Wdᵀ */
-    if (attnkit_gemv(a->wd, 0, dim, hidden, gu, 2 * hidden, B, d, dim, threads)) return 1;
-    if (a->bd)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < dim; i++) d[b * dim + i] += a->bd[i];
-    if (a->post_ffn_w) rms_rows(d, dim, d, B, dim, a->post_ffn_w, a->eps, a->unit_offset);
+    if (attnkit_gemv(a->wd, (int)bf16, dim, hidden, gu, 2 * hidden, B, d, dim, threads)) return 1;
+    for (int64_t b = 0; b < B; b++) add_bias(d + b * dim, a->bd, dim, bf16);
+    if (a->post_ffn_w) rms_rows_typed(d, dim, d, B, dim, a->post_ffn_w, bf16, a->eps, a->unit_offset);
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += d[b * dim + i];
     return 0;

@@ -224,37 +224,43 @@ class MultiHeadAttention(nn.Module):
                     cache: KVCache | ContextCache | None, position_ids: Tensor | None,
                     key_padding: Tensor | None) -> Tensor | None:
         """A decoding step's layer in one C call (``native.decode_layer``): ``self(norm(x))``'s heads for one new
-        token per row, x (B, 1, dim) float32, attending over ``cache``, and then ``ffn``'s half of the layer on
-        them (x updated in place); returns the heads' outputs (B, H * head_dim), the cache one token longer. None
-        (nothing done) where that path does not take the step: no StaticCache or GrowingCache, an RMSNorm missing,
-        positions other than RoPE, a kernel chosen by name, a recorder attached, wrapped projections, context
-        parallelism, cross-attention, or what ``native.decode_layer`` refuses. The caller checks that no gradient is
-        wanted and that the fast paths are switched on."""
+        token per row, x (B, 1, dim) float32 (a bfloat16 model's rows widened: its weights and cache stay
+        bfloat16), attending over ``cache``, and then ``ffn``'s half of the layer on them (``ffn.x`` updated in
+        place); returns the heads' outputs (B, H * head_dim), the cache one token longer. None (nothing done, but a
+        GrowingCache's buffer may have grown) where that path does not take the step: no StaticCache or
+        GrowingCache (exactly: a subclass may do more in ``update``), an RMSNorm missing, positions other than
+        RoPE, a kernel chosen by name, a recorder attached, dropout in training mode, wrapped projections, q and k
+        norms that differ, context parallelism, cross-attention, or what ``native.decode_layer`` refuses
+        (including options ``attnkit.attention`` would refuse, which the PyTorch path then names). The caller
+        checks that no gradient is wanted, that no hooks are set and that the fast paths are switched on."""
         b = x.shape[0]
-        if (x.dim() != 3 or x.shape[1] != 1 or not isinstance(cache, (StaticCache, GrowingCache))
+        rope, qn, kn = self.positions, self.q_norm, self.k_norm
+        if (x.dim() != 3 or x.shape[1] != 1 or type(cache) not in (StaticCache, GrowingCache)
                 or (position_ids is not None and tuple(position_ids.shape) != (b, 1))
                 or not isinstance(norm, RMSNorm) or self.kernel != "auto" or self._recorders
-                or self.context_parallel is not None or self.cross_attention
-                or not (self.positions is None or isinstance(self.positions, RotaryEmbedding))
+                or (self.training and self.dropout > 0) or self.context_parallel is not None
+                or self.cross_attention
+                or not (rope is None or (isinstance(rope, RotaryEmbedding) and rope.head_dim == self.head_dim))
                 or not all(isinstance(p, nn.Linear) for p in (self.q_proj, self.k_proj, self.v_proj))
-                or not all(n is None or isinstance(n, RMSNorm) for n in (self.q_norm, self.k_norm))):
+                or not (qn is None and kn is None or isinstance(qn, RMSNorm) and isinstance(kn, RMSNorm)
+                        and (qn.eps, qn.unit_offset) == (kn.eps, kn.unit_offset))):
             return None
+        assert isinstance(cache, (StaticCache, GrowingCache))  # for mypy: the exact types were checked
         rows = x.view(b, self.dim)
-        k_buf, v_buf, slot = cache.reserve(*(rows.new_empty(b, self.num_kv_heads, 1, self.head_dim),) * 2)
+        like = rows.new_empty(b, self.num_kv_heads, 1, self.head_dim, dtype=self.k_proj.weight.dtype)
+        k_buf, v_buf, slot = cache.reserve(like, like)
         cos = sin = None
-        if self.positions is not None:
+        if isinstance(rope, RotaryEmbedding):
             if position_ids is None:
                 position_ids = default_position_ids(b, 1, slot, x.device)
-            cos, sin = (t.reshape(b, -1) for t in self.positions.rows(position_ids, torch.float32))
+            cos, sin = (t.reshape(b, -1) for t in rope.rows(position_ids, torch.float32))
         if key_padding is not None and key_padding.dtype != torch.bool:
             key_padding = key_padding != 0
-        qk, kn = self.q_norm, self.k_norm  # both or neither, RMSNorms (checked above)
-        q_norm_w, k_norm_w = (qk.weight, kn.weight) if isinstance(qk, RMSNorm) and isinstance(kn, RMSNorm) else \
-            (None, None)
-        call = native.AttnCall(
+        call = native.AttnCall(  # the q and k norms: both or neither, alike (checked above)
             rows, norm.weight, norm.eps, norm.unit_offset, self.q_proj.weight, self.k_proj.weight,
             self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
-            q_norm_w, k_norm_w, qk.eps if isinstance(qk, RMSNorm) else 1e-6, isinstance(qk, RMSNorm) and qk.unit_offset,
+            qn.weight if isinstance(qn, RMSNorm) else None, kn.weight if isinstance(kn, RMSNorm) else None,
+            qn.eps if isinstance(qn, RMSNorm) else 1e-6, isinstance(qn, RMSNorm) and qn.unit_offset,
             cos, sin, k_buf, v_buf, slot,
             key_padding, None if window is None else window[0],
             self.head_dim ** -0.5 if self.scale is None else self.scale, self.softcap)

@@ -18,7 +18,7 @@ from ..functional.registry import Kernel
 from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
-from .linear import Linear, linears, switched_on as linear_switch, tracing
+from .linear import Linear, hooked, linears, switched_on as linear_switch, tracing
 from .norms import NormKind, RMSNorm, make_norm
 from .positions import RelativePositions
 
@@ -112,14 +112,15 @@ class Block(nn.Module):
             return dropped(self.dropout, _ffn_output(self.ffn, h, aux_losses))
 
         if mask is None and bias is None and self._fusable(x):
-            y = x.clone()  # the C calls add into it: the caller's x stays as it was
-            if self.attn.decode_step(x, self.attn_norm, self._ffn_call(None, y), window=window, cache=cache,
+            # the C calls add into y, float32 (a bfloat16 model's rows widened): the caller's x stays as it was
+            y = x.clone() if x.dtype == torch.float32 else x.float()
+            if self.attn.decode_step(y, self.attn_norm, self._ffn_call(None, y), window=window, cache=cache,
                                      position_ids=position_ids, key_padding=key_padding) is not None:
-                return y  # the whole layer in one C call
+                return y.to(x.dtype)  # the whole layer in one C call
             merged = self.attn.merged_heads(self.attn_norm(x), causal=causal, window=window, cache=cache,
                                             position_ids=position_ids, key_padding=key_padding)
-            if native.decode_ffn(self._ffn_call(merged, y)):
-                return y
+            if native.decode_ffn(self._ffn_call(merged.float(), y)):
+                return y.to(x.dtype)
             return self._residuals(self.attn.out_proj(merged), x, feed)  # where the C call declines
         if not self.norm_first:
             x = self.attn_norm(x + attend(x))
@@ -136,19 +137,23 @@ class Block(nn.Module):
 
     def _fusable(self, x: Tensor) -> bool:
         """Whether a decoding step's rest of the block (output projection, residuals, the feed-forward's norm and
-        gated feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 rows, pre-norm, RMSNorms,
-        a gated FeedForward of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that records or
-        drops out, and no torch.jit.trace records."""
-        ffn, norms = self.ffn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
-        return (linear_switch() and not self.training and not torch.is_grad_enabled() and not tracing()
-                and self.norm_first and x.dtype == torch.float32
+        gated feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 or bfloat16 rows, pre-norm,
+        RMSNorms, a gated FeedForward of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that
+        records, drops out or has a forward hook (the C calls stand in for those modules' forwards), and no
+        torch.jit.trace records."""
+        ffn, attn, norms = self.ffn, self.attn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
+        if not (linear_switch() and not self.training and not torch.is_grad_enabled() and not tracing()
+                and self.norm_first and x.dtype in _FUSED_DTYPES
                 and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
                 and isinstance(ffn, FeedForward) and ffn.gate is not None and ffn.activation in native.FFN_ACTIVATIONS
-                and all(isinstance(m, nn.Linear) for m in (self.attn.out_proj, ffn.gate, ffn.up, ffn.down))
+                and all(isinstance(m, nn.Linear) for m in (attn.out_proj, ffn.gate, ffn.up, ffn.down))
                 and isinstance(self.ffn_norm, RMSNorm)
                 and all(n is None or (isinstance(n, RMSNorm) and n.eps == self.ffn_norm.eps
                                       and n.unit_offset == self.ffn_norm.unit_offset) for n in norms)
-                and not self.attn._recorders)
+                and not attn._recorders):
+            return False
+        return not hooked((attn, self.attn_norm, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm,
+                           attn.k_norm, attn.out_proj, ffn, ffn.gate, ffn.up, ffn.down, *norms))
 
     def _ffn_call(self, merged: Tensor | None, x: Tensor) -> native.FFNCall:
         """The rest of the block after the attention's heads ``merged`` (None: a C attention's output) as one C
@@ -162,6 +167,9 @@ class Block(nn.Module):
             _norm_weight(self.post_attn_norm), self.ffn_norm.weight, self.ffn_norm.eps, self.ffn_norm.unit_offset,
             ffn.gate.weight, ffn.up.weight, ffn.down.weight, ffn.gate.bias, ffn.up.bias, ffn.down.bias,
             ffn.activation, _norm_weight(self.post_ffn_norm))
+
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)  # a model's dtypes the C decoding calls serve (bfloat16: widened)
 
 
 def _norm_weight(norm: nn.Module | None) -> Tensor | None:

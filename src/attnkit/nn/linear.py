@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module  # its global hooks: module-level dicts, no public accessor
 
 from ..functional.kernels import native
 
@@ -70,6 +71,14 @@ def tracing() -> bool:
     return torch.jit.is_tracing()  # type: ignore[attr-defined]  # public, not re-exported in its stubs
 
 
+def hooked(modules: Sequence[nn.Module | None]) -> bool:
+    """Whether a forward hook would run on any of ``modules`` (None skipped), one of their own or a global one: a
+    fused path that stands in for their forwards must then step aside."""
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
+
+
 def _rows(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor] | None:
     """``x @ w.T + b`` for each weight and bias, a decoding step's few rows through attnkit's C matmul (the weights
     read once, at memory speed; several in one call), or None when it does not take them. The caller has checked
@@ -112,8 +121,8 @@ def linears(x: Tensor, layers: Sequence[nn.Linear]) -> list[Tensor] | None:
     there (a decoding step's few rows, no gradient needed): a layer's q, k and v projections, or a gated
     feed-forward's gate and up, share one fork of the threads. The results are bitwise those of separate calls.
     None when that path does not apply (the caller then calls the layers)."""
-    if not all(isinstance(layer, nn.Linear) for layer in layers):  # a wrapped layer (a LoRA adapter, a hook
-        return None  # module) adds its own computation to the weight's: only its forward computes it
+    if not all(isinstance(layer, nn.Linear) for layer in layers) or hooked(layers):  # a wrapped layer (a LoRA
+        return None  # adapter) or a hooked one adds its own computation to the weight's: only its forward runs it
     weights = [layer.weight for layer in layers]
     biases = [layer.bias for layer in layers]
     if (not _switched_on or not x.dim() or not x.shape[-1] or x.dtype not in _DTYPES or x.device.type != "cpu"
@@ -129,4 +138,4 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
-__all__ = ["Linear", "linear", "linears", "onednn_enabled", "switched_on", "use_onednn"]
+__all__ = ["Linear", "hooked", "linear", "linears", "onednn_enabled", "switched_on", "use_onednn"]

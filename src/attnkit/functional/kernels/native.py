@@ -14,6 +14,7 @@ log-sum-exp.
 from __future__ import annotations
 
 import ctypes
+import math
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from ..request import AttentionRequest
 from .plan import Row
 
 _i64 = ctypes.c_int64
-_ABI = 9  # attnkit_native_abi() of a build with these functions (gemv.c's and decode.c's) and these structs' layouts
+_ABI = 10  # attnkit_native_abi() of a build with these functions (gemv.c's and decode.c's) and these structs' layouts
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -138,7 +139,7 @@ class _FFNArgs(ctypes.Structure):
         ("eps", ctypes.c_float), ("unit_offset", _i64),
         ("wg", ctypes.c_void_p), ("wu", ctypes.c_void_p), ("wd", ctypes.c_void_p),
         ("bg", ctypes.c_void_p), ("bu", ctypes.c_void_p), ("bd", ctypes.c_void_p),
-        ("act", _i64), ("post_ffn_w", ctypes.c_void_p), ("scratch", ctypes.c_void_p),
+        ("act", _i64), ("post_ffn_w", ctypes.c_void_p), ("scratch", ctypes.c_void_p), ("bf16", _i64),
     ]
 
 
@@ -149,8 +150,8 @@ FFN_ACTIVATIONS = {"swiglu": 0, "geglu": 1, "geglu_tanh": 2}  # the gated activa
 class FFNCall:
     """The second half of a pre-norm decoder layer for a decoding step (``attnkit_decode_ffn`` in csrc/gemv.c):
     ``x += post_attn(attn · Woᵀ + bo)``, then ``x += post_ffn(down(act(gate(h)) · up(h)))`` with ``h = norm(x)``;
-    RMSNorms with ``eps`` (``unit_offset``: Gemma's 1 + w). Every tensor float32 and contiguous; x (rows, dim) is
-    updated in place."""
+    RMSNorms with ``eps`` (``unit_offset``: Gemma's 1 + w). Every tensor contiguous: attn and x float32, the
+    weights, biases and norm weights all float32 or all bfloat16; x (rows, dim) is updated in place."""
 
     attn: Tensor | None  # (rows, hd); None in decode_layer: its attention half's output
     x: Tensor  # (rows, dim)
@@ -176,25 +177,41 @@ def _address(t: Tensor | None) -> int | None:
 
 def decode_ffn(call: FFNCall) -> bool:
     """Run ``call`` in C; False (nothing done) when the extension cannot (not built, no AVX-512, ATTNKIT_NATIVE=0,
-    more than GEMV_ROWS rows, an activation it lacks, a tensor that is not float32 and contiguous)."""
+    more than GEMV_ROWS rows, an activation it lacks, sizes that do not agree, tensors of other types or not
+    contiguous)."""
     lib = _gemv_library()
-    if lib is None or call.attn is None or not _ffn_takes(call) or not _floats(call.attn):
+    attn = call.attn
+    if (lib is None or attn is None or attn.dim() != 2 or not _stored(attn, torch.float32)
+            or not _ffn_takes(call, attn.shape[0], attn.shape[1])):
         return False
-    args = _ffn_args(call, call.attn.data_ptr(), call.attn.shape[1])
+    args = _ffn_args(call, attn.data_ptr(), attn.shape[1])
     return lib.attnkit_decode_ffn(ctypes.byref(args), torch.get_num_threads()) == 0
 
 
-def _floats(t: Tensor) -> bool:
-    """float32, on the CPU, contiguous: what the C functions read."""
-    return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+def _stored(t: Tensor | None, dtype: torch.dtype) -> bool:
+    """None, or ``dtype`` on the CPU and contiguous: what the C functions read."""
+    return t is None or (t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous())
 
 
-def _ffn_takes(call: FFNCall) -> bool:
-    """Whether attnkit_decode_ffn takes ``call`` (its attention input aside)."""
-    tensors = (call.x, call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu, call.wd, call.bg, call.bu,
-               call.bd, call.post_ffn_w)
-    return (1 <= call.x.shape[0] <= GEMV_ROWS and call.activation in FFN_ACTIVATIONS
-            and all(t is None or _floats(t) for t in tensors))
+def _shaped(t: Tensor | None, *shape: int) -> bool:
+    return t is None or tuple(t.shape) == shape
+
+
+def _ffn_takes(call: FFNCall, rows: int, hd: int) -> bool:
+    """Whether attnkit_decode_ffn takes ``call`` after an attention of ``rows`` rows of ``hd`` features: every size
+    agrees (C trusts them), x float32, the weights all float32 or all bfloat16."""
+    x, dtype = call.x, call.wo.dtype
+    if x.dim() != 2 or call.wg.dim() != 2:
+        return False
+    dim, hidden = x.shape[1], call.wg.shape[0]
+    weights = (call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu, call.wd, call.bg, call.bu, call.bd,
+               call.post_ffn_w)
+    return (x.shape[0] == rows and 1 <= rows <= GEMV_ROWS and call.activation in FFN_ACTIVATIONS
+            and _stored(x, torch.float32) and dtype in _GEMV_DTYPES and all(_stored(t, dtype) for t in weights)
+            and _shaped(call.wo, dim, hd) and _shaped(call.wg, hidden, dim) and _shaped(call.wu, hidden, dim)
+            and _shaped(call.wd, dim, hidden) and all(_shaped(t, dim) for t in (call.bo, call.post_attn_w,
+                                                                                 call.norm_w, call.bd, call.post_ffn_w))
+            and _shaped(call.bg, hidden) and _shaped(call.bu, hidden))
 
 
 def _ffn_args(call: FFNCall, attn: int, hd: int) -> _FFNArgs:
@@ -207,7 +224,7 @@ def _ffn_args(call: FFNCall, attn: int, hd: int) -> _FFNArgs:
                     _address(call.post_attn_w), call.x.data_ptr(), dim, call.norm_w.data_ptr(), call.eps,
                     int(call.unit_offset), call.wg.data_ptr(), call.wu.data_ptr(), call.wd.data_ptr(),
                     _address(call.bg), _address(call.bu), _address(call.bd), FFN_ACTIVATIONS[call.activation],
-                    _address(call.post_ffn_w), scratch.data_ptr())
+                    _address(call.post_ffn_w), scratch.data_ptr(), _GEMV_DTYPES[call.wo.dtype])
     args._keep = scratch  # alive as long as the struct
     return args
 
@@ -224,6 +241,7 @@ class _AttnArgs(ctypes.Structure):
         ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("capacity", _i64), ("pos", _i64),
         ("key_padding", ctypes.c_void_p), ("kp_stride", _i64), ("window", _i64),
         ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("out", ctypes.c_void_p), ("scratch", ctypes.c_void_p),
+        ("bf16", _i64),
     ]
 
 
@@ -234,8 +252,9 @@ class AttnCall:
     ``k_norm_w``, or None) and then RoPE over its first R features (``cos`` and ``sin`` (rows, R), sin signed as
     ``RotaryEmbedding.rows`` gives it; None: no rotation); k and v written to the caches' slot ``pos``; attention
     of each query head over the slots 0 .. pos that ``key_padding`` (rows, >= pos + 1) bool and ``window`` (the
-    most slots back) leave, with ``scale`` and ``softcap``. Every tensor float32 and contiguous (key_padding
-    bool, unit stride along keys)."""
+    most slots back) leave, with ``scale`` (finite, > 0) and ``softcap`` (None, or finite and > 0). Every tensor
+    contiguous: x, cos and sin float32; the weights, biases, norm weights and both caches all float32 or all
+    bfloat16; key_padding bool with unit stride along keys."""
 
     x: Tensor  # (rows, dim), read
     norm_w: Tensor
@@ -264,41 +283,47 @@ class AttnCall:
 
 def _attn_takes(call: AttnCall) -> bool:
     """Whether attnkit_decode_layer takes ``call``: the types above and sizes that agree (C trusts them)."""
-    rows, dim = call.x.shape
-    cache = call.k_cache
-    if cache.dim() != 4 or not 1 <= rows <= GEMV_ROWS:
+    x, cache, dtype = call.x, call.k_cache, call.wq.dtype
+    if x.dim() != 2 or cache.dim() != 4 or call.wq.dim() != 2 or not 1 <= x.shape[0] <= GEMV_ROWS:
         return False
+    rows, dim = x.shape
     _, hkv, capacity, d = cache.shape
     h = call.wq.shape[0] // d if d else 0
     r = 0 if call.cos is None else call.cos.shape[-1]
     padding = call.key_padding
+    window, softcap = call.window, call.softcap
     return (cache.shape[0] == rows and call.v_cache.shape == cache.shape and 0 <= call.pos < capacity
-            and h >= 1 and h % hkv == 0 and call.wq.shape == (h * d, dim)
-            and call.wk.shape == call.wv.shape == (hkv * d, dim) and call.norm_w.shape == (dim,)
-            and all(b is None or b.shape == (w.shape[0],) for w, b in ((call.wq, call.bq), (call.wk, call.bk),
-                                                                       (call.wv, call.bv)))
-            and all(w is None or w.shape == (d,) for w in (call.q_norm_w, call.k_norm_w))
+            and h >= 1 and h % hkv == 0 and _shaped(call.wq, h * d, dim) and _shaped(call.wk, hkv * d, dim)
+            and _shaped(call.wv, hkv * d, dim) and _shaped(call.norm_w, dim) and _shaped(call.bq, h * d)
+            and _shaped(call.bk, hkv * d) and _shaped(call.bv, hkv * d)
+            and _shaped(call.q_norm_w, d) and _shaped(call.k_norm_w, d)
             and (call.cos is None) == (call.sin is None) and r % 2 == 0 and r <= d
-            and (call.cos is None or call.cos.shape == call.sin.shape == (rows, r))  # type: ignore[union-attr]
+            and _shaped(call.cos, rows, r) and _shaped(call.sin, rows, r)
             and (padding is None or (padding.dtype == torch.bool and padding.device.type == "cpu"
                                      and padding.dim() == 2 and padding.shape[0] == rows
                                      and padding.shape[1] > call.pos and padding.stride(1) == 1))
-            and call.x.stride(1) == 1 and call.x.dtype == torch.float32 and call.x.device.type == "cpu"
-            and all(t is None or _floats(t) for t in (call.norm_w, call.wq, call.wk, call.wv, call.bq, call.bk,
-                                                      call.bv, call.q_norm_w, call.k_norm_w, call.cos, call.sin,
-                                                      cache, call.v_cache)))
+            and (window is None or (isinstance(window, int) and window >= 0))
+            and math.isfinite(call.scale) and call.scale > 0
+            and (softcap is None or (math.isfinite(softcap) and softcap > 0))
+            and x.stride(1) == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and _stored(call.cos, torch.float32) and _stored(call.sin, torch.float32) and dtype in _GEMV_DTYPES
+            and all(_stored(t, dtype) for t in (call.norm_w, call.wq, call.wk, call.wv, call.bq, call.bk, call.bv,
+                                                call.q_norm_w, call.k_norm_w, cache, call.v_cache)))
 
 
 def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
     """A decoding step's layer in C: ``attn``'s half, then ``ffn``'s on its output (``ffn.attn`` is ignored) with
-    ``ffn.x`` updated in place; ``ffn`` None: the attention half only. Returns the heads' outputs (rows, H * D), or
-    None (nothing done) when the extension cannot take the calls (see decode_ffn)."""
+    ``ffn.x`` updated in place; ``ffn`` None: the attention half only. Returns the heads' outputs (rows, H * D)
+    float32, or None (nothing done) when the extension cannot take the calls (see decode_ffn): sizes that do not
+    agree, weights of another type than ``attn``'s, an ``ffn.x`` of other rows than ``attn.x``."""
     lib = _gemv_library()
-    if lib is None or not _attn_takes(attn) or (ffn is not None and not _ffn_takes(ffn)):
+    if lib is None or not _attn_takes(attn):
         return None
     rows, dim = attn.x.shape
     _, hkv, capacity, d = attn.k_cache.shape
     h = attn.wq.shape[0] // d
+    if ffn is not None and (ffn.wo.dtype != attn.wq.dtype or not _ffn_takes(ffn, rows, h * d)):
+        return None
     out = attn.x.new_empty(rows, h * d)
     scratch = attn.x.new_empty(rows * (dim + (h + 2 * hkv) * d + h * (attn.pos + 1)))
     padding = attn.key_padding
@@ -310,7 +335,7 @@ def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
                      _address(attn.cos), _address(attn.sin), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
                      capacity, attn.pos, _address(padding), 0 if padding is None else padding.stride(0),
                      -1 if attn.window is None else attn.window, attn.scale, attn.softcap or 0.0,
-                     out.data_ptr(), scratch.data_ptr())
+                     out.data_ptr(), scratch.data_ptr(), _GEMV_DTYPES[attn.wq.dtype])
     ffn_args = None if ffn is None else ctypes.byref(_ffn_args(ffn, out.data_ptr(), h * d))
     status = lib.attnkit_decode_layer(ctypes.byref(args), ffn_args, torch.get_num_threads())
     return out if status == 0 else None
@@ -320,8 +345,8 @@ def rms_rows(x: Tensor, weight: Tensor, eps: float, unit_offset: bool) -> Tensor
     """RMSNorm of x's rows (..., dim) with ``weight`` (``1 + weight`` when ``unit_offset``), in C, for a decoding
     step's at most GEMV_ROWS float32 rows: one call where PyTorch's CPU ``rms_norm`` runs about eight operations
     (19-34 us a call for one row of 576, against 11-18 us here, most of it the call itself). The same arithmetic as
-    the fused block's norms. None when
-    the extension cannot (not built, turned off, other shapes or types). No autograd: for inference only."""
+    the fused block's norms. None when the extension cannot (not built, turned off, other shapes or types). No
+    autograd: for inference only."""
     lib = _gemv_library()
     dim = x.shape[-1] if x.dim() else 0
     rows = x.numel() // dim if dim else 0

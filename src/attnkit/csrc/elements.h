@@ -1,0 +1,57 @@
+/* The element types the decoding calls read weights and KV caches in: float32, or bfloat16 (the top half of a
+ * float32: widened exactly, rounded to nearest-even when stored, as PyTorch converts). Activations stay float32. */
+
+#ifndef ATTNKIT_ELEMENTS_H
+#define ATTNKIT_ELEMENTS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* p[i] as a float32; bf16: p holds bfloat16 */
+static inline float element(const void *p, int64_t i, int64_t bf16) {
+    if (!bf16) return ((const float *)p)[i];
+    const uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* p[i] = v, rounded to bfloat16 (nearest, ties to even; NaN to the quiet NaN 0x7FC0, as PyTorch) when bf16 */
+static inline void store_element(void *p, int64_t i, float v, int64_t bf16) {
+    if (!bf16) {
+        ((float *)p)[i] = v;
+        return;
+    }
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u)
+        bits = 0x7FC00000u;
+    else
+        bits += 0x7FFFu + ((bits >> 16) & 1u);
+    ((uint16_t *)p)[i] = (uint16_t)(bits >> 16);
+}
+
+/* out (B, dim) = RMSNorm of B rows of v (``v_stride`` floats apart; out may be v) with weight w of type bf16:
+ * v · rsqrt(mean(v²) + eps) · w, or · (1 + w) with unit_offset (Gemma) */
+static inline void rms_rows_typed(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim,
+                                  const void *w, int64_t bf16, float eps, int64_t unit_offset) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = v + b * v_stride;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < dim; i++) sum += row[i] * row[i];
+        const float scale = 1.0f / sqrtf(sum / (float)dim + eps);
+        for (int64_t i = 0; i < dim; i++) {
+            const float wi = element(w, i, bf16);
+            out[b * dim + i] = unit_offset ? (row[i] * scale) * (1.0f + wi) : wi * (row[i] * scale);
+        }
+    }
+}
+
+/* v[i] += bias[i] for i < n; bias NULL: nothing */
+static inline void add_bias(float *v, const void *bias, int64_t n, int64_t bf16) {
+    if (bias)
+        for (int64_t i = 0; i < n; i++) v[i] += element(bias, i, bf16);
+}
+
+#endif
