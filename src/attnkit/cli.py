@@ -393,10 +393,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """What a model attends to: a terminal table, a self-contained HTML view, PNG/SVG figures."""
     from .files import atomic_directory
     from .inspect import explain
-    from .inspect.explanation import check_exact_kernel
+    from .nn.attention import check_exact_kernel
     from .inspect.figures import check_formats, write_figures
     from .inspect.html import write_html
-    from .inspect.outputs import check_replaceable, default_directory, writable_target
+    from .inspect.outputs import PAGE, check_replaceable, default_directory, writable_target
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if formats:
@@ -421,7 +421,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     written: list[Path] = []
     with atomic_directory(writable_target(out)) as tmp:  # the folder holds exactly this run's files
         if not args.no_html:
-            written.append(write_html(e, tmp / "attention.html"))
+            written.append(write_html(e, tmp / PAGE))
         if formats:
             try:
                 written += write_figures(e, tmp, formats)

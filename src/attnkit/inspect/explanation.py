@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.checks import check_index, check_int
+from ..nn.attention import check_exact_kernel
 from .attribution import Attribution, attribute
 from .capture import capture, multi_head_layers
 from .pooling import make_bins, pool
@@ -397,22 +398,6 @@ def explain(text: str, model=None, *, tokenizer=None, focus: str | int | None = 
                                                  rollout_row=explanation.rollout_row, special=special, decode=decode,
                                                  steps=steps)
     return explanation
-
-
-def check_exact_kernel(kernel: str | None, option: str = "kernel") -> None:
-    """``kernel`` (None or "auto": the model's own choice) names a registered kernel that computes softmax attention
-    exactly; an approximate one changes every later layer's input, so the maps would not be the model's."""
-    from ..functional import registry
-
-    if kernel is None or kernel == "auto":
-        return
-    if not isinstance(kernel, str):
-        raise TypeError(f"{option} must be a kernel name (str) or None, got {type(kernel).__name__}")
-    chosen = registry.get_kernel(kernel)  # unknown: a ValueError listing the registered ones
-    if not registry.is_exact(chosen):
-        exact = ", ".join(k.name for k in registry.kernels() if registry.is_exact(k))
-        raise ValueError(f"{option} {kernel!r} is not exact ({chosen.description}): the model would compute "
-                         f"something else and its maps would not explain it; exact kernels: {exact} (or auto)")
 
 
 def _detail(e: Explanation, layer: int | None, head: int | None) -> tuple[int, int]:

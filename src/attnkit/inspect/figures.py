@@ -26,6 +26,7 @@ import numpy as np
 from torch import Tensor
 
 from ..files import atomic_path
+from .outputs import FIGURE_FORMATS, HEAD_FIGURE, IMAGE_FIGURE, LAYERS_FIGURE, ROLLOUT_FIGURE
 from .viewdata import ViewData, ViewSource, as_view_data
 
 Format = Literal["png", "svg", "pdf"]
@@ -104,7 +105,7 @@ def _metadata(fmt: str) -> dict:
 def check_formats(formats: Sequence[str]) -> list[str]:
     """The figure formats as a list; ValueError unless a non-empty subset of png, svg, pdf."""
     formats = [formats] if isinstance(formats, str) else list(formats)
-    if not formats or sorted(set(formats) - {"png", "svg", "pdf"}):
+    if not formats or sorted(set(formats) - set(FIGURE_FORMATS)):
         raise ValueError(f"formats must be a non-empty subset of png, svg, pdf; got {formats}")
     return formats
 
@@ -151,7 +152,7 @@ def _maps(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Pat
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    written = _save(plt, fig, directory / f"head_L{v.layer}_H{v.head}", formats)
+    written = _save(plt, fig, directory / HEAD_FIGURE.format(layer=v.layer, head=v.head), formats)
 
     columns = min(v.num_layers, 4)
     grid_rows = math.ceil(v.num_layers / columns)
@@ -164,7 +165,7 @@ def _maps(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Pat
         _heatmap(ax, v.maps[layer].mean(0), rows, f"layer {layer} (mean of {v.num_heads} heads)", masked,
                  x=layer + columns >= v.num_layers, y=layer % columns == 0, **labels)
     fig.suptitle(f"{v.title}: head-averaged attention per layer{_grey(v)}", fontsize=10, parse_math=False)
-    return written + _save(plt, fig, directory / "layers_mean", formats)
+    return written + _save(plt, fig, directory / LAYERS_FIGURE, formats)
 
 
 def _rollout(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Path]:
@@ -187,7 +188,7 @@ def _rollout(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[
     if rest:
         _bars(axes[2], tokens, e.rollout_rest(), range(1, e.visible), f"without the first token, {tokens[0]!r}",
               "share of what the first token leaves")
-    return _save(plt, fig, directory / "rollout", formats)
+    return _save(plt, fig, directory / ROLLOUT_FIGURE, formats)
 
 
 def _image(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Path]:
@@ -210,4 +211,4 @@ def _image(plt, v: ViewData, directory: Path, formats: Sequence[str]) -> list[Pa
         ax.set_title(f"layer {layer}", fontsize=9)
     fig.suptitle(f"{v.title}: attention of query {v.queries.tokens[v.focus]!r} over the image (mean of heads, "
                  f"colour scaled per panel)", fontsize=10, parse_math=False)
-    return _save(plt, fig, directory / f"image_q{v.focus}", formats)
+    return _save(plt, fig, directory / IMAGE_FIGURE.format(focus=v.focus), formats)

@@ -15,8 +15,21 @@ from pathlib import Path
 
 ROOT = Path("attnkit-explain")
 SLUG_CHARS = 40  # the words of the text kept in a folder name, at most
-# the names explain writes (html.py, figures.py): a folder holding only these may be replaced by a re-run
-OWN_FILES = re.compile(r"attention\.html|(head_L\d+_H\d+|layers_mean|rollout|image_q\d+)\.(png|svg|pdf)")
+PAGE = "attention.html"  # the page explain writes (html.py)
+FIGURE_FORMATS = ("png", "svg", "pdf")  # the formats figures.py writes
+# the figures' names without the format (figures.py fills the fields in)
+HEAD_FIGURE, LAYERS_FIGURE, ROLLOUT_FIGURE, IMAGE_FIGURE = "head_L{layer}_H{head}", "layers_mean", "rollout", \
+    "image_q{focus}"
+
+
+def _any_numbers(pattern: str) -> str:
+    """A figure name's pattern as a regular expression: each {field} any number."""
+    return re.sub(r"\\\{\w+\\\}", r"\\d+", re.escape(pattern))
+
+
+# the names explain writes: a folder holding only these may be replaced by a re-run
+_STEMS = "|".join(_any_numbers(p) for p in (HEAD_FIGURE, LAYERS_FIGURE, ROLLOUT_FIGURE, IMAGE_FIGURE))
+OWN_FILES = re.compile(rf"{re.escape(PAGE)}|({_STEMS})\.({'|'.join(FIGURE_FORMATS)})")
 
 
 def slug(text: str, model: str) -> str:

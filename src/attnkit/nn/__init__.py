@@ -7,7 +7,8 @@ Every module calls ``attnkit.attention`` for the attention math and passes ``ker
 """
 
 from .activations import Activation
-from .attention import AttentionCall, MultiHeadAttention, Recorder, set_kernel, use_context_parallel
+from .attention import (AttentionCall, MultiHeadAttention, Recorder, context_parallel_layers, set_kernel,
+                        use_context_parallel)
 from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, make_cache
 from .classic import AdditiveAttention, AttentionPooling, HierarchicalAttention, HierarchicalOutput, LuongAttention
 from .layers import Block, DecoderLayer, EncoderLayer, FeedForward
@@ -28,7 +29,7 @@ from .positions import (
 from .ssm import SelectiveSSM, SSMState, selective_scan_chunked, selective_scan_reference
 
 __all__ = [
-    "MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel", "use_context_parallel",
+    "MultiHeadAttention", "AttentionCall", "Recorder", "set_kernel", "use_context_parallel", "context_parallel_layers",
     "StaticCache", "GrowingCache", "RingCache", "ContextCache", "CacheView", "KVCache", "make_cache",
     "Linear", "use_onednn",
     "FeedForward", "Block", "EncoderLayer", "DecoderLayer", "RMSNorm", "NormConfig", "make_norm",

@@ -25,7 +25,7 @@ from ..functional.bias import ALiBi, Bias, as_bias
 from ..functional.checks import check_int
 from ..functional.masks import Mask, shape4
 from ..functional.kernels import native
-from ..functional.registry import Kernel, get_kernel
+from ..functional.registry import Kernel, get_kernel, is_exact, kernels
 from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, stream_positions
 from .linear import Linear, linears
 from .norms import NormConfig, RMSNorm
@@ -457,6 +457,20 @@ def check_kernel(kernel: str | Kernel, name: str = "kernel") -> str | Kernel:
     return kernel
 
 
+def check_exact_kernel(kernel: str | None, option: str = "kernel") -> None:
+    """``kernel`` (None or "auto": the model's own choice) names a registered kernel that computes softmax attention
+    exactly; an approximate one changes every later layer's input, so the maps would not be the model's."""
+    if kernel is None or kernel == "auto":
+        return
+    if not isinstance(kernel, str):
+        raise TypeError(f"{option} must be a kernel name (str) or None, got {type(kernel).__name__}")
+    chosen = get_kernel(kernel)  # unknown: a ValueError listing the registered ones
+    if not is_exact(chosen):
+        exact = ", ".join(k.name for k in kernels() if is_exact(k))
+        raise ValueError(f"{option} {kernel!r} is not exact ({chosen.description}): the model would compute "
+                         f"something else and its maps would not explain it; exact kernels: {exact} (or auto)")
+
+
 _Module = TypeVar("_Module", bound=nn.Module)
 
 
@@ -481,16 +495,28 @@ def use_context_parallel(model: nn.Module, setting: ContextParallel | None) -> i
     """
     if setting is not None and not isinstance(setting, ContextParallel):
         raise TypeError(f"setting must be an attnkit.distributed.ContextParallel or None, got {type(setting).__name__}")
-    if setting is not None:  # refused before any layer is set: the model stays as it was
-        for name, module in model.named_modules():
-            if isinstance(module, (SelectiveSSM, nn.RNNBase, nn.Conv1d)):
-                raise ValueError(f"model has a {type(module).__name__} at {name or 'its top'}, which mixes tokens "
-                                 "along the sequence outside attention (on a shard it would need the previous "
-                                 "shard's state); only attention runs on sequence shards")
-    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and not m.cross_attention]
+    # refused before any layer is set: the model stays as it was
+    layers = context_parallel_layers(model) if setting is not None else _self_attention_layers(model)
     for layer in layers:
         layer.context_parallel = setting
     return len(layers)
 
 
-__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "check_kernel", "set_kernel", "use_context_parallel"]
+def context_parallel_layers(model: nn.Module) -> list[MultiHeadAttention]:
+    """The self-attention layers ``use_context_parallel`` would set, without setting them; a ValueError for a model
+    with a layer that mixes tokens outside attention (see there): a check to make before a process group is."""
+    for name, module in model.named_modules():
+        if isinstance(module, (SelectiveSSM, nn.RNNBase, nn.Conv1d)):
+            raise ValueError(f"model has a {type(module).__name__} at {name or 'its top'}, which mixes tokens "
+                             "along the sequence outside attention (on a shard it would need the previous "
+                             "shard's state); only attention runs on sequence shards")
+    return _self_attention_layers(model)
+
+
+def _self_attention_layers(model: nn.Module) -> list[MultiHeadAttention]:
+    return [m for m in model.modules() if isinstance(m, MultiHeadAttention) and not m.cross_attention]
+
+
+__all__ = ["MultiHeadAttention", "AttentionCall", "Recorder", "check_kernel", "check_exact_kernel", "set_kernel",
+           "use_context_parallel",
+           "context_parallel_layers"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..distributed.attention import Strategy, check_strategy
+from ..distributed.setting import ContextParallel
 from ..distributed.layout import LayoutName, check_layout
 from ..functional.checks import check_int, is_positive_finite
 
@@ -26,8 +27,10 @@ class ContextParallelConfig:
     """
 
     size: int  # processes that share one sequence, 2 or more; must divide the number of processes
-    layout: LayoutName = "zigzag"  # zigzag balances causal attention's work over the processes
-    strategy: Strategy = "ring"  # "ulysses": all-to-all over heads (the head count must divide by size)
+    # ContextParallel's defaults: zigzag balances causal attention's work over the processes; strategy "ulysses" is
+    # an all-to-all over heads (the head count must divide by size)
+    layout: LayoutName = ContextParallel.layout
+    strategy: Strategy = ContextParallel.strategy
 
     def __post_init__(self) -> None:
         try:

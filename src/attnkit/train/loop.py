@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import ContextParallel
 from ..files import write_text
-from ..nn import use_context_parallel
+from ..nn import context_parallel_layers, use_context_parallel
 from . import checkpoint, parallel
 from .config import TrainConfig
 from .parallel import World
@@ -265,18 +265,14 @@ def _context_parallel(task: Task, config: TrainConfig, world: World) -> ContextP
     if task.split is None:
         raise ValueError("TrainConfig.context_parallel: this Task cannot split its sequences over processes; give it "
                          "split=(batch, setting) -> this process's part of each sequence (docs/training.md)")
-    try:  # the model's own check (attnkit.nn), on a setting of the default group until this process's is made
-        layers = use_context_parallel(task.model, ContextParallel(None, cp.layout, cp.strategy))
-    except ValueError as error:  # a model that mixes tokens outside attention; nothing was set
+    try:  # the model's own check (attnkit.nn): a model that mixes tokens outside attention
+        layers = context_parallel_layers(task.model)
+    except ValueError as error:
         raise ValueError(f"TrainConfig.context_parallel: {error}") from None
-    try:
-        if layers == 0:
-            raise ValueError("TrainConfig.context_parallel: the model has no self-attention layer "
-                             "(attnkit.nn.MultiHeadAttention) to run on sequence shards")
-        setting = ContextParallel(parallel.context_group(world, config.timeout_s), cp.layout, cp.strategy)
-    except BaseException:
-        use_context_parallel(task.model, None)
-        raise
+    if not layers:
+        raise ValueError("TrainConfig.context_parallel: the model has no self-attention layer "
+                         "(attnkit.nn.MultiHeadAttention) to run on sequence shards")
+    setting = ContextParallel(parallel.context_group(world, config.timeout_s), cp.layout, cp.strategy)
     use_context_parallel(task.model, setting)
     return setting
 
