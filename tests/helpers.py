@@ -20,6 +20,7 @@ from torch import Tensor
 import attnkit
 from attnkit.functional.kernels import native
 from attnkit.functional.kernels import tiled as tiled_module
+from attnkit.models import GPT, GPTConfig
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16)
 DTYPE_IDS = {torch.float64: "f64", torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -407,3 +408,16 @@ class RecordedPage:
         assert self.page.evaluate("() => window.__pwned") is None, "injected code ran"
         others = [r for r in self.requests if r != self.uri and not r.startswith("about:")]
         assert not others and not self.blocked, f"requests {self.requests}, blocked {self.blocked}"
+
+
+def small_decoder(**config) -> GPT:
+    """A seeded 2-layer attnkit GPT of width 32 over 71 tokens with rotary positions and ``config`` (the attention,
+    feed-forward and norm settings), in eval mode, its RMSNorm weights drawn away from their initial 1 (or 0 for
+    Gemma's form) so that a norm read wrongly shows."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=71, max_seq_len=64, dim=32, num_layers=2, positions="rope", **config)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module).__name__ == "RMSNorm":
+                module.weight.normal_(0.0, 0.5)
+    return model

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close, needs_native_symbol
+from helpers import assert_close, needs_native_symbol, small_decoder
 
 from attnkit.functional.kernels import native
-from attnkit.models import GPT, GPTConfig
+from attnkit.models import GPT
 
 
 needs_native = needs_native_symbol("attnkit_decode_ffn")
@@ -28,14 +28,7 @@ VARIANTS = {
 
 
 def _model(name: str) -> GPT:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=71, max_seq_len=64, dim=32, num_layers=2, positions="rope",
-                          **VARIANTS[name])).eval()
-    with torch.no_grad():
-        for module in model.modules():  # norms away from their initial 1 (or 0 for Gemma's form)
-            if type(module).__name__ == "RMSNorm":
-                module.weight.normal_(0.0, 0.5)
-    return model
+    return small_decoder(**VARIANTS[name])
 
 
 @needs_native

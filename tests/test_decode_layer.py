@@ -10,10 +10,10 @@ import math
 
 import pytest
 import torch
-from helpers import assert_close, needs_native_symbol
+from helpers import assert_close, needs_native_symbol, small_decoder
 
 from attnkit.functional.kernels import native
-from attnkit.models import GPT, GPTConfig
+from attnkit.models import GPT
 from attnkit.nn import GrowingCache, StaticCache
 
 needs_native = needs_native_symbol("attnkit_decode_layer")
@@ -200,14 +200,7 @@ MODELS = {
 
 
 def _model(name: str) -> GPT:
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=71, max_seq_len=64, dim=32, num_layers=2, positions="rope",
-                          **MODELS[name])).eval()
-    with torch.no_grad():
-        for module in model.modules():  # norms away from their initial 1 (or 0 for Gemma's form)
-            if type(module).__name__ == "RMSNorm":
-                module.weight.normal_(0.0, 0.5)
-    return model
+    return small_decoder(**MODELS[name])
 
 
 def _counting(monkeypatch) -> list[int]:
