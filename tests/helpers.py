@@ -411,13 +411,16 @@ class RecordedPage:
 
 
 def small_decoder(**config) -> GPT:
-    """A seeded 2-layer attnkit GPT of width 32 over 71 tokens with rotary positions and ``config`` (the attention,
-    feed-forward and norm settings), in eval mode, its RMSNorm weights drawn away from their initial 1 (or 0 for
-    Gemma's form) so that a norm read wrongly shows."""
+    """A seeded 2-layer attnkit GPT of width 32 over 71 tokens with rotary positions (unless ``config`` says
+    otherwise) and ``config`` (the attention, feed-forward and norm settings), in eval mode, its norms' weights (and
+    LayerNorms' biases) drawn away from their initial values so that a norm read wrongly shows."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=71, max_seq_len=64, dim=32, num_layers=2, positions="rope", **config)).eval()
+    config = {"vocab_size": 71, "max_seq_len": 64, "dim": 32, "num_layers": 2, "positions": "rope", **config}
+    model = GPT(GPTConfig(**config)).eval()
     with torch.no_grad():
         for module in model.modules():
-            if type(module).__name__ == "RMSNorm":
+            if type(module).__name__ in ("RMSNorm", "LayerNorm"):
                 module.weight.normal_(0.0, 0.5)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.normal_(0.0, 0.5)
     return model

@@ -35,7 +35,12 @@ def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tens
     b, _ = x.shape
     _, hkv, _, d = k_cache.shape
     h = call.wq.shape[0] // d
-    normed = _rms64(x, call.norm_w, call.eps, call.unit_offset)
+    if call.layer_norm:
+        centred = x - x.mean(-1, keepdim=True)
+        normed = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + call.eps) * call.norm_w.double()
+        normed = normed if call.norm_b is None else normed + call.norm_b.double()
+    else:
+        normed = _rms64(x, call.norm_w, call.eps, call.unit_offset)
 
     def project(w, bias):
         y = normed @ w.double().T
@@ -71,8 +76,9 @@ def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tens
 
 def _call(seed: int, *, b: int, dim: int, h: int, hkv: int, d: int, rotary: int, bias: bool, qk_norm: bool,
           capacity: int, pos: int, padding: bool, window: int | None, softcap: float | None,
-          unit_offset: bool, dtype: torch.dtype = torch.float32) -> native.AttnCall:
-    """Random inputs; ``dtype``: the weights' and caches' (x, cos and sin stay float32)."""
+          unit_offset: bool, dtype: torch.dtype = torch.float32, layer_norm: bool = False) -> native.AttnCall:
+    """Random inputs; ``dtype``: the weights' and caches' (x, cos and sin stay float32); ``layer_norm``: the norm a
+    LayerNorm with a bias, else an RMSNorm."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=1.0):
@@ -100,15 +106,18 @@ def _call(seed: int, *, b: int, dim: int, h: int, hkv: int, d: int, rotary: int,
         rand(h * d) if bias else None, rand(hkv * d) if bias else None, rand(hkv * d) if bias else None,
         rand(d) if qk_norm else None, rand(d) if qk_norm else None, 1e-6, unit_offset,
         cos if rotary else None, sin if rotary else None, k_cache, v_cache, pos, key_padding, window,
-        d ** -0.5 * 1.7, softcap)
+        d ** -0.5 * 1.7, softcap, rand(dim) if layer_norm else None, layer_norm)
 
 
 CASES = {
     "llama-gqa": dict(b=1, dim=48, h=6, hkv=2, d=16, rotary=16, bias=False, qk_norm=False),
-    "batch-8-odd-head": dict(b=8, dim=40, h=4, hkv=4, d=12, rotary=12, bias=True, qk_norm=False),
+    "batch-8-odd-head-layernorm": dict(b=8, dim=40, h=4, hkv=4, d=12, rotary=12, bias=True, qk_norm=False,
+                                       layer_norm=True),
     "qwen3-qk-norm": dict(b=3, dim=64, h=8, hkv=2, d=24, rotary=24, bias=False, qk_norm=True),
     "partial-rotary-mqa": dict(b=5, dim=36, h=3, hkv=1, d=20, rotary=10, bias=True, qk_norm=False),
-    "no-positions": dict(b=2, dim=32, h=4, hkv=2, d=8, rotary=0, bias=False, qk_norm=True),
+    "gpt2-no-positions-layernorm": dict(b=2, dim=32, h=4, hkv=4, d=8, rotary=0, bias=True, qk_norm=False,
+                                        layer_norm=True),
+    "no-positions-qk-norm": dict(b=2, dim=32, h=4, hkv=2, d=8, rotary=0, bias=False, qk_norm=True),
     "wide-head": dict(b=2, dim=80, h=2, hkv=1, d=80, rotary=64, bias=False, qk_norm=False),
 }
 
@@ -124,7 +133,7 @@ def test_the_attention_half_equals_a_float64_reference(name, mask, dtype):
     for seed, (capacity, pos) in enumerate([(9, 0), (9, 6), (40, 33)]):
         call = _call(seed, **size, capacity=capacity, pos=pos, padding=mask in ("padding", "both"),
                      window=3 if mask in ("window", "both") else None, softcap=2.5 if seed == 1 else None,
-                     unit_offset=seed == 2, dtype=dtype)
+                     unit_offset=seed == 2 and not size.get("layer_norm"), dtype=dtype)
         before_k, before_v = call.k_cache.clone(), call.v_cache.clone()
         out = native.decode_layer(call, None)
         assert out is not None, "the C call declined"
@@ -191,6 +200,14 @@ MODELS = {
                                       norm=dict(kind="rms", eps=1e-5)),
     "qwen3-qk-norm": dict(attention=dict(num_heads=4, num_kv_heads=1, bias=False, qk_norm=True),
                           ffn=dict(hidden=40, activation="swiglu", bias=False), norm=dict(kind="rms", eps=1e-6)),
+    "gpt2": dict(positions="learned", attention=dict(num_heads=4, bias=True), ffn=dict(hidden=64,
+                 activation="gelu_tanh", bias=True), norm=dict(kind="layer", eps=1e-5)),
+    "relu-layernorm-rope": dict(attention=dict(num_heads=4, num_kv_heads=2, bias=False),
+                                ffn=dict(hidden=40, activation="relu", bias=False), norm=dict(kind="layer")),
+    "silu-rms-plain": dict(attention=dict(num_heads=2, bias=False), ffn=dict(hidden=36, activation="silu"),
+                           norm=dict(kind="rms", eps=1e-6)),
+    "gelu-erf-plain": dict(attention=dict(num_heads=4, bias=True), ffn=dict(hidden=44, activation="gelu"),
+                           norm=dict(kind="layer")),
     "gemma2-window-softcap": dict(attention=dict(num_heads=4, num_kv_heads=2, head_dim=12, bias=False, window=4,
                                                  window_layers=(0,), softcap=3.0, scale=0.2),
                                   ffn=dict(hidden=56, activation="geglu_tanh", bias=False),

@@ -3,7 +3,7 @@
  * in PyTorch each layer's norm, projections, rotary rotation, cache write and attention cost dozens of operator
  * calls, more time than reading the layer's weights. Here the first half of the layer:
  *
- *   h = RMSNorm(x);  q, k, v = h · [Wq; Wk; Wv]ᵀ (+ biases);  q, k = per-head RMSNorm (Qwen 3, Gemma 3; optional);
+ *   h = norm(x) (RMSNorm or LayerNorm);  q, k, v = h · [Wq; Wk; Wv]ᵀ (+ biases);  q, k = per-head RMSNorm (Qwen 3, Gemma 3; optional);
  *   q, k = RoPE(q, k) (the first R features of each head; cos and signed sin rows given per batch row);
  *   k, v -> the KV cache's slot ``pos``;  o = softmax(softcap(scale · q · Kᵀ) over the visible keys) · V
  *
@@ -40,6 +40,7 @@ struct attnkit_attn_args {
     float *out;                                    /* (B, H·D): the heads' outputs side by side */
     float *scratch;                                /* B·dim + B·(H + 2·Hkv)·D + B·H·(pos + 1) floats */
     int64_t bf16;                                  /* weights and caches: 0 float32, 1 bfloat16 */
+    const void *norm_b; int64_t layer_norm;        /* the norm: 0 RMSNorm, 1 LayerNorm with bias norm_b or NULL */
 };
 
 int attnkit_gemv_many(int64_t count, const void *const *ws, const int64_t *outs, int bf16, int64_t in,
@@ -125,12 +126,13 @@ DECODE_TARGET static void attend(const struct attnkit_attn_args *a, const float 
 DECODE_TARGET static int decode_attention(const struct attnkit_attn_args *a, int threads) {
     const int64_t B = a->B, H = a->H, Hkv = a->Hkv, D = a->D, n = a->pos + 1;
     if (B < 1 || B > 8 || Hkv < 1 || H % Hkv || a->R < 0 || a->R > D || a->R % 2 || a->pos < 0
-        || a->pos >= a->capacity || a->bf16 < 0 || a->bf16 > 1)
+        || a->pos >= a->capacity || a->bf16 < 0 || a->bf16 > 1 || a->layer_norm < 0 || a->layer_norm > 1)
         return 1;
     const int64_t bf16 = a->bf16;
     const int64_t width = (H + 2 * Hkv) * D; /* q, k, v of one row side by side */
     float *h = a->scratch, *qkv = h + B * a->dim, *scores = qkv + B * width;
-    rms_rows_typed(a->x, a->x_stride, h, B, a->dim, a->norm_w, bf16, a->eps, a->unit_offset);
+    norm_rows_typed(a->x, a->x_stride, h, B, a->dim, a->norm_w, a->norm_b, bf16, a->eps, a->unit_offset,
+                    a->layer_norm);
     const void *ws[3] = {a->wq, a->wk, a->wv};
     const int64_t outs[3] = {H * D, Hkv * D, Hkv * D};
     if (attnkit_gemv_many(3, ws, outs, (int)bf16, a->dim, h, a->dim, B, qkv, width, threads)) return 1;

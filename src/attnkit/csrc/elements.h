@@ -48,6 +48,36 @@ static inline void rms_rows_typed(const float *v, int64_t v_stride, float *out, 
     }
 }
 
+/* out (B, dim) = LayerNorm of B rows of v (``v_stride`` floats apart; out may be v) with weight w and bias b (NULL:
+ * none), both of type bf16: (v - mean(v)) · rsqrt(mean((v - mean(v))²) + eps) · w + b */
+static inline void layer_norm_rows_typed(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim,
+                                         const void *w, const void *b, int64_t bf16, float eps) {
+    for (int64_t r = 0; r < B; r++) {
+        const float *row = v + r * v_stride;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < dim; i++) sum += row[i];
+        const float mean = sum / (float)dim;
+        float squares = 0.0f;
+        for (int64_t i = 0; i < dim; i++) squares += (row[i] - mean) * (row[i] - mean);
+        const float scale = 1.0f / sqrtf(squares / (float)dim + eps);
+        for (int64_t i = 0; i < dim; i++) {
+            const float normed = (row[i] - mean) * scale * element(w, i, bf16);
+            out[r * dim + i] = b ? normed + element(b, i, bf16) : normed;
+        }
+    }
+}
+
+/* A decoding layer's norm: kind 0 RMSNorm (unit_offset: Gemma's 1 + w; b unused), 1 LayerNorm (with bias b or
+ * NULL) */
+static inline void norm_rows_typed(const float *v, int64_t v_stride, float *out, int64_t B, int64_t dim,
+                                   const void *w, const void *b, int64_t bf16, float eps, int64_t unit_offset,
+                                   int64_t kind) {
+    if (kind == 1)
+        layer_norm_rows_typed(v, v_stride, out, B, dim, w, b, bf16, eps);
+    else
+        rms_rows_typed(v, v_stride, out, B, dim, w, bf16, eps, unit_offset);
+}
+
 /* v[i] += bias[i] for i < n; bias NULL: nothing */
 static inline void add_bias(float *v, const void *bias, int64_t n, int64_t bf16) {
     if (bias)

@@ -126,9 +126,11 @@ GEMV_TARGET int attnkit_gemv(const void *w, int bf16, int64_t out, int64_t in, c
 }
 
 /* The second half of a pre-norm decoder layer for a decoding step's B <= 8 rows, in one call (attnkit.nn.Block's
- * decoding path): o = attn · Woᵀ (+ bo); with a sandwich norm o = norm(o); x += o; h = norm(x); g, u = h · [Wg; Wu]ᵀ
- * (+ biases); a = act(g) · u; d = a · Wdᵀ (+ bd); with a sandwich norm d = norm(d); x += d. The norms are RMSNorm:
- * v · rsqrt(mean(v²) + eps) · w, or · (1 + w) with unit_offset (Gemma). act: 0 SiLU, 1 GELU (erf), 2 GELU (tanh).
+ * decoding path): o = attn · Woᵀ (+ bo); with a sandwich norm o = norm(o); x += o; h = norm(x); gated (wg given):
+ * g, u = h · [Wg; Wu]ᵀ (+ biases), a = act(g) · u; plain (wg NULL): a = act(h · Wuᵀ + bu); d = a · Wdᵀ (+ bd); with
+ * a sandwich norm d = norm(d); x += d. The norms are RMSNorm, v · rsqrt(mean(v²) + eps) · w, or · (1 + w) with
+ * unit_offset (Gemma); or, with layer_norm, h's norm is a LayerNorm with bias norm_b (NULL: none) and there are no
+ * sandwich norms. act: 0 SiLU, 1 GELU (erf), 2 GELU (tanh), 3 ReLU.
  * Weights, biases and norm weights contiguous, all float32 (bf16 = 0) or all bfloat16 (bf16 = 1); x updated in
  * place, float32. Float32 arithmetic throughout: equal to PyTorch's float32 ops up to rounding. */
 struct attnkit_ffn_args {
@@ -144,6 +146,7 @@ struct attnkit_ffn_args {
     const void *post_ffn_w;                        /* (dim) or NULL */
     float *scratch;                                /* B * (3 * dim + 2 * hidden) floats */
     int64_t bf16;                                  /* the weights' type: 0 float32, 1 bfloat16 */
+    const void *norm_b; int64_t layer_norm;        /* h's norm: 0 RMSNorm, 1 LayerNorm with bias norm_b or NULL */
 };
 
 /* out (B, dim) = RMSNorm of B rows of v (``v_stride`` floats apart) with weight w (Gemma's 1 + w when
@@ -157,12 +160,15 @@ int attnkit_rms_rows(const float *v, int64_t v_stride, float *out, int64_t B, in
 static float activate(float g, int64_t act) {
     if (act == 0) return g / (1.0f + expf(-g));
     if (act == 1) return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f));
+    if (act == 3) return g > 0.0f ? g : 0.0f;
     return 0.5f * g * (1.0f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g)));
 }
 
 GEMV_TARGET int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads) {
     const int64_t B = a->B, dim = a->dim, hidden = a->hidden, bf16 = a->bf16;
-    if (B < 1 || B > 8 || a->act < 0 || a->act > 2 || bf16 < 0 || bf16 > 1) return 1;
+    if (B < 1 || B > 8 || a->act < 0 || a->act > 3 || bf16 < 0 || bf16 > 1 || a->layer_norm < 0 || a->layer_norm > 1
+        || (a->layer_norm && (a->post_attn_w || a->post_ffn_w)))
+        return 1;
     float *o = a->scratch, *h = o + B * dim, *gu = h + B * dim, *d = gu + B * 2 * hidden;
     /* o = attn · Woᵀ */
     if (attnkit_gemv(a->wo, (int)bf16, dim, a->hd, a->attn, a->attn_stride, B, o, dim, threads)) return 1;
@@ -171,15 +177,25 @@ GEMV_TARGET int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < dim; i++) a->x[b * a->x_stride + i] += o[b * dim + i];
     /* h = norm(x); [g | u] = h · [Wg; Wu]ᵀ */
-    rms_rows_typed(a->x, a->x_stride, h, B, dim, a->norm_w, bf16, a->eps, a->unit_offset);
-    const void *gate_up[2] = {a->wg, a->wu};
-    const int64_t outs[2] = {hidden, hidden};
-    if (attnkit_gemv_many(2, gate_up, outs, (int)bf16, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
-    for (int64_t b = 0; b < B; b++) {
-        float *g = gu + b * 2 * hidden, *u = g + hidden;
-        add_bias(g, a->bg, hidden, bf16);
-        add_bias(u, a->bu, hidden, bf16);
-        for (int64_t i = 0; i < hidden; i++) g[i] = activate(g[i], a->act) * u[i];
+    norm_rows_typed(a->x, a->x_stride, h, B, dim, a->norm_w, a->norm_b, bf16, a->eps, a->unit_offset,
+                    a->layer_norm);
+    if (a->wg) { /* gated: [g | u] side by side in each row of gu, then act(g) · u into g */
+        const void *gate_up[2] = {a->wg, a->wu};
+        const int64_t outs[2] = {hidden, hidden};
+        if (attnkit_gemv_many(2, gate_up, outs, (int)bf16, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
+        for (int64_t b = 0; b < B; b++) {
+            float *g = gu + b * 2 * hidden, *u = g + hidden;
+            add_bias(g, a->bg, hidden, bf16);
+            add_bias(u, a->bu, hidden, bf16);
+            for (int64_t i = 0; i < hidden; i++) g[i] = activate(g[i], a->act) * u[i];
+        }
+    } else { /* plain: act(u) in the first half of each row of gu */
+        if (attnkit_gemv(a->wu, (int)bf16, hidden, dim, h, dim, B, gu, 2 * hidden, threads)) return 1;
+        for (int64_t b = 0; b < B; b++) {
+            float *u = gu + b * 2 * hidden;
+            add_bias(u, a->bu, hidden, bf16);
+            for (int64_t i = 0; i < hidden; i++) u[i] = activate(u[i], a->act);
+        }
     }
     /* d = a · Wdᵀ */
     if (attnkit_gemv(a->wd, (int)bf16, dim, hidden, gu, 2 * hidden, B, d, dim, threads)) return 1;

@@ -50,7 +50,7 @@ struct attnkit_fwd_args {
     int64_t dtype;             /* of q, k and v: 0 float32, 1 bfloat16, 2 float16 (converted to float32 as read) */
 };
 
-int attnkit_native_abi(void) { return 10; } /* bumped whenever the extension's functions or structs change */
+int attnkit_native_abi(void) { return 11; } /* bumped whenever the extension's functions or structs change */
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

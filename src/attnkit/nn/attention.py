@@ -28,7 +28,7 @@ from ..functional.kernels import native
 from ..functional.registry import Kernel, get_kernel, is_exact, kernels
 from .cache import CacheView, ContextCache, GrowingCache, KVCache, RingCache, StaticCache, stream_positions
 from .linear import Linear, linears
-from .norms import NormConfig, RMSNorm
+from .norms import NormConfig, RMSNorm, norm_parts
 from .positions import RelativePositions, RotaryEmbedding, default_position_ids
 from .ssm import SelectiveSSM
 
@@ -228,16 +228,17 @@ class MultiHeadAttention(nn.Module):
         bfloat16), attending over ``cache``, and then ``ffn``'s half of the layer on them (``ffn.x`` updated in
         place); returns the heads' outputs (B, H * head_dim), the cache one token longer. None (nothing done, but a
         GrowingCache's buffer may have grown) where that path does not take the step: no StaticCache or
-        GrowingCache (exactly: a subclass may do more in ``update``), an RMSNorm missing, positions other than
-        RoPE, a kernel chosen by name, a recorder attached, dropout in training mode, wrapped projections, q and k
-        norms that differ, context parallelism, cross-attention, or what ``native.decode_layer`` refuses
-        (including options ``attnkit.attention`` would refuse, which the PyTorch path then names). The caller
-        checks that no gradient is wanted, that no hooks are set and that the fast paths are switched on."""
+        GrowingCache (exactly: a subclass may do more in ``update``), a norm other than an RMSNorm or LayerNorm,
+        positions other than RoPE (learned ones are the embedding's), a kernel chosen by name, a recorder attached,
+        dropout in training mode, wrapped projections, q and k norms that differ, context parallelism,
+        cross-attention, or what ``native.decode_layer`` refuses (including options ``attnkit.attention`` would
+        refuse, which the PyTorch path then names). The caller checks that no gradient is wanted, that no hooks are
+        set and that the fast paths are switched on."""
         b = x.shape[0]
         rope, qn, kn = self.positions, self.q_norm, self.k_norm
         if (x.dim() != 3 or x.shape[1] != 1 or type(cache) not in (StaticCache, GrowingCache)
                 or (position_ids is not None and tuple(position_ids.shape) != (b, 1))
-                or not isinstance(norm, RMSNorm) or self.kernel != "auto" or self._recorders
+                or (parts := norm_parts(norm)) is None or self.kernel != "auto" or self._recorders
                 or (self.training and self.dropout > 0) or self.context_parallel is not None
                 or self.cross_attention
                 or not (rope is None or (isinstance(rope, RotaryEmbedding) and rope.head_dim == self.head_dim))
@@ -257,13 +258,13 @@ class MultiHeadAttention(nn.Module):
         if key_padding is not None and key_padding.dtype != torch.bool:
             key_padding = key_padding != 0
         call = native.AttnCall(  # the q and k norms: both or neither, alike (checked above)
-            rows, norm.weight, norm.eps, norm.unit_offset, self.q_proj.weight, self.k_proj.weight,
+            rows, parts.weight, parts.eps, parts.unit_offset, self.q_proj.weight, self.k_proj.weight,
             self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
             qn.weight if isinstance(qn, RMSNorm) else None, kn.weight if isinstance(kn, RMSNorm) else None,
             qn.eps if isinstance(qn, RMSNorm) else 1e-6, isinstance(qn, RMSNorm) and qn.unit_offset,
             cos, sin, k_buf, v_buf, slot,
             key_padding, None if window is None else window[0],
-            self.head_dim ** -0.5 if self.scale is None else self.scale, self.softcap)
+            self.head_dim ** -0.5 if self.scale is None else self.scale, self.softcap, parts.bias, parts.layer)
         out = native.decode_layer(call, ffn)
         if out is not None:
             cache.advance(1)

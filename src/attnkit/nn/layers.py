@@ -19,7 +19,7 @@ from .activations import GATED, PLAIN, Activation, check_activation
 from .attention import MultiHeadAttention, Window
 from .cache import ContextCache, KVCache
 from .linear import Linear, hooked, linears, switched_on as linear_switch, tracing
-from .norms import NormKind, RMSNorm, make_norm
+from .norms import NormKind, RMSNorm, make_norm, norm_parts
 from .positions import RelativePositions
 
 
@@ -137,43 +137,47 @@ class Block(nn.Module):
 
     def _fusable(self, x: Tensor) -> bool:
         """Whether a decoding step's rest of the block (output projection, residuals, the feed-forward's norm and
-        gated feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 or bfloat16 rows, pre-norm,
-        RMSNorms, a gated FeedForward of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that
-        records, drops out or has a forward hook (the C calls stand in for those modules' forwards), and no
-        torch.jit.trace records."""
-        ffn, attn, norms = self.ffn, self.attn, (self.ffn_norm, self.post_attn_norm, self.post_ffn_norm)
+        feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 or bfloat16 rows, pre-norm, an
+        RMSNorm or a LayerNorm before the feed-forward (Gemma's sandwich norms: RMSNorms like it), a FeedForward
+        (gated or plain) of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that records, drops
+        out or has a forward hook (the C calls stand in for those modules' forwards), and no torch.jit.trace
+        records."""
+        ffn, attn = self.ffn, self.attn
+        norm = norm_parts(self.ffn_norm)
         if not (linear_switch() and not self.training and not torch.is_grad_enabled() and not tracing()
                 and self.norm_first and x.dtype in _FUSED_DTYPES
                 and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
-                and isinstance(ffn, FeedForward) and ffn.gate is not None and ffn.activation in native.FFN_ACTIVATIONS
-                and all(isinstance(m, nn.Linear) for m in (attn.out_proj, ffn.gate, ffn.up, ffn.down))
-                and isinstance(self.ffn_norm, RMSNorm)
-                and all(n is None or (isinstance(n, RMSNorm) and n.eps == self.ffn_norm.eps
-                                      and n.unit_offset == self.ffn_norm.unit_offset) for n in norms)
-                and not attn._recorders):
+                and isinstance(ffn, FeedForward) and native.ffn_activation(ffn.activation, ffn.gate is not None)
+                is not None
+                and all(isinstance(m, nn.Linear) for m in (attn.out_proj, ffn.gate or ffn.up, ffn.up, ffn.down))
+                and norm is not None and not attn._recorders
+                and all(post is None or (not norm.layer and isinstance(post, RMSNorm) and post.eps == norm.eps
+                                         and post.unit_offset == norm.unit_offset)
+                        for post in (self.post_attn_norm, self.post_ffn_norm))):
             return False
         return not hooked((attn, self.attn_norm, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm,
-                           attn.k_norm, attn.out_proj, ffn, ffn.gate, ffn.up, ffn.down, *norms))
+                           attn.k_norm, attn.out_proj, ffn, ffn.gate, ffn.up, ffn.down, self.ffn_norm,
+                           self.post_attn_norm, self.post_ffn_norm))
 
     def _ffn_call(self, merged: Tensor | None, x: Tensor) -> native.FFNCall:
         """The rest of the block after the attention's heads ``merged`` (None: a C attention's output) as one C
         call: x += the attention branch (through the output projection) and the feed-forward branch, in place."""
-        ffn, out = self.ffn, self.attn.out_proj
-        assert isinstance(ffn, FeedForward) and ffn.gate is not None and isinstance(self.ffn_norm, RMSNorm)
+        ffn, out, norm = self.ffn, self.attn.out_proj, norm_parts(self.ffn_norm)
+        assert isinstance(ffn, FeedForward) and norm is not None  # _fusable checked them
         rows = x.shape[0] * x.shape[1]
         return native.FFNCall(
             None if merged is None else merged.reshape(rows, merged.shape[-1]).contiguous(),
-            x.view(rows, x.shape[2]), out.weight, out.bias,
-            _norm_weight(self.post_attn_norm), self.ffn_norm.weight, self.ffn_norm.eps, self.ffn_norm.unit_offset,
-            ffn.gate.weight, ffn.up.weight, ffn.down.weight, ffn.gate.bias, ffn.up.bias, ffn.down.bias,
-            ffn.activation, _norm_weight(self.post_ffn_norm))
+            x.view(rows, x.shape[2]), out.weight, out.bias, _norm_weight(self.post_attn_norm), norm.weight,
+            norm.eps, norm.unit_offset, None if ffn.gate is None else ffn.gate.weight, ffn.up.weight,
+            ffn.down.weight, None if ffn.gate is None else ffn.gate.bias, ffn.up.bias, ffn.down.bias,
+            ffn.activation, _norm_weight(self.post_ffn_norm), norm.bias, norm.layer)
 
 
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # a model's dtypes the C decoding calls serve (bfloat16: widened)
 
 
 def _norm_weight(norm: nn.Module | None) -> Tensor | None:
-    """An RMSNorm's weight (``_fusable`` admitted only RMSNorms), or None."""
+    """A sandwich norm's weight (``_fusable`` admitted only RMSNorms), or None."""
     assert norm is None or isinstance(norm, RMSNorm)
     return None if norm is None else norm.weight
 

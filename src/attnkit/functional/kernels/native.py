@@ -29,7 +29,7 @@ from ..request import AttentionRequest
 from .plan import Row
 
 _i64 = ctypes.c_int64
-_ABI = 10  # attnkit_native_abi() of a build with these functions (gemv.c's and decode.c's) and these structs' layouts
+_ABI = 11  # attnkit_native_abi() of a build with these functions (gemv.c's and decode.c's) and these structs' layouts
 _SERIAL_FLOPS = 4e6  # below this much work one thread does it all: handing out to threads costs more
 
 
@@ -140,18 +140,28 @@ class _FFNArgs(ctypes.Structure):
         ("wg", ctypes.c_void_p), ("wu", ctypes.c_void_p), ("wd", ctypes.c_void_p),
         ("bg", ctypes.c_void_p), ("bu", ctypes.c_void_p), ("bd", ctypes.c_void_p),
         ("act", _i64), ("post_ffn_w", ctypes.c_void_p), ("scratch", ctypes.c_void_p), ("bf16", _i64),
+        ("norm_b", ctypes.c_void_p), ("layer_norm", _i64),
     ]
 
 
-FFN_ACTIVATIONS = {"swiglu": 0, "geglu": 1, "geglu_tanh": 2}  # the gated activations attnkit_decode_ffn computes
+# the activations attnkit_decode_ffn computes: gated, act(gate) · up, and plain, act(up)
+GATED_ACTIVATIONS = {"swiglu": 0, "geglu": 1, "geglu_tanh": 2}
+PLAIN_ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+
+
+def ffn_activation(name: str, gated: bool) -> int | None:
+    """attnkit_decode_ffn's code of a feed-forward's activation, or None where it has none."""
+    return (GATED_ACTIVATIONS if gated else PLAIN_ACTIVATIONS).get(name)
 
 
 @dataclass
 class FFNCall:
     """The second half of a pre-norm decoder layer for a decoding step (``attnkit_decode_ffn`` in csrc/gemv.c):
-    ``x += post_attn(attn · Woᵀ + bo)``, then ``x += post_ffn(down(act(gate(h)) · up(h)))`` with ``h = norm(x)``;
-    RMSNorms with ``eps`` (``unit_offset``: Gemma's 1 + w). Every tensor contiguous: attn and x float32, the
-    weights, biases and norm weights all float32 or all bfloat16; x (rows, dim) is updated in place."""
+    ``x += post_attn(attn · Woᵀ + bo)``, then ``x += post_ffn(down(act(gate(h)) · up(h)))`` (gated) or
+    ``x += down(act(up(h)))`` (``wg`` None: plain) with ``h = norm(x)``: RMSNorms with ``eps`` (``unit_offset``:
+    Gemma's 1 + w), or with ``layer_norm`` h's norm a LayerNorm with bias ``norm_b`` and no post norms. Every
+    tensor contiguous: attn and x float32, the weights, biases and norm weights all float32 or all bfloat16; x
+    (rows, dim) is updated in place."""
 
     attn: Tensor | None  # (rows, hd); None in decode_layer: its attention half's output
     x: Tensor  # (rows, dim)
@@ -161,7 +171,7 @@ class FFNCall:
     norm_w: Tensor
     eps: float
     unit_offset: bool
-    wg: Tensor
+    wg: Tensor | None  # None: a plain feed-forward
     wu: Tensor
     wd: Tensor
     bg: Tensor | None
@@ -169,6 +179,8 @@ class FFNCall:
     bd: Tensor | None
     activation: str
     post_ffn_w: Tensor | None
+    norm_b: Tensor | None = None
+    layer_norm: bool = False
 
 
 def _address(t: Tensor | None) -> int | None:
@@ -201,16 +213,21 @@ def _ffn_takes(call: FFNCall, rows: int, hd: int) -> bool:
     """Whether attnkit_decode_ffn takes ``call`` after an attention of ``rows`` rows of ``hd`` features: every size
     agrees (C trusts them), x float32, the weights all float32 or all bfloat16."""
     x, dtype = call.x, call.wo.dtype
-    if x.dim() != 2 or call.wg.dim() != 2:
+    if x.dim() != 2 or call.wu.dim() != 2:
         return False
-    dim, hidden = x.shape[1], call.wg.shape[0]
-    weights = (call.wo, call.bo, call.post_attn_w, call.norm_w, call.wg, call.wu, call.wd, call.bg, call.bu, call.bd,
-               call.post_ffn_w)
-    return (x.shape[0] == rows and 1 <= rows <= GEMV_ROWS and call.activation in FFN_ACTIVATIONS
+    dim, hidden = x.shape[1], call.wu.shape[0]
+    weights = (call.wo, call.bo, call.post_attn_w, call.norm_w, call.norm_b, call.wg, call.wu, call.wd, call.bg,
+               call.bu, call.bd, call.post_ffn_w)
+    return (x.shape[0] == rows and 1 <= rows <= GEMV_ROWS
+            and ffn_activation(call.activation, call.wg is not None) is not None
+            and (call.wg is not None or call.bg is None)
+            and (not call.layer_norm or (call.post_attn_w is None and call.post_ffn_w is None))
+            and (call.layer_norm or call.norm_b is None)
             and _stored(x, torch.float32) and dtype in _GEMV_DTYPES and all(_stored(t, dtype) for t in weights)
             and _shaped(call.wo, dim, hd) and _shaped(call.wg, hidden, dim) and _shaped(call.wu, hidden, dim)
-            and _shaped(call.wd, dim, hidden) and all(_shaped(t, dim) for t in (call.bo, call.post_attn_w,
-                                                                                 call.norm_w, call.bd, call.post_ffn_w))
+            and _shaped(call.wd, dim, hidden)
+            and all(_shaped(t, dim) for t in (call.bo, call.post_attn_w, call.norm_w, call.norm_b, call.bd,
+                                              call.post_ffn_w))
             and _shaped(call.bg, hidden) and _shaped(call.bu, hidden))
 
 
@@ -218,13 +235,16 @@ def _ffn_args(call: FFNCall, attn: int, hd: int) -> _FFNArgs:
     """attnkit_decode_ffn's arguments, its attention input (rows, hd) at address ``attn``; the scratch it needs is
     kept alive by the struct's owner (``_keep``)."""
     rows, dim = call.x.shape
-    hidden = call.wg.shape[0]
+    hidden = call.wu.shape[0]
     scratch = call.x.new_empty(rows * (3 * dim + 2 * hidden))
+    act = ffn_activation(call.activation, call.wg is not None)
+    assert act is not None  # _ffn_takes checked it
     args = _FFNArgs(rows, dim, hd, hidden, attn, hd, call.wo.data_ptr(), _address(call.bo),
                     _address(call.post_attn_w), call.x.data_ptr(), dim, call.norm_w.data_ptr(), call.eps,
-                    int(call.unit_offset), call.wg.data_ptr(), call.wu.data_ptr(), call.wd.data_ptr(),
-                    _address(call.bg), _address(call.bu), _address(call.bd), FFN_ACTIVATIONS[call.activation],
-                    _address(call.post_ffn_w), scratch.data_ptr(), _GEMV_DTYPES[call.wo.dtype])
+                    int(call.unit_offset), _address(call.wg), call.wu.data_ptr(), call.wd.data_ptr(),
+                    _address(call.bg), _address(call.bu), _address(call.bd), act,
+                    _address(call.post_ffn_w), scratch.data_ptr(), _GEMV_DTYPES[call.wo.dtype],
+                    _address(call.norm_b), int(call.layer_norm))
     args._keep = scratch  # alive as long as the struct
     return args
 
@@ -241,14 +261,15 @@ class _AttnArgs(ctypes.Structure):
         ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("capacity", _i64), ("pos", _i64),
         ("key_padding", ctypes.c_void_p), ("kp_stride", _i64), ("window", _i64),
         ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("out", ctypes.c_void_p), ("scratch", ctypes.c_void_p),
-        ("bf16", _i64),
+        ("bf16", _i64), ("norm_b", ctypes.c_void_p), ("layer_norm", _i64),
     ]
 
 
 @dataclass
 class AttnCall:
     """The first half of a pre-norm decoder layer for a decoding step, one new token per row (``decode.c``):
-    ``h = norm(x)``; q, k, v projections (+ biases); each head of q and k through its RMSNorm (``q_norm_w``,
+    ``h = norm(x)`` (an RMSNorm, or with ``layer_norm`` a LayerNorm with bias ``norm_b``); q, k, v projections
+    (+ biases); each head of q and k through its RMSNorm (``q_norm_w``,
     ``k_norm_w``, or None) and then RoPE over its first R features (``cos`` and ``sin`` (rows, R), sin signed as
     ``RotaryEmbedding.rows`` gives it; None: no rotation); k and v written to the caches' slot ``pos``; attention
     of each query head over the slots 0 .. pos that ``key_padding`` (rows, >= pos + 1) bool and ``window`` (the
@@ -279,6 +300,8 @@ class AttnCall:
     window: int | None
     scale: float
     softcap: float | None
+    norm_b: Tensor | None = None
+    layer_norm: bool = False
 
 
 def _attn_takes(call: AttnCall) -> bool:
@@ -294,7 +317,8 @@ def _attn_takes(call: AttnCall) -> bool:
     window, softcap = call.window, call.softcap
     return (cache.shape[0] == rows and call.v_cache.shape == cache.shape and 0 <= call.pos < capacity
             and h >= 1 and h % hkv == 0 and _shaped(call.wq, h * d, dim) and _shaped(call.wk, hkv * d, dim)
-            and _shaped(call.wv, hkv * d, dim) and _shaped(call.norm_w, dim) and _shaped(call.bq, h * d)
+            and _shaped(call.wv, hkv * d, dim) and _shaped(call.norm_w, dim) and _shaped(call.norm_b, dim)
+            and (call.layer_norm or call.norm_b is None) and _shaped(call.bq, h * d)
             and _shaped(call.bk, hkv * d) and _shaped(call.bv, hkv * d)
             and _shaped(call.q_norm_w, d) and _shaped(call.k_norm_w, d)
             and (call.cos is None) == (call.sin is None) and r % 2 == 0 and r <= d
@@ -307,8 +331,8 @@ def _attn_takes(call: AttnCall) -> bool:
             and (softcap is None or (math.isfinite(softcap) and softcap > 0))
             and x.stride(1) == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
             and _stored(call.cos, torch.float32) and _stored(call.sin, torch.float32) and dtype in _GEMV_DTYPES
-            and all(_stored(t, dtype) for t in (call.norm_w, call.wq, call.wk, call.wv, call.bq, call.bk, call.bv,
-                                                call.q_norm_w, call.k_norm_w, cache, call.v_cache)))
+            and all(_stored(t, dtype) for t in (call.norm_w, call.norm_b, call.wq, call.wk, call.wv, call.bq, call.bk,
+                                                call.bv, call.q_norm_w, call.k_norm_w, cache, call.v_cache)))
 
 
 def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
@@ -335,7 +359,8 @@ def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
                      _address(attn.cos), _address(attn.sin), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
                      capacity, attn.pos, _address(padding), 0 if padding is None else padding.stride(0),
                      -1 if attn.window is None else attn.window, attn.scale, attn.softcap or 0.0,
-                     out.data_ptr(), scratch.data_ptr(), _GEMV_DTYPES[attn.wq.dtype])
+                     out.data_ptr(), scratch.data_ptr(), _GEMV_DTYPES[attn.wq.dtype], _address(attn.norm_b),
+                     int(attn.layer_norm))
     ffn_args = None if ffn is None else ctypes.byref(_ffn_args(ffn, out.data_ptr(), h * d))
     status = lib.attnkit_decode_layer(ctypes.byref(args), ffn_args, torch.get_num_threads())
     return out if status == 0 else None
