@@ -291,3 +291,50 @@ def test_generate_chat_needs_a_template_and_a_prompt(gpt_dir, loaded, capsys):
     assert "its tokenizer has no chat template" in one_line(capsys.readouterr().err)
     assert main(["generate", "--chat", " "]) == 2
     assert "argument prompt is empty" in one_line(capsys.readouterr().err)
+
+
+# --- the chat's KV caches across turns (cli._Memory), on a tiny random model ----------------------------------------
+
+def _raise(error: type[BaseException]) -> None:
+    raise error
+
+def test_chat_memory_stays_true_after_an_interrupted_or_refused_turn():
+    """After a turn cut by Ctrl-C inside a forward (between two layers' cache writes) or refused by the model, the
+    caches hold exactly the tokens ``held`` says, every layer alike: the next turn equals a fresh generate; /reset
+    frees the buffers."""
+    from attnkit.cli import _Memory
+    from attnkit.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("llama-tiny", vocab_size=61, num_layers=3, dim=32, max_seq_len=256)).eval()
+    memory = _Memory(model.new_cache("growing"))
+    g = torch.Generator().manual_seed(1)
+    history = torch.randint(0, 61, (1, 12), generator=g)
+
+    def turn(prompt: torch.Tensor, new: int = 3) -> list[int]:
+        try:
+            stream = model.stream(prompt, new, cache=memory.recall(prompt[0].tolist()))
+            return [int(t[0]) for t in memory.recording(stream)]
+        finally:
+            memory.settle()
+
+    with torch.no_grad():
+        reply = turn(history)
+        history = torch.cat((history, torch.tensor([reply]), torch.randint(0, 61, (1, 5), generator=g)), dim=1)
+        # Ctrl-C as the third layer of the turn's first forward starts: the first two have written their caches
+        handle = model.layers[2].register_forward_pre_hook(lambda module, args: _raise(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            turn(history)
+        handle.remove()
+        lengths = {layer.length for layer in memory.cache}
+        assert len(lengths) == 1 and lengths.pop() == len(memory.held) == len(reply) - 1 + 12  # the first turn's
+        assert memory.held == history[0, :len(memory.held)].tolist()
+        # a turn the model refuses (max_new_tokens -1) after its prompt cut the caches back to a shared prefix
+        other = torch.cat((history[:, :8], torch.randint(0, 61, (1, 4), generator=g)), dim=1)
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            turn(other, new=-1)
+        assert {layer.length for layer in memory.cache} == {len(memory.held)} and memory.held == other[0, :8].tolist()
+        again = turn(history, new=4)
+        assert again == model.generate(history, 4)[0, history.shape[1]:].tolist()
+        memory.forget()
+    assert memory.held == [] and all(layer.k is None and layer.length == 0 for layer in memory.cache)

@@ -209,3 +209,36 @@ def test_a_reused_cache_is_checked():
             model.generate(torch.randint(0, 61, (1, 9)), 2, cache=cache)
         with pytest.raises(ValueError, match="length must be a non-negative int"):
             cache[0].truncate(-1)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "longrope"])
+def test_a_reused_cache_of_a_length_dependent_rope_is_encoded_anew(kind):
+    """Dynamic NTK and LongRoPE rotate keys by the sequence's length: a cache filled for a prompt longer than the
+    trained context and cut back to a prefix of a prompt within it holds keys rotated for the other length, so
+    generate encodes the whole prompt again and equals a fresh call (it differed by up to 5e-4 when the cache was
+    kept)."""
+    from attnkit.nn.positions import RopeScaling
+
+    scaling = RopeScaling("dynamic", 4.0, original_max_len=16) if kind == "dynamic" else \
+        RopeScaling("longrope", 4.0, original_max_len=16, short_factor=(1.0, 1.5, 2.0, 3.0),
+                    long_factor=(2.0, 3.0, 5.0, 8.0))  # head_dim 8: four frequencies
+    model = tiny(positions="rope", attention=dict(num_heads=4, rope=dict(scaling=scaling)), max_seq_len=64).double()
+    g = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 61, (1, 20), generator=g)  # past the trained 16 tokens
+    second = torch.cat((first[:, :10], torch.randint(0, 61, (1, 3), generator=g)), dim=1)  # 13, within them
+    with torch.no_grad():
+        fresh = model.generate(second, 4)
+        cache = model.new_cache("growing")
+        model.generate(first, 2, cache=cache)
+        for layer in cache:
+            layer.truncate(10)
+        stale = model(second[:, 10:], cache=cache).logits[:, -1]  # the kept keys, by hand: wrong
+        assert (stale - model(second).logits[:, -1]).abs().max() > 1e-6  # so the case below is not vacuous
+        for layer in cache:
+            layer.truncate(10)
+        assert torch.equal(model.generate(second, 4, cache=cache), fresh)
+        anew = model.new_cache("growing")
+        model.generate(second, 4, cache=anew)
+    for kept, encoded in zip(cache, anew):  # every key as a fresh call rotated it, the kept prefix too
+        assert kept.length == encoded.length == 13 + 3
+        torch.testing.assert_close(kept.k[:, :, :16], encoded.k[:, :, :16], rtol=0, atol=1e-12)

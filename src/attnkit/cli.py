@@ -285,7 +285,8 @@ def _read_line(prompt: str) -> str | None:
 
 class _Memory:
     """The chat's KV caches across turns and the tokens they hold: each turn's prompt (the whole conversation, through
-    the template) shares a prefix with the previous turn's prompt and reply, and only the rest is encoded."""
+    the template) shares a prefix with the previous turn's prompt and reply, and only the rest is encoded. Growing
+    caches, for sliding-window models too: they hold the whole conversation (until /reset frees them)."""
 
     def __init__(self, cache: list[KVCache]):
         self.cache = cache
@@ -319,9 +320,10 @@ class _Memory:
         self.held = self.turn[:length]
 
     def forget(self) -> None:
+        """A new conversation: nothing held, the caches' buffers freed."""
         self.held, self.turn = [], []
         for layer in self.cache:
-            layer.truncate(0)
+            layer.reset()
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

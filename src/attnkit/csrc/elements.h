@@ -17,7 +17,9 @@ static inline float element(const void *p, int64_t i, int64_t bf16) {
     return f;
 }
 
-/* p[i] = v, rounded to bfloat16 (nearest, ties to even; NaN to the quiet NaN 0x7FC0, as PyTorch) when bf16 */
+/* p[i] = v, rounded to bfloat16 as PyTorch rounds (to nearest, ties to even; inf stays inf, a float beyond the
+ * largest bfloat16 becomes inf) when bf16; a NaN stays a NaN (the quiet NaN 0x7FC0; PyTorch's bit pattern may
+ * differ) */
 static inline void store_element(void *p, int64_t i, float v, int64_t bf16) {
     if (!bf16) {
         ((float *)p)[i] = v;

@@ -359,6 +359,14 @@ class GPT(Model):
         loss = task_loss(self.task_head.config, logits, labels) if labels is not None else None
         return GPTOutput(logits, x, aux_loss, loss)
 
+    def _length_dependent_rope(self) -> bool:
+        """Whether a key's rotation depends on the sequence's length (dynamic NTK, LongRoPE): keys cached for one
+        prompt are then not those of a longer one, so a cache cannot be carried over."""
+        a = self.config.attention
+        return self.config.positions == "rope" and any(
+            rope is not None and rope.scaling is not None and rope.scaling.kind in ("dynamic", "longrope")
+            for rope in (a.rope, a.local_rope))
+
     def _rope_switch(self) -> int | None:
         """The trained context of a LongRoPE model, past which its frequencies change; None for any other."""
         a = self.config.attention
@@ -387,6 +395,10 @@ class GPT(Model):
         past = 0  # the prompt's tokens the caller's cache holds already
         if cache is not None:
             past = self._check_reused(cache, n, use_cache)
+            if past and self._length_dependent_rope():  # its keys were rotated for another length: encode anew
+                for layer_cache in cache:
+                    layer_cache.reset()
+                past = 0
         elif use_cache:
             kind = cache_kind or ("ring" if self.config.attention.window is not None else "static")
             cache = self.new_cache(kind, max_len=total)
@@ -446,8 +458,10 @@ class GPT(Model):
         for sliding-window models). ``cache``: the layers' caches of an earlier call instead of new ones (e.g.
         ``new_cache("growing")``), holding the keys and values of the first ``cache[0].length`` tokens of
         ``input_ids`` (a conversation's earlier turns; the caller vouches that they are these tokens, ``truncate``
-        keeps a prefix): only the rest is encoded, and the caches are updated in place, holding afterwards every
-        token fed to the model (all but the last one returned). Returns (B, N + generated)."""
+        keeps a prefix): only the rest is encoded (all of it for a model whose rotary frequencies depend on the
+        sequence's length, dynamic NTK or LongRoPE: its cached keys were rotated for another length), and the caches
+        are updated in place, holding afterwards every token fed to the model (all but the last one returned).
+        Returns (B, N + generated)."""
         return extend(input_ids, self.stream(input_ids, max_new_tokens, attention_mask=attention_mask,
                                              temperature=temperature, top_k=top_k, top_p=top_p,
                                              eos_token_id=eos_token_id, use_cache=use_cache, cache_kind=cache_kind,
