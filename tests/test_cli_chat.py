@@ -338,3 +338,22 @@ def test_chat_memory_stays_true_after_an_interrupted_or_refused_turn():
         assert again == model.generate(history, 4)[0, history.shape[1]:].tolist()
         memory.forget()
     assert memory.held == [] and all(layer.k is None and layer.length == 0 for layer in memory.cache)
+
+
+def test_generate_and_chat_take_a_dtype(gpt_dir, capsys, monkeypatch):
+    """--dtype bfloat16 loads the weights in bfloat16 (the text is that model's greedy continuation); an unknown
+    dtype is argparse's error."""
+    real, asked = hub.load, []
+    monkeypatch.setattr(hub, "load", lambda path, **kwargs: asked.append(kwargs) or real(path, **kwargs))
+    assert main(["generate", "--model", str(gpt_dir), "--dtype", "bfloat16", "--max-new-tokens", "8", "The cat"]) == 0
+    assert asked == [{"dtype": torch.bfloat16}]
+    model, tokenizer = real(gpt_dir, dtype=torch.bfloat16)
+    ids, _ = tokenizer.encode(["The cat"])
+    tokens = model.generate(ids, 8, eos_token_id=tokenizer.eos_id)[0, ids.shape[1]:].tolist()
+    if tokenizer.eos_id in tokens:
+        tokens = tokens[:tokens.index(tokenizer.eos_id)]
+    assert capsys.readouterr().out == "The cat" + tokenizer.decode(tokens) + "\n"
+    with pytest.raises(SystemExit) as info:
+        main(["chat", "--dtype", "float16"])
+    assert info.value.code == 2
+    assert "argument --dtype: invalid choice: 'float16'" in capsys.readouterr().err
