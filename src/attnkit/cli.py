@@ -295,14 +295,19 @@ class _Memory:
         self.held: list[int] = []  # the tokens whose keys and values the caches hold, in order
         self.turn: list[int] = []  # this turn's prompt and the tokens streamed so far
 
-    def recall(self, prompt: list[int]) -> list[KVCache]:
-        """The caches, cut to the longest prefix ``prompt`` shares with what they hold (at most all but its last
-        token, whose logits the reply starts from)."""
+    def shared(self, prompt: list[int]) -> int:
+        """How many of ``prompt``'s first tokens the caches hold: the prefix it shares with them, at most all but
+        its last token (whose logits the reply starts from)."""
         shared = 0
         for held, new in zip(self.held, prompt[:-1]):
             if held != new:
                 break
             shared += 1
+        return shared
+
+    def recall(self, prompt: list[int]) -> list[KVCache]:
+        """The caches, cut to the prefix ``prompt`` shares with what they hold (``shared``)."""
+        shared = self.shared(prompt)
         self.turn = list(prompt)
         for layer in self.cache:
             layer.truncate(shared)
