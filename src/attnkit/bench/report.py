@@ -1,7 +1,8 @@
-"""What a benchmark run prints and writes: the context header, the table, CSV and JSON, a log-log plot.
+"""How benchmark rows are printed and written: the context line, the table and its legend, CSV and JSON, a log-log
+plot. ``sweep`` composes them into ``attnkit bench``'s header and report; benchmarks/*.py use them directly.
 
 Every figure is a ratio against a named peer timed in the same run, beside the machine's measured
-matmul rate (BENCHMARKING.md); this module only formats what ``sweep`` measured.
+matmul rate (BENCHMARKING.md); this module only formats what was measured.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from ..files import atomic_path, write_text
 from ..text import format_table
-from .contenders import BIGBIRD, DOCUMENTS, WINDOW, B, D, H, label
-from .measure import GATE_FRACTION, PROBE_N
+from .contenders import label
 
-if TYPE_CHECKING:  # imports point downwards: sweep builds on this module
-    from .measure import Probe, Timed
-    from .sweep import Row, SweepOptions, SweepResult
+from .rows import Row
+
+if TYPE_CHECKING:
+    from .measure import Timed
 
 ROW_COLUMNS = ["n", "mask", "mode", "kernel", "label", "status", "note", "n_timed", "median_ms", "min_ms", "max_ms",
                "spread_pct", "visible", "gflops", "pct_of_matmul", "peer", "ratio", "ratio_min", "ratio_max",
@@ -66,26 +67,6 @@ def write_json(path: Path, payload: dict) -> Path:
 def context_line(ctx: dict) -> str:
     return (f"{ctx['cpu_model']}, {ctx['cpu_count']} CPUs, {ctx['torch_num_threads']} threads; "
             f"torch {ctx['torch']}, attnkit {ctx['attnkit']}")
-
-
-def sweep_header(opts: SweepOptions, ctx: dict, probe: Probe, first_probe: float) -> str:
-    """Machine, threads, versions, the probe, and what the masks and peers are."""
-    bigbird = ", ".join(f"{k}={v}" for k, v in BIGBIRD.items())
-    simd = " ".join(ctx["cpu_simd_flags"]) or "unknown"
-    return "\n".join([
-        (f"attnkit bench{' --quick' if opts.quick else ''}: B={B} H={H} D={D} float32 on the CPU; "
-         f"N in {', '.join(map(str, opts.lengths))}; modes {', '.join(opts.modes)}"),
-        f"machine: {ctx['cpu_model']}, {ctx['cpu_count']} CPUs, {ctx['mem_total_mib']} MiB RAM; SIMD {simd}",
-        f"threads: torch.get_num_threads() = {ctx['torch_num_threads']}",
-        f"versions: torch {ctx['torch']}, attnkit {ctx['attnkit']}, python {ctx['python']}",
-        (f"matmul probe: torch.mm {PROBE_N}^2 float32 = {first_probe:.0f} GFLOP/s; {probe.reps} of them before "
-         f"each round, which waits while the probe is below {GATE_FRACTION:.0%} of the best seen"),
-        (f"masks: {', '.join(opts.masks)}; window = causal sliding window of {WINDOW} (window=({WINDOW - 1}, 0)); "
-         f"document = {DOCUMENTS} packed documents of random lengths; bigbird = masks.bigbird({bigbird})"),
-        (f"peers: {', '.join(opts.peers)} (sdpa gets a dense bool mask for sparse patterns; flex is compiled; "
-         f"dense is attnkit's reference kernel); ratios against the first that ran"),
-        "",
-    ])
 
 
 def _row_cells(r: Row, also: str | None = None) -> list[str]:
@@ -150,30 +131,6 @@ def flex_lines(flex_setups: dict) -> list[str]:
             lines.append(f"FlexAttention N={fs.n} {fs.mask}: compile (first call) {fs.compile_first_call_s:.2f} s "
                          f"({fs.compile_kind}); {bm}")
     return lines
-
-
-def sweep_report(res: SweepResult) -> str:
-    """The table, its legend, the probe's summary, FlexAttention's set-up times and the wall time."""
-    p = res.probe
-    lines = [sweep_table(res.rows), "", *LEGEND,
-             (f"matmul probe: best {p['best_gflops']:.0f} GFLOP/s, median {p['median_gflops']:.0f}, min "
-              f"{p['min_gflops']:.0f} over {len(p['all_gflops'])} probes; waited {p['waited_s']:.0f} s; rounds "
-              f"below the gate {p['below_gate_rounds']}, redone {p['redone_rounds']}")]
-    if not res.options.memory:
-        lines.append("peak MiB: not measured (--quick or --no-memory)")
-    if "flex" in res.options.peers and not res.options.flex:
-        lines.append("FlexAttention: not compiled with --quick (5-15 s per configuration); run without --quick")
-    lines += flex_lines(res.flex_setups)
-    lines.append(f"wall time {res.wall_s:.0f} s (timing {res.timing_s:.0f} s)")
-    return "\n".join(lines)
-
-
-def write_sweep(out: Path, res: SweepResult) -> list[Path]:
-    from dataclasses import asdict
-
-    records = [{**asdict(r), **timing_record(r)} for r in res.rows]
-    cols = ROW_COLUMNS + ["peer_kernel"]
-    return [write_json(out / "bench.json", res.payload()), write_csv(out / "bench.csv", records, cols)]
 
 
 # --------------------------------------------------------------------------------------------------

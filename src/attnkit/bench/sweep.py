@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,8 +24,10 @@ from .contenders import (BIGBIRD, DOCUMENTS, MASKS, MODES, WINDOW, B, D, FlexSet
                          memory_of)
 from .context import machine
 from .counting import attention_flops, visible_entries
-from .measure import MemoryServer, Probe, Timed, repeats, round_robin, warm_up
+from .measure import GATE_FRACTION, PROBE_N, MemoryServer, Probe, repeats, round_robin, warm_up
 from .progress import Progress
+from .report import LEGEND, ROW_COLUMNS, flex_lines, sweep_table, timing_record, write_csv, write_json
+from .rows import Row
 
 PEERS = {"sdpa": "torch:sdpa", "flex": "torch:flex", "dense": "attnkit:dense"}  # --peers name -> contender
 DEFAULT_KERNELS = ("tiled", "sdpa", "dense", "linear")  # those registered
@@ -40,34 +42,6 @@ def _quiet(msg: str) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # One row: a contender on a configuration
-
-
-@dataclass
-class Row(Timed):
-    n: int
-    mask: str  # as the caller names it
-    mode: str  # fwd | fwdbwd
-    kernel: str  # attnkit:<name> | torch:sdpa | torch:flex
-    label: str
-    case: str = ""  # the contenders.MASKS name it ran (the same as mask in `attnkit bench`)
-    status: str = "ok"  # ok | skipped | failed
-    note: str = ""
-    visible: int | None = None  # (query, key) pairs that may attend, per (batch, head)
-    gflops: float | None = None  # over the visible entries
-    pct_of_matmul: float | None = None  # of the best matmul probe
-    peer: str = ""  # label of the peer the ratio is against
-    peer_kernel: str = ""
-    ratio: float | None = None  # median over rounds of peer time / this time: > 1 = faster than the peer
-    ratio_min: float | None = None
-    ratio_max: float | None = None
-    vs: dict = field(default_factory=dict)  # every peer that ran: contender -> [median, min, max]
-    mem_call_peak_mib: float | None = None  # VmHWM during one call minus RSS before it
-    mem_ru_maxrss_mib: float | None = None  # whole child process: the torch import, inputs and the call
-    mem_note: str = ""
-
-    @property
-    def config(self) -> str:
-        return f"N={self.n} {self.mask} {self.mode}"
 
 
 @dataclass
@@ -267,7 +241,7 @@ class SweepResult:
     timing_s: float
 
     def report(self) -> str:
-        return report.sweep_report(self)
+        return sweep_report(self)
 
     def payload(self) -> dict:
         return {"context": self.context, "settings": self.options.settings(), "matmul_probe": self.probe,
@@ -276,7 +250,7 @@ class SweepResult:
 
     def write(self, out: str | Path) -> list[Path]:
         """bench.json (everything) and bench.csv (one row per configuration and contender) in ``out``."""
-        return report.write_sweep(Path(out), self)
+        return write_sweep(Path(out), self)
 
     def plot(self, path: str | Path) -> Path:
         """A log-log PNG of median time vs N; ImportError without matplotlib."""
@@ -295,7 +269,7 @@ class Sweep:
         self.first_probe = self.probe.measure()[0]
 
     def header(self) -> str:
-        return report.sweep_header(self.options, self.context, self.probe, self.first_probe)
+        return sweep_header(self.options, self.context, self.probe, self.first_probe)
 
     def configs(self) -> list[tuple[int, str, str]]:
         o = self.options
@@ -363,3 +337,49 @@ class _NullStream:
 
     def flush(self) -> None:
         pass
+
+
+# --------------------------------------------------------------------------------------------------
+# What a sweep prints and writes (its rows' table and files: bench.report)
+
+
+def sweep_header(opts: SweepOptions, ctx: dict, probe: Probe, first_probe: float) -> str:
+    """Machine, threads, versions, the probe, and what the masks and peers are."""
+    bigbird = ", ".join(f"{k}={v}" for k, v in BIGBIRD.items())
+    simd = " ".join(ctx["cpu_simd_flags"]) or "unknown"
+    return "\n".join([
+        (f"attnkit bench{' --quick' if opts.quick else ''}: B={B} H={H} D={D} float32 on the CPU; "
+         f"N in {', '.join(map(str, opts.lengths))}; modes {', '.join(opts.modes)}"),
+        f"machine: {ctx['cpu_model']}, {ctx['cpu_count']} CPUs, {ctx['mem_total_mib']} MiB RAM; SIMD {simd}",
+        f"threads: torch.get_num_threads() = {ctx['torch_num_threads']}",
+        f"versions: torch {ctx['torch']}, attnkit {ctx['attnkit']}, python {ctx['python']}",
+        (f"matmul probe: torch.mm {PROBE_N}^2 float32 = {first_probe:.0f} GFLOP/s; {probe.reps} of them before "
+         f"each round, which waits while the probe is below {GATE_FRACTION:.0%} of the best seen"),
+        (f"masks: {', '.join(opts.masks)}; window = causal sliding window of {WINDOW} (window=({WINDOW - 1}, 0)); "
+         f"document = {DOCUMENTS} packed documents of random lengths; bigbird = masks.bigbird({bigbird})"),
+        (f"peers: {', '.join(opts.peers)} (sdpa gets a dense bool mask for sparse patterns; flex is compiled; "
+         f"dense is attnkit's reference kernel); ratios against the first that ran"),
+        "",
+    ])
+
+
+def sweep_report(res: SweepResult) -> str:
+    """The table, its legend, the probe's summary, FlexAttention's set-up times and the wall time."""
+    p = res.probe
+    lines = [sweep_table(res.rows), "", *LEGEND,
+             (f"matmul probe: best {p['best_gflops']:.0f} GFLOP/s, median {p['median_gflops']:.0f}, min "
+              f"{p['min_gflops']:.0f} over {len(p['all_gflops'])} probes; waited {p['waited_s']:.0f} s; rounds "
+              f"below the gate {p['below_gate_rounds']}, redone {p['redone_rounds']}")]
+    if not res.options.memory:
+        lines.append("peak MiB: not measured (--quick or --no-memory)")
+    if "flex" in res.options.peers and not res.options.flex:
+        lines.append("FlexAttention: not compiled with --quick (5-15 s per configuration); run without --quick")
+    lines += flex_lines(res.flex_setups)
+    lines.append(f"wall time {res.wall_s:.0f} s (timing {res.timing_s:.0f} s)")
+    return "\n".join(lines)
+
+
+def write_sweep(out: Path, res: SweepResult) -> list[Path]:
+    records = [{**asdict(r), **timing_record(r)} for r in res.rows]
+    cols = ROW_COLUMNS + ["peer_kernel"]
+    return [write_json(out / "bench.json", res.payload()), write_csv(out / "bench.csv", records, cols)]
