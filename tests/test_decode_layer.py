@@ -7,6 +7,7 @@ random inputs, with NaN in the cache slots the mask hides and fully-masked rows;
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -35,12 +36,13 @@ def _reference(call: native.AttnCall, k_cache: torch.Tensor, v_cache: torch.Tens
     b, _ = x.shape
     _, hkv, _, d = k_cache.shape
     h = call.wq.shape[0] // d
-    if call.layer_norm:
+    norm = call.norm
+    if norm.layer:
         centred = x - x.mean(-1, keepdim=True)
-        normed = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + call.eps) * call.norm_w.double()
-        normed = normed if call.norm_b is None else normed + call.norm_b.double()
+        normed = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.double()
+        normed = normed if norm.bias is None else normed + norm.bias.double()
     else:
-        normed = _rms64(x, call.norm_w, call.eps, call.unit_offset)
+        normed = _rms64(x, norm.weight, norm.eps, norm.unit_offset)
 
     def project(w, bias):
         y = normed @ w.double().T
@@ -100,13 +102,15 @@ def _call(seed: int, *, b: int, dim: int, h: int, hkv: int, d: int, rotary: int,
     angles = torch.randn(b, rotary // 2, generator=g) * 3
     cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
     sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
-    return native.AttnCall(
-        torch.randn(b, dim, generator=g), rand(dim, scale=0.5), 1e-5, unit_offset, rand(h * d, dim, scale=dim ** -0.5),
-        rand(hkv * d, dim, scale=dim ** -0.5), rand(hkv * d, dim, scale=dim ** -0.5),
-        rand(h * d) if bias else None, rand(hkv * d) if bias else None, rand(hkv * d) if bias else None,
-        rand(d) if qk_norm else None, rand(d) if qk_norm else None, 1e-6, unit_offset,
-        cos if rotary else None, sin if rotary else None, k_cache, v_cache, pos, key_padding, window,
-        d ** -0.5 * 1.7, softcap, rand(dim) if layer_norm else None, layer_norm)
+    x, norm_w = torch.randn(b, dim, generator=g), rand(dim, scale=0.5)
+    projections = [rand(h * d, dim, scale=dim ** -0.5), rand(hkv * d, dim, scale=dim ** -0.5),
+                   rand(hkv * d, dim, scale=dim ** -0.5)]
+    biases = [rand(h * d) if bias else None, rand(hkv * d) if bias else None, rand(hkv * d) if bias else None]
+    qk = [rand(d) if qk_norm else None, rand(d) if qk_norm else None]
+    norm = native.Norm(norm_w, rand(dim) if layer_norm else None, 1e-5, unit_offset, layer_norm)
+    return native.AttnCall(x, norm, *projections, *biases, *qk, 1e-6, unit_offset, cos if rotary else None,
+                           sin if rotary else None, k_cache, v_cache, pos, key_padding, window, d ** -0.5 * 1.7,
+                           softcap)
 
 
 CASES = {
@@ -336,7 +340,7 @@ def test_the_feed_forward_half_must_agree_with_the_attention_half():
         "wd transposed": native.FFNCall(**{**vars(good), "wd": good.wd.t().contiguous()}),
         "bfloat16 after float32": native.FFNCall(**{**vars(good), "wo": good.wo.bfloat16(), "wg": good.wg.bfloat16(),
                                                     "wu": good.wu.bfloat16(), "wd": good.wd.bfloat16(),
-                                                    "norm_w": good.norm_w.bfloat16()}),
+                                                    "norm": replace(good.norm, weight=good.norm.weight.bfloat16())}),
     }
     for what, ffn in bad.items():
         call = _call(0, **{**base, "dim": 32, "h": 4, "hkv": 2, "d": 8, "rotary": 8})

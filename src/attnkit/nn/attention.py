@@ -258,13 +258,13 @@ class MultiHeadAttention(nn.Module):
         if key_padding is not None and key_padding.dtype != torch.bool:
             key_padding = key_padding != 0
         call = native.AttnCall(  # the q and k norms: both or neither, alike (checked above)
-            rows, parts.weight, parts.eps, parts.unit_offset, self.q_proj.weight, self.k_proj.weight,
+            rows, parts, self.q_proj.weight, self.k_proj.weight,
             self.v_proj.weight, self.q_proj.bias, self.k_proj.bias, self.v_proj.bias,
             qn.weight if isinstance(qn, RMSNorm) else None, kn.weight if isinstance(kn, RMSNorm) else None,
             qn.eps if isinstance(qn, RMSNorm) else 1e-6, isinstance(qn, RMSNorm) and qn.unit_offset,
             cos, sin, k_buf, v_buf, slot,
             key_padding, None if window is None else window[0],
-            self.head_dim ** -0.5 if self.scale is None else self.scale, self.softcap, parts.bias, parts.layer)
+            self.head_dim ** -0.5 if self.scale is None else self.scale, self.softcap)
         out = native.decode_layer(call, ffn)
         if out is not None:
             cache.advance(1)

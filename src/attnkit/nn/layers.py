@@ -167,10 +167,10 @@ class Block(nn.Module):
         rows = x.shape[0] * x.shape[1]
         return native.FFNCall(
             None if merged is None else merged.reshape(rows, merged.shape[-1]).contiguous(),
-            x.view(rows, x.shape[2]), out.weight, out.bias, _norm_weight(self.post_attn_norm), norm.weight,
-            norm.eps, norm.unit_offset, None if ffn.gate is None else ffn.gate.weight, ffn.up.weight,
-            ffn.down.weight, None if ffn.gate is None else ffn.gate.bias, ffn.up.bias, ffn.down.bias,
-            ffn.activation, _norm_weight(self.post_ffn_norm), norm.bias, norm.layer)
+            x.view(rows, x.shape[2]), out.weight, out.bias, _norm_weight(self.post_attn_norm), norm,
+            None if ffn.gate is None else ffn.gate.weight, ffn.up.weight, ffn.down.weight,
+            None if ffn.gate is None else ffn.gate.bias, ffn.up.bias, ffn.down.bias, ffn.activation,
+            _norm_weight(self.post_ffn_norm))
 
 
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)  # a model's dtypes the C decoding calls serve (bfloat16: widened)

@@ -89,25 +89,13 @@ class NormConfig:
         return RMSNorm(dim, eps=self.eps, unit_offset=self.unit_offset)
 
 
-@dataclass(frozen=True)
-class NormParts:
-    """What a C decoding call reads of a norm (``native.decode_layer``): its weight, a LayerNorm's bias, eps,
-    Gemma's unit offset, and whether it is a LayerNorm (else an RMSNorm)."""
-
-    weight: Tensor
-    bias: Tensor | None
-    eps: float
-    unit_offset: bool
-    layer: bool
-
-
-def norm_parts(norm: nn.Module | None) -> NormParts | None:
-    """``norm``'s parts when it is an RMSNorm or a LayerNorm over the last dim with a weight (the norms the C decoding
-    calls compute); None for any other module (or None)."""
+def norm_parts(norm: nn.Module | None) -> native.Norm | None:
+    """What the C decoding calls read of ``norm`` when it is an RMSNorm or a LayerNorm over the last dim with a
+    weight; None for any other module (or None)."""
     if isinstance(norm, RMSNorm):
-        return NormParts(norm.weight, None, norm.eps, norm.unit_offset, False)
+        return native.Norm(norm.weight, None, norm.eps, norm.unit_offset, False)
     if isinstance(norm, nn.LayerNorm) and norm.weight is not None and len(norm.normalized_shape) == 1:
-        return NormParts(norm.weight, norm.bias, norm.eps, False, True)
+        return native.Norm(norm.weight, norm.bias, norm.eps, False, True)
     return None
 
 
@@ -118,4 +106,4 @@ def make_norm(kind: NormKind, dim: int, eps: float = 1e-5) -> nn.Module:
     return NormConfig(kind, eps).make(dim)
 
 
-__all__ = ["RMSNorm", "NormConfig", "NormParts", "make_norm", "norm_parts", "NormKind"]
+__all__ = ["RMSNorm", "NormConfig", "make_norm", "norm_parts", "NormKind"]

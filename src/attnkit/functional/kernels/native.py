@@ -154,23 +154,39 @@ def ffn_activation(name: str, gated: bool) -> int | None:
     return (GATED_ACTIVATIONS if gated else PLAIN_ACTIVATIONS).get(name)
 
 
+@dataclass(frozen=True)
+class Norm:
+    """A norm the C decoding calls compute over a row: an RMSNorm, ``v · rsqrt(mean(v²) + eps) · weight`` (``1 +
+    weight`` with ``unit_offset``: Gemma), or with ``layer`` a LayerNorm, ``(v - mean) · rsqrt(var + eps) · weight
+    + bias`` (``bias`` None: none)."""
+
+    weight: Tensor
+    bias: Tensor | None
+    eps: float
+    unit_offset: bool
+    layer: bool
+
+
+def _norm_ok(norm: Norm, dim: int, dtype: torch.dtype) -> bool:
+    """``norm`` over ``dim`` features in the weights' ``dtype``, with a bias only as a LayerNorm's."""
+    return (_shaped(norm.weight, dim) and _shaped(norm.bias, dim) and (norm.layer or norm.bias is None)
+            and not (norm.layer and norm.unit_offset) and _stored(norm.weight, dtype) and _stored(norm.bias, dtype))
+
+
 @dataclass
 class FFNCall:
     """The second half of a pre-norm decoder layer for a decoding step (``attnkit_decode_ffn`` in csrc/gemv.c):
     ``x += post_attn(attn · Woᵀ + bo)``, then ``x += post_ffn(down(act(gate(h)) · up(h)))`` (gated) or
-    ``x += down(act(up(h)))`` (``wg`` None: plain) with ``h = norm(x)``: RMSNorms with ``eps`` (``unit_offset``:
-    Gemma's 1 + w), or with ``layer_norm`` h's norm a LayerNorm with bias ``norm_b`` and no post norms. Every
-    tensor contiguous: attn and x float32, the weights, biases and norm weights all float32 or all bfloat16; x
-    (rows, dim) is updated in place."""
+    ``x += down(act(up(h)))`` (``wg`` None: plain) with ``h = norm(x)``; Gemma's post norms are RMSNorms with
+    ``norm``'s eps and unit offset (none with a LayerNorm). Every tensor contiguous: attn and x float32, the
+    weights, biases and norm weights all float32 or all bfloat16; x (rows, dim) is updated in place."""
 
     attn: Tensor | None  # (rows, hd); None in decode_layer: its attention half's output
     x: Tensor  # (rows, dim)
     wo: Tensor
     bo: Tensor | None
     post_attn_w: Tensor | None
-    norm_w: Tensor
-    eps: float
-    unit_offset: bool
+    norm: Norm
     wg: Tensor | None  # None: a plain feed-forward
     wu: Tensor
     wd: Tensor
@@ -179,8 +195,6 @@ class FFNCall:
     bd: Tensor | None
     activation: str
     post_ffn_w: Tensor | None
-    norm_b: Tensor | None = None
-    layer_norm: bool = False
 
 
 def _address(t: Tensor | None) -> int | None:
@@ -216,18 +230,17 @@ def _ffn_takes(call: FFNCall, rows: int, hd: int) -> bool:
     if x.dim() != 2 or call.wu.dim() != 2:
         return False
     dim, hidden = x.shape[1], call.wu.shape[0]
-    weights = (call.wo, call.bo, call.post_attn_w, call.norm_w, call.norm_b, call.wg, call.wu, call.wd, call.bg,
-               call.bu, call.bd, call.post_ffn_w)
+    weights = (call.wo, call.bo, call.post_attn_w, call.wg, call.wu, call.wd, call.bg, call.bu, call.bd,
+               call.post_ffn_w)
     return (x.shape[0] == rows and 1 <= rows <= GEMV_ROWS
             and ffn_activation(call.activation, call.wg is not None) is not None
             and (call.wg is not None or call.bg is None)
-            and (not call.layer_norm or (call.post_attn_w is None and call.post_ffn_w is None))
-            and (call.layer_norm or call.norm_b is None)
+            and (not call.norm.layer or (call.post_attn_w is None and call.post_ffn_w is None))
             and _stored(x, torch.float32) and dtype in _GEMV_DTYPES and all(_stored(t, dtype) for t in weights)
+            and _norm_ok(call.norm, dim, dtype)
             and _shaped(call.wo, dim, hd) and _shaped(call.wg, hidden, dim) and _shaped(call.wu, hidden, dim)
             and _shaped(call.wd, dim, hidden)
-            and all(_shaped(t, dim) for t in (call.bo, call.post_attn_w, call.norm_w, call.norm_b, call.bd,
-                                              call.post_ffn_w))
+            and all(_shaped(t, dim) for t in (call.bo, call.post_attn_w, call.bd, call.post_ffn_w))
             and _shaped(call.bg, hidden) and _shaped(call.bu, hidden))
 
 
@@ -239,12 +252,13 @@ def _ffn_args(call: FFNCall, attn: int, hd: int) -> _FFNArgs:
     scratch = call.x.new_empty(rows * (3 * dim + 2 * hidden))
     act = ffn_activation(call.activation, call.wg is not None)
     assert act is not None  # _ffn_takes checked it
+    norm = call.norm
     args = _FFNArgs(rows, dim, hd, hidden, attn, hd, call.wo.data_ptr(), _address(call.bo),
-                    _address(call.post_attn_w), call.x.data_ptr(), dim, call.norm_w.data_ptr(), call.eps,
-                    int(call.unit_offset), _address(call.wg), call.wu.data_ptr(), call.wd.data_ptr(),
+                    _address(call.post_attn_w), call.x.data_ptr(), dim, norm.weight.data_ptr(), norm.eps,
+                    int(norm.unit_offset), _address(call.wg), call.wu.data_ptr(), call.wd.data_ptr(),
                     _address(call.bg), _address(call.bu), _address(call.bd), act,
                     _address(call.post_ffn_w), scratch.data_ptr(), _GEMV_DTYPES[call.wo.dtype],
-                    _address(call.norm_b), int(call.layer_norm))
+                    _address(norm.bias), int(norm.layer))
     args._keep = scratch  # alive as long as the struct
     return args
 
@@ -268,8 +282,7 @@ class _AttnArgs(ctypes.Structure):
 @dataclass
 class AttnCall:
     """The first half of a pre-norm decoder layer for a decoding step, one new token per row (``decode.c``):
-    ``h = norm(x)`` (an RMSNorm, or with ``layer_norm`` a LayerNorm with bias ``norm_b``); q, k, v projections
-    (+ biases); each head of q and k through its RMSNorm (``q_norm_w``,
+    ``h = norm(x)``; q, k, v projections (+ biases); each head of q and k through its RMSNorm (``q_norm_w``,
     ``k_norm_w``, or None) and then RoPE over its first R features (``cos`` and ``sin`` (rows, R), sin signed as
     ``RotaryEmbedding.rows`` gives it; None: no rotation); k and v written to the caches' slot ``pos``; attention
     of each query head over the slots 0 .. pos that ``key_padding`` (rows, >= pos + 1) bool and ``window`` (the
@@ -278,9 +291,7 @@ class AttnCall:
     bfloat16; key_padding bool with unit stride along keys."""
 
     x: Tensor  # (rows, dim), read
-    norm_w: Tensor
-    eps: float
-    unit_offset: bool
+    norm: Norm
     wq: Tensor  # (H * D, dim)
     wk: Tensor  # (Hkv * D, dim)
     wv: Tensor  # (Hkv * D, dim)
@@ -300,8 +311,6 @@ class AttnCall:
     window: int | None
     scale: float
     softcap: float | None
-    norm_b: Tensor | None = None
-    layer_norm: bool = False
 
 
 def _attn_takes(call: AttnCall) -> bool:
@@ -317,8 +326,7 @@ def _attn_takes(call: AttnCall) -> bool:
     window, softcap = call.window, call.softcap
     return (cache.shape[0] == rows and call.v_cache.shape == cache.shape and 0 <= call.pos < capacity
             and h >= 1 and h % hkv == 0 and _shaped(call.wq, h * d, dim) and _shaped(call.wk, hkv * d, dim)
-            and _shaped(call.wv, hkv * d, dim) and _shaped(call.norm_w, dim) and _shaped(call.norm_b, dim)
-            and (call.layer_norm or call.norm_b is None) and _shaped(call.bq, h * d)
+            and _shaped(call.wv, hkv * d, dim) and _norm_ok(call.norm, dim, dtype) and _shaped(call.bq, h * d)
             and _shaped(call.bk, hkv * d) and _shaped(call.bv, hkv * d)
             and _shaped(call.q_norm_w, d) and _shaped(call.k_norm_w, d)
             and (call.cos is None) == (call.sin is None) and r % 2 == 0 and r <= d
@@ -331,8 +339,8 @@ def _attn_takes(call: AttnCall) -> bool:
             and (softcap is None or (math.isfinite(softcap) and softcap > 0))
             and x.stride(1) == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
             and _stored(call.cos, torch.float32) and _stored(call.sin, torch.float32) and dtype in _GEMV_DTYPES
-            and all(_stored(t, dtype) for t in (call.norm_w, call.norm_b, call.wq, call.wk, call.wv, call.bq, call.bk,
-                                                call.bv, call.q_norm_w, call.k_norm_w, cache, call.v_cache)))
+            and all(_stored(t, dtype) for t in (call.wq, call.wk, call.wv, call.bq, call.bk, call.bv, call.q_norm_w,
+                                                call.k_norm_w, cache, call.v_cache)))
 
 
 def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
@@ -352,15 +360,16 @@ def decode_layer(attn: AttnCall, ffn: FFNCall | None) -> Tensor | None:
     scratch = attn.x.new_empty(rows * (dim + (h + 2 * hkv) * d + h * (attn.pos + 1)))
     padding = attn.key_padding
     args = _AttnArgs(rows, dim, h, hkv, d, 0 if attn.cos is None else attn.cos.shape[-1],
-                     attn.x.data_ptr(), attn.x.stride(0), attn.norm_w.data_ptr(), attn.eps, int(attn.unit_offset),
+                     attn.x.data_ptr(), attn.x.stride(0), attn.norm.weight.data_ptr(), attn.norm.eps,
+                     int(attn.norm.unit_offset),
                      attn.wq.data_ptr(), attn.wk.data_ptr(), attn.wv.data_ptr(),
                      _address(attn.bq), _address(attn.bk), _address(attn.bv),
                      _address(attn.q_norm_w), _address(attn.k_norm_w), attn.qk_eps, int(attn.qk_unit_offset),
                      _address(attn.cos), _address(attn.sin), attn.k_cache.data_ptr(), attn.v_cache.data_ptr(),
                      capacity, attn.pos, _address(padding), 0 if padding is None else padding.stride(0),
                      -1 if attn.window is None else attn.window, attn.scale, attn.softcap or 0.0,
-                     out.data_ptr(), scratch.data_ptr(), _GEMV_DTYPES[attn.wq.dtype], _address(attn.norm_b),
-                     int(attn.layer_norm))
+                     out.data_ptr(), scratch.data_ptr(), _GEMV_DTYPES[attn.wq.dtype], _address(attn.norm.bias),
+                     int(attn.norm.layer))
     ffn_args = None if ffn is None else ctypes.byref(_ffn_args(ffn, out.data_ptr(), h * d))
     status = lib.attnkit_decode_layer(ctypes.byref(args), ffn_args, torch.get_num_threads())
     return out if status == 0 else None
