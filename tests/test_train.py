@@ -364,7 +364,11 @@ def test_a_process_that_dies_stops_the_others_with_an_error(tmp_path):
 @PROCESSES
 def test_a_survivor_raises_peer_failure_when_its_peer_dies(tmp_path):
     """Without torchrun's agent to stop it, the surviving process notices the dead peer itself: PeerFailure,
-    naming the step, well within the collective timeout."""
+    naming the step, well within the collective timeout. Its exit status is the worker's 1, except that now and
+    then (about 1 run in 15 on the 2-core VM, before and after a destroy_process_group) PyTorch's gloo backend
+    aborts while the process exits, after the error was raised and printed ("terminate called without an active
+    exception", SIGABRT): a teardown of torch.distributed's, not attnkit's, so that exit is accepted too, with its
+    message, and nothing else."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     with socket.socket() as sock:
@@ -379,8 +383,9 @@ def test_a_survivor_raises_peer_failure_when_its_peer_dies(tmp_path):
     started = time.monotonic()
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert processes[1].returncode == 3  # the one that died
-    assert processes[0].returncode == 1 and "PeerFailure: process 0: another process stopped or timed out at step" \
-        in errors[0], errors[0][-2000:]
+    aborted_at_exit = processes[0].returncode == -signal.SIGABRT and "terminate called" in errors[0]
+    assert processes[0].returncode == 1 or aborted_at_exit, (processes[0].returncode, errors[0][-2000:])
+    assert "PeerFailure: process 0: another process stopped or timed out at step" in errors[0], errors[0][-2000:]
     assert time.monotonic() - started < 60
 
 
