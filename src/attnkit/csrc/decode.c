@@ -3,7 +3,8 @@
  * in PyTorch each layer's norm, projections, rotary rotation, cache write and attention cost dozens of operator
  * calls, more time than reading the layer's weights. Here the first half of the layer:
  *
- *   h = norm(x) (RMSNorm or LayerNorm);  q, k, v = h · [Wq; Wk; Wv]ᵀ (+ biases);  q, k = per-head RMSNorm (Qwen 3, Gemma 3; optional);
+ *   h = norm(x) (RMSNorm or LayerNorm);  q, k, v = h · [Wq; Wk; Wv]ᵀ (+ biases);
+ *   q, k = per-head RMSNorm (Qwen 3, Gemma 3; optional);
  *   q, k = RoPE(q, k) (the first R features of each head; cos and signed sin rows given per batch row);
  *   k, v -> the KV cache's slot ``pos``;  o = softmax(softcap(scale · q · Kᵀ) over the visible keys) · V
  *
@@ -53,25 +54,12 @@ int attnkit_decode_ffn(const struct attnkit_ffn_args *a, int threads);
 
 #define DECODE_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
-static inline __mmask16 lanes(int64_t left) {
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-}
-
-/* 16 elements (fewer: masked) of a cache from ``offset`` on, widened to float32 */
-DECODE_TARGET static inline __m512 load_cache(const void *p, int64_t offset, int64_t bf16, __mmask16 m) {
-    if (bf16) {
-        const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + offset);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_maskz_loadu_ps(m, (const float *)p + offset);
-}
-
 /* q · the cache's n elements from ``offset`` on */
 DECODE_TARGET static float dot(const float *q, const void *cache, int64_t offset, int64_t n, int64_t bf16) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = lanes(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), load_cache(cache, offset + i, bf16, m), acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), load_widened(cache, offset + i, bf16, m), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -111,7 +99,7 @@ DECODE_TARGET static void attend(const struct attnkit_attn_args *a, const float 
         const __m512 pv = _mm512_set1_ps(p);
         for (int64_t i = 0; i < D; i += 16) {
             const __mmask16 m = lanes(D - i);
-            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(pv, load_cache(a->v_cache, base + j * D + i, bf16, m),
+            _mm512_mask_storeu_ps(o + i, m, _mm512_fmadd_ps(pv, load_widened(a->v_cache, base + j * D + i, bf16, m),
                                                             _mm512_maskz_loadu_ps(m, o + i)));
         }
     }

@@ -80,6 +80,27 @@ static inline void norm_rows_typed(const float *v, int64_t v_stride, float *out,
         rms_rows_typed(v, v_stride, out, B, dim, w, bf16, eps, unit_offset);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define ELEMENTS_SIMD static inline __attribute__((always_inline, target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
+/* the first ``n`` of 16 lanes (all of them for n >= 16; n > 0) */
+ELEMENTS_SIMD __mmask16 lanes(int64_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* the lanes m of 16 consecutive elements of p from element ``offset`` on, widened to float32 (0 elsewhere); bf16:
+ * p holds bfloat16 */
+ELEMENTS_SIMD __m512 load_widened(const void *p, int64_t offset, int64_t bf16, __mmask16 m) {
+    if (bf16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + offset);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_maskz_loadu_ps(m, (const float *)p + offset);
+}
+#endif
+
 /* v[i] += bias[i] for i < n; bias NULL: nothing */
 static inline void add_bias(float *v, const void *bias, int64_t n, int64_t bf16) {
     if (bias)

@@ -24,14 +24,6 @@
 #define GEMV_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define GEMV_INLINE static inline __attribute__((always_inline))
 
-GEMV_INLINE GEMV_TARGET __m512 load_w(const void *w, int64_t offset, int bf16, __mmask16 m) {
-    if (bf16) {
-        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + offset);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_maskz_loadu_ps(m, (const float *)w + offset);
-}
-
 /* Ask for W's cache line ``offset`` (two panels ahead) to be on its way into L2 while this panel is computed:
  * with several rows of x the multiply-adds take about as long as the memory traffic, and without this hint the
  * two did not overlap. Into L2, not L1: eight rows of x fill most of L1 (18 KB for SmolLM2's 576 features) and are
@@ -50,12 +42,12 @@ GEMV_INLINE GEMV_TARGET void prefetch_w(const void *w, int64_t offset, int bf16)
         for (int r = 0; r < R; r++)                                                                               \
             for (int b = 0; b < B; b++) acc[r][b] = _mm512_setzero_ps();                                         \
         for (int64_t i = 0; i < in; i += 16) {                                                                    \
-            const __mmask16 m = in - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - i)) - 1);           \
+            const __mmask16 m = lanes(in - i);                                                                    \
             __m512 xv[B];                                                                                         \
             for (int b = 0; b < B; b++) xv[b] = _mm512_maskz_loadu_ps(m, x + b * x_stride + i);                  \
             for (int r = 0; r < R; r++) {                                                                         \
                 prefetch_w(w, (o + 2 * R + r) * in + i, bf16);                                                       \
-                const __m512 wv = load_w(w, (o + r) * in + i, bf16, m);                                          \
+                const __m512 wv = load_widened(w, (o + r) * in + i, bf16, m);                                    \
                 for (int b = 0; b < B; b++) acc[r][b] = _mm512_fmadd_ps(wv, xv[b], acc[r][b]);                  \
             }                                                                                                     \
         }                                                                                                         \
