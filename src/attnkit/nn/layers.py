@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -111,15 +112,18 @@ class Block(nn.Module):
         def feed(h: Tensor) -> Tensor:
             return dropped(self.dropout, _ffn_output(self.ffn, h, aux_losses))
 
-        if mask is None and bias is None and self._fusable(x):
+        norm = self._fused_norm(x) if mask is None and bias is None else None
+        if norm is not None:
             # the C calls add into y, float32 (a bfloat16 model's rows widened): the caller's x stays as it was
             y = x.clone() if x.dtype == torch.float32 else x.float()
-            if self.attn.decode_step(y, self.attn_norm, self._ffn_call(None, y), window=window, cache=cache,
+            rest = self._ffn_call(y, norm)
+            if self.attn.decode_step(y, self.attn_norm, rest, window=window, cache=cache,
                                      position_ids=position_ids, key_padding=key_padding) is not None:
                 return y.to(x.dtype)  # the whole layer in one C call
             merged = self.attn.merged_heads(self.attn_norm(x), causal=causal, window=window, cache=cache,
                                             position_ids=position_ids, key_padding=key_padding)
-            if native.decode_ffn(self._ffn_call(merged.float(), y)):
+            rows = rest.x.shape[0]
+            if native.decode_ffn(replace(rest, attn=merged.float().reshape(rows, merged.shape[-1]).contiguous())):
                 return y.to(x.dtype)
             return self._residuals(self.attn.out_proj(merged), x, feed)  # where the C call declines
         if not self.norm_first:
@@ -135,49 +139,48 @@ class Block(nn.Module):
         return x + (f if self.post_ffn_norm is None else self.post_ffn_norm(f))
 
 
-    def _fusable(self, x: Tensor) -> bool:
-        """Whether a decoding step's rest of the block (output projection, residuals, the feed-forward's norm and
-        feed-forward) can run as one C call: inference of at most GEMV_ROWS float32 or bfloat16 rows, pre-norm, an
-        RMSNorm or a LayerNorm before the feed-forward (Gemma's sandwich norms: RMSNorms like it), a FeedForward
-        (gated or plain) of plain Linear layers (not wrapped, e.g. by a LoRA adapter), nothing that records, drops
-        out or has a forward hook (the C calls stand in for those modules' forwards), and no torch.jit.trace
-        records."""
+    def _fused_norm(self, x: Tensor) -> native.Norm | None:
+        """The feed-forward's norm as the C calls read it when a decoding step's rest of the block (output
+        projection, residuals, the feed-forward's norm and feed-forward) can run as one C call, else None. It can
+        for inference of at most GEMV_ROWS float32 or bfloat16 rows, pre-norm, an RMSNorm or a LayerNorm before the
+        feed-forward (Gemma's sandwich norms: RMSNorms like it), a FeedForward (gated or plain) of plain Linear layers
+        (not wrapped, e.g. by a LoRA adapter), nothing that records, drops out or has a forward hook (the C calls
+        stand in for those modules' forwards), and no torch.jit.trace recording."""
         ffn, attn = self.ffn, self.attn
         norm = norm_parts(self.ffn_norm)
         if not (linear_switch() and not self.training and not torch.is_grad_enabled() and not tracing()
-                and self.norm_first and x.dtype in _FUSED_DTYPES
+                and self.norm_first and x.dtype in native.WEIGHT_DTYPES
                 and x.dim() == 3 and x.shape[0] * x.shape[1] <= native.GEMV_ROWS and x.device.type == "cpu"
                 and isinstance(ffn, FeedForward) and native.ffn_activation(ffn.activation, ffn.gate is not None)
                 is not None
-                and all(isinstance(m, nn.Linear) for m in (attn.out_proj, ffn.gate or ffn.up, ffn.up, ffn.down))
+                and all(isinstance(m, nn.Linear) for m in (attn.out_proj, ffn.up, ffn.down))
+                and (ffn.gate is None or isinstance(ffn.gate, nn.Linear))
                 and norm is not None and not attn._recorders
                 and all(post is None or (not norm.layer and isinstance(post, RMSNorm) and post.eps == norm.eps
                                          and post.unit_offset == norm.unit_offset)
                         for post in (self.post_attn_norm, self.post_ffn_norm))):
-            return False
-        return not hooked((attn, self.attn_norm, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm,
-                           attn.k_norm, attn.out_proj, ffn, ffn.gate, ffn.up, ffn.down, self.ffn_norm,
-                           self.post_attn_norm, self.post_ffn_norm))
+            return None
+        hooks = hooked((attn, self.attn_norm, attn.q_proj, attn.k_proj, attn.v_proj, attn.q_norm, attn.k_norm,
+                        attn.out_proj, ffn, ffn.gate, ffn.up, ffn.down, self.ffn_norm, self.post_attn_norm,
+                        self.post_ffn_norm))
+        return None if hooks else norm
 
-    def _ffn_call(self, merged: Tensor | None, x: Tensor) -> native.FFNCall:
-        """The rest of the block after the attention's heads ``merged`` (None: a C attention's output) as one C
-        call: x += the attention branch (through the output projection) and the feed-forward branch, in place."""
-        ffn, out, norm = self.ffn, self.attn.out_proj, norm_parts(self.ffn_norm)
-        assert isinstance(ffn, FeedForward) and norm is not None  # _fusable checked them
+    def _ffn_call(self, x: Tensor, norm: native.Norm) -> native.FFNCall:
+        """The rest of the block after the attention as one C call (its ``attn``, the heads' outputs, None: a C
+        attention's): x += the attention branch (through the output projection) and the feed-forward branch, in
+        place; ``norm`` is the feed-forward's (``_fused_norm``)."""
+        ffn, out = self.ffn, self.attn.out_proj
+        assert isinstance(ffn, FeedForward)  # _fused_norm checked it
         rows = x.shape[0] * x.shape[1]
         return native.FFNCall(
-            None if merged is None else merged.reshape(rows, merged.shape[-1]).contiguous(),
-            x.view(rows, x.shape[2]), out.weight, out.bias, _norm_weight(self.post_attn_norm), norm,
+            None, x.view(rows, x.shape[2]), out.weight, out.bias, _norm_weight(self.post_attn_norm), norm,
             None if ffn.gate is None else ffn.gate.weight, ffn.up.weight, ffn.down.weight,
             None if ffn.gate is None else ffn.gate.bias, ffn.up.bias, ffn.down.bias, ffn.activation,
             _norm_weight(self.post_ffn_norm))
 
 
-_FUSED_DTYPES = (torch.float32, torch.bfloat16)  # a model's dtypes the C decoding calls serve (bfloat16: widened)
-
-
 def _norm_weight(norm: nn.Module | None) -> Tensor | None:
-    """A sandwich norm's weight (``_fusable`` admitted only RMSNorms), or None."""
+    """A sandwich norm's weight (``_fused_norm`` admitted only RMSNorms), or None."""
     assert norm is None or isinstance(norm, RMSNorm)
     return None if norm is None else norm.weight
 

@@ -409,8 +409,9 @@ class RotaryEmbedding(RelativePositions):
                 raise ValueError(f"RoPE was built for head_dim={self.head_dim}, got heads of size {x.shape[-1]}")
         out = []
         r, half = self.rotary_dim, self.rotary_dim // 2
+        rows = {dtype: self.rows(position_ids, dtype) for dtype in {x.dtype for x in xs}}  # q and k share theirs
         for x in xs:
-            cos, signed_sin = self.rows(position_ids, x.dtype)
+            cos, signed_sin = rows[x.dtype]
             turning = x[..., :r]  # (B, H, N, R)
             # rotate_half(x) · sin = [x2, x1] · [-sin, sin] (the sign moved onto sin: the same products, bitwise)
             swapped = torch.cat((turning[..., half:], turning[..., :half]), dim=-1)

@@ -98,6 +98,7 @@ def status() -> str:
 
 GEMV_ROWS = 8  # the most rows of x attnkit_gemv takes (a decoding step's batch)
 _GEMV_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the weight types it reads; x and y are float32
+WEIGHT_DTYPES = tuple(_GEMV_DTYPES)  # the weight (and a decoding layer's model) dtypes the decoding calls serve
 
 
 def gemv(x: Tensor, weight: Tensor) -> Tensor | None:
@@ -119,7 +120,7 @@ def gemv_many(x: Tensor, weights: Sequence[Tensor]) -> Tensor | None:
             or x.device.type != "cpu" or x.stride(1) != 1):
         return None
     for w in weights:
-        if w.dim() != 2 or w.dtype != dtype or w.device.type != "cpu" or not w.is_contiguous() or w.shape[1] != width:
+        if w.dim() != 2 or w.shape[1] != width or not _stored(w, dtype):
             return None
     lib = _gemv_library()
     if lib is None:
@@ -384,9 +385,8 @@ def rms_rows(x: Tensor, weight: Tensor, eps: float, unit_offset: bool) -> Tensor
     lib = _gemv_library()
     dim = x.shape[-1] if x.dim() else 0
     rows = x.numel() // dim if dim else 0
-    if (lib is None or not 1 <= rows <= GEMV_ROWS or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or x.device.type != "cpu" or weight.device.type != "cpu" or not x.is_contiguous()
-            or not weight.is_contiguous() or weight.shape != (dim,)):
+    if (lib is None or not 1 <= rows <= GEMV_ROWS or not _stored(x, torch.float32)
+            or not _stored(weight, torch.float32) or not _shaped(weight, dim)):
         return None
     out = torch.empty_like(x)
     status = lib.attnkit_rms_rows(x.data_ptr(), dim, out.data_ptr(), rows, dim, weight.data_ptr(), eps,
