@@ -58,11 +58,8 @@ def main() -> None:
     for turn, text in enumerate(MESSAGES[:args.turns], start=1):
         messages.append({"role": "user", "content": text})
         prompt = torch.tensor([tokenizer.chat_ids(messages)])
-        held = len(memory.held)  # what the caches hold after the turn before
 
-        def kept() -> int:
-            for layer in memory.cache:
-                layer.truncate(held)
+        def kept() -> int:  # recall cuts the caches back to what the turn before left, every time
             return int(next(model.stream(prompt, 1, cache=memory.recall(prompt[0].tolist())))[0])
 
         def encoded() -> int:
@@ -75,13 +72,8 @@ def main() -> None:
         rows.append((turn, prompt.shape[1], memory.shared(prompt[0].tolist()), timed["kept"].median_ms,
                      timed["encoded"].median_ms, ratio[0]))
         log(f"turn {turn}: {rows[-1]}")
-        for layer in memory.cache:  # the turn itself, as the chat runs it: the reply, then the caches settled
-            layer.truncate(held)
-        try:
-            stream = model.stream(prompt, REPLY, eos_token_id=tokenizer.eos_id, cache=memory.recall(prompt[0].tolist()))
-            reply = [int(t[0]) for t in memory.recording(stream)]
-        finally:
-            memory.settle()
+        with memory.reply(model, prompt, REPLY, eos_token_id=tokenizer.eos_id) as stream:  # the turn, as chat runs it
+            reply = [int(t[0]) for t in stream]
         if tokenizer.eos_id in reply:
             reply = reply[:reply.index(tokenizer.eos_id)]
         messages.append({"role": "assistant", "content": tokenizer.decode(reply)})

@@ -312,11 +312,8 @@ def test_chat_memory_stays_true_after_an_interrupted_or_refused_turn():
     history = torch.randint(0, 61, (1, 12), generator=g)
 
     def turn(prompt: torch.Tensor, new: int = 3) -> list[int]:
-        try:
-            stream = model.stream(prompt, new, cache=memory.recall(prompt[0].tolist()))
-            return [int(t[0]) for t in memory.recording(stream)]
-        finally:
-            memory.settle()
+        with memory.reply(model, prompt, new) as stream:
+            return [int(t[0]) for t in stream]
 
     with torch.no_grad():
         reply = turn(history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -10,7 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -313,7 +314,20 @@ class _Memory:
             layer.truncate(shared)
         return self.cache
 
-    def recording(self, stream: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    @contextlib.contextmanager
+    def reply(self, model: GPT, prompt: torch.Tensor, max_new_tokens: int,
+              **sampling: Any) -> Iterator[Iterator[torch.Tensor]]:
+        """One turn: ``model.stream``'s tokens for ``prompt`` (1, N) from the caches cut to what it shares with
+        them (``recall``), each recorded as it comes; on leaving, however the turn ended (a reply, Ctrl-C, a
+        refusal), the caches settled (``settle``)."""
+        stream = model.stream(prompt, max_new_tokens, cache=self.recall(prompt[0].tolist()), **sampling)
+        try:
+            yield self._recording(stream)
+        finally:
+            stream.close()
+            self.settle()
+
+    def _recording(self, stream: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         for token in stream:
             self.turn.append(int(token[0]))
             yield token
@@ -366,16 +380,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": text})
         try:  # the whole conversation through the template; the model encodes only what its caches lack
             ids = _chat_ids(tokenizer, messages)
-            stream = model.stream(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator,
-                                  cache=memory.recall(ids[0].tolist()))
-            reply, interrupted = _print_reply(memory.recording(stream), tokenizer, interruptible=True)
+            with memory.reply(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, eos_token_id=tokenizer.eos_id, generator=generator) as stream:
+                reply, interrupted = _print_reply(stream, tokenizer, interruptible=True)
         except ValueError as error:  # the template's or the model's refusal (a learned-position context is full)
             messages.pop()
             print(f"attnkit chat: {one_line(error)}", file=sys.stderr)
             continue
-        finally:
-            memory.settle()
         if interrupted and not reply:  # Ctrl-C before the first token: as if the line had not been sent
             messages.pop()
         else:  # an interrupted reply stays as far as it was shown
